@@ -1,0 +1,252 @@
+"""A dataset build: lock OUT, freeze or load the plan, skip verified shards, stream the rest through
+the stages, commit each shard as it completes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mtcc.manifests import funnel
+from mtcc.stages.base import Candidate
+from mtcc.stages.media import ffmpeg_version, fsync_dir, fsync_file
+
+from .config import PipelineConfig
+from .executor import InProcessExecutor, RayExecutor, init_ray
+from .flow import Flow
+from .inputs import discover, make_plan
+from .lock import RunLock
+from .shard import Layout, check_shard, commit_shard, remove_shard, remove_temporaries
+
+PIPELINE_VERSION = "0.1.0"
+PLAN_STAGE = "plan"  # pseudo-stage that rejects inputs before any stage runs (duplicates)
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    shards_total: int
+    shards_skipped: list[int] = field(default_factory=list)
+    shards_built: list[int] = field(default_factory=list)
+    shards_failed: dict[int, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+    stage_timing: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def versions() -> dict[str, str]:
+    out = {"mtcc": PIPELINE_VERSION, "python": platform.python_version(), "ffmpeg": ffmpeg_version()}
+    for pkg in ("ray", "pyarrow", "webdataset", "torch"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _check_config(layout: Layout, cfg: PipelineConfig, force: bool) -> None:
+    if layout.run_config.exists():
+        old = json.loads(layout.run_config.read_text())
+        if old.get("config_hash") != cfg.config_hash() and not force:
+            old_cfg = old["config"]
+            new_cfg = cfg.dump()
+            diff = [k for k in sorted(set(_flat(old_cfg)) | set(_flat(new_cfg)))
+                    if _flat(old_cfg).get(k) != _flat(new_cfg).get(k) and not k.startswith("ray.")]
+            raise BuildError(
+                f"{layout.root} was built with another config (hash {old.get('config_hash')}, now {cfg.config_hash()}); "
+                f"changed: {', '.join(diff[:8]) or '?'}. Rerun with the same config, use a new --output, or pass "
+                f"--force to rebuild every shard with the new config")
+    _write_json_atomic(layout.run_config, {"config_hash": cfg.config_hash(), "config": cfg.dump(),
+                                           "stage_order": [s.name for s in cfg.stages]})
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard: int,
+                      warn: Callable[[str], None]) -> pa.Table:
+    if layout.plan.exists():
+        plan = pq.read_table(layout.plan)
+        if inputs:
+            disc = discover(inputs)
+            planned = set(plan.column("source").to_pylist())
+            now = set(disc.sources)
+            if planned != now:
+                raise BuildError(
+                    f"{layout.root} has a plan frozen from other inputs ({len(now - planned)} new, "
+                    f"{len(planned - now)} gone); resume with the same --input, or use a new --output")
+        return plan
+    if not inputs:
+        raise BuildError(f"{layout.root} has no plan yet: pass --input")
+    disc = discover(inputs)
+    for w in disc.warnings:
+        warn(w)
+    if not disc.sources:
+        raise BuildError(f"no videos found in {', '.join(inputs)} (extensions: .mp4 .mkv .avi .mov .webm ...)")
+    plan = make_plan(disc.sources, videos_per_shard)
+    tmp = layout.temp(layout.plan)
+    pq.write_table(plan, tmp)
+    fsync_file(tmp)
+    os.replace(tmp, layout.plan)
+    fsync_dir(layout.root)
+    return plan
+
+
+def plan_by_shard(plan: pa.Table) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    for r in plan.to_pylist():
+        out.setdefault(r["shard"], []).append(r)
+    return out
+
+
+def shard_candidates(rows: list[dict[str, Any]], sources: dict[str, str]) -> tuple[list[Candidate], list[Candidate]]:
+    """(candidates for the stages, candidates already decided by the plan) of one shard's plan rows."""
+    todo, done = [], []
+    for r in rows:
+        c = Candidate(key=r["video_id"], video_id=r["video_id"], source=r["source"], shard=r["shard"])
+        if r["duplicate_of"]:
+            c.reject(PLAN_STAGE, "duplicate",
+                     f"same content as {sources.get(r['duplicate_of'])} ({r['duplicate_of']}); planned once")
+            done.append(c)
+        else:
+            todo.append(c)
+    return todo, done
+
+
+def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, runner: str = "ray",
+          address: str | None = None, force: bool = False, progress: bool = True,
+          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> BuildResult:
+    t0 = time.monotonic()
+    layout = Layout(Path(out).absolute())
+    layout.root.mkdir(parents=True, exist_ok=True)
+    stages = cfg.active_stages
+    with RunLock(layout.lock) as lock:
+        if lock.took_over:
+            log(f"taking over a stale lock of pid {lock.took_over.get('pid')} on {lock.took_over.get('host')}")
+        _check_config(layout, cfg, force)
+        plan = load_or_make_plan(layout, inputs, cfg.run.videos_per_shard, log)
+        for p in remove_temporaries(layout):
+            log(f"removed leftover {p.relative_to(layout.root)}")
+        for d in layout.dirs():
+            d.mkdir(exist_ok=True)
+        shards = sorted(set(plan.column("shard").to_pylist()))
+        result = BuildResult(layout.root, len(shards))
+        todo = []
+        for s in shards:
+            problem = check_shard(layout, s, cfg.config_hash())
+            if problem is None:
+                result.shards_skipped.append(s)
+                continue
+            if problem != "not committed":
+                log(f"shard {s:06d}: {problem}; rebuilding it")
+            remove_shard(layout, s)
+            todo.append(s)
+        if todo:
+            _run_shards(cfg, plan, layout, todo, result, runner=runner, address=address, progress=progress, log=log)
+        result.wall_s = time.monotonic() - t0
+        _write_json_atomic(layout.root / "report" / "last_run.json", {
+            "runner": runner, "wall_s": round(result.wall_s, 3), "built": result.shards_built,
+            "skipped": result.shards_skipped, "failed": result.shards_failed, "stage_timing": result.stage_timing,
+        })
+    return result
+
+
+def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[int], result: BuildResult, *,
+                runner: str, address: str | None, progress: bool, log: Callable[[str], None]) -> None:
+    stages = cfg.active_stages
+    run_info = {"config_hash": cfg.config_hash(), "pipeline_version": PIPELINE_VERSION, "versions": versions(),
+                "profile": cfg.profile}
+    if runner == "ray":
+        init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
+        executor: Any = RayExecutor(stages)
+    elif runner == "inprocess":
+        executor = InProcessExecutor(stages)
+    else:
+        raise BuildError(f"unknown runner {runner!r}; allowed: ray, inprocess")
+
+    from tqdm import tqdm
+
+    rows = plan_by_shard(plan)
+    sources = dict(zip(plan.column("video_id").to_pylist(), plan.column("source").to_pylist()))
+    n_inputs = sum(len(rows[s]) for s in todo)
+    bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not progress, file=sys.stderr)
+    cand_bar = tqdm(desc="candidates", unit="cand", disable=not progress, file=sys.stderr)
+
+    def on_done(shard: int, cands: list[Candidate]) -> None:
+        try:
+            commit = commit_shard(layout, shard, cands, stages, run_info)
+        except OSError as e:
+            result.shards_failed[shard] = f"commit failed: {e}"
+            remove_shard(layout, shard)
+            log(f"shard {shard:06d}: commit failed ({e}); it will be redone by the next run")
+            return
+        result.shards_built.append(shard)
+        bar.update(1)
+        bar.set_postfix(samples=commit["samples"])
+
+    flow = Flow(stages, executor, on_done, cfg.run.max_batch_retries, on_progress=cand_bar.update)
+    pending = list(todo)
+    try:
+        while True:
+            while pending and flow.open_shards < cfg.run.max_shards_in_flight:
+                s = pending.pop(0)
+                flow.add_shard(s, *shard_candidates(rows[s], sources))
+            if not flow.step(timeout=0.5) and not pending and flow.open_shards == 0:
+                break
+    finally:
+        executor.shutdown()
+        bar.close()
+        cand_bar.close()
+    result.stage_timing = {k: vars(v) for k, v in flow.timing.items()}
+    log(f"{len(result.shards_built)} shards built from {n_inputs} inputs")
+
+
+def read_manifests(out: str | Path) -> pa.Table | None:
+    layout = Layout(Path(out))
+    files = sorted((layout.root / "manifests").glob("[0-9]*.parquet"))
+    if not files:
+        return None
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+
+
+def stage_names(out: str | Path) -> list[str]:
+    cfg = json.loads(Layout(Path(out)).run_config.read_text())
+    stages = cfg["config"]["stages"]
+    return [PLAN_STAGE] + [n for n in cfg["stage_order"] if stages[n].get("enabled", True)]
+
+
+def build_funnel(out: str | Path):
+    table = read_manifests(out)
+    if table is None:
+        return []
+    return funnel(table, stage_names(out))

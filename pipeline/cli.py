@@ -1,0 +1,144 @@
+"""`mtcc` command line: run, status, verify, sample-data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from mtcc.manifests import format_funnel
+
+from .config import ConfigError, load_config
+from .inputs import InputError
+from .lock import LockBusy
+from .shard import Layout, check_shard
+
+
+def resolve_config(name: str) -> Path:
+    """A config path, or the name of a bundled profile (``offline``, ``mtcc``)."""
+    p = Path(name)
+    if p.exists():
+        return p
+    bundled = resources.files("mtcc.configs") / f"{name.removesuffix('.yaml')}.yaml"
+    if bundled.is_file():
+        return Path(str(bundled))
+    raise ConfigError(f"config {name!r} not found (a YAML path, or a bundled profile: offline, mtcc)")
+
+
+def _shards(out: Path) -> list[int]:
+    import pyarrow.parquet as pq
+
+    layout = Layout(out)
+    if not layout.plan.exists():
+        raise SystemExit(f"error: {out} has no plan.parquet; is it an MTCC output folder?")
+    return sorted(set(pq.read_table(layout.plan, columns=["shard"]).column("shard").to_pylist()))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .build import BuildError, build, build_funnel
+
+    cfg = load_config(resolve_config(args.config), args.set)
+    try:
+        res = build(cfg, args.input, args.output, runner=args.runner, address=args.address, force=args.force,
+                    progress=not args.no_progress)
+    except (BuildError, LockBusy, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_funnel(build_funnel(args.output)))
+    print(f"\n{len(res.shards_built)} shards built, {len(res.shards_skipped)} already committed, "
+          f"{len(res.shards_failed)} failed, of {res.shards_total}; {res.wall_s:.1f}s")
+    print(f"shards:    {res.out / 'shards'}\nmanifests: {res.out / 'manifests'}")
+    for shard, why in sorted(res.shards_failed.items()):
+        print(f"FAILED shard {shard:06d}: {why} (rerun the same command to redo it)", file=sys.stderr)
+    return 1 if res.shards_failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .build import build_funnel
+
+    out = Path(args.output)
+    layout = Layout(out)
+    shards = _shards(out)
+    states = {}
+    for s in shards:
+        states[s] = "committed" if layout.commit(s).exists() else (
+            "partial" if layout.tar(s).exists() or layout.temp(layout.tar(s)).exists() else "pending")
+    for s in shards:
+        line = f"shard {s:06d}  {states[s]}"
+        if states[s] == "committed":
+            c = json.loads(layout.commit(s).read_text())
+            line += f"  samples={c['samples']} candidates={c['candidates']}"
+        print(line)
+    done = sum(v == "committed" for v in states.values())
+    print(f"\n{done}/{len(shards)} shards committed\n")
+    print(format_funnel(build_funnel(out)))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    layout = Layout(out)
+    bad = 0
+    for s in _shards(out):
+        problem = check_shard(layout, s, deep=True)
+        if problem:
+            bad += 1
+            print(f"shard {s:06d}: {problem}")
+    print(f"{bad} bad shard(s)" if bad else "all shards verified")
+    return 1 if bad else 0
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from mtcc.sampledata import generate
+
+    paths = generate(args.dir, seed=args.seed)
+    print(f"{len(paths)} sample videos with ground truth in {args.dir}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtcc", description="Build multi-talking-character video datasets on Ray.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="build (or resume) a dataset")
+    r.add_argument("config", help="YAML config path or bundled profile name (offline, mtcc)")
+    r.add_argument("--input", "-i", action="append", default=[],
+                   help="folder, list file (.txt/.csv/.parquet) or fsspec URL; repeatable")
+    r.add_argument("--output", "-o", required=True, help="output folder (OUT)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. stages.probe.min_fps=24")
+    r.add_argument("--address", default=None, help="existing Ray cluster: auto or ray://host:port")
+    r.add_argument("--runner", choices=["ray", "inprocess"], default="ray",
+                   help="inprocess runs every stage in this process (debugging, overhead baseline)")
+    r.add_argument("--force", action="store_true", help="accept a changed config and rebuild its shards")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("status", help="per-shard state and the funnel")
+    s.add_argument("output")
+    s.set_defaults(fn=cmd_status)
+
+    v = sub.add_parser("verify", help="check every shard against its commit (checksums, readability)")
+    v.add_argument("output")
+    v.set_defaults(fn=cmd_verify)
+
+    d = sub.add_parser("sample-data", help="generate sample videos with ground truth")
+    d.add_argument("dir")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(fn=cmd_sample_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Pipeline configuration: YAML (safe loading only) validated into typed models.
+
+The stage list is an ordered mapping ``stages: {probe: {...}, clip: {...}, write: {...}}``: the order
+in the file is the order of execution, and the names are looked up in ``mtcc.stages.STAGES`` (a config
+can name stages, never import code). Errors name the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mtcc.stages import STAGES, Stage
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names each bad key and the allowed values."""
+
+
+class RunSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    videos_per_shard: int = Field(8, ge=1, description="input videos per shard (the unit of commit and resume)")
+    max_shards_in_flight: int = Field(4, ge=1, description="shards whose candidates may be in the stages at once")
+    max_batch_retries: int = Field(2, ge=0, description="retries of a batch whose worker died before it is split")
+
+
+class RayConfig(BaseModel):
+    """How to reach Ray. Runtime only: not part of the config hash (a rerun may use another cluster)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, description="None = embedded local Ray; 'auto' or 'ray://host:port'")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
+    object_store_mb: int | None = Field(None, ge=64)
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    profile: str = "custom"
+    run: RunSettings = Field(default_factory=RunSettings)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    stages: list[Stage]
+
+    @property
+    def active_stages(self) -> list[Stage]:
+        return [s for s in self.stages if s.enabled]
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "run": self.run.model_dump(),
+            "ray": self.ray.model_dump(),
+            "stages": {s.name: s.model_dump() for s in self.stages},
+        }
+
+    def config_hash(self) -> str:
+        """Hash of everything that changes the output (the Ray section does not)."""
+        body = {k: v for k, v in self.dump().items() if k != "ray"}
+        body["stage_order"] = [s.name for s in self.stages]  # json sorts keys; order matters
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) model that ``loc`` points into."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            break
+    return sorted(model.model_fields)
+
+
+def _format(err: ValidationError, model: type[BaseModel], prefix: str) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        where = ".".join([prefix, *map(str, loc)]) if prefix else ".".join(map(str, loc))
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key; allowed: {', '.join(_allowed(model, loc))}")
+        else:
+            lines.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return lines
+
+
+def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: '{p}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. stages.probe.min_fps=24")
+        key, text = item.split("=", 1)
+        _set_path(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+    return raw
+
+
+def build_config(raw: dict[str, Any]) -> PipelineConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a YAML mapping with a 'stages' section")
+    problems: list[str] = []
+    stages_raw = raw.get("stages")
+    if not isinstance(stages_raw, dict) or not stages_raw:
+        problems.append(f"stages: must be a non-empty ordered mapping of stage name -> settings; known stages: "
+                        f"{', '.join(sorted(STAGES))}")
+        stages_raw = {}
+    stages: list[Stage] = []
+    for name, body in stages_raw.items():
+        cls = STAGES.get(name)
+        if cls is None:
+            problems.append(f"stages.{name}: unknown stage; known stages: {', '.join(sorted(STAGES))}")
+            continue
+        try:
+            stages.append(cls.model_validate(body or {}))
+        except ValidationError as e:
+            problems.extend(_format(e, cls, f"stages.{name}"))
+    top = {k: v for k, v in raw.items() if k != "stages"}
+    try:
+        cfg = PipelineConfig.model_validate({**top, "stages": []})
+    except ValidationError as e:
+        problems.extend(_format(e, PipelineConfig, ""))
+        cfg = None
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    assert cfg is not None
+    expanding = [s.name for s in stages if s.enabled and s.expands]
+    if len(expanding) != 1:
+        raise ConfigError(f"stages: exactly one enabled stage must split videos into clips, found {expanding or 'none'}")
+    return cfg.model_copy(update={"stages": stages})
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {p}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    return build_config(apply_overrides(raw, overrides or []))
+
+
+def config_from_dump(dump: dict[str, Any], stage_order: list[str]) -> PipelineConfig:
+    return build_config({**dump, "stages": {n: dump["stages"][n] for n in stage_order}})

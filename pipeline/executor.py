@@ -1,0 +1,176 @@
+"""Where stage batches run: in this process (for debugging and the overhead baseline) or on Ray.
+
+Ray Core actors, one pool per stage, rather than Ray Data: the shard is our unit of commit, so the
+driver must know when every candidate of a shard is through; a worker death must turn into a retry or
+a per-candidate ``error`` row (Ray Data fails the job on a UDF exception, or drops whole blocks with
+``max_errored_blocks``); and output must be byte-identical across reruns (``write_webdataset`` names
+files with uuids and stamps mtimes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtcc.stages import STAGES, Stage
+from mtcc.stages.base import Candidate
+
+
+class StageSetupError(RuntimeError):
+    """A stage could not start (missing model, missing tool): nothing can pass it, so the run stops."""
+
+
+class WorkerLost(RuntimeError):
+    """The worker running a batch died (killed, out of memory, node lost)."""
+
+
+@dataclass
+class Ticket:
+    id: int
+    stage_idx: int
+    batch: list[Candidate]
+    attempt: int = 0
+    actor: int = -1
+    submitted: float = field(default_factory=time.monotonic)
+
+
+class InProcessExecutor:
+    """Runs each batch synchronously in the driver: the same stage code, no Ray."""
+
+    name = "inprocess"
+
+    def __init__(self, stages: list[Stage]):
+        self.stages = stages
+        self._done: deque[tuple[Ticket, list[Candidate] | BaseException]] = deque()
+        for s in stages:
+            try:
+                s.setup()
+            except Exception as e:
+                raise StageSetupError(f"stage '{s.name}' failed to set up: {e}") from e
+
+    def free_slots(self, stage_idx: int) -> int:
+        return 1
+
+    def submit(self, ticket: Ticket) -> None:
+        self._done.append((ticket, self.stages[ticket.stage_idx].run_batch(ticket.batch)))
+
+    def wait(self, timeout: float) -> list[tuple[Ticket, list[Candidate] | BaseException]]:
+        out = list(self._done)
+        self._done.clear()
+        return out
+
+    def shutdown(self) -> None:
+        pass
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None) -> dict[str, Any]:
+    """Connect to a cluster (``address``) or start an embedded local one."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray writes a token under ~/.ray
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(),
+                 object_store_memory=(object_store_mb << 20) if object_store_mb else None, **kwargs)
+    return ray.cluster_resources()
+
+
+class _StageActor:
+    """Holds one configured stage; ``setup`` ran once when the actor started."""
+
+    def __init__(self, stage_name: str, config: dict[str, Any]):
+        self.stage = STAGES[stage_name].model_validate(config)
+        self.error: str | None = None
+        try:
+            self.stage.setup()
+        except Exception as e:  # noqa: BLE001 - reported to the driver by ready(), which stops the run
+            self.error = f"stage '{stage_name}' failed to set up: {type(e).__name__}: {e}"
+
+    def ready(self) -> str | None:
+        return self.error
+
+    def process(self, batch: list[Candidate]) -> list[Candidate]:
+        return self.stage.run_batch(batch)
+
+
+class RayExecutor:
+    """One actor pool per stage, sized and placed by each stage's declared resources. Each actor has
+    at most two batches queued, so it never waits on the driver between batches."""
+
+    name = "ray"
+    per_actor_inflight = 2
+
+    def __init__(self, stages: list[Stage]):
+        import ray
+
+        self.ray = ray
+        self.stages = stages
+        remote_cls = ray.remote(_StageActor)
+        self.pools: list[list[Any]] = []
+        self.load: list[list[int]] = []
+        for s in stages:
+            r = s.resources
+            opts = {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "max_restarts": -1, "max_task_retries": 0}
+            config = s.model_dump()
+            actors = [remote_cls.options(**opts).remote(s.name, config) for _ in range(r.concurrency)]
+            self.pools.append(actors)
+            self.load.append([0] * len(actors))
+        self._check_fits()
+        for s, actors in zip(stages, self.pools):
+            for err in ray.get([a.ready.remote() for a in actors]):
+                if err:
+                    raise StageSetupError(err)
+        self._refs: dict[Any, Ticket] = {}
+
+    def _check_fits(self) -> None:
+        total = self.ray.cluster_resources()
+        need_cpu = sum(s.resources.num_cpus * s.resources.concurrency for s in self.stages)
+        need_gpu = sum(s.resources.num_gpus * s.resources.concurrency for s in self.stages)
+        if need_cpu > total.get("CPU", 0) + 1e-9 or need_gpu > total.get("GPU", 0) + 1e-9:
+            raise StageSetupError(
+                f"the stages' actors ask for {need_cpu:g} CPUs and {need_gpu:g} GPUs but the cluster has "
+                f"{total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs; lower stages.<name>.resources"
+                f".concurrency or num_cpus/num_gpus")
+
+    def free_slots(self, stage_idx: int) -> int:
+        return sum(max(0, self.per_actor_inflight - n) for n in self.load[stage_idx])
+
+    def submit(self, ticket: Ticket) -> None:
+        loads = self.load[ticket.stage_idx]
+        ticket.actor = min(range(len(loads)), key=loads.__getitem__)
+        loads[ticket.actor] += 1
+        ref = self.pools[ticket.stage_idx][ticket.actor].process.remote(ticket.batch)
+        self._refs[ref] = ticket
+
+    def wait(self, timeout: float) -> list[tuple[Ticket, list[Candidate] | BaseException]]:
+        if not self._refs:
+            return []
+        ready, _ = self.ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+        if ready:  # collect whatever else is already done too
+            more, _ = self.ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
+            ready = list(dict.fromkeys([*ready, *more]))
+        out: list[tuple[Ticket, list[Candidate] | BaseException]] = []
+        for ref in ready:
+            ticket = self._refs.pop(ref)
+            self.load[ticket.stage_idx][ticket.actor] -= 1
+            try:
+                out.append((ticket, self.ray.get(ref)))
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError,
+                    self.ray.exceptions.ObjectLostError, self.ray.exceptions.OutOfMemoryError) as e:
+                out.append((ticket, WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")))
+            except self.ray.exceptions.RayTaskError as e:
+                out.append((ticket, e))
+        return out
+
+    def shutdown(self) -> None:
+        for actors in self.pools:
+            for a in actors:
+                self.ray.kill(a)
+        self.pools = []

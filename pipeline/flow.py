@@ -1,0 +1,144 @@
+"""Streams candidates through the stages and hands each shard to its commit the moment the last of
+its candidates is through. Knows stages only as a list; knows nothing of what they do."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mtcc.stages.base import Candidate, Stage
+
+from .executor import Ticket, WorkerLost
+
+
+@dataclass
+class StageTiming:
+    batches: int = 0
+    candidates: int = 0
+    busy_s: float = 0.0
+
+
+@dataclass
+class Flow:
+    stages: list[Stage]
+    executor: object
+    on_shard_done: Callable[[int, list[Candidate]], None]
+    max_batch_retries: int = 2
+    flush_seconds: float = 2.0
+    on_progress: Callable[[int], None] | None = None
+
+    queues: list[deque] = field(init=False)
+    inflight: Counter = field(init=False, default_factory=Counter)
+    outstanding: Counter = field(init=False, default_factory=Counter)
+    finished: dict[int, list[Candidate]] = field(init=False, default_factory=dict)
+    timing: dict[str, StageTiming] = field(init=False)
+    _ids: itertools.count = field(init=False, default_factory=itertools.count)
+    _oldest: list[float | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queues = [deque() for _ in self.stages]
+        self._oldest = [None for _ in self.stages]
+        self.timing = {s.name: StageTiming() for s in self.stages}
+
+    @property
+    def open_shards(self) -> int:
+        return len(self.finished)
+
+    def add_shard(self, shard: int, cands: list[Candidate], done: list[Candidate]) -> None:
+        """``cands`` go through the stages; ``done`` (decided before any stage) only into the manifest."""
+        self.finished[shard] = list(done)
+        self.outstanding[shard] += len(cands)
+        for c in cands:
+            self._enqueue(0, c)
+        if not cands:
+            self._close(shard)
+
+    def _enqueue(self, i: int, c: Candidate) -> None:
+        if not self.queues[i]:
+            self._oldest[i] = time.monotonic()
+        self.queues[i].append(c)
+
+    def _upstream_idle(self, i: int) -> bool:
+        return all(not self.queues[j] and not self.inflight[j] for j in range(i))
+
+    def _submit_ready(self) -> None:
+        now = time.monotonic()
+        for i, stage in enumerate(self.stages):
+            q, bs = self.queues[i], stage.resources.batch_size
+            while q and self.executor.free_slots(i) > 0:
+                waited = now - (self._oldest[i] or now)
+                if len(q) < bs and not self._upstream_idle(i) and waited < self.flush_seconds:
+                    break
+                batch = [q.popleft() for _ in range(min(bs, len(q)))]
+                self._oldest[i] = now if q else None
+                self._send(Ticket(next(self._ids), i, batch))
+
+    def _send(self, ticket: Ticket) -> None:
+        self.inflight[ticket.stage_idx] += 1
+        self.executor.submit(ticket)
+
+    def _close(self, shard: int) -> None:
+        cands = self.finished.pop(shard)
+        del self.outstanding[shard]
+        self.on_shard_done(shard, cands)
+
+    def _finish(self, c: Candidate) -> None:
+        if c.pending:
+            c.status = "kept"
+        self.finished[c.shard].append(c)
+        self.outstanding[c.shard] -= 1
+        if self.on_progress:
+            self.on_progress(1)
+        if self.outstanding[c.shard] == 0:
+            self._close(c.shard)
+
+    def _failed(self, ticket: Ticket, err: BaseException) -> list[Candidate]:
+        """A batch whose worker died: retry it, then split it to find the candidate that kills workers,
+        then reject what still fails. Never dropped."""
+        stage = self.stages[ticket.stage_idx]
+        if isinstance(err, WorkerLost) and ticket.attempt < self.max_batch_retries:
+            self._send(Ticket(next(self._ids), ticket.stage_idx, ticket.batch, ticket.attempt + 1))
+            return []
+        if isinstance(err, WorkerLost) and len(ticket.batch) > 1:
+            for c in ticket.batch:
+                self._send(Ticket(next(self._ids), ticket.stage_idx, [c], self.max_batch_retries))
+            return []
+        for c in ticket.batch:
+            if isinstance(err, WorkerLost):
+                msg = (f"stage '{stage.name}' lost its worker on {c.source} ({c.key}) after {ticket.attempt + 1} "
+                       f"attempts: {err}; if this input exhausts memory, lower stages.{stage.name}.resources."
+                       f"batch_size or give the stage more memory")
+            else:
+                msg = f"stage '{stage.name}' failed on {c.source} ({c.key}): {str(err).strip().splitlines()[-1]}"
+            c.stage = stage.name
+            c.reject(stage.name, "error", msg)
+        return ticket.batch
+
+    def step(self, timeout: float = 1.0) -> bool:
+        """Submit what is ready, take what finished. False when nothing is left to do."""
+        self._submit_ready()
+        if not any(self.inflight.values()):
+            return any(self.queues)
+        for ticket, result in self.executor.wait(timeout):
+            i = ticket.stage_idx
+            self.inflight[i] -= 1
+            if isinstance(result, BaseException):
+                result = self._failed(ticket, result)  # resubmitted ([]) or rejected (the batch itself)
+            else:
+                t = self.timing[self.stages[i].name]
+                t.batches += 1
+                t.candidates += len(ticket.batch)
+                t.busy_s += time.monotonic() - ticket.submitted
+                born = Counter(c.shard for c in result)
+                born.subtract(Counter(c.shard for c in ticket.batch))
+                for shard, n in born.items():
+                    self.outstanding[shard] += n
+            for c in result:
+                if c.pending and i + 1 < len(self.stages):
+                    self._enqueue(i + 1, c)
+                else:
+                    self._finish(c)
+        return True

@@ -1,0 +1,190 @@
+"""Input discovery and the frozen plan (input video -> shard).
+
+``--input`` takes folders (searched recursively by video extension), list files (.txt, .csv, .parquet)
+and fsspec URLs. Each input gets an id from its path and a content fingerprint; the same file listed
+twice (or reached through a symlink) is planned once; the same content at two paths is planned once
+and the copy becomes a ``duplicate`` manifest row.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mtcc.stages.media import is_remote, local_source
+
+VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp"}
+LIST_EXTS = {".txt", ".lst", ".csv", ".parquet"}
+FINGERPRINT_BYTES = 1 << 20
+
+PLAN_SCHEMA = pa.schema([
+    ("shard", pa.int32()),
+    ("video_id", pa.string()),
+    ("source", pa.string()),
+    ("size", pa.int64()),
+    ("fingerprint", pa.string()),
+    ("duplicate_of", pa.string()),
+])
+
+
+class InputError(ValueError):
+    pass
+
+
+@dataclass
+class Discovery:
+    sources: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def slug(text: str, max_len: int = 40) -> str:
+    """A key-safe name: ASCII letters, digits and single dashes only (no '/', '..', '.', control chars)."""
+    norm = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    parts = re.findall(r"[a-z0-9]+", norm)
+    out = "-".join(parts)[:max_len].strip("-")
+    return out or "video"
+
+
+def _read_list(path: str) -> list[str]:
+    import fsspec
+
+    base = os.path.dirname(local_source(path)) if not is_remote(path) else path.rsplit("/", 1)[0]
+    ext = Path(path.split("?")[0]).suffix.lower()
+    entries: list[str] = []
+    if ext == ".parquet":
+        with fsspec.open(path, "rb") as f:
+            table = pq.read_table(f)
+        col = "path" if "path" in table.column_names else table.column_names[0]
+        entries = [str(v) for v in table.column(col).to_pylist() if v]
+    else:
+        with fsspec.open(path, "rt", encoding="utf-8") as f:
+            if ext == ".csv":
+                rows = list(csv.reader(f))
+                if rows and "path" in rows[0]:
+                    i = rows[0].index("path")
+                    entries = [r[i] for r in rows[1:] if len(r) > i and r[i].strip()]
+                else:
+                    entries = [r[0] for r in rows if r and r[0].strip()]
+            else:
+                entries = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    out = []
+    for e in entries:
+        if is_remote(e) or e.startswith("file://") or os.path.isabs(e):
+            out.append(e)
+        else:
+            out.append(os.path.join(base, e) if not is_remote(path) else f"{base}/{e}")
+    return out
+
+
+def _walk(folder: str) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() in VIDEO_EXTS:
+                found.append(os.path.join(root, name))
+    return found
+
+
+def _canonical(source: str) -> str:
+    if is_remote(source):
+        return source
+    return os.path.abspath(local_source(source))
+
+
+def discover(inputs: list[str]) -> Discovery:
+    disc = Discovery()
+    raw: list[str] = []
+    for item in inputs:
+        if is_remote(item):
+            ext = Path(item.split("?")[0]).suffix.lower()
+            if ext in LIST_EXTS:
+                raw.extend(_read_list(item))
+            elif ext in VIDEO_EXTS:
+                raw.append(item)
+            else:
+                import fsspec
+
+                fs, root = fsspec.core.url_to_fs(item)
+                proto = item.split("://", 1)[0]
+                raw.extend(f"{proto}://{p}" for p in sorted(fs.find(root)) if Path(p).suffix.lower() in VIDEO_EXTS)
+            continue
+        path = local_source(item)
+        if os.path.isdir(path):
+            raw.extend(_walk(path))
+        elif os.path.isfile(path) and Path(path).suffix.lower() in LIST_EXTS:
+            raw.extend(_read_list(path))
+        elif os.path.exists(path) or os.path.islink(path):
+            raw.append(path)
+        else:
+            raise InputError(f"--input {item!r} does not exist (expected a folder, a list file or a video)")
+    seen: dict[str, str] = {}
+    for src in raw:
+        canon = _canonical(src)
+        ident = canon if is_remote(canon) else os.path.realpath(canon)
+        if ident in seen:
+            disc.warnings.append(f"input listed more than once, planned once: {canon}")
+            continue
+        seen[ident] = canon
+        disc.sources.append(canon)
+    disc.sources.sort()
+    return disc
+
+
+def fingerprint(source: str) -> tuple[int, str]:
+    """(size, digest of size + first and last MiB): cheap enough to plan thousands of files, and it
+    tells copies apart from re-encodes. Unreadable inputs get size -1 and a description instead."""
+    try:
+        if is_remote(source):
+            import fsspec
+
+            fs, p = fsspec.core.url_to_fs(source)
+            size = int(fs.size(p))
+            with fs.open(p, "rb") as f:
+                head = f.read(FINGERPRINT_BYTES)
+                f.seek(max(0, size - FINGERPRINT_BYTES))
+                tail = f.read(FINGERPRINT_BYTES)
+        else:
+            size = os.path.getsize(source)
+            with open(source, "rb") as f:
+                head = f.read(FINGERPRINT_BYTES)
+                f.seek(max(0, size - FINGERPRINT_BYTES))
+                tail = f.read(FINGERPRINT_BYTES)
+    except (OSError, ValueError) as e:
+        return -1, f"unreadable:{type(e).__name__}"
+    h = hashlib.sha256(str(size).encode() + b"\0" + head + b"\0" + tail).hexdigest()
+    return size, h
+
+
+def make_plan(sources: list[str], videos_per_shard: int) -> pa.Table:
+    rows = {name: [] for name in PLAN_SCHEMA.names}
+    by_content: dict[str, str] = {}
+    used_ids: set[str] = set()
+    for i, src in enumerate(sources):
+        size, fp = fingerprint(src)
+        stem = Path(src.split("?")[0]).stem
+        digest = hashlib.sha256(f"{src}\0{fp}".encode()).hexdigest()
+        n = 12
+        vid = f"{slug(stem)}-{digest[:n]}"
+        while vid in used_ids:  # ids stay unique even if 48-bit prefixes ever collide
+            n += 4
+            vid = f"{slug(stem)}-{digest[:n]}"
+        used_ids.add(vid)
+        dup = by_content.get(fp) if size > 0 else None
+        if size > 0 and dup is None:
+            by_content[fp] = vid
+        rows["shard"].append(i // videos_per_shard)
+        rows["video_id"].append(vid)
+        rows["source"].append(src)
+        rows["size"].append(size)
+        rows["fingerprint"].append(fp)
+        rows["duplicate_of"].append(dup)
+    return pa.Table.from_pydict(rows, schema=PLAN_SCHEMA)

@@ -1,0 +1,197 @@
+"""ShardCommit: write one shard's tar and manifest atomically, then its commit file, last.
+
+A shard is done iff ``commits/NNNNNN.json`` exists and the sha256 of the tar and the manifest it
+records match the files. Partial files carry a leading '.' (WebDataset and Parquet readers ignore
+them) and are renamed into place only after fsync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from mtcc.manifests import status_counts, to_table
+from mtcc.stages.base import Candidate, Stage
+from mtcc.stages.media import fsync_dir, fsync_file
+
+# DESIGN §1 member order; anything else a stage adds follows, sorted.
+MEMBER_ORDER = ["mp4", "mix.flac", "spk0.flac", "spk1.flac", "faces.json", "masks.rle.json", "route.npy",
+                "audio_emb.npy", "ref0.jpg", "ref1.jpg", "caption.txt", "json"]
+FIXED_MTIME = 0
+COMMIT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.parquet"
+
+    @property
+    def run_config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def dirs(self) -> list[Path]:
+        return [self.root / d for d in ("shards", "manifests", "commits", "report")]
+
+    def tar(self, shard: int) -> Path:
+        return self.root / "shards" / f"mtcc-{shard:06d}.tar"
+
+    def manifest(self, shard: int) -> Path:
+        return self.root / "manifests" / f"{shard:06d}.parquet"
+
+    def commit(self, shard: int) -> Path:
+        return self.root / "commits" / f"{shard:06d}.json"
+
+    @staticmethod
+    def temp(path: Path) -> Path:
+        return path.with_name(f".{path.name}.tmp")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _member_rank(name: str) -> tuple[int, str]:
+    return (MEMBER_ORDER.index(name), name) if name in MEMBER_ORDER else (len(MEMBER_ORDER), name)
+
+
+def _safe_member(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name.startswith(".") or any(ord(ch) < 32 for ch in name):
+        raise ValueError(f"unsafe tar member name {name!r}")
+
+
+def sample_meta(c: Candidate, run_info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "key": c.key,
+        "source": c.source,
+        "source_sha256": c.info.get("sha256"),
+        "start": c.start,
+        "end": c.end,
+        "probe": c.info.get("probe"),
+        "stats": c.stats,
+        **run_info,
+    }
+
+
+def write_tar(path: Path, samples: Sequence[Candidate], run_info: dict[str, Any]) -> int:
+    """Deterministic tar: samples by key, members in schema order, fixed mtime/uid/gid/mode."""
+    n = 0
+    with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for c in sorted(samples, key=lambda c: c.key):
+            members = dict(c.members)
+            members["json"] = json.dumps(sample_meta(c, run_info), sort_keys=True, default=str).encode()
+            for name in sorted(members, key=_member_rank):
+                _safe_member(c.key)
+                _safe_member(name)
+                data = members[name]
+                info = tarfile.TarInfo(f"{c.key}.{name}")
+                info.size, info.mtime, info.mode = len(data), FIXED_MTIME, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+            n += 1
+        raw.flush()
+        os.fsync(raw.fileno())
+    return n
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    fsync_file(tmp)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def commit_shard(layout: Layout, shard: int, cands: list[Candidate], stages: Sequence[Stage],
+                 run_info: dict[str, Any]) -> dict[str, Any]:
+    tar_path, man_path, com_path = layout.tar(shard), layout.manifest(shard), layout.commit(shard)
+    kept = [c for c in cands if c.status == "kept"]
+    for c in cands:
+        c.members = c.members if c.status == "kept" else {}
+    tmp_tar = layout.temp(tar_path)
+    n = write_tar(tmp_tar, kept, run_info)
+    table = to_table(cands, stages)
+    tmp_man = layout.temp(man_path)
+    pq.write_table(table, tmp_man, compression="zstd")
+    _publish(tmp_tar, tar_path)
+    _publish(tmp_man, man_path)
+    commit = {
+        "commit_version": COMMIT_VERSION,
+        "shard": shard,
+        "samples": n,
+        "candidates": table.num_rows,
+        "counts": status_counts(table),
+        "tar": {"name": tar_path.name, "sha256": sha256_file(tar_path), "bytes": tar_path.stat().st_size},
+        "manifest": {"name": man_path.name, "sha256": sha256_file(man_path), "bytes": man_path.stat().st_size},
+        **run_info,
+    }
+    tmp_com = layout.temp(com_path)
+    tmp_com.write_text(json.dumps(commit, indent=2, sort_keys=True) + "\n")
+    _publish(tmp_com, com_path)
+    return commit
+
+
+def check_shard(layout: Layout, shard: int, config_hash: str | None = None, deep: bool = False) -> str | None:
+    """None if the shard is committed and intact; otherwise what is wrong with it."""
+    com = layout.commit(shard)
+    if not com.exists():
+        return "not committed"
+    try:
+        commit = json.loads(com.read_text())
+    except (OSError, ValueError) as e:
+        return f"commit file unreadable: {e}"
+    if config_hash is not None and commit.get("config_hash") != config_hash:
+        return f"built with config {commit.get('config_hash')}, current config is {config_hash}"
+    for kind, path in (("tar", layout.tar(shard)), ("manifest", layout.manifest(shard))):
+        if not path.exists():
+            return f"{kind} missing: {path}"
+        if sha256_file(path) != commit[kind]["sha256"]:
+            return f"{kind} checksum mismatch: {path} (truncated or modified after commit)"
+    if deep:
+        try:
+            with tarfile.open(layout.tar(shard)) as tar:
+                keys = {m.name.split(".", 1)[0] for m in tar.getmembers()}
+        except (tarfile.TarError, OSError) as e:
+            return f"tar unreadable: {e}"
+        if len(keys) != commit["samples"]:
+            return f"tar holds {len(keys)} samples, commit says {commit['samples']}"
+    return None
+
+
+def remove_shard(layout: Layout, shard: int) -> None:
+    """Drop everything of an uncommitted or broken shard; the commit file goes first, so a crash in
+    between never leaves a commit pointing at missing files."""
+    for p in (layout.commit(shard), layout.tar(shard), layout.manifest(shard)):
+        for q in (p, layout.temp(p)):
+            if q.exists():
+                q.unlink()
+
+
+def remove_temporaries(layout: Layout) -> list[Path]:
+    removed = []
+    for d in layout.dirs():
+        if d.is_dir():
+            for p in d.iterdir():
+                if p.name.startswith(".") and p.name.endswith(".tmp"):
+                    p.unlink()
+                    removed.append(p)
+    return removed

@@ -1,0 +1,58 @@
+"""Small but real sample videos with ground truth, for tests and demos.
+
+``generate(out_dir, seed=0)`` writes the fixtures (two people talking, scene events, broken files)
+and a ``<stem>.truth.json`` beside each; ``load_truth(video)`` reads the truth of one of them.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import broken
+from .fixtures import broken_scenes, good_scenes
+from .scene import render
+
+__all__ = ["generate", "load_truth", "truth_path", "FIXTURES"]
+
+FIXTURES = (
+    "two_talk", "two_talk_30fps", "one_person", "three_people", "two_far", "scene_events",
+    "broken_truncated", "broken_empty", "broken_text", "no_audio", "audio_only", "too_short", "tiny_res",
+)
+
+
+def truth_path(video_path: str | Path) -> Path:
+    p = Path(video_path)
+    return p.with_name(f"{p.stem}.truth.json")
+
+
+def load_truth(video_path: str | Path) -> dict:
+    """The ground truth written beside ``video_path`` by :func:`generate`."""
+    with open(truth_path(video_path), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_truth(out_dir: Path, truth: dict) -> None:
+    truth_path(out_dir / truth["file"]).write_text(json.dumps(truth, separators=(",", ":")) + "\n",
+                                                   encoding="utf-8")
+
+
+def generate(out_dir: str | Path, *, seed: int = 0) -> list[Path]:
+    """Write every fixture video and its truth JSON into ``out_dir``; return the video paths, sorted.
+
+    Deterministic for a given ``seed`` (same truth, same decoded pixels and audio).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scenes = good_scenes() + broken_scenes()
+    # rendering (numpy/OpenCV) and x264 overlap well; two renders at a time keeps both cores busy
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        truths = list(pool.map(lambda s: render(s, out, seed), scenes))
+    truths.append(broken.truncated(out / "two_talk.mp4", out))
+    truths.append(broken.empty(out))
+    truths.append(broken.text(out))
+    truths.append(broken.audio_only(out, seed))
+    for t in truths:
+        _write_truth(out, t)
+    return sorted(out / t["file"] for t in truths)

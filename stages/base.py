@@ -1,0 +1,155 @@
+"""The stage contract.
+
+A stage is a pydantic model: its fields are its config (validated, unknown keys refused), its class
+variables say what it is (name, the stats it records, whether it splits a video into clips). ``setup()``
+loads models once per actor; ``process(batch)`` fills stats and decides per candidate.
+
+Stats and decisions are kept apart (compute, then decide against thresholds) so the manifest carries
+the numbers and a user can re-apply other thresholds later without recomputing.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["pending", "kept", "rejected", "expanded"]
+Level = Literal["video", "clip"]
+
+# Stat column types a stage may declare; the manifest schema is built from them so that every shard's
+# Parquet file has the same columns whatever its content.
+STAT_TYPES = ("float64", "int64", "bool", "string")
+
+
+class Resources(BaseModel):
+    """What one actor of a stage asks the scheduler for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    batch_size: int = Field(1, ge=1, description="candidates per process() call")
+    concurrency: int = Field(1, ge=1, description="actors in this stage's pool")
+
+
+@dataclass
+class Candidate:
+    """One unit flowing through the stages: a whole input video, or a clip cut from one.
+
+    ``info`` carries JSON-able facts later stages need (probe info, tracks); ``members`` carries the
+    sample files produced so far (member name -> bytes), written into the shard tar at commit.
+    """
+
+    key: str
+    video_id: str
+    source: str
+    shard: int
+    level: Level = "video"
+    clip_idx: int | None = None
+    start: float | None = None
+    end: float | None = None
+    from_stage: str = ""
+    status: Status = "pending"
+    stage: str = ""
+    reason: str | None = None
+    message: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    members: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> bool:
+        return self.status == "pending"
+
+    def reject(self, stage: str, reason: str, message: str) -> None:
+        self.status, self.stage, self.reason, self.message = "rejected", stage, reason, message
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    message: str
+
+
+class Stage(BaseModel):
+    """Base class of every stage. Subclasses set ``name`` and ``stats_schema`` and implement
+    ``process`` (batched) or ``compute``/``decide`` (one candidate at a time)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: ClassVar[str] = ""
+    # stat name -> one of STAT_TYPES; recorded as manifest column "<stage>.<stat>"
+    stats_schema: ClassVar[dict[str, str]] = {}
+    # a stage that turns one video candidate into clip candidates
+    expands: ClassVar[bool] = False
+
+    enabled: bool = True
+    resources: Resources = Field(default_factory=Resources)
+
+    def setup(self) -> None:
+        """Load models and other per-actor state. Called once per actor before any batch."""
+
+    # -- one-at-a-time stages implement these two --------------------------------------------------
+    def compute(self, cand: Candidate) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def decide(self, stats: dict[str, Any]) -> Rejection | None:
+        return None
+
+    # -- the batched entry point ----------------------------------------------------------------------
+    def process(self, batch: list[Candidate]) -> list[Candidate]:
+        out: list[Candidate] = []
+        for cand in batch:
+            stats = self.compute(cand)
+            self.record(cand, stats)
+            rejection = self.decide(stats)
+            if rejection is not None:
+                cand.reject(self.name, rejection.reason, rejection.message)
+            out.append(cand)
+        return out
+
+    def record(self, cand: Candidate, stats: dict[str, Any]) -> None:
+        for k, v in stats.items():
+            cand.stats[f"{self.name}.{k}"] = v
+
+    def run_batch(self, batch: list[Candidate]) -> list[Candidate]:
+        """``process`` with failure isolation: an exception for one candidate rejects that candidate
+        with reason ``error`` and lets its neighbours go on."""
+        todo = [c for c in batch if c.pending]
+        done = [c for c in batch if not c.pending]
+        if not todo:
+            return batch
+        for c in todo:
+            c.stage = self.name
+        try:
+            return done + self._finish(self.process(todo))
+        except Exception:  # noqa: BLE001 - a failing batch is retried item by item to find the culprit
+            if len(todo) == 1:
+                self._reject_error(todo[0])
+                return done + todo
+        out = list(done)
+        for c in todo:
+            try:
+                out.extend(self._finish(self.process([c])))
+            except Exception:  # noqa: BLE001 - becomes a manifest row with the exception text
+                self._reject_error(c)
+                out.append(c)
+        return out
+
+    def _finish(self, cands: list[Candidate]) -> list[Candidate]:
+        for c in cands:
+            if c.pending or c.status == "expanded":
+                c.stage = self.name
+        return cands
+
+    def _reject_error(self, cand: Candidate) -> None:
+        tb = traceback.format_exc(limit=-3).strip().splitlines()
+        last = tb[-1] if tb else "unknown error"
+        cand.reject(
+            self.name,
+            "error",
+            f"stage '{self.name}' failed on {cand.source} ({cand.key}): {last}",
+        )

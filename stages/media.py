@@ -1,0 +1,117 @@
+"""ffprobe/ffmpeg through argument lists only (file names never reach a shell)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+# Flags that keep ffmpeg from writing its version string and metadata: reruns give identical bytes.
+BITEXACT = ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact"]
+
+
+class MediaError(RuntimeError):
+    """A media tool failed on one input; the message names the file and what the tool said."""
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise MediaError(f"'{name}' not found on PATH; install it (e.g. `make sysdeps` or apt-get install ffmpeg)")
+    return path
+
+
+def run_tool(args: list[str], *, what: str, timeout: float = 600.0, stdin: bytes | None = None) -> bytes:
+    require_tool(args[0])
+    try:
+        proc = subprocess.run(args, input=stdin, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise MediaError(f"{args[0]} timed out after {timeout:.0f}s on {what}") from e
+    if proc.returncode != 0:
+        # drop the context pointers ffmpeg prints ("[mov @ 0x55d0...]"): messages must repeat exactly
+        text = re.sub(r" @ 0x[0-9a-fA-F]+", "", proc.stderr.decode("utf-8", "replace"))
+        err = text.strip().splitlines()
+        tail = " | ".join(err[-3:]) if err else f"exit code {proc.returncode}"
+        raise MediaError(f"{args[0]} failed on {what}: {tail}")
+    return proc.stdout
+
+
+def ffprobe(path: str) -> dict[str, Any]:
+    out = run_tool(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", ff_input(path)],
+        what=path,
+        timeout=120,
+    )
+    return json.loads(out.decode("utf-8", "replace") or "{}")
+
+
+def ff_input(path: str) -> str:
+    """An ffmpeg input argument that is only ever read as a local file: an absolute path behind the
+    ``file:`` protocol, so names like ``-x.mp4`` or ``concat:a|b`` are not taken as options or protocols."""
+    return "file:" + os.path.abspath(path)
+
+
+def parse_rate(text: str | None) -> float:
+    """'30000/1001' -> 29.97; '0/0' or missing -> 0.0."""
+    if not text:
+        return 0.0
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return float(value) if value > 0 else 0.0
+
+
+def ffmpeg_version() -> str:
+    try:
+        first = run_tool(["ffmpeg", "-version"], what="ffmpeg -version", timeout=30).decode().splitlines()[0]
+    except MediaError:
+        return "unavailable"
+    return first.split(" Copyright")[0].strip()
+
+
+def is_remote(source: str) -> bool:
+    return "://" in source and not source.startswith("file://")
+
+
+def local_source(source: str) -> str:
+    return source[len("file://"):] if source.startswith("file://") else source
+
+
+@contextlib.contextmanager
+def open_local(source: str, cache_dir: str | None = None) -> Iterator[str]:
+    """A local path for ``source``: the path itself, or a temporary download of an fsspec URL."""
+    if not is_remote(source):
+        yield local_source(source)
+        return
+    import fsspec
+
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix="mtcc-src-") as tmp:
+        dst = Path(tmp) / ("input" + Path(source.split("?")[0]).suffix[:8])
+        with fsspec.open(source, "rb") as src, open(dst, "wb") as out:
+            shutil.copyfileobj(src, out, length=8 << 20)
+        yield str(dst)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,142 @@
+"""Probe: what is this file, and is it worth decoding? ffprobe only, no frames decoded."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, ClassVar
+
+from pydantic import Field, model_validator
+
+from .base import Candidate, Rejection, Resources, Stage
+from .media import MediaError, ffprobe, is_remote, local_source, open_local, parse_rate
+
+
+def file_sha256(path: str, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    for side in stream.get("side_data_list", []) or []:
+        if "rotation" in side:
+            return int(round(float(side["rotation"]))) % 360
+    tag = (stream.get("tags") or {}).get("rotate")
+    return int(tag) % 360 if tag not in (None, "") else 0
+
+
+class Probe(Stage):
+    """Reads container facts and rejects files that cannot yield a usable clip."""
+
+    name: ClassVar[str] = "probe"
+    stats_schema: ClassVar[dict[str, str]] = {
+        "duration": "float64",
+        "fps": "float64",
+        "fps_real": "float64",
+        "width": "int64",
+        "height": "int64",
+        "rotation": "int64",
+        "vcodec": "string",
+        "acodec": "string",
+        "audio_rate": "int64",
+        "audio_channels": "int64",
+        "size_bytes": "int64",
+    }
+
+    min_duration: float = Field(2.0, ge=0, description="seconds; 49 frames at 25 fps need 1.96 s")
+    max_duration: float = Field(6 * 3600.0, gt=0)
+    min_width: int = Field(128, ge=1)
+    min_height: int = Field(128, ge=1)
+    min_fps: float = Field(10.0, gt=0)
+    max_fps: float = Field(120.0, gt=0)
+    require_audio: bool = True
+    min_audio_rate: int = Field(8000, ge=1, description="Hz; separation runs at 16 kHz")
+    hash_content: bool = Field(True, description="sha256 of the whole source, recorded in every sample's meta")
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.5, batch_size=4))
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Probe:
+        if self.min_duration >= self.max_duration:
+            raise ValueError(f"min_duration ({self.min_duration}) must be below max_duration ({self.max_duration})")
+        if self.min_fps >= self.max_fps:
+            raise ValueError(f"min_fps ({self.min_fps}) must be below max_fps ({self.max_fps})")
+        return self
+
+    def compute(self, cand: Candidate) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        path = local_source(cand.source)
+        if not is_remote(cand.source):
+            if not os.path.exists(path):
+                return {"error": f"file not found: {cand.source}"}
+            if os.path.isdir(path):
+                return {"error": f"is a directory, not a video: {cand.source}"}
+            if not os.access(path, os.R_OK):
+                return {"error": f"permission denied: {cand.source}"}
+        try:
+            with open_local(cand.source) as local:
+                stats["size_bytes"] = os.path.getsize(local)
+                if stats["size_bytes"] == 0:
+                    return {**stats, "error": f"empty file (0 bytes): {cand.source}"}
+                info = ffprobe(local)
+                if self.hash_content:
+                    cand.info["sha256"] = file_sha256(local)
+        except (MediaError, OSError, ValueError) as e:
+            return {**stats, "error": str(e)}
+
+        streams = info.get("streams", [])
+        video = next((s for s in streams if s.get("codec_type") == "video"
+                      and not (s.get("disposition") or {}).get("attached_pic")), None)
+        audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+        fmt = info.get("format", {})
+        duration = float(fmt.get("duration") or 0.0)
+        if video is not None:
+            rot = _rotation(video)
+            w, h = int(video.get("width") or 0), int(video.get("height") or 0)
+            if rot in (90, 270):
+                w, h = h, w  # ffmpeg auto-rotates on decode: downstream sees the displayed size
+            stats.update(
+                width=w, height=h, rotation=rot,
+                fps=parse_rate(video.get("avg_frame_rate")),
+                fps_real=parse_rate(video.get("r_frame_rate")),
+                vcodec=video.get("codec_name"),
+            )
+            duration = duration or float(video.get("duration") or 0.0)
+        if audio is not None:
+            stats.update(
+                acodec=audio.get("codec_name"),
+                audio_rate=int(audio.get("sample_rate") or 0),
+                audio_channels=int(audio.get("channels") or 0),
+            )
+        stats["duration"] = duration
+        stats["has_video"] = video is not None
+        stats["has_audio"] = audio is not None
+        cand.info["probe"] = {k: v for k, v in stats.items() if k != "error"}
+        return stats
+
+    def decide(self, stats: dict[str, Any]) -> Rejection | None:
+        if "error" in stats:
+            return Rejection("unreadable", f"{stats['error']}; check the file is a complete video (re-download or remux it)")
+        if not stats["has_video"]:
+            return Rejection("no_video", "no video stream in the container")
+        if self.require_audio and not stats["has_audio"]:
+            return Rejection("no_audio", "no audio stream; set stages.probe.require_audio=false to keep silent videos")
+        fps = stats.get("fps") or stats.get("fps_real") or 0.0
+        dur = stats["duration"]
+        if dur < self.min_duration:
+            return Rejection("too_short", f"duration {dur:.2f}s < min_duration {self.min_duration}s")
+        if dur > self.max_duration:
+            return Rejection("too_long", f"duration {dur:.0f}s > max_duration {self.max_duration:.0f}s")
+        w, h = stats.get("width", 0), stats.get("height", 0)
+        if w < self.min_width or h < self.min_height:
+            return Rejection("too_small", f"{w}x{h} below min {self.min_width}x{self.min_height}")
+        if not (self.min_fps <= fps <= self.max_fps):
+            return Rejection("fps_out_of_range", f"fps {fps:.3f} outside [{self.min_fps}, {self.max_fps}]")
+        if stats["has_audio"] and stats.get("audio_rate", 0) < self.min_audio_rate:
+            return Rejection("audio_rate_low", f"audio {stats.get('audio_rate')} Hz < min_audio_rate {self.min_audio_rate} Hz")
+        return None
+
+    def record(self, cand: Candidate, stats: dict[str, Any]) -> None:
+        super().record(cand, {k: v for k, v in stats.items() if k in self.stats_schema})

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "fixtures" / "real"
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """The generated sample videos (with ground truth), made once per test session."""
+    from mtcc.sampledata import generate
+
+    d = tmp_path_factory.mktemp("samples")
+    generate(d, seed=0)
+    return d
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    if not REAL.is_dir():
+        pytest.fail(f"real fixtures missing: {REAL} (the repo expects ../shared/fixtures/real beside it)")
+    return REAL
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for the session (init costs seconds)."""
+    from mtcc.pipeline.executor import init_ray
+
+    init_ray(None, num_cpus=2)
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def copy_inputs(src: Path, dst: Path, names: list[str]) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        shutil.copy2(src / n, dst / n)
+    return dst

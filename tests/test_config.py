@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+
+from mtcc.pipeline.cli import resolve_config
+from mtcc.pipeline.config import ConfigError, build_config, load_config
+
+
+def test_bundled_profiles_validate():
+    for name in ("offline", "mtcc"):
+        cfg = load_config(resolve_config(name))
+        assert [s.name for s in cfg.stages][:2] == ["probe", "clip"]
+        assert cfg.profile == name
+
+
+def test_unknown_key_names_key_and_allowed_values():
+    with pytest.raises(ConfigError) as e:
+        load_config(resolve_config("offline"), ["stages.probe.min_fpz=3"])
+    msg = str(e.value)
+    assert "stages.probe.min_fpz" in msg and "unknown key" in msg
+    assert "min_fps" in msg and "max_duration" in msg
+
+
+def test_unknown_nested_key_lists_nested_fields():
+    with pytest.raises(ConfigError) as e:
+        load_config(resolve_config("offline"), ["stages.write.resources.gpus=1"])
+    assert "stages.write.resources.gpus" in str(e.value)
+    assert "num_gpus" in str(e.value)
+
+
+def test_bad_value_and_literal_choices():
+    with pytest.raises(ConfigError) as e:
+        load_config(resolve_config("offline"), ["stages.probe.min_fps=-1", "stages.write.preset=fastest"])
+    msg = str(e.value)
+    assert "stages.probe.min_fps" in msg and "greater than 0" in msg
+    assert "stages.write.preset" in msg and "veryfast" in msg
+
+
+def test_unknown_stage_lists_known():
+    with pytest.raises(ConfigError) as e:
+        build_config({"stages": {"probe": {}, "clipp": {}, "write": {}}})
+    assert "stages.clipp: unknown stage" in str(e.value) and "clip" in str(e.value)
+
+
+def test_inconsistent_thresholds_refused():
+    with pytest.raises(ConfigError, match="min_duration"):
+        build_config({"stages": {"probe": {"min_duration": 10, "max_duration": 5}, "clip": {}}})
+
+
+def test_set_override_types_and_hash():
+    base = load_config(resolve_config("offline"))
+    cfg = load_config(resolve_config("offline"), ["stages.probe.min_fps=24", "stages.probe.require_audio=false"])
+    probe = cfg.stages[0]
+    assert probe.min_fps == 24.0 and probe.require_audio is False
+    assert cfg.config_hash() != base.config_hash()
+    # the Ray section is runtime only: another cluster is not another dataset
+    assert load_config(resolve_config("offline"), ["ray.address=auto"]).config_hash() == base.config_hash()
+
+
+def test_stage_order_is_part_of_the_hash():
+    a = build_config({"stages": {"probe": {}, "clip": {}, "write": {}}})
+    b = build_config({"stages": {"clip": {}, "probe": {}, "write": {}}})
+    assert a.config_hash() != b.config_hash()
+
+
+def test_yaml_cannot_execute_code(tmp_path):
+    marker = tmp_path / "pwned"
+    p = tmp_path / "evil.yaml"
+    p.write_text(f"stages: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    assert not marker.exists()
+
+
+def test_exactly_one_expanding_stage():
+    with pytest.raises(ConfigError, match="split videos into clips"):
+        build_config({"stages": {"probe": {}, "write": {}}})

@@ -1,0 +1,215 @@
+"""End to end on real Ray, real ffmpeg and the generated sample videos."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mtcc.pipeline.build import BuildError, build, read_manifests
+from mtcc.pipeline.cli import resolve_config
+from mtcc.pipeline.config import load_config
+from mtcc.pipeline.lock import LockBusy, RunLock
+from mtcc.pipeline.shard import Layout, check_shard
+from mtcc.stages.media import ffprobe
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = ["run.videos_per_shard=3", "run.max_shards_in_flight=2"]
+
+
+def cfg(*extra: str):
+    return load_config(resolve_config("offline"), [*OVERRIDES, *extra])
+
+
+def digests(out: Path) -> dict[str, str]:
+    files = sorted([*out.glob("shards/*"), *out.glob("manifests/*"), *out.glob("commits/*"), out / "plan.parquet"])
+    return {str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+@pytest.fixture(scope="module")
+def built(sample_dir, tmp_path_factory, ray_local):
+    out = tmp_path_factory.mktemp("built") / "out"
+    res = build(cfg(), [str(sample_dir)], out, runner="ray", progress=False)
+    return out, res
+
+
+def truths(sample_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sample_dir.glob("*.truth.json"))]
+
+
+def test_every_input_has_a_row_with_the_expected_outcome(built, sample_dir):
+    out, res = built
+    assert not res.shards_failed
+    rows = read_manifests(out).to_pylist()
+    videos = {Path(r["source"]).name: r for r in rows if r["level"] == "video"}
+    for t in truths(sample_dir):
+        row = videos[t["file"]]
+        if t["expect_probe"] == "kept":
+            assert row["status"] == "expanded", (t["file"], row["message"])
+        else:
+            assert (row["status"], row["reason"]) == ("rejected", t["expect_probe"]), (t["file"], row["message"])
+            assert row["message"] and row["stage"] == "probe"
+    assert len(videos) == len(truths(sample_dir))
+
+
+def test_good_videos_are_written_with_the_sample_layout(built, sample_dir, tmp_path):
+    import webdataset as wds
+
+    out, _ = built
+    good = {t["file"]: t for t in truths(sample_dir) if t["expect_probe"] == "kept"}
+    rows = read_manifests(out).to_pylist()
+    kept = {r["key"]: r for r in rows if r["status"] == "kept"}
+    assert {Path(r["source"]).name for r in kept.values()} == set(good)
+    seen = {}
+    ds = wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False)
+    for sample in ds:
+        seen[sample["__key__"]] = sample
+    assert set(seen) == set(kept)
+    for key, sample in seen.items():
+        truth = good[Path(kept[key]["source"]).name]
+        assert set(sample) >= {"mp4", "mix.flac", "json"}
+        meta = json.loads(sample["json"])
+        assert meta["source_sha256"] == hashlib.sha256(Path(meta["source"]).read_bytes()).hexdigest()
+        clip = tmp_path / f"{key}.mp4"
+        clip.write_bytes(sample["mp4"])
+        info = ffprobe(str(clip))
+        v = next(s for s in info["streams"] if s["codec_type"] == "video")
+        a = next(s for s in info["streams"] if s["codec_type"] == "audio")
+        assert v["codec_name"] == "h264" and v["avg_frame_rate"] == "25/1"
+        assert (a["codec_name"], a["sample_rate"], a["channels"]) == ("aac", "16000", 1)
+        assert abs(float(info["format"]["duration"]) - truth["duration"]) < 0.1
+        assert meta["probe"]["fps"] == pytest.approx(truth["fps"], abs=0.01)
+        flac = tmp_path / f"{key}.flac"
+        flac.write_bytes(sample["mix.flac"])
+        import soundfile as sf
+
+        audio, rate = sf.read(flac)
+        assert rate == 16000 and audio.ndim == 1
+        assert abs(len(audio) / rate - truth["duration"]) < 0.1
+
+
+def test_ray_data_reads_the_shards(built):
+    import ray
+
+    out, _ = built
+    ds = ray.data.read_webdataset(sorted(str(p) for p in (out / "shards").glob("*.tar")))
+    n_kept = sum(r["status"] == "kept" for r in read_manifests(out).to_pylist())
+    assert ds.count() == n_kept
+
+
+def test_rerun_skips_committed_shards_and_changes_nothing(built, sample_dir):
+    out, res = built
+    before = digests(out)
+    again = build(cfg(), [str(sample_dir)], out, runner="ray", progress=False)
+    assert again.shards_built == [] and len(again.shards_skipped) == res.shards_total
+    assert digests(out) == before
+
+
+def test_inprocess_runner_gives_the_same_bytes(built, sample_dir, tmp_path):
+    out, _ = built
+    other = tmp_path / "inproc"
+    build(cfg(), [str(sample_dir)], other, runner="inprocess", progress=False)
+    assert digests(other) == digests(out)
+
+
+def test_killed_run_resumes_to_identical_shards(built, sample_dir, tmp_path):
+    out, _ = built
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mtcc.pipeline.cli", "run", "offline", "--input", str(sample_dir),
+           "--output", str(killed), "--no-progress", *[a for o in OVERRIDES for a in ("--set", o)]]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((killed / "commits").glob("*.json")):
+        assert proc.poll() is None, "run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+    proc.wait()
+    n_total = len(list((out / "commits").glob("*.json")))
+    assert len(list((killed / "commits").glob("*.json"))) < n_total
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert digests(killed) == digests(out)
+    leftovers = [p for p in killed.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_verify_finds_corruption_and_the_rerun_redoes_exactly_that_shard(built, sample_dir, tmp_path):
+    import shutil
+
+    src, _ = built
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    layout = Layout(out)
+    tar = layout.tar(1)
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    verify = subprocess.run([sys.executable, "-m", "mtcc.pipeline.cli", "verify", str(out)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 1
+    assert "shard 000001" in verify.stdout and "checksum mismatch" in verify.stdout
+    assert "shard 000000" not in verify.stdout
+    res = build(cfg(), [str(sample_dir)], out, runner="ray", progress=False)
+    assert res.shards_built == [1]
+    assert check_shard(layout, 1, deep=True) is None
+    assert digests(out) == digests(src)
+
+
+def test_changed_config_is_refused_unless_forced(built, sample_dir, tmp_path):
+    import shutil
+
+    src, _ = built
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    with pytest.raises(BuildError, match="stages.probe.min_fps"):
+        build(cfg("stages.probe.min_fps=26"), [str(sample_dir)], out, runner="inprocess", progress=False)
+    res = build(cfg("stages.probe.min_fps=26"), [str(sample_dir)], out, runner="inprocess", progress=False,
+                force=True)
+    assert sorted(res.shards_built) == list(range(res.shards_total))
+    videos = {Path(r["source"]).name: r for r in read_manifests(out).to_pylist() if r["level"] == "video"}
+    assert videos["two_talk.mp4"]["reason"] == "fps_out_of_range"
+    assert videos["two_talk_30fps.mp4"]["status"] == "expanded"
+
+
+def test_second_run_on_same_out_is_refused_and_a_stale_lock_taken_over(tmp_path, sample_dir):
+    out = tmp_path / "locked"
+    with RunLock(Layout(out).lock):
+        with pytest.raises(LockBusy, match="being written by pid"):
+            build(cfg(), [str(sample_dir)], out, runner="inprocess", progress=False)
+    # a run killed with SIGKILL leaves its lock file behind, with its pid in it
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import sys; from pathlib import Path; from mtcc.pipeline.lock import RunLock\n"
+                              "l = RunLock(Path(sys.argv[1])).__enter__(); print('locked', flush=True)\n"
+                              "import time; time.sleep(60)", str(Layout(out).lock)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "locked"
+    child.kill()
+    child.wait()
+    assert Layout(out).lock.read_text()  # left behind
+    lock = RunLock(Layout(out).lock)
+    with lock:
+        assert lock.took_over and lock.took_over["pid"] == child.pid
+
+
+def test_real_footage_probe(real_dir, tmp_path):
+    from mtcc.stages.base import Candidate
+    from mtcc.stages.probe import Probe
+
+    probe = Probe()
+    out = {}
+    for p in sorted(real_dir.glob("*.[ma][pv][4i]")):
+        c = Candidate(key=p.stem, video_id=p.stem, source=str(p), shard=0)
+        probe.run_batch([c])
+        out[p.name] = c
+    assert all(c.status == "pending" for c in out.values()), {k: c.message for k, c in out.items()}
+    debate = out["debate_split_screen.avi"].stats
+    assert (debate["probe.vcodec"], debate["probe.acodec"], debate["probe.audio_rate"]) == ("mpeg4", "ac3", 44100)
+    assert out["same_scene_pair_16fps.mp4"].stats["probe.fps"] == pytest.approx(16.0)
+    assert out["single_talking_head_2997fps.mp4"].stats["probe.fps"] == pytest.approx(30000 / 1001, abs=1e-3)
+    assert (debate["probe.width"], debate["probe.height"]) == (1280, 720)
