@@ -44,6 +44,7 @@ class BuildResult:
     shards_built: list[int] = field(default_factory=list)
     shards_failed: dict[int, str] = field(default_factory=dict)
     wall_s: float = 0.0
+    startup_s: float = 0.0
     stage_timing: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -95,6 +96,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard: int,
                       warn: Callable[[str], None]) -> pa.Table:
+    sources: list[str] | None = None
     if layout.plan.exists():
         plan = pq.read_table(layout.plan)
         if inputs:
@@ -105,15 +107,26 @@ def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard
                 raise BuildError(
                     f"{layout.root} has a plan frozen from other inputs ({len(now - planned)} new, "
                     f"{len(planned - now)} gone); resume with the same --input, or use a new --output")
-        return plan
-    if not inputs:
-        raise BuildError(f"{layout.root} has no plan yet: pass --input")
-    disc = discover(inputs)
-    for w in disc.warnings:
-        warn(w)
-    if not disc.sources:
-        raise BuildError(f"no videos found in {', '.join(inputs)} (extensions: .mp4 .mkv .avi .mov .webm ...)")
-    plan = make_plan(disc.sources, videos_per_shard)
+        grouping = (plan.schema.metadata or {}).get(b"videos_per_shard", b"0")
+        if int(grouping) == videos_per_shard:
+            return plan
+        # only reachable with --force (the grouping is part of the config hash): every shard changes
+        warn(f"run.videos_per_shard changed ({grouping.decode()} -> {videos_per_shard}): replanning all shards")
+        for d in ("commits", "shards", "manifests"):
+            for p in sorted((layout.root / d).glob("*")):
+                p.unlink()
+        sources = plan.column("source").to_pylist()
+    else:
+        if not inputs:
+            raise BuildError(f"{layout.root} has no plan yet: pass --input")
+        disc = discover(inputs)
+        for w in disc.warnings:
+            warn(w)
+        if not disc.sources:
+            raise BuildError(f"no videos found in {', '.join(inputs)} (extensions: .mp4 .mkv .avi .mov .webm ...)")
+        sources = disc.sources
+    plan = make_plan(sources, videos_per_shard)
+    plan = plan.replace_schema_metadata({"videos_per_shard": str(videos_per_shard)})
     tmp = layout.temp(layout.plan)
     pq.write_table(plan, tmp)
     fsync_file(tmp)
@@ -175,7 +188,8 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
             _run_shards(cfg, plan, layout, todo, result, runner=runner, address=address, progress=progress, log=log)
         result.wall_s = time.monotonic() - t0
         _write_json_atomic(layout.root / "report" / "last_run.json", {
-            "runner": runner, "wall_s": round(result.wall_s, 3), "built": result.shards_built,
+            "runner": runner, "wall_s": round(result.wall_s, 3), "startup_s": round(result.startup_s, 3),
+            "built": result.shards_built,
             "skipped": result.shards_skipped, "failed": result.shards_failed, "stage_timing": result.stage_timing,
         })
     return result
@@ -186,6 +200,7 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
     stages = cfg.active_stages
     run_info = {"config_hash": cfg.config_hash(), "pipeline_version": PIPELINE_VERSION, "versions": versions(),
                 "profile": cfg.profile}
+    t_start = time.monotonic()
     if runner == "ray":
         init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
         executor: Any = RayExecutor(stages)
@@ -193,6 +208,7 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
         executor = InProcessExecutor(stages)
     else:
         raise BuildError(f"unknown runner {runner!r}; allowed: ray, inprocess")
+    result.startup_s = time.monotonic() - t_start  # Ray init + actors set up: a fixed cost per run
 
     from tqdm import tqdm
 
@@ -200,7 +216,11 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
     sources = dict(zip(plan.column("video_id").to_pylist(), plan.column("source").to_pylist()))
     n_inputs = sum(len(rows[s]) for s in todo)
     bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not progress, file=sys.stderr)
-    cand_bar = tqdm(desc="candidates", unit="cand", disable=not progress, file=sys.stderr)
+    counts = {"candidates": 0, "samples": 0}
+
+    def on_progress(n: int) -> None:
+        counts["candidates"] += n
+        bar.set_postfix(counts, refresh=False)
 
     def on_done(shard: int, cands: list[Candidate]) -> None:
         try:
@@ -211,10 +231,11 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
             log(f"shard {shard:06d}: commit failed ({e}); it will be redone by the next run")
             return
         result.shards_built.append(shard)
+        counts["samples"] += commit["samples"]
+        bar.set_postfix(counts, refresh=False)
         bar.update(1)
-        bar.set_postfix(samples=commit["samples"])
 
-    flow = Flow(stages, executor, on_done, cfg.run.max_batch_retries, on_progress=cand_bar.update)
+    flow = Flow(stages, executor, on_done, cfg.run.max_batch_retries, on_progress=on_progress)
     pending = list(todo)
     try:
         while True:
@@ -226,7 +247,6 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
     finally:
         executor.shutdown()
         bar.close()
-        cand_bar.close()
     result.stage_timing = {k: vars(v) for k, v in flow.timing.items()}
     log(f"{len(result.shards_built)} shards built from {n_inputs} inputs")
 

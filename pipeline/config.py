@@ -61,9 +61,13 @@ class PipelineConfig(BaseModel):
         }
 
     def config_hash(self) -> str:
-        """Hash of everything that changes the output (the Ray section does not)."""
-        body = {k: v for k, v in self.dump().items() if k != "ray"}
-        body["stage_order"] = [s.name for s in self.stages]  # json sorts keys; order matters
+        """Hash of what changes the output: the shard grouping and each stage's settings, in order.
+        Resources, Ray settings and scheduling knobs are left out: scaling a build out is not a new
+        dataset and must not force a rebuild."""
+        body = {
+            "videos_per_shard": self.run.videos_per_shard,
+            "stages": [[s.name, s.model_dump(exclude={"resources"})] for s in self.stages],
+        }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -113,6 +113,7 @@ class RayExecutor:
         self.ray = ray
         self.stages = stages
         remote_cls = ray.remote(_StageActor)
+        self._check_fits()
         self.pools: list[list[Any]] = []
         self.load: list[list[int]] = []
         for s in stages:
@@ -122,7 +123,6 @@ class RayExecutor:
             actors = [remote_cls.options(**opts).remote(s.name, config) for _ in range(r.concurrency)]
             self.pools.append(actors)
             self.load.append([0] * len(actors))
-        self._check_fits()
         for s, actors in zip(stages, self.pools):
             for err in ray.get([a.ready.remote() for a in actors]):
                 if err:

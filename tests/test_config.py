@@ -53,8 +53,11 @@ def test_set_override_types_and_hash():
     probe = cfg.stages[0]
     assert probe.min_fps == 24.0 and probe.require_audio is False
     assert cfg.config_hash() != base.config_hash()
-    # the Ray section is runtime only: another cluster is not another dataset
-    assert load_config(resolve_config("offline"), ["ray.address=auto"]).config_hash() == base.config_hash()
+    # runtime knobs (cluster, resources, scheduling) do not make another dataset
+    same = ["ray.address=auto", "stages.write.resources.concurrency=8", "run.max_shards_in_flight=9"]
+    assert load_config(resolve_config("offline"), same).config_hash() == base.config_hash()
+    assert load_config(resolve_config("offline"), ["run.videos_per_shard=9"]).config_hash() != base.config_hash()
+    assert load_config(resolve_config("offline"), ["stages.write.threads=3"]).config_hash() != base.config_hash()
 
 
 def test_stage_order_is_part_of_the_hash():

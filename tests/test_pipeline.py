@@ -96,6 +96,17 @@ def test_good_videos_are_written_with_the_sample_layout(built, sample_dir, tmp_p
         assert abs(len(audio) / rate - truth["duration"]) < 0.1
 
 
+def test_status_prints_shards_and_the_funnel(built, sample_dir):
+    out, res = built
+    st = subprocess.run([sys.executable, "-m", "mtcc.pipeline.cli", "status", str(out)],
+                        capture_output=True, text=True, check=True).stdout
+    assert st.count("committed  samples=") == res.shards_total
+    n_bad = sum(t["expect_probe"] != "kept" for t in truths(sample_dir))
+    probe_line = next(ln for ln in st.splitlines() if ln.startswith("probe"))
+    assert probe_line.split()[1:3] == [str(len(truths(sample_dir))), str(len(truths(sample_dir)) - n_bad)]
+    assert "unreadable=3" in probe_line
+
+
 def test_ray_data_reads_the_shards(built):
     import ray
 
@@ -176,6 +187,11 @@ def test_changed_config_is_refused_unless_forced(built, sample_dir, tmp_path):
     videos = {Path(r["source"]).name: r for r in read_manifests(out).to_pylist() if r["level"] == "video"}
     assert videos["two_talk.mp4"]["reason"] == "fps_out_of_range"
     assert videos["two_talk_30fps.mp4"]["status"] == "expanded"
+    # a new shard grouping is a new plan: forced, every shard is rebuilt under the new grouping
+    res = build(cfg("stages.probe.min_fps=26", "run.videos_per_shard=5"), [str(sample_dir)], out,
+                runner="inprocess", progress=False, force=True)
+    assert res.shards_total == 3 and sorted(res.shards_built) == [0, 1, 2]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"mtcc-00000{i}.tar" for i in range(3)]
 
 
 def test_second_run_on_same_out_is_refused_and_a_stale_lock_taken_over(tmp_path, sample_dir):
