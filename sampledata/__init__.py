@@ -1,7 +1,16 @@
 """Small but real sample videos with ground truth, for tests and demos.
 
-``generate(out_dir, seed=0)`` writes the fixtures (two people talking, scene events, broken files)
-and a ``<stem>.truth.json`` beside each; ``load_truth(video)`` reads the truth of one of them.
+``generate(out_dir, seed=0)`` writes the fixtures (two people talking, two people crossing, scene
+events, broken files) and a ``<stem>.truth.json`` beside each; ``load_truth(video)`` reads the truth
+of one of them. ``generate_long(path, minutes=10)`` writes one long multi-shot benchmark video with
+its truth beside it.
+
+Truth keys: name, file, kind, expect_probe, width, height, fps, duration, n_frames, audio
+({rate, channels} or null), cuts (s), persons ([{id, photo, voice, appear, disappear,
+boxes: [[frame, x0, y0, x1, y1], ...]}]; boxes for every ``boxes_every``-th frame: 1 for the
+fixtures, 5 for the long video), speech ([{person, start, end}] s), face_count (per frame),
+boxes_every, two_face_intervals ([[start, end) s]) and two_face_frames (the same runs as frame
+indices [first, end)).
 """
 
 from __future__ import annotations
@@ -12,12 +21,13 @@ from pathlib import Path
 
 from . import broken
 from .fixtures import broken_scenes, good_scenes
+from .long import generate_long
 from .scene import render
 
-__all__ = ["generate", "load_truth", "truth_path", "FIXTURES"]
+__all__ = ["generate", "generate_long", "load_truth", "truth_path", "FIXTURES"]
 
 FIXTURES = (
-    "two_talk", "two_talk_30fps", "one_person", "three_people", "two_far", "scene_events",
+    "two_talk", "two_talk_30fps", "two_cross", "one_person", "three_people", "two_far", "scene_events",
     "broken_truncated", "broken_empty", "broken_text", "no_audio", "audio_only", "too_short", "tiny_res",
 )
 

@@ -18,7 +18,8 @@ def _blank_truth(name: str, expect: str) -> dict:
     return {
         "name": name, "file": f"{name}.mp4", "kind": "broken", "expect_probe": expect,
         "width": None, "height": None, "fps": None, "duration": None, "n_frames": None,
-        "audio": None, "cuts": [], "persons": [], "speech": [], "face_count": [], "two_face_intervals": [],
+        "audio": None, "cuts": [], "persons": [], "speech": [], "face_count": [], "boxes_every": 1,
+        "two_face_intervals": [], "two_face_frames": [],
     }
 
 

@@ -29,6 +29,19 @@ def good_scenes() -> list[Scene]:
             shots=[(0.0, "coffee")], audio_rate=48000, channels=2,
         ),
         Scene(
+            # A (person 0) walks left -> right high in the frame, B right -> left low in the frame;
+            # their face boxes pass each other at 4 s without overlapping
+            "two_cross", 640, 360, 25, 8.0,
+            persons=[
+                Person("phoebe", "en-gb+f3", [Place(0.0, 110, 100, 84), Place(8.0, 530, 100, 84, glide=True)],
+                       says=[(0.3, "Excuse me, could I get past you, please?"),
+                             (5.6, "Thank you, that is very kind.")]),
+                Person("ross", "en-us+m3", [Place(0.0, 530, 258, 92), Place(8.0, 110, 258, 92, glide=True)],
+                       says=[(3.2, "Of course, there is plenty of room.")]),
+            ],
+            shots=[(0.0, "table")], audio_rate=44100, channels=2,
+        ),
+        Scene(
             "one_person", 640, 360, 25, 5.0,
             persons=[Person("rachel", "en-us+f4", [Place(0.0, 320, 170, 110)],
                             says=[(0.4, "I am recording a short message for the team."),

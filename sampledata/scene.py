@@ -26,12 +26,17 @@ NOISE_FLOOR = 10 ** (-66 / 20)
 
 @dataclass
 class Place:
-    """From time ``t`` on, the person's face box is centred at (cx, cy) and is ``face_w`` wide."""
+    """From time ``t`` on, the person's face box is centred at (cx, cy) and is ``face_w`` wide.
+
+    ``glide=True``: instead of jumping there at ``t``, the person moves in a straight line at constant
+    speed from the previous place (leaving it at that place's ``t``) and arrives here at ``t``.
+    """
 
     t: float
     cx: float
     cy: float
     face_w: float
+    glide: bool = False
 
 
 @dataclass
@@ -98,19 +103,37 @@ def _mix(scene: Scene, rng: np.random.Generator, n_samples: int):
     else:
         mix = np.zeros((n_samples, 2), dtype=np.float32)
         for p, tr in zip(scene.persons, tracks):
-            pan = np.clip(p.places[0].cx / scene.width, 0.0, 1.0)  # left of frame -> left channel
-            g = np.array([np.cos(pan * np.pi / 2), np.sin(pan * np.pi / 2)], dtype=np.float32) * np.sqrt(2)
-            mix += tr[:, None] * (0.55 + 0.45 * g)[None, :]
+            # left of frame -> left channel; follows the person where it moves
+            pan = np.clip(_cx_per_sample(p, n_samples, rate) / scene.width, 0.0, 1.0)
+            g = np.stack([np.cos(pan * np.pi / 2), np.sin(pan * np.pi / 2)], axis=1) * np.sqrt(2)
+            mix += tr[:, None] * (0.55 + 0.45 * g).astype(np.float32)
     mix = mix * 0.8 + rng.normal(0.0, NOISE_FLOOR, mix.shape).astype(np.float32)
     return tracks, np.clip(mix, -1.0, 1.0)
 
 
-def _place_at(p: Person, t: float) -> Place:
+def place_at(p: Person, t: float) -> Place:
+    """Where ``p`` is at time ``t``: the last place reached, or a point on the way to a gliding one."""
     cur = p.places[0]
-    for pl in p.places:
+    for k, pl in enumerate(p.places):
         if pl.t <= t + 1e-9:
             cur = pl
+        elif pl.glide and k > 0 and p.places[k - 1].t <= t + 1e-9:
+            a = p.places[k - 1]
+            f = (t - a.t) / (pl.t - a.t)
+            return Place(t, a.cx + f * (pl.cx - a.cx), a.cy + f * (pl.cy - a.cy),
+                         a.face_w + f * (pl.face_w - a.face_w))
+        else:
+            break
     return cur
+
+
+def _cx_per_sample(p: Person, n_samples: int, rate: int) -> np.ndarray:
+    if not any(pl.glide for pl in p.places) and len({pl.cx for pl in p.places}) == 1:
+        return np.full(n_samples, p.places[0].cx, dtype=np.float64)
+    hop = 0.01  # pan position every 10 ms, linearly interpolated in between
+    ts = np.arange(0.0, n_samples / rate + hop, hop)
+    cx = np.array([place_at(p, t).cx for t in ts])
+    return np.interp(np.arange(n_samples) / rate, ts, cx)
 
 
 def _blend(frame: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, ox: int, oy: int) -> None:
@@ -126,12 +149,14 @@ def _blend(frame: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, ox: int, oy: i
 
 
 def ffmpeg_video_cmd(out: Path, width: int, height: int, fps: int, duration: float,
-                     wav: Path | None, rate: int | None, channels: int) -> list[str]:
+                     wav: Path | None, rate: int | None, channels: int, *, pix_fmt_in: str = "rgb24",
+                     preset: str = "veryfast", crf: int = 18) -> list[str]:
+    """ffmpeg reading raw frames (``pix_fmt_in``) on stdin and, if given, a wav; H.264 + AAC out."""
     cmd = ["ffmpeg", "-nostdin", "-y", "-hide_banner", "-loglevel", "error",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
+           "-f", "rawvideo", "-pix_fmt", pix_fmt_in, "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
     if wav is not None:
         cmd += ["-i", str(wav), "-map", "0:v:0", "-map", "1:a:0"]
-    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
+    cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
             "-threads", "2", "-g", str(2 * fps)]
     if wav is not None:
         cmd += ["-c:a", "aac", "-b:a", "128k", "-ar", str(rate), "-ac", str(channels)]
@@ -189,8 +214,9 @@ def render(scene: Scene, out_dir: Path, seed: int, *, file_name: str | None = No
                     end = scene.duration if p.disappear is None else p.disappear
                     if not (_frame_index(p.appear, fps) <= i < _frame_index(end, fps)):
                         continue
-                    pl = _place_at(p, t)
-                    c = cutout(p.photo, float(pl.face_w))
+                    pl = place_at(p, t)
+                    # gliding sizes: half-pixel steps keep the cutout cache useful
+                    c = cutout(p.photo, round(float(pl.face_w) * 2) / 2)
                     fx0, fy0, fx1, fy1 = c.face
                     ox = int(round(pl.cx + jit[pid][0] - (fx0 + fx1) / 2))
                     oy = int(round(pl.cy + jit[pid][1] - (fy0 + fy1) / 2))
@@ -216,6 +242,7 @@ def render(scene: Scene, out_dir: Path, seed: int, *, file_name: str | None = No
         persons.append({"id": pid, "photo": p.photo, "voice": p.voice if p.says else None,
                         "appear": float(p.appear), "disappear": float(end), "boxes": boxes[pid]})
     has_audio = scene.audio_rate is not None
+    tf_frames = two_face_frames(face_count, cuts, fps)
     return {
         "name": scene.name,
         "file": out.name,
@@ -231,19 +258,26 @@ def render(scene: Scene, out_dir: Path, seed: int, *, file_name: str | None = No
         "persons": persons,
         "speech": speech_truth,
         "face_count": face_count,
-        "two_face_intervals": two_face_intervals(face_count, cuts, fps),
+        "boxes_every": 1,
+        "two_face_intervals": [[round(a / fps, 6), round(b / fps, 6)] for a, b in tf_frames],
+        "two_face_frames": tf_frames,
     }
 
 
-def two_face_intervals(face_count: list[int], cuts: list[float], fps: int) -> list[list[float]]:
-    """Maximal runs of frames with exactly two faces, split at cuts, in seconds [start, end)."""
+def two_face_frames(face_count: list[int], cuts: list[float], fps: int) -> list[list[int]]:
+    """Maximal runs of frames with exactly two faces, split at cuts, as frame indices [first, end)."""
     cut_frames = {_frame_index(c, fps) for c in cuts}
-    out: list[list[float]] = []
+    out: list[list[int]] = []
     start = None
     for i, n in enumerate(list(face_count) + [-1]):
         if start is not None and (n != 2 or i in cut_frames):
-            out.append([round(start / fps, 6), round(i / fps, 6)])
+            out.append([start, i])
             start = None
         if n == 2 and start is None:
             start = i
     return out
+
+
+def two_face_intervals(face_count: list[int], cuts: list[float], fps: int) -> list[list[float]]:
+    """The same runs as :func:`two_face_frames`, in seconds [start, end)."""
+    return [[round(a / fps, 6), round(b / fps, 6)] for a, b in two_face_frames(face_count, cuts, fps)]

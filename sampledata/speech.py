@@ -19,7 +19,7 @@ _MIN_GAP_S = 0.20  # pauses shorter than this stay inside one segment
 _MIN_LEN_S = 0.05
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=128)
 def _espeak(text: str, voice: str, speed: int) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory(prefix="mtcc-espeak-") as tmp:
         wav = Path(tmp) / "say.wav"

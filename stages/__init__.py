@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from .base import Candidate, Rejection, Resources, Stage
 from .clip import WholeVideoClip
+from .distance import FaceDistance
+from .faces import FaceTrack
 from .probe import Probe
+from .segment import TwoFaceSegments
+from .shots import ShotSplit
 from .write import ClipWriter
 
-STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (Probe, WholeVideoClip, ClipWriter)}
+STAGES: dict[str, type[Stage]] = {
+    cls.name: cls
+    for cls in (Probe, ShotSplit, FaceTrack, TwoFaceSegments, WholeVideoClip, FaceDistance, ClipWriter)
+}
 
 __all__ = ["STAGES", "Candidate", "Rejection", "Resources", "Stage"]

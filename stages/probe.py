@@ -34,6 +34,7 @@ class Probe(Stage):
     name: ClassVar[str] = "probe"
     stats_schema: ClassVar[dict[str, str]] = {
         "duration": "float64",
+        "video_start": "float64",
         "fps": "float64",
         "fps_real": "float64",
         "width": "int64",
@@ -104,6 +105,9 @@ class Probe(Stage):
                 vcodec=video.get("codec_name"),
             )
             duration = duration or float(video.get("duration") or 0.0)
+            # where frame 0 sits on the file's timeline (clip times are file times; a video stream may
+            # start after the audio, as in screen recordings and some broadcast cuts)
+            stats["video_start"] = max(0.0, float(video.get("start_time") or 0.0) - float(fmt.get("start_time") or 0.0))
         if audio is not None:
             stats.update(
                 acodec=audio.get("codec_name"),

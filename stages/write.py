@@ -7,6 +7,8 @@ reruns byte-identical.
 
 from __future__ import annotations
 
+import io
+import json
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -27,6 +29,7 @@ class ClipWriter(Stage):
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"
     threads: int = Field(2, ge=1, le=64, description="fixed so that encodes are byte-identical on every machine")
     audio_bitrate: str = Field("64k", pattern=r"^[0-9]+k$")
+    ref_margin: float = Field(1.6, ge=1.0, description="reference crop side / face box side")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=1))
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
@@ -52,8 +55,38 @@ class ClipWriter(Stage):
             cand.members["mp4"] = mp4.read_bytes()
             if has_audio:
                 cand.members["mix.flac"] = flac.read_bytes()
+            faces = cand.info.get("clip_faces")
+            if faces is not None:
+                cand.members["faces.json"] = json.dumps(faces, sort_keys=True, separators=(",", ":")).encode()
+                cand.members.update(self._references(src, cand, faces))
         return {
             "frames": int(round(dur * self.fps)),
             "mp4_bytes": len(cand.members["mp4"]),
             "flac_bytes": len(cand.members.get("mix.flac", b"")),
         }
+
+    def _references(self, src: str, cand: Candidate, faces: dict[str, Any]) -> dict[str, bytes]:
+        """``ref{i}.jpg``: each character's face crop at its best frame (highest score x area), decoded
+        at source resolution. Background removal arrives with the masks stage."""
+        import numpy as np
+        from PIL import Image
+
+        from .video import open_frames
+
+        video = open_frames(src, cand.info["probe"], None)
+        refs: dict[str, bytes] = {}
+        for ch in faces["characters"]:
+            boxes = np.asarray(ch["boxes"], np.float64)
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            best = int(np.argmax(np.asarray(ch["scores"]) * area))
+            t0 = float(cand.info["probe"].get("video_start") or 0.0)
+            t = float(cand.start or 0) - t0 + best / faces["fps"]
+            img = video.frame(min(video.n_frames - 1, max(0, int(round(t * video.fps)))))
+            x0, y0, x1, y1 = boxes[best]
+            cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * self.ref_margin / 2
+            h, w = img.shape[:2]
+            crop = img[max(0, int(cy - half)):min(h, int(cy + half)), max(0, int(cx - half)):min(w, int(cx + half))]
+            buf = io.BytesIO()
+            Image.fromarray(crop).save(buf, format="JPEG", quality=95)
+            refs[f"ref{ch['index']}.jpg"] = buf.getvalue()
+        return refs

@@ -9,8 +9,14 @@ from mtcc.pipeline.config import ConfigError, build_config, load_config
 def test_bundled_profiles_validate():
     for name in ("offline", "mtcc"):
         cfg = load_config(resolve_config(name))
-        assert [s.name for s in cfg.stages][:2] == ["probe", "clip"]
+        names = [s.name for s in cfg.stages]
+        assert names[0] == "probe" and names[-1] == "write"
+        assert names.index("shots") < names.index("faces") < names.index("segment") < names.index("distance")
         assert cfg.profile == name
+
+
+def test_spine_profile_validates():
+    assert [s.name for s in load_config(resolve_config("spine")).stages] == ["probe", "clip", "write"]
 
 
 def test_unknown_key_names_key_and_allowed_values():

@@ -1,4 +1,6 @@
-"""End to end on real Ray, real ffmpeg and the generated sample videos."""
+"""The spine end to end on real Ray, real ffmpeg and the generated sample videos: plan, commit, resume,
+verify, lock. Uses the bundled `spine` profile (probe -> whole videos as clips -> write) so that every build
+here takes seconds; the face stages are tested end to end in test_face_stages.py."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ OVERRIDES = ["run.videos_per_shard=3", "run.max_shards_in_flight=2"]
 
 
 def cfg(*extra: str):
-    return load_config(resolve_config("offline"), [*OVERRIDES, *extra])
+    return load_config(resolve_config("spine"), [*OVERRIDES, *extra])
 
 
 def digests(out: Path) -> dict[str, str]:
@@ -134,7 +136,7 @@ def test_inprocess_runner_gives_the_same_bytes(built, sample_dir, tmp_path):
 def test_killed_run_resumes_to_identical_shards(built, sample_dir, tmp_path):
     out, _ = built
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "mtcc.pipeline.cli", "run", "offline", "--input", str(sample_dir),
+    cmd = [sys.executable, "-m", "mtcc.pipeline.cli", "run", "spine", "--input", str(sample_dir),
            "--output", str(killed), "--no-progress", *[a for o in OVERRIDES for a in ("--set", o)]]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

@@ -1,0 +1,46 @@
+"""Distance: how close the two characters are, relative to their face size (paper §4.1: exclude pairs
+whose bodies are too distant), and how similar their face sizes are."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from .base import Candidate, Rejection, Resources, Stage
+
+
+class FaceDistance(Stage):
+    name: ClassVar[str] = "distance"
+    stats_schema: ClassVar[dict[str, str]] = {"ratio": "float64", "size_ratio": "float64", "face_px": "float64"}
+
+    size: Literal["width", "sqrt_area"] = Field(
+        "width", description="face size: mean of the two box widths, or of sqrt(box area)")
+    min_ratio: float = Field(0.15, ge=0, description="face size / distance between face centres, clip mean")
+    min_size_ratio: float = Field(0.5, ge=0, le=1, description="smaller / larger face area, clip mean "
+                                                               "(the MIT multi-human pipeline keeps > 0.5)")
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, batch_size=32))
+
+    def compute(self, cand: Candidate) -> dict[str, Any]:
+        chars = cand.info["clip_faces"]["characters"]
+        if len(chars) != 2:
+            raise ValueError(f"distance needs exactly 2 characters, clip has {len(chars)}")
+        b0, b1 = (np.asarray(c["boxes"], np.float64) for c in chars)
+        w0, w1 = b0[:, 2] - b0[:, 0], b1[:, 2] - b1[:, 0]
+        a0, a1 = w0 * (b0[:, 3] - b0[:, 1]), w1 * (b1[:, 3] - b1[:, 1])
+        size = (w0 + w1) / 2 if self.size == "width" else (np.sqrt(a0) + np.sqrt(a1)) / 2
+        c0 = (b0[:, :2] + b0[:, 2:]) / 2
+        c1 = (b1[:, :2] + b1[:, 2:]) / 2
+        dist = np.linalg.norm(c0 - c1, axis=1)
+        ratio = size / np.maximum(dist, 1e-6)
+        size_ratio = np.minimum(a0, a1) / np.maximum(np.maximum(a0, a1), 1e-6)
+        return {"ratio": float(ratio.mean()), "size_ratio": float(size_ratio.mean()), "face_px": float(size.mean())}
+
+    def decide(self, stats: dict[str, Any]) -> Rejection | None:
+        if stats["ratio"] < self.min_ratio:
+            return Rejection("too_distant", f"face size / centre distance {stats['ratio']:.3f} < min_ratio {self.min_ratio}")
+        if stats["size_ratio"] < self.min_size_ratio:
+            return Rejection("size_mismatch",
+                             f"face area ratio {stats['size_ratio']:.3f} < min_size_ratio {self.min_size_ratio}")
+        return None

@@ -1,0 +1,122 @@
+"""Segments: maximal runs where exactly N face tracks coexist inside one shot, every face at least
+``min_face_px`` wide, at least ``min_frames`` long at the output rate; long runs are cut into windows.
+
+Characters are ordered left to right at the clip's first frame and keep their track's identity for the
+whole clip: crossing or turning away never swaps them. A third face, a lost face or a cut ends a run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from .base import Candidate, Resources, Stage
+from .clip import make_clip
+from .tracking import interpolate
+
+
+def runs(active: np.ndarray, n: int) -> list[tuple[int, int, tuple[int, ...]]]:
+    """Maximal runs [a, b) of rows of the boolean matrix ``active`` [frames, tracks] in which exactly
+    ``n`` tracks are on and the set of tracks does not change."""
+    out = []
+    start, key = None, None
+    for f in range(len(active) + 1):
+        cur = tuple(np.flatnonzero(active[f]).tolist()) if f < len(active) else None
+        if cur != key:
+            if key is not None and len(key) == n:
+                out.append((start, f, key))
+            start, key = f, cur
+    return out
+
+
+def windows(a: float, b: float, min_s: float, max_s: float) -> list[tuple[float, float]]:
+    """Split [a, b) into equal windows no longer than ``max_s`` and no shorter than ``min_s``."""
+    dur = b - a
+    if dur < min_s:
+        return []
+    k = max(1, math.ceil(dur / max_s))
+    while k > 1 and dur / k < min_s:
+        k -= 1
+    step = dur / k
+    return [(a + i * step, a + (i + 1) * step) for i in range(k)]
+
+
+class TwoFaceSegments(Stage):
+    name: ClassVar[str] = "segment"
+    stats_schema: ClassVar[dict[str, str]] = {"n_clips": "int64", "segment_seconds": "float64"}
+    expands: ClassVar[bool] = True
+
+    n_faces: int = Field(2, ge=1)
+    min_face_px: float = Field(40.0, ge=1, description="min face box width (source pixels) on every frame")
+    out_fps: int = Field(25, ge=1)
+    min_frames: int = Field(49, ge=1, description="at out_fps; Bind-Your-Avatar trains on 49-frame clips")
+    max_seconds: float = Field(10.0, gt=0)
+    edge_trim_frames: int = Field(0, ge=0, description="source frames dropped at each end of a run")
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.25, batch_size=8))
+
+    def _clip_faces(self, tracks: list[dict[str, Any]], fps: float, t0: float, start: float,
+                    end: float) -> dict[str, Any]:
+        n_out = int(round((end - start) * self.out_fps))
+        pos = (start - t0 + np.arange(n_out) / self.out_fps) * fps
+        chars = [{"track_id": t["id"], **interpolate(t, pos)} for t in tracks]
+        chars.sort(key=lambda c: float(c["boxes"][0, 0] + c["boxes"][0, 2]))  # left-most first
+        return {
+            "fps": self.out_fps,
+            "frames": n_out,
+            "order": "left_to_right_at_first_frame",
+            "characters": [
+                {"index": i, "track_id": c["track_id"],
+                 "boxes": np.round(c["boxes"], 2).tolist(),
+                 "landmarks": np.round(c["landmarks"], 2).tolist(),
+                 "scores": np.round(c["scores"], 4).tolist()}
+                for i, c in enumerate(chars)
+            ],
+        }
+
+    def process(self, batch: list[Candidate]) -> list[Candidate]:
+        out: list[Candidate] = []
+        for video in batch:
+            faces = video.info["faces"]
+            fps = float(faces["fps"])
+            t0 = float(video.info["probe"].get("video_start") or 0.0)  # file time of frame 0
+            tracks = faces["tracks"]
+            shots = video.info.get("shots") or [[0, faces["n_frames"]]]
+            clips: list[tuple[float, float, list[dict[str, Any]]]] = []
+            total = 0.0
+            for a, b in shots:
+                in_shot = [t for t in tracks if t["shot"] == [a, b]]
+                if len(in_shot) < self.n_faces:
+                    continue
+                frames = np.arange(a, b)
+                active = np.zeros((b - a, len(in_shot)), bool)
+                for j, t in enumerate(in_shot):
+                    on = (frames >= t["frames"][0]) & (frames <= t["frames"][-1])
+                    width = interpolate(t, frames.astype(np.float64))["boxes"]
+                    active[:, j] = on & ((width[:, 2] - width[:, 0]) >= self.min_face_px)
+                for ra, rb, members in runs(active, self.n_faces):
+                    ra, rb = ra + a + self.edge_trim_frames, rb + a - self.edge_trim_frames
+                    if rb <= ra:
+                        continue
+                    total += (rb - ra) / fps
+                    for s, e in windows(t0 + ra / fps, t0 + rb / fps, self.min_frames / self.out_fps,
+                                        self.max_seconds):
+                        clips.append((s, e, [in_shot[m] for m in members]))
+            self.record(video, {"n_clips": len(clips), "segment_seconds": round(total, 3)})
+            if not clips:
+                video.reject(self.name, "no_two_face_segment",
+                             f"no run of {self.n_faces} faces (each >= {self.min_face_px:g}px wide) lasting "
+                             f"{self.min_frames} frames at {self.out_fps} fps inside one shot "
+                             f"({len(tracks)} face tracks in {len(shots)} shots)")
+                out.append(video)
+                continue
+            video.status = "expanded"
+            out.append(video)
+            for k, (s, e, members) in enumerate(clips):
+                clip = make_clip(video, self.name, k, s, e)
+                clip.info.pop("faces", None)  # the video's tracks stay with the video; a clip keeps its own
+                clip.info["clip_faces"] = self._clip_faces(members, fps, t0, clip.start, clip.end)
+                out.append(clip)
+        return out

@@ -1,0 +1,142 @@
+"""The visual stages end to end (offline profile: real CenterFace weights, PySceneDetect, real Ray)
+against the ground truth the sample generator planted."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtcc.pipeline.build import build, read_manifests
+from mtcc.pipeline.cli import resolve_config
+from mtcc.pipeline.config import load_config
+from mtcc.stages.tracking import iou_matrix
+
+pytestmark = pytest.mark.slow
+FPS = 25
+
+
+@pytest.fixture(scope="module")
+def offline_build(sample_dir, real_dir, tmp_path_factory, ray_local):
+    out = tmp_path_factory.mktemp("faces") / "out"
+    cfg = load_config(resolve_config("offline"))
+    res = build(cfg, [str(sample_dir), str(real_dir)], out, runner="ray", progress=False)
+    assert not res.shards_failed
+    rows = read_manifests(out).to_pylist()
+    return out, rows
+
+
+def samples(out: Path) -> dict[str, dict]:
+    import webdataset as wds
+
+    ds = wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False)
+    return {s["__key__"]: s for s in ds}
+
+
+def video_row(rows, name):
+    return next(r for r in rows if r["level"] == "video" and Path(r["source"]).name == name)
+
+
+def clips_of(rows, name):
+    vid = video_row(rows, name)["video_id"]
+    return sorted((r for r in rows if r["level"] == "clip" and r["video_id"] == vid), key=lambda r: r["start"])
+
+
+def truth(sample_dir, name):
+    return json.loads((sample_dir / f"{Path(name).stem}.truth.json").read_text())
+
+
+def test_no_stage_errors_on_samples_or_real_footage(offline_build):
+    _, rows = offline_build
+    errors = [(r["key"], r["message"]) for r in rows if r["reason"] == "error"]
+    assert errors == []
+
+
+def test_segment_bounds_match_truth_and_respect_the_cut(offline_build, sample_dir):
+    _, rows = offline_build
+    t = truth(sample_dir, "scene_events.mp4")
+    clips = clips_of(rows, "scene_events.mp4")
+    assert len(clips) == len(t["two_face_intervals"]) == 2
+    for clip, (a, b) in zip(clips, t["two_face_intervals"]):
+        assert abs(clip["start"] * FPS - a * FPS) <= 2, (clip["start"], a)
+        assert abs(clip["end"] * FPS - b * FPS) <= 2, (clip["end"], b)
+        for cut in t["cuts"]:
+            assert not (clip["start"] < cut - 1 / FPS and clip["end"] > cut + 1 / FPS), "clip crosses a cut"
+    assert video_row(rows, "scene_events.mp4")["shots.n_shots"] == len(t["cuts"]) + 1
+
+
+def test_three_faces_and_one_face_yield_no_clip(offline_build):
+    _, rows = offline_build
+    for name in ("three_people.mp4", "one_person.mp4"):
+        row = video_row(rows, name)
+        assert (row["status"], row["reason"], row["stage"]) == ("rejected", "no_two_face_segment", "segment")
+        assert clips_of(rows, name) == []
+    assert video_row(rows, "three_people.mp4")["faces.max_faces"] == 3
+
+
+def test_far_apart_pair_is_rejected_by_distance_with_its_ratio(offline_build):
+    _, rows = offline_build
+    cfg = load_config(resolve_config("offline"))
+    limit = next(s for s in cfg.stages if s.name == "distance").min_ratio
+    far = clips_of(rows, "two_far.mp4")
+    assert far and all(c["reason"] == "too_distant" and c["stage"] == "distance" for c in far)
+    assert all(c["distance.ratio"] < limit for c in far)
+    near = clips_of(rows, "two_talk.mp4")
+    assert near and all(c["status"] == "kept" and c["distance.ratio"] > limit for c in near)
+
+
+def _truth_boxes(t, person, frames_src):
+    table = {f: b for f, *b in t["persons"][person]["boxes"]}
+    return np.array([table[f] for f in frames_src], np.float64)
+
+
+@pytest.mark.parametrize("name", ["two_talk.mp4", "two_cross.mp4", "two_talk_30fps.mp4"])
+def test_tracks_follow_the_true_faces_and_never_swap(offline_build, sample_dir, name):
+    """Every output frame: character i's box overlaps person i of the truth (person 0 = left-most at the
+    first frame). On two_cross the faces move past each other, so a left/right swap would show here."""
+    out, rows = offline_build
+    t = truth(sample_dir, name)
+    got = samples(out)
+    clips = [c for c in clips_of(rows, name) if c["status"] == "kept"]
+    assert clips
+    for clip in clips:
+        faces = json.loads(got[clip["key"]]["faces.json"])
+        assert faces["frames"] == round((clip["end"] - clip["start"]) * FPS)
+        src = np.clip(np.round((clip["start"] + np.arange(faces["frames"]) / FPS) * t["fps"]).astype(int),
+                      0, t["n_frames"] - 1)
+        for i, ch in enumerate(faces["characters"]):
+            boxes = np.asarray(ch["boxes"])
+            want = _truth_boxes(t, i, src)
+            ious = np.diag(iou_matrix(boxes, want))
+            assert ious.min() > 0.5, (name, i, float(ious.min()))
+            assert np.asarray(ch["landmarks"]).shape == (faces["frames"], 5, 2)
+    if name == "two_cross.mp4":
+        faces = json.loads(got[clips[0]["key"]]["faces.json"])
+        c0, c1 = (np.asarray(ch["boxes"]) for ch in faces["characters"])
+        assert c0[0, 0] < c1[0, 0] and c0[-1, 0] > c1[-1, 0]  # they really did cross
+
+
+def test_kept_clips_carry_faces_and_reference_images(offline_build, sample_dir):
+    from PIL import Image
+
+    out, rows = offline_build
+    got = samples(out)
+    kept = [r for r in rows if r["status"] == "kept"]
+    assert set(got) == {r["key"] for r in kept}
+    for r in kept:
+        s = got[r["key"]]
+        assert {"mp4", "mix.flac", "faces.json", "ref0.jpg", "ref1.jpg", "json"} <= set(s)
+        faces = json.loads(s["faces.json"])
+        for i in (0, 1):
+            img = Image.open(io.BytesIO(s[f"ref{i}.jpg"]))
+            box = np.asarray(faces["characters"][i]["boxes"]).mean(0)
+            assert img.size[0] >= 0.9 * (box[2] - box[0])  # the crop holds the whole face
+
+
+def test_real_split_screen_debate_has_two_tracks(offline_build):
+    _, rows = offline_build
+    row = video_row(rows, "debate_split_screen.avi")
+    assert row["faces.n_tracks"] >= 2 and row["faces.max_faces"] == 2
