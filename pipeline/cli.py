@@ -91,8 +91,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    from mtcc.sampledata import generate
+    from mtcc.sampledata import generate, generate_long
 
+    if args.long:
+        path = generate_long(Path(args.dir) / f"long_{args.long:g}min.mp4", minutes=args.long, seed=args.seed)
+        print(f"long benchmark video with ground truth: {path}")
+        return 0
     paths = generate(args.dir, seed=args.seed)
     print(f"{len(paths)} sample videos with ground truth in {args.dir}")
     return 0
@@ -127,6 +131,8 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("sample-data", help="generate sample videos with ground truth")
     d.add_argument("dir")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--long", type=float, default=None, metavar="MINUTES",
+                   help="instead: one long multi-shot video of this many minutes (benchmarks)")
     d.set_defaults(fn=cmd_sample_data)
     return p
 

@@ -289,13 +289,13 @@ class CenterFaceDetector:
                 blob[i, :, :nh, :nw] = r.transpose(2, 0, 1)
             heat, scale, offset, lms = self.session.run(self.output_names, {self.input_name: blob})
             for i in range(n):
-                out.append(self._decode(heat[i, 0], scale[i], offset[i], lms[i], nh, nw, sy, sx, h, w))
+                out.append(self._decode(heat[i, 0], scale[i], offset[i], lms[i], sy, sx, h, w))
         return out
 
-    def _decode(self, heat, scale, offset, lms, nh, nw, sy, sx, h, w) -> FaceDetections:
+    def _decode(self, heat, scale, offset, lms, sy, sx, h, w) -> FaceDetections:
         # peaks: above threshold and the maximum of their 3x3 neighbourhood
         peak = cv2.dilate(heat, np.ones((3, 3), np.uint8))
-        ys, xs = np.nonzero((heat >= self.score_threshold))
+        ys, xs = np.nonzero((heat >= self.score_threshold) & (heat >= peak))
         if ys.size == 0:
             return FaceDetections.empty()
         st = self.STRIDE
@@ -310,12 +310,9 @@ class CenterFaceDetector:
         lm_y = lms[0::2, ys, xs].T * bh[:, None] + y0[:, None]  # [N,5]
         lm_x = lms[1::2, ys, xs].T * bw[:, None] + x0[:, None]
         landmarks = np.stack([lm_x, lm_y], axis=2)  # [N,5,2]
-        # the padded area is not part of the frame
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, nw)
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, nh)
         keep = nms(boxes, score, self.nms_iou)
         boxes, landmarks, score = boxes[keep], landmarks[keep], score[keep]
-        boxes[:, 0::2] /= sx
+        boxes[:, 0::2] /= sx  # back to frame pixels; _finish clips to the frame (drops the padding)
         boxes[:, 1::2] /= sy
         landmarks[..., 0] /= sx
         landmarks[..., 1] /= sy
