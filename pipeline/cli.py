@@ -38,12 +38,13 @@ def _shards(out: Path) -> list[int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .build import BuildError, build, build_funnel
+    from .executor import StageSetupError
 
     cfg = load_config(resolve_config(args.config), args.set)
     try:
         res = build(cfg, args.input, args.output, runner=args.runner, address=args.address, force=args.force,
                     progress=not args.no_progress)
-    except (BuildError, LockBusy, InputError) as e:
+    except (BuildError, LockBusy, InputError, StageSetupError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_funnel(build_funnel(args.output)))

@@ -8,10 +8,11 @@ per track end and gives frame-accurate segment bounds.
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .base import Candidate, Resources, Stage
 from .media import open_local
@@ -41,6 +42,13 @@ class FaceTrack(Stage):
     smooth_window: int = Field(3, ge=1)
     refine_bounds: bool = True
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0))
+
+    @field_validator("model")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # actors on other nodes run in other working directories: pin relative paths where the
+        # config is read
+        return os.path.abspath(v) if v and "://" not in v else v
 
     def setup(self) -> None:
         from .face_detectors import load_detector

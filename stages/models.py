@@ -1,0 +1,91 @@
+"""The one loading seam for model weights.
+
+A model is named in config by a local path (file or directory) or a Hugging Face id (``org/name``,
+optionally ``org/name@revision``). Local paths are used as they are; hub ids resolve through the local
+HF cache and are downloaded only where a hub is reachable. Nothing here ever falls back to random
+weights: a directory made by ``mtcc models make-tiny`` carries a marker file, and a stage loads it only
+when its config says ``allow_random_weights: true``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+RANDOM_MARKER = "MTCC_RANDOM_WEIGHTS.json"
+
+
+class WeightsError(FileNotFoundError):
+    """Weights that cannot be had; the message says what was looked for and how to get it."""
+
+
+def is_hub_id(spec: str) -> bool:
+    """``org/name`` or ``org/name@rev`` that is not an existing local path."""
+    if spec.startswith(("/", ".", "~")) or os.path.exists(os.path.expanduser(spec)):
+        return False
+    repo = spec.split("@", 1)[0]
+    return repo.count("/") == 1 and all(repo.split("/"))
+
+
+def resolve(spec: str | None, *, stage: str, key: str, expected: str, how_to_get: str) -> Path:
+    """A local path for the model named ``spec`` (config key ``stages.<stage>.<key>``)."""
+    if not spec:
+        raise WeightsError(f"stage '{stage}': no model configured; set stages.{stage}.{key} to {expected}. {how_to_get}")
+    if is_hub_id(spec):
+        repo, _, rev = spec.partition("@")
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(repo, revision=rev or None))
+        except Exception as e:  # noqa: BLE001 - any hub failure becomes the one actionable message
+            raise WeightsError(
+                f"stage '{stage}': could not get '{spec}' from the Hugging Face hub or its local cache "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). On a machine with internet run "
+                f"`mtcc models fetch DIR` or `huggingface-cli download {repo}`, or set stages.{stage}.{key} to a "
+                f"local path holding {expected}. {how_to_get}") from e
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise WeightsError(f"stage '{stage}': {path} does not exist (stages.{stage}.{key}); expected {expected}. {how_to_get}")
+    return path
+
+
+def random_marker(path: Path) -> dict[str, Any] | None:
+    """The marker of a random-initialised model at ``path`` (a file's directory counts), or None."""
+    d = path if path.is_dir() else path.parent
+    m = d / RANDOM_MARKER
+    return json.loads(m.read_text()) if m.exists() else None
+
+
+def check_random(path: Path, *, stage: str, allow: bool) -> bool:
+    """True if ``path`` holds random weights (allowed); refuses them unless ``allow``."""
+    marker = random_marker(path)
+    if marker is None:
+        return False
+    if not allow:
+        raise WeightsError(
+            f"stage '{stage}': {path} holds RANDOM weights made by `mtcc models make-tiny` "
+            f"({marker.get('model', '?')}); outputs would be meaningless. Point stages.{stage} at real weights, or set "
+            f"stages.{stage}.allow_random_weights=true for a plumbing run")
+    return True
+
+
+def write_marker(directory: Path, model: str, **info: Any) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / RANDOM_MARKER).write_text(json.dumps({"model": model, "weights": "random", **info},
+                                                      indent=2, sort_keys=True) + "\n")
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """A checkpoint's state dict, loaded without executing pickled code (``weights_only=True``);
+    unwraps the usual ``{"model": ...}`` / ``{"state_dict": ...}`` containers."""
+    import torch
+
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    for k in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and k in obj and isinstance(obj[k], dict):
+            obj = obj[k]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: not a state dict checkpoint (got {type(obj).__name__})")
+    return obj
