@@ -18,6 +18,7 @@ class StageCount:
     stage: str
     entered: int = 0
     rejected: Counter = field(default_factory=Counter)
+    produced: int = 0  # clips created by a stage that splits videos
 
     @property
     def passed(self) -> int:
@@ -29,6 +30,8 @@ def funnel(table: pa.Table, stage_names: list[str]) -> list[StageCount]:
     counts = [StageCount(n) for n in stage_names]
     rows = table.select(["status", "stage", "reason", "from_stage"]).to_pylist()
     for r in rows:
+        if r["from_stage"] in index:
+            counts[index[r["from_stage"]]].produced += 1
         first = index[r["from_stage"]] + 1 if r["from_stage"] in index else 0
         last = index.get(r["stage"], -1)
         for i in range(first, last + 1):
@@ -48,5 +51,6 @@ def format_funnel(counts: list[StageCount]) -> str:
     lines = [f"{'stage':<12}{'in':>8}{'out':>8}  rejected by reason"]
     for sc in counts:
         why = ", ".join(f"{k}={v}" for k, v in sorted(sc.rejected.items())) or "-"
-        lines.append(f"{sc.stage:<12}{sc.entered:>8}{sc.passed:>8}  {why}")
+        made = f"  -> {sc.produced} clips" if sc.produced else ""
+        lines.append(f"{sc.stage:<12}{sc.entered:>8}{sc.passed:>8}  {why}{made}")
     return "\n".join(lines)

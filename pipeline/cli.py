@@ -103,6 +103,32 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def make_tiny(root: Path) -> dict[str, dict]:
+    """Random-initialised models of the real classes, for every stage that has one, in the on-disk
+    layout the real weights use. Returns per stage the config overrides that point at them."""
+    from mtcc.stages import STAGES
+
+    made = {}
+    for name, cls in STAGES.items():
+        maker = getattr(cls, "make_tiny", None)
+        if maker is not None:
+            made[name] = maker(root)
+    return made
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import yaml
+
+    root = Path(args.dir).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    made = make_tiny(root)
+    (root / "overrides.yaml").write_text(yaml.safe_dump({"stages": made}, sort_keys=True))
+    for stage, over in sorted(made.items()):
+        print(f"{stage:<10} {over.get('model')}")
+    print(f"\nRANDOM WEIGHTS, for plumbing and tests only. Config overrides: {root / 'overrides.yaml'}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtcc", description="Build multi-talking-character video datasets on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -128,6 +154,12 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check every shard against its commit (checksums, readability)")
     v.add_argument("output")
     v.set_defaults(fn=cmd_verify)
+
+    m = sub.add_parser("models", help="model weights")
+    msub = m.add_subparsers(dest="models_cmd", required=True)
+    mt = msub.add_parser("make-tiny", help="write random-initialised models of the real classes (offline tests)")
+    mt.add_argument("dir")
+    mt.set_defaults(fn=cmd_models)
 
     d = sub.add_parser("sample-data", help="generate sample videos with ground truth")
     d.add_argument("dir")
