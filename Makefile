@@ -34,7 +34,12 @@ $(STAMP): pyproject.toml
 
 install: sysdeps $(STAMP)
 
-demo: install
+# random-initialised models of the real classes for the offline profile (plumbing, not quality)
+TINY := .mtcc/tiny/overrides.yaml
+$(TINY): $(STAMP)
+	$(VENV)/bin/mtcc models make-tiny .mtcc/tiny
+
+demo: install $(TINY)
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc sample-data $(DEMO_DIR)/videos
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc run configs/offline.yaml --input $(DEMO_DIR)/videos --output $(DEMO_DIR)/out
 
@@ -45,4 +50,4 @@ test-fast: install
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -m "not slow" tests
 
 clean:
-	rm -rf $(DEMO_DIR) build *.egg-info
+	rm -rf $(DEMO_DIR) build *.egg-info .mtcc

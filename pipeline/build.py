@@ -135,6 +135,10 @@ def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard
     return plan
 
 
+def random_weight_stages(cfg: PipelineConfig) -> list[str]:
+    return [s.name for s in cfg.active_stages if getattr(s, "allow_random_weights", False)]
+
+
 def plan_by_shard(plan: pa.Table) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = {}
     for r in plan.to_pylist():
@@ -209,6 +213,10 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
     else:
         raise BuildError(f"unknown runner {runner!r}; allowed: ray, inprocess")
     result.startup_s = time.monotonic() - t_start  # Ray init + actors set up: a fixed cost per run
+    random = random_weight_stages(cfg)
+    if random:
+        log(f"WARNING: stages {', '.join(random)} may run on RANDOM weights (allow_random_weights: true); "
+            f"their outputs are plumbing, not data. Every affected sample's meta says so.")
 
     from tqdm import tqdm
 

@@ -51,6 +51,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\n{len(res.shards_built)} shards built, {len(res.shards_skipped)} already committed, "
           f"{len(res.shards_failed)} failed, of {res.shards_total}; {res.wall_s:.1f}s")
     print(f"shards:    {res.out / 'shards'}\nmanifests: {res.out / 'manifests'}")
+    from .build import random_weight_stages
+
+    if random_weight_stages(cfg):
+        print(f"note: {', '.join(random_weight_stages(cfg))} ran with RANDOM weights allowed (see each sample's meta)")
     for shard, why in sorted(res.shards_failed.items()):
         print(f"FAILED shard {shard:06d}: {why} (rerun the same command to redo it)", file=sys.stderr)
     return 1 if res.shards_failed else 0

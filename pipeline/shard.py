@@ -88,6 +88,8 @@ def sample_meta(c: Candidate, run_info: dict[str, Any]) -> dict[str, Any]:
         "start": c.start,
         "end": c.end,
         "probe": c.info.get("probe"),
+        # stages that ran on random-initialised weights (offline profile): this sample is plumbing only
+        "random_weights": sorted(k.split(".")[0] for k, v in c.stats.items() if k.endswith(".random_weights") and v),
         "stats": c.stats,
         **run_info,
     }

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 from . import speech
 from .backgrounds import background
@@ -189,6 +190,8 @@ def render(scene: Scene, out_dir: Path, seed: int, *, file_name: str | None = No
             tracks, mix = _mix(scene, rng, n_samples)
             wav = Path(tmp) / "mix.wav"
             sf.write(str(wav), mix, scene.audio_rate, subtype="PCM_16")
+            if scene.kind == "good":
+                write_voices(out, tracks, scene.audio_rate, scene.duration)
             for pid, tr in enumerate(tracks):
                 if scene.persons[pid].says:
                     openings[pid] = speech.frame_envelope(tr, scene.audio_rate, fps, n_frames)
@@ -262,6 +265,25 @@ def render(scene: Scene, out_dir: Path, seed: int, *, file_name: str | None = No
         "two_face_intervals": [[round(a / fps, 6), round(b / fps, 6)] for a, b in tf_frames],
         "two_face_frames": tf_frames,
     }
+
+
+VOICE_RATE = 16000
+
+
+def voice_path(video: Path, person: int) -> Path:
+    """Where :func:`render` writes person ``person``'s clean voice beside ``video``."""
+    return video.with_name(f"{video.stem}.voice{person}.wav")
+
+
+def write_voices(video: Path, tracks: list[np.ndarray], rate: int, duration: float) -> None:
+    """Each person's clean voice (before mixing and panning) as ``<stem>.voice<i>.wav``: 16 kHz mono
+    float, time-aligned to the video and exactly as long as it, so tests can score audio-visual sync
+    against the true voice of each face."""
+    n = int(round(duration * VOICE_RATE))
+    for pid, tr in enumerate(tracks):
+        y = soxr.resample(tr, rate, VOICE_RATE, quality="HQ").astype(np.float32)
+        y = np.pad(y, (0, max(0, n - len(y))))[:n]
+        sf.write(str(voice_path(video, pid)), y, VOICE_RATE, subtype="FLOAT")
 
 
 def two_face_frames(face_count: list[int], cuts: list[float], fps: int) -> list[list[int]]:

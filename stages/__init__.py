@@ -6,14 +6,18 @@ from .base import Candidate, Rejection, Resources, Stage
 from .clip import WholeVideoClip
 from .distance import FaceDistance
 from .faces import FaceTrack
+from .prescore import MouthPrescore
 from .probe import Probe
 from .segment import TwoFaceSegments
+from .separate import SpeechSeparation
 from .shots import ShotSplit
+from .sync import SyncScores
 from .write import ClipWriter
 
 STAGES: dict[str, type[Stage]] = {
     cls.name: cls
-    for cls in (Probe, ShotSplit, FaceTrack, TwoFaceSegments, WholeVideoClip, FaceDistance, ClipWriter)
+    for cls in (Probe, ShotSplit, FaceTrack, TwoFaceSegments, WholeVideoClip, FaceDistance, MouthPrescore,
+                SpeechSeparation, SyncScores, ClipWriter)
 }
 
 __all__ = ["STAGES", "Candidate", "Rejection", "Resources", "Stage"]

@@ -49,7 +49,10 @@ class ClipWriter(Stage):
                     "-c:a", "aac", "-b:a", self.audio_bitrate, "-ar", str(self.audio_rate), "-ac", "1",
                     *BITEXACT, "-movflags", "+faststart", "-f", "mp4", str(mp4)]
             if has_audio:
-                args += ["-map", "0:a:0", "-ac", "1", "-ar", str(self.audio_rate), "-c:a", "flac",
+                # padded with silence to the exact clip length: sources whose audio ends early still give
+                # tracks aligned sample for sample with the separated ones
+                args += ["-map", "0:a:0", "-ac", "1", "-ar", str(self.audio_rate), "-af", f"apad=whole_dur={dur:.6f}",
+                         "-c:a", "flac",
                          *BITEXACT, "-f", "flac", str(flac)]
             run_tool(args, what=f"{cand.source} [{start:.2f}s, +{dur:.2f}s]")
             cand.members["mp4"] = mp4.read_bytes()

@@ -30,6 +30,15 @@ def real_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_overrides(tmp_path_factory) -> list[str]:
+    """Random-initialised models of the real classes (``mtcc models make-tiny``), as --set overrides."""
+    from mtcc.pipeline.cli import make_tiny
+
+    made = make_tiny(tmp_path_factory.mktemp("tiny"))
+    return [f"stages.{stage}.{k}={v}" for stage, over in sorted(made.items()) for k, v in sorted(over.items())]
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One embedded Ray for the session (init costs seconds)."""
     from mtcc.pipeline.executor import init_ray

@@ -1,5 +1,6 @@
-"""The visual stages end to end (offline profile: real CenterFace weights, PySceneDetect, real Ray)
-against the ground truth the sample generator planted."""
+"""The offline profile end to end on real Ray: the visual stages (real CenterFace weights, PySceneDetect)
+checked against the ground truth the sample generator planted, and the audio stages (tiny random
+models of the real separation and SyncNet classes) checked for what they must write."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ FPS = 25
 
 
 @pytest.fixture(scope="module")
-def offline_build(sample_dir, real_dir, tmp_path_factory, ray_local):
+def offline_build(sample_dir, real_dir, tmp_path_factory, ray_local, tiny_overrides):
     out = tmp_path_factory.mktemp("faces") / "out"
-    cfg = load_config(resolve_config("offline"))
+    # the real footage has no lip/audio ground truth: keep the model-free pre-score from rejecting it here
+    cfg = load_config(resolve_config("offline"), [*tiny_overrides, "stages.prescore.reject=false"])
     res = build(cfg, [str(sample_dir), str(real_dir)], out, runner="ray", progress=False)
     assert not res.shards_failed
     rows = read_manifests(out).to_pylist()
@@ -128,12 +130,36 @@ def test_kept_clips_carry_faces_and_reference_images(offline_build, sample_dir):
     assert set(got) == {r["key"] for r in kept}
     for r in kept:
         s = got[r["key"]]
-        assert {"mp4", "mix.flac", "faces.json", "ref0.jpg", "ref1.jpg", "json"} <= set(s)
+        assert {"mp4", "mix.flac", "spk0.flac", "spk1.flac", "faces.json", "ref0.jpg", "ref1.jpg", "json"} <= set(s)
+        meta = json.loads(s["json"])
+        assert meta["random_weights"] == ["separate", "sync"]  # said in every sample
+        assert set(meta["stats"]) >= {"sync.sync_c_0", "sync.offset_1", "prescore.corr_0", "separate.rms_1"}
         faces = json.loads(s["faces.json"])
         for i in (0, 1):
             img = Image.open(io.BytesIO(s[f"ref{i}.jpg"]))
             box = np.asarray(faces["characters"][i]["boxes"]).mean(0)
             assert img.size[0] >= 0.9 * (box[2] - box[0])  # the crop holds the whole face
+
+
+def test_audio_stage_members_have_the_clip_length(offline_build):
+    import soundfile as sf
+
+    out, rows = offline_build
+    got = samples(out)
+    for r in (r for r in rows if r["status"] == "kept"):
+        n = round((r["end"] - r["start"]) * 16000)
+        for k in ("spk0.flac", "spk1.flac", "mix.flac"):
+            audio, rate = sf.read(io.BytesIO(got[r["key"]][k]))
+            assert rate == 16000 and abs(len(audio) - n) <= 160, (r["key"], k, len(audio), n)
+
+
+def test_prescore_keeps_in_sync_generated_pairs(offline_build):
+    _, rows = offline_build
+    cfg = load_config(resolve_config("offline"))
+    limit = next(s for s in cfg.stages if s.name == "prescore").min_corr
+    for name in ("two_talk.mp4", "two_talk_30fps.mp4", "two_cross.mp4"):
+        for c in clips_of(rows, name):
+            assert c["prescore.corr_max"] >= limit, (name, c["prescore.corr_max"])
 
 
 def test_real_split_screen_debate_has_two_tracks(offline_build):
