@@ -166,7 +166,6 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
     t0 = time.monotonic()
     layout = Layout(Path(out).absolute())
     layout.root.mkdir(parents=True, exist_ok=True)
-    stages = cfg.active_stages
     with RunLock(layout.lock) as lock:
         if lock.took_over:
             log(f"taking over a stale lock of pid {lock.took_over.get('pid')} on {lock.took_over.get('host')}")

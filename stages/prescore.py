@@ -29,12 +29,12 @@ with ``reject: false`` (stats only) until then.
 
 from __future__ import annotations
 
-import io
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
 
+from .audio_io import read_track
 from .base import Candidate, Rejection, Resources, Stage
 
 RATE = 16000
@@ -148,18 +148,6 @@ def lip_sync(motion: np.ndarray, activity: np.ndarray, *, max_lag: int = 15,
     r = xcorr(highpass(motion, highpass_frames), highpass(activity, highpass_frames), max_lag)
     k = int(np.argmax(r)) - max_lag
     return float(r.max()), -k, r
-
-
-def read_track(data: bytes) -> np.ndarray:
-    import soundfile as sf
-
-    x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    x = x.mean(axis=1)
-    if sr != RATE:
-        import soxr
-
-        x = soxr.resample(x, sr, RATE, quality="HQ").astype(np.float32)
-    return x
 
 
 # -- the stage ----------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import io
 import json
 import math
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from . import models
+from .audio_io import flac_bytes
 from .base import Candidate, Rejection, Resources, Stage
 
 RATE = 16000
@@ -294,15 +294,6 @@ def lip_boxes(boxes: np.ndarray, crop_scale: float) -> np.ndarray:
     b[:, 1] += side * crop_scale / 2
     b[:, 3] += side * crop_scale / 2
     return b
-
-
-def flac_bytes(track: np.ndarray, rate: int = RATE) -> bytes:
-    """16-bit mono FLAC of a float track in [-1, 1] (clipped), deterministic for the same samples."""
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(np.asarray(track, np.float32), -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def rms_dbfs(rms: float) -> float:

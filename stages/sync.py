@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import io
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -32,6 +31,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from . import models
+from .audio_io import flac_bytes, read_track
 from .base import Candidate, Rejection, Resources, Stage
 from .sync_math import VSHIFT, binding, cross_matrix
 
@@ -108,27 +108,6 @@ def mfcc_features(audio: np.ndarray) -> np.ndarray:
 
 def n_windows(n_frames: int, n_samples: int) -> int:
     return min(n_frames, n_samples // SAMPLES_PER_FRAME) - WINDOW
-
-
-def read_track(data: bytes) -> np.ndarray:
-    """A member's audio as 16 kHz mono float32."""
-    import soundfile as sf
-
-    x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    x = x.mean(axis=1)
-    if sr != RATE:
-        import soxr
-
-        x = soxr.resample(x, sr, RATE, quality="HQ").astype(np.float32)
-    return x
-
-
-def write_track(x: np.ndarray) -> bytes:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(np.asarray(x, np.float32), -1.0, 1.0), RATE, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def shift_frames(x: np.ndarray, offset: int) -> np.ndarray:
@@ -290,7 +269,7 @@ class SyncScores(Stage):
                 shifts = [0 if silent[k] else int(stats[f"offset_{k}"]) for k in range(2)]
                 for k in range(2):
                     if shifts[k]:
-                        cand.members[f"spk{k}.flac"] = write_track(shift_frames(clip.tracks[k], shifts[k]))
+                        cand.members[f"spk{k}.flac"] = flac_bytes(shift_frames(clip.tracks[k], shifts[k]))
                 cand.info["sync"]["shifted_frames"] = shifts
         return batch
 

@@ -55,3 +55,19 @@ def copy_inputs(src: Path, dst: Path, names: list[str]) -> Path:
     for n in names:
         shutil.copy2(src / n, dst / n)
     return dst
+
+
+def clips_through_stages(video: Path, max_seconds: float) -> list:
+    """Clip candidates of ``video`` from the real probe -> shots -> faces -> segment stages."""
+    from mtcc.stages.base import Candidate
+    from mtcc.stages.faces import FaceTrack
+    from mtcc.stages.probe import Probe
+    from mtcc.stages.segment import TwoFaceSegments
+    from mtcc.stages.shots import ShotSplit
+
+    batch = [Candidate(key=video.stem, video_id=video.stem, source=str(video), shard=0)]
+    for stage in (Probe(), ShotSplit(), FaceTrack(detector="centerface", sample_fps=5),
+                  TwoFaceSegments(max_seconds=max_seconds)):
+        stage.setup()
+        batch = stage.run_batch(batch)
+    return [c for c in batch if c.level == "clip"]

@@ -15,16 +15,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import clips_through_stages
 import soundfile as sf
 
 from mtcc.stages import crops, models
 from mtcc.stages import separate as sep
 from mtcc.stages.base import Candidate
-from mtcc.stages.faces import FaceTrack
-from mtcc.stages.probe import Probe
-from mtcc.stages.segment import TwoFaceSegments
 from mtcc.stages.separate import SpeechSeparation
-from mtcc.stages.shots import ShotSplit
 from mtcc.stages.vad import speech_segments
 
 RATE = 16000
@@ -41,13 +38,8 @@ def tiny(tmp_path_factory) -> dict:
 def clips(sample_dir) -> list[Candidate]:
     """two_talk.mp4 through the real probe -> shots -> faces -> segment; windows of at most 2.7 s give
     three 2.667 s clips (not a multiple of any window used below)."""
-    batch = [Candidate(key="two_talk", video_id="two_talk", source=str(sample_dir / "two_talk.mp4"), shard=0)]
-    for stage in (Probe(), ShotSplit(), FaceTrack(detector="centerface", sample_fps=5),
-                  TwoFaceSegments(max_seconds=2.7)):
-        stage.setup()
-        batch = stage.run_batch(batch)
-    out = [c for c in batch if c.level == "clip"]
-    assert len(out) == 3 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in batch]
+    out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.7)
+    assert len(out) == 3 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
     return out
 
 

@@ -12,16 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import clips_through_stages
 import soundfile as sf
 import torch
 
 from mtcc.stages import models
 from mtcc.stages import sync as sync_mod
 from mtcc.stages.base import Candidate
-from mtcc.stages.faces import FaceTrack
-from mtcc.stages.probe import Probe
-from mtcc.stages.segment import TwoFaceSegments
-from mtcc.stages.shots import ShotSplit
 from mtcc.stages.sync import SyncScores, shift_frames
 from mtcc.stages.sync_math import VSHIFT, binding, cross_matrix, distance_curve, sync_score
 
@@ -135,13 +132,8 @@ def tiny(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> list[Candidate]:
     """two_talk.mp4 through the real probe -> shots -> faces -> segment, in 2 s clips."""
-    batch = [Candidate(key="two_talk", video_id="two_talk", source=str(sample_dir / "two_talk.mp4"), shard=0)]
-    for stage in (Probe(), ShotSplit(), FaceTrack(detector="centerface", sample_fps=5),
-                  TwoFaceSegments(max_seconds=2.0)):
-        stage.setup()
-        batch = stage.run_batch(batch)
-    out = [c for c in batch if c.level == "clip"]
-    assert len(out) == 4 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in batch]
+    out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.0)
+    assert len(out) == 4 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
     return out
 
 
