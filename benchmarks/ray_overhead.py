@@ -30,8 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="mtcc-bench-") as tmp:
         root = Path(tmp)
-        for seed in range(args.copies):
-            generate(root / "in" / f"seed{seed}", seed=seed)
+        n_inputs = sum(len(generate(root / "in" / f"seed{seed}", seed=seed)) for seed in range(args.copies))
         cfg = load_config(resolve_config(args.config))
         runs: dict[str, list[dict]] = {"inprocess": [], "ray": []}
         for rep in range(args.repeats):
@@ -44,7 +43,7 @@ def main() -> None:
     med = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
     start = {k: statistics.median(r["startup_s"] for r in v) for k, v in runs.items()}
     report = {
-        "inputs": args.copies * 13,
+        "inputs": n_inputs,
         "inprocess_wall_s": round(med["inprocess"], 2),
         "ray_wall_s": round(med["ray"], 2),
         "ray_startup_s": round(start["ray"], 2),
