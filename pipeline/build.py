@@ -79,6 +79,9 @@ def _check_config(layout: Layout, cfg: PipelineConfig, force: bool) -> None:
                 f"{layout.root} was built with another config (hash {old.get('config_hash')}, now {cfg.config_hash()}); "
                 f"changed: {', '.join(diff[:8]) or '?'}. Rerun with the same config, use a new --output, or pass "
                 f"--force to rebuild every shard with the new config")
+
+
+def _save_config(layout: Layout, cfg: PipelineConfig) -> None:
     _write_json_atomic(layout.run_config, {"config_hash": cfg.config_hash(), "config": cfg.dump(),
                                            "stage_order": [s.name for s in cfg.stages]})
 
@@ -171,6 +174,7 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
             log(f"taking over a stale lock of pid {lock.took_over.get('pid')} on {lock.took_over.get('host')}")
         _check_config(layout, cfg, force)
         plan = load_or_make_plan(layout, inputs, cfg.run.videos_per_shard, log)
+        _save_config(layout, cfg)  # only once the plan is settled: a refused run changes nothing
         for p in remove_temporaries(layout):
             log(f"removed leftover {p.relative_to(layout.root)}")
         for d in layout.dirs():

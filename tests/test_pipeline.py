@@ -231,3 +231,16 @@ def test_real_footage_probe(real_dir, tmp_path):
     assert out["same_scene_pair_16fps.mp4"].stats["probe.fps"] == pytest.approx(16.0)
     assert out["single_talking_head_2997fps.mp4"].stats["probe.fps"] == pytest.approx(30000 / 1001, abs=1e-3)
     assert (debate["probe.width"], debate["probe.height"]) == (1280, 720)
+
+
+def test_other_inputs_on_an_existing_output_are_refused_and_change_nothing(sample_dir, tmp_path):
+    from conftest import copy_inputs
+
+    a = copy_inputs(sample_dir, tmp_path / "a", ["two_talk.mp4"])
+    b = copy_inputs(sample_dir, tmp_path / "b", ["two_talk.mp4", "one_person.mp4"])
+    out = tmp_path / "out"
+    build(cfg(), [str(a)], out, runner="inprocess", progress=False)
+    before = digests(out) | {"config.json": (out / "config.json").read_text()}
+    with pytest.raises(BuildError, match="frozen from other inputs"):
+        build(cfg("stages.probe.min_fps=5"), [str(b)], out, runner="inprocess", progress=False, force=True)
+    assert digests(out) | {"config.json": (out / "config.json").read_text()} == before
