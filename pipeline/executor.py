@@ -88,6 +88,13 @@ class _StageActor:
     def __init__(self, stage_name: str, config: dict[str, Any]):
         self.stage = STAGES[stage_name].model_validate(config)
         self.error: str | None = None
+        threads = self.stage.resources.threads
+        if threads:
+            # Ray pins OMP/torch threads to the actor's CPU share; a model stage may ask for more
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            import torch
+
+            torch.set_num_threads(threads)
         try:
             self.stage.setup()
         except Exception as e:  # noqa: BLE001 - reported to the driver by ready(), which stops the run

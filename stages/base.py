@@ -33,6 +33,8 @@ class Resources(BaseModel):
     num_gpus: float = Field(0.0, ge=0)
     batch_size: int = Field(1, ge=1, description="candidates per process() call")
     concurrency: int = Field(1, ge=1, description="actors in this stage's pool")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads of the stage's model; default: "
+                                                        "Ray's share (num_cpus rounded, at least 1)")
 
 
 @dataclass
