@@ -1,8 +1,8 @@
 """Frame access: each stage decodes once, at the size it needs.
 
 decord is the fast path (random access, resize in the decoder). Some streams defeat it (e.g. H.264
-whose parameter sets arrive late: decord cannot build its filter graph); those fall back to an ffmpeg
-pipe that streams raw frames at the same reduced size.
+whose parameter sets arrive late: decord cannot build its filter graph), and decord mishandles rotation
+metadata when it resizes; those go through an ffmpeg pipe that streams display-oriented frames.
 """
 
 from __future__ import annotations
@@ -111,6 +111,11 @@ def open_frames(path: str, probe: dict, width: int | None, threads: int = 1) -> 
     src_w, src_h = coded_size(probe)
     w, h = (src_w, src_h) if width is None or width >= src_w else reduced_size(src_w, src_h, width)
     try:
+        if int(probe.get("rotation") or 0) % 360:
+            # decord turns a rotated frame only when it does not resize it (resized, the turned frame is
+            # squeezed into the unturned size); ffmpeg applies the display matrix as the clip encode
+            # does, so boxes and crops live in the orientation the viewer and the training clip see
+            raise decord.DECORDError("rotated stream")
         if (w, h) == (src_w, src_h):
             reader = decord.VideoReader(path, num_threads=threads)
         else:
