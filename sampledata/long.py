@@ -9,7 +9,6 @@ there) and encoded with x264 ``ultrafast``. Audio is mixed shot by shot into a w
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import soundfile as sf
 from . import speech
 from .backgrounds import BACKGROUNDS, background
 from .faces import Cutout, cutout
-from .scene import NOISE_FLOOR, _blend, expected_probe, ffmpeg_video_cmd, fixture_rng, two_face_frames
+from .scene import NOISE_FLOOR, _blend, expected_probe, ffmpeg_stdin, ffmpeg_video_cmd, fixture_rng, two_face_frames
 
 W, H, FPS = 640, 360, 25
 RATE, CHANNELS = 44100, 2
@@ -256,17 +255,8 @@ def generate_long(path: str | Path, *, minutes: float = 10.0, seed: int = 0) -> 
 
         cmd = ffmpeg_video_cmd(out, W, H, FPS, duration, wav, RATE, CHANNELS, pix_fmt_in="yuv420p",
                                preset="ultrafast", crf=20)
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        all_boxes = []
-        try:
-            for shot in shots:
-                all_boxes.append(_render_shot(shot, seed, proc.stdin.write))
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        err = proc.stderr.read().decode(errors="replace")
-        if proc.wait() != 0:
-            raise RuntimeError(f"ffmpeg failed for {out.name}: {err.strip()}")
+        with ffmpeg_stdin(cmd, out.name) as write:
+            all_boxes = [_render_shot(shot, seed, write) for shot in shots]
 
     persons, face_count = [], []
     speaks = {s["person"] for s in speech_truth}

@@ -3,7 +3,9 @@ mixed speech, encoded by ffmpeg (raw RGB on stdin, wav as second input), plus th
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Callable, Iterator
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -149,6 +151,22 @@ def _blend(frame: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, ox: int, oy: i
     frame[y0:y1, x0:x1] = np.clip(np.rint(dst * (1.0 - a) + src * a), 0, 255).astype(np.uint8)
 
 
+@contextlib.contextmanager
+def ffmpeg_stdin(cmd: list[str], name: str) -> Iterator[Callable[[bytes], object]]:
+    """An ffmpeg process fed raw frames through the yielded write function. If ffmpeg stops early the
+    pipe breaks; its own error message is raised instead of the BrokenPipeError."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        yield proc.stdin.write
+        proc.stdin.close()
+    except BrokenPipeError:
+        # ffmpeg stopped reading early: its exit status and stderr, checked next, say why
+        pass
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.wait() != 0:
+        raise RuntimeError(f"ffmpeg failed for {name}: {err.strip()}")
+
 def ffmpeg_video_cmd(out: Path, width: int, height: int, fps: int, duration: float,
                      wav: Path | None, rate: int | None, channels: int, *, pix_fmt_in: str = "rgb24",
                      preset: str = "veryfast", crf: int = 18) -> list[str]:
@@ -201,10 +219,8 @@ def render(scene: Scene, out_dir: Path, seed: int, *, file_name: str | None = No
 
         boxes: list[list[list[int]]] = [[] for _ in scene.persons]
         face_count: list[int] = []
-        proc = subprocess.Popen(ffmpeg_video_cmd(out, W, H, fps, scene.duration, wav, scene.audio_rate,
-                                                 scene.channels),
-                                stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
+        cmd = ffmpeg_video_cmd(out, W, H, fps, scene.duration, wav, scene.audio_rate, scene.channels)
+        with ffmpeg_stdin(cmd, out.name) as write:
             for i in range(n_frames):
                 t = i / fps
                 bg = bgs[0][1]
@@ -231,13 +247,7 @@ def render(scene: Scene, out_dir: Path, seed: int, *, file_name: str | None = No
                     boxes[pid].append([i, *box])
                     count += 1
                 face_count.append(count)
-                proc.stdin.write(frame.tobytes())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        err = proc.stderr.read().decode(errors="replace")
-        if proc.wait() != 0:
-            raise RuntimeError(f"ffmpeg failed for {out.name}: {err.strip()}")
+                write(frame.tobytes())
 
     persons = []
     for pid, p in enumerate(scene.persons):
