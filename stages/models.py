@@ -77,6 +77,21 @@ def write_marker(directory: Path, model: str, **info: Any) -> None:
                                                       indent=2, sort_keys=True) + "\n")
 
 
+def packaged_file(package: str, *parts: str, install: str) -> Path:
+    """A file shipped inside an installed package (weights, configs, photos), found without importing the
+    package: several of them import heavy or missing dependencies at import time. ``install`` is the
+    command that brings the package; the error names it and the path looked for."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(f"the '{package}' package is not installed ({install}); it ships {'/'.join(parts)}")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+    if not path.exists():
+        raise WeightsError(f"{path} is missing from the installed '{package}' package; reinstall it ({install})")
+    return path
+
+
 def load_state_dict(path: Path) -> dict[str, Any]:
     """A checkpoint's state dict, loaded without executing pickled code (``weights_only=True``);
     unwraps the usual ``{"model": ...}`` / ``{"state_dict": ...}`` containers."""

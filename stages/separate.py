@@ -27,7 +27,6 @@ Clips with a silent character are rejected only when ``reject_silent`` is set.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -63,11 +62,8 @@ def packaged_settings() -> dict[str, dict[str, Any]]:
     """``network_reference`` and ``network_audio`` from clearvoice's packaged inference YAML."""
     import yaml
 
-    spec = importlib.util.find_spec("clearvoice")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("clearvoice is not installed (pip install --no-deps clearvoice==0.1.2); the separate "
-                          "stage uses its AV_MossFormer2_TSE_16K network class")
-    path = Path(next(iter(spec.submodule_search_locations))) / "config" / "inference" / "AV_MossFormer2_TSE_16K.yaml"
+    path = models.packaged_file("clearvoice", "config", "inference", "AV_MossFormer2_TSE_16K.yaml",
+                                install="pip install --no-deps clearvoice==0.1.2")
     cfg = yaml.safe_load(path.read_text())
     return {"network_reference": dict(cfg["network_reference"]), "network_audio": dict(cfg["network_audio"])}
 

@@ -57,11 +57,7 @@ def syncnet_class() -> type:
     its whole video pipeline (ffmpeg-python, scenedetect < 0.7), which we neither need nor install
     (syncnet-python is installed with --no-deps), while the model file needs only torch.
     """
-    spec = importlib.util.find_spec("syncnet_python")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("syncnet-python is not installed (pip install --no-deps syncnet-python==0.2.3); the sync "
-                          "stage uses its SyncNet v2 model class")
-    path = Path(next(iter(spec.submodule_search_locations))) / "SyncNetModel.py"
+    path = models.packaged_file("syncnet_python", "SyncNetModel.py", install="pip install --no-deps syncnet-python==0.2.3")
     mod_spec = importlib.util.spec_from_file_location("mtcc_syncnet_model", path)
     if mod_spec is None or mod_spec.loader is None:
         raise ImportError(f"cannot load {path}")

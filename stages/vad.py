@@ -12,12 +12,13 @@ the last 64 (32) samples of the previous chunk. Several tracks of the same lengt
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .models import packaged_file
 
 RATES = {16000: (512, 64), 8000: (256, 32)}  # rate -> (chunk, context) samples
 STATE_DIM = 128
@@ -36,14 +37,7 @@ class VadResult:
 def model_path() -> Path:
     """``silero_vad/data/silero_vad.onnx`` inside the installed wheel (found without importing the
     package, whose ``__init__`` imports torch)."""
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the silero-vad package is not installed (pip install --no-deps silero-vad); "
-                                "its wheel carries the ONNX VAD model")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} missing: reinstall the silero-vad wheel (it ships the ONNX model)")
-    return path
+    return packaged_file("silero_vad", "data", "silero_vad.onnx", install="pip install --no-deps silero-vad==6.2.3")
 
 
 class SileroVad:
