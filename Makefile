@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml
 	@# clearvoice (AV-MossFormer2 TSE), syncnet-python (SyncNet), silero-vad (ships its model): model code
 	@# only, without their pins; torchaudio only because clearvoice's model module imports it
 	$(PIP) install -q --no-deps clearvoice==0.1.2 syncnet-python==0.2.3 silero-vad==6.2.3 torchaudio==2.11.0
+	@# sam2 (SAM2 video predictor) is an sdist: built without its optional CUDA extension and without deps
+	@# (it declares torch>=2.5.1 and would pull another torch); its needs are listed in pyproject.toml
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation --no-deps sam2==1.1.0
 	@touch $(STAMP)
 
 install: sysdeps $(STAMP)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from .audio_emb import AudioEmbeddings
 from .base import Candidate, Rejection, Resources, Stage
+from .caption import ClipCaption
 from .clip import WholeVideoClip
 from .distance import FaceDistance
 from .faces import FaceTrack
+from .masks import CharacterMasks
 from .prescore import MouthPrescore
 from .probe import Probe
 from .segment import TwoFaceSegments
@@ -17,7 +20,7 @@ from .write import ClipWriter
 STAGES: dict[str, type[Stage]] = {
     cls.name: cls
     for cls in (Probe, ShotSplit, FaceTrack, TwoFaceSegments, WholeVideoClip, FaceDistance, MouthPrescore,
-                SpeechSeparation, SyncScores, ClipWriter)
+                SpeechSeparation, SyncScores, CharacterMasks, AudioEmbeddings, ClipCaption, ClipWriter)
 }
 
 __all__ = ["STAGES", "Candidate", "Rejection", "Resources", "Stage"]

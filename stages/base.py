@@ -94,6 +94,14 @@ class Stage(BaseModel):
     def setup(self) -> None:
         """Load models and other per-actor state. Called once per actor before any batch."""
 
+    def check_model(self) -> str:
+        """Validate this stage's configured weights before a long run (``mtcc models check``): every file
+        present and loadable into the real class, without running it. Raises ``WeightsError`` naming what
+        is wrong and how to fix it; returns a one-line description of what was checked. Model stages
+        override this with a cheap check (headers, key sets on a meta-device model); the default loads."""
+        self.setup()
+        return "loaded"
+
     # -- one-at-a-time stages implement these two --------------------------------------------------
     def compute(self, cand: Candidate) -> dict[str, Any]:
         raise NotImplementedError
