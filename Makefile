@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 DEMO_DIR ?= demo
 STAMP := $(VENV)/.mtcc-installed
 
-.PHONY: install sysdeps demo test test-fast clean
+.PHONY: install sysdeps demo test test-fast clean models
 
 # ffmpeg/ffprobe decode and encode, espeak-ng voices the sample data, sox checks audio
 sysdeps:
@@ -37,10 +37,17 @@ $(STAMP): pyproject.toml
 
 install: sysdeps $(STAMP)
 
-# random-initialised models of the real classes for the offline profile (plumbing, not quality)
-TINY := .mtcc/tiny/overrides.yaml
-$(TINY): $(STAMP)
+# random-initialised models of the real classes for the offline profile (plumbing, not quality);
+# configs/offline.yaml includes .mtcc/tiny/models.yaml
+TINY := .mtcc/tiny/models.yaml
+$(TINY): $(STAMP) $(wildcard stages/*.py)
 	$(VENV)/bin/mtcc models make-tiny .mtcc/tiny
+
+# paper-grade weights for configs/mtcc.yaml (needs internet, ~19 GB); copy models/ to the cluster and
+# run `mtcc models check models` there before a long run
+models: install
+	$(VENV)/bin/mtcc models fetch models
+	$(VENV)/bin/mtcc models check models
 
 demo: install $(TINY)
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc sample-data $(DEMO_DIR)/videos

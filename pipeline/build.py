@@ -142,6 +142,19 @@ def random_weight_stages(cfg: PipelineConfig) -> list[str]:
     return [s.name for s in cfg.active_stages if getattr(s, "allow_random_weights", False)]
 
 
+def model_ids(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """Per model stage: the weights it was configured with (hub id or path) and the pinned revision
+    (``org/name@rev``); every sample's meta carries this so a dataset says which models made it."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in cfg.active_stages:
+        spec = getattr(s, "model", None)
+        if isinstance(spec, str) and spec:
+            repo, _, rev = spec.partition("@")
+            out[s.name] = {"model": repo, "revision": rev or None,
+                           "allow_random_weights": bool(getattr(s, "allow_random_weights", False))}
+    return out
+
+
 def plan_by_shard(plan: pa.Table) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = {}
     for r in plan.to_pylist():
@@ -206,7 +219,7 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
                 runner: str, address: str | None, progress: bool, log: Callable[[str], None]) -> None:
     stages = cfg.active_stages
     run_info = {"config_hash": cfg.config_hash(), "pipeline_version": PIPELINE_VERSION, "versions": versions(),
-                "profile": cfg.profile}
+                "profile": cfg.profile, "models": model_ids(cfg)}
     t_start = time.monotonic()
     if runner == "ray":
         init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)

@@ -1,4 +1,4 @@
-"""`mtcc` command line: run, status, verify, sample-data."""
+"""`mtcc` command line: run, status, verify, models (fetch, check, make-tiny), sample-data."""
 
 from __future__ import annotations
 
@@ -108,29 +108,34 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def make_tiny(root: Path) -> dict[str, dict]:
-    """Random-initialised models of the real classes, for every stage that has one, in the on-disk
-    layout the real weights use. Returns per stage the config overrides that point at them."""
-    from mtcc.stages import STAGES
+    """Random-initialised models of the real classes (see ``models_cli.make_tiny``); per stage its settings."""
+    from .models_cli import make_tiny as make
 
-    made = {}
-    for name, cls in STAGES.items():
-        maker = getattr(cls, "make_tiny", None)
-        if maker is not None:
-            made[name] = maker(root)
-    return made
+    return make(root)
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    import yaml
+def cmd_models_make_tiny(args: argparse.Namespace) -> int:
+    from .models_cli import write_tiny
 
-    root = Path(args.dir).absolute()
-    root.mkdir(parents=True, exist_ok=True)
-    made = make_tiny(root)
-    (root / "overrides.yaml").write_text(yaml.safe_dump({"stages": made}, sort_keys=True))
-    for stage, over in sorted(made.items()):
-        print(f"{stage:<10} {over.get('model')}")
-    print(f"\nRANDOM WEIGHTS, for plumbing and tests only. Config overrides: {root / 'overrides.yaml'}")
+    write_tiny(Path(args.dir))
     return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from .models_cli import ModelsError, fetch, parse_urls, split_stages
+
+    try:
+        return fetch(args.dir, only=split_stages(args.only), faces_pack=args.faces_pack, urls=parse_urls(args.url),
+                     timeout=args.timeout, dry_run=args.dry_run)
+    except ModelsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_models_check(args: argparse.Namespace) -> int:
+    from .models_cli import check, split_stages
+
+    return check(args.dir, quick=args.quick, only=split_stages(args.only))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -159,11 +164,38 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("output")
     v.set_defaults(fn=cmd_verify)
 
-    m = sub.add_parser("models", help="model weights")
+    m = sub.add_parser("models", help="model weights: fetch, check, make-tiny")
     msub = m.add_subparsers(dest="models_cmd", required=True)
-    mt = msub.add_parser("make-tiny", help="write random-initialised models of the real classes (offline tests)")
+    mt = msub.add_parser("make-tiny", help="write random-initialised models of the real classes and DIR/models.yaml "
+                                           "(offline plumbing runs and tests)")
     mt.add_argument("dir")
-    mt.set_defaults(fn=cmd_models)
+    mt.set_defaults(fn=cmd_models_make_tiny)
+    mf = msub.add_parser(
+        "fetch", help="download the paper-grade checkpoints into DIR, verify them, write DIR/models.yaml",
+        description="Downloads what is missing from DIR (pinned Hugging Face revisions and public URLs), verifies "
+                    "sizes/sha256 against MTCC's pinned table and writes DIR/models.yaml for a profile's `models:`. "
+                    "Files already in DIR (placed by hand) are verified and adopted without the network. Exit "
+                    "codes: 0 done, 1 a download/verification failed, 2 bad arguments, 3 network unreachable "
+                    "(nothing downloaded; the layout to place by hand is printed).")
+    mf.add_argument("dir")
+    mf.add_argument("--only", metavar="STAGE[,STAGE]", help="only these stages' models (faces, separate, sync, "
+                                                             "masks, audio_emb, caption)")
+    mf.add_argument("--faces-pack", choices=["antelopev2", "buffalo_l"], default="antelopev2",
+                    help="insightface model pack for the faces stage (default: antelopev2, the paper's)")
+    mf.add_argument("--url", action="append", default=[], metavar="STAGE=URL",
+                    help="fetch a URL-hosted model (faces, sync) from another address; pins are still verified")
+    mf.add_argument("--timeout", type=float, default=5.0, help="seconds the connectivity probe waits (default 5)")
+    mf.add_argument("--dry-run", action="store_true", help="print the layout and sources, touch nothing")
+    mf.set_defaults(fn=cmd_models_fetch)
+    mc = msub.add_parser(
+        "check", help="verify a models folder before a long run (files, sizes, sha256, loadable)",
+        description="Reads DIR/models.yaml (or a models.yaml path), verifies every recorded file and runs each "
+                    "stage's cheap model check on CPU. Exit codes: 0 all OK, 1 a problem, 2 unreadable models.yaml.")
+    mc.add_argument("dir", help="models folder or its models.yaml")
+    mc.add_argument("--quick", action="store_true",
+                    help="check file sizes only, not sha256 (multi-GB files hash slowly)")
+    mc.add_argument("--only", metavar="STAGE[,STAGE]", help="only these stages")
+    mc.set_defaults(fn=cmd_models_check)
 
     d = sub.add_parser("sample-data", help="generate sample videos with ground truth")
     d.add_argument("dir")

@@ -3,6 +3,10 @@
 The stage list is an ordered mapping ``stages: {probe: {...}, clip: {...}, write: {...}}``: the order
 in the file is the order of execution, and the names are looked up in ``mtcc.stages.STAGES`` (a config
 can name stages, never import code). Errors name the key and what is allowed.
+
+A top-level ``models: PATH`` includes the weight settings of a models folder's ``models.yaml`` (written by
+``mtcc models fetch`` or ``make-tiny``, see :mod:`mtcc.pipeline.models_cli`) into the listed stages, before
+``--set`` overrides; the config hash then also covers the recorded content of those weights.
 """
 
 from __future__ import annotations
@@ -40,12 +44,24 @@ class RayConfig(BaseModel):
     object_store_mb: int | None = Field(None, ge=64)
 
 
+class ModelsRef(BaseModel):
+    """The models.yaml a config included (``models: PATH``). Its settings are already merged into the
+    stages; this records where they came from and what the weights were."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="absolute path of the included models.yaml")
+    weights_sha256: str = Field(description="digest of the recorded sha256 of every file the config's stages "
+                                            "take from it: other weights at the same paths change it")
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     profile: str = "custom"
     run: RunSettings = Field(default_factory=RunSettings)
     ray: RayConfig = Field(default_factory=RayConfig)
+    models: ModelsRef | None = None
     stages: list[Stage]
 
     @property
@@ -53,21 +69,28 @@ class PipelineConfig(BaseModel):
         return [s for s in self.stages if s.enabled]
 
     def dump(self) -> dict[str, Any]:
-        return {
+        out = {
             "profile": self.profile,
             "run": self.run.model_dump(),
             "ray": self.ray.model_dump(),
             "stages": {s.name: s.model_dump() for s in self.stages},
         }
+        if self.models is not None:
+            out["models"] = self.models.model_dump()
+        return out
 
     def config_hash(self) -> str:
-        """Hash of what changes the output: the shard grouping and each stage's settings, in order.
+        """Hash of what changes the output: the shard grouping and each stage's settings, in order, and
+        (when a models.yaml was included) the recorded content of the weights the stages take from it.
         Resources, Ray settings and scheduling knobs are left out: scaling a build out is not a new
-        dataset and must not force a rebuild."""
-        body = {
+        dataset and must not force a rebuild. The models.yaml's own path is left out too: the stage
+        settings already say where the weights are."""
+        body: dict[str, Any] = {
             "videos_per_shard": self.run.videos_per_shard,
             "stages": [[s.name, s.model_dump(exclude={"resources"})] for s in self.stages],
         }
+        if self.models is not None:
+            body["weights"] = self.models.weights_sha256
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -151,7 +174,37 @@ def build_config(raw: dict[str, Any]) -> PipelineConfig:
     return cfg.model_copy(update={"stages": stages})
 
 
+def include_models(raw: dict[str, Any]) -> dict[str, Any]:
+    """Replace a top-level ``models: PATH`` by the weight settings of that models.yaml, laid over the
+    stages the config lists (stages it does not list are not added). PATH is relative to the working
+    directory (``~`` expanded; a folder means its models.yaml); paths inside models.yaml are relative to
+    its own folder. ``models: null`` (or no key) includes nothing."""
+    if not isinstance(raw, dict) or "models" not in raw:
+        return raw
+    ref = raw.pop("models")
+    if ref is None or ref == "":
+        return raw
+    if not isinstance(ref, (str, Path)):
+        raise ConfigError(f"models: expected the path of a models.yaml (or of its folder), got {ref!r}")
+    from .models_cli import load_models_file, models_path, stage_settings, weights_digest
+
+    p = models_path(ref)
+    doc = load_models_file(p)
+    settings = stage_settings(doc, p.parent, str(p))
+    stages = raw.get("stages")
+    used = []
+    if isinstance(stages, dict):
+        for name, over in settings.items():
+            if name in stages and (stages[name] is None or isinstance(stages[name], dict)):
+                stages[name] = {**(stages[name] or {}), **over}
+                used.append(name)
+    raw["models"] = {"path": str(p), "weights_sha256": weights_digest(doc, p.parent, settings, used)}
+    return raw
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """A config file, with its ``models:`` include merged in, then the ``--set`` overrides applied
+    (``--set models=PATH`` replaces the file's include, ``--set models=null`` drops it)."""
     p = Path(path)
     try:
         raw = yaml.safe_load(p.read_text()) or {}
@@ -159,7 +212,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise ConfigError(f"config file not found: {p}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from e
-    return build_config(apply_overrides(raw, overrides or []))
+    rest = []
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if sep and key.strip() == "models":
+            if isinstance(raw, dict):
+                raw["models"] = yaml.safe_load(text) if text.strip() else None
+        else:
+            rest.append(item)
+    return build_config(apply_overrides(include_models(raw), rest))
 
 
 def config_from_dump(dump: dict[str, Any], stage_order: list[str]) -> PipelineConfig:

@@ -80,6 +80,11 @@ def _safe_member(name: str) -> None:
         raise ValueError(f"unsafe tar member name {name!r}")
 
 
+# what model stages learned about a sample beyond their scalar stats (cross-sync and audio-character matrices,
+# speech segments, mask windows on the latent grid, model ids): carried into the sample's meta
+META_INFO = ("separate", "sync", "masks", "audio_emb", "caption")
+
+
 def sample_meta(c: Candidate, run_info: dict[str, Any]) -> dict[str, Any]:
     return {
         "key": c.key,
@@ -91,6 +96,7 @@ def sample_meta(c: Candidate, run_info: dict[str, Any]) -> dict[str, Any]:
         # stages that ran on random-initialised weights (offline profile): this sample is plumbing only
         "random_weights": sorted(k.split(".")[0] for k, v in c.stats.items() if k.endswith(".random_weights") and v),
         "stats": c.stats,
+        **{k: c.info[k] for k in META_INFO if k in c.info},
         **run_info,
     }
 

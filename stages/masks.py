@@ -1,11 +1,568 @@
-"""Masks: SAM2 per-character segmentation masks (skeleton; filled by the masks work)."""
+"""Masks: per-character SAM2 video masks, the routing ground truth on the latent grid, and background-free
+reference images.
+
+Model: SAM2's video predictor (``sam2`` package), built from a SAM2 YAML config whose ``_target_`` keys
+are vetted first (see ``sam2_model``) and loaded strictly from the released checkpoint format
+``{"model": state_dict}``. Default: SAM2.1 Hiera-L (``facebook/sam2.1-hiera-large``: its YAML and .pt).
+
+Per clip, the frames at 25 fps are decoded once from the source at clip resolution (the written clip is
+the source scaled to even dimensions), resized to the model's square input and kept as uint8; SAM2's
+inference state is built from them in memory. Both characters live in ONE inference state (object ids
+0 and 1), so the image encoder runs once per visited frame, not once per person. Both are prompted on the
+same frame (the one where the weaker face is best: score x box area) with the face box and its 5
+landmarks as positive clicks, so neither object has an empty output on the other's conditioning frame.
+Propagation runs forward from there, then backward.
+
+Drift: a frame where a character's mask covers less than ``drift_min_cover`` of its tracked face box.
+The earliest drifted frame (in the order frames were produced) becomes a new conditioning frame: its old
+outputs are dropped, both characters are prompted there again from their tracked boxes and landmarks,
+and propagation reruns from it in the direction that produced it; at most ``max_reprompts`` times.
+
+Outputs per clip, produced frame by frame (full-resolution masks of a whole clip are never held):
+  * ``masks.rle.json``: per character, per frame, COCO RLE at clip resolution;
+  * ``route.npy``: int8 ``[windows, 13, 30, 45]`` (default geometry): each training window's masks
+    letterboxed onto the geometry's canvas and reduced by the trainer's recipe (``geometry``);
+  * ``ref{i}.jpg``: each character's square crop at its best frame, pixels outside its mask set to
+    ``ref_background``.
+Stats: per character mean mask area (fraction of the frame), fraction of empty frames, temporal
+stability (mean IoU of consecutive frames), mean coverage of the tracked face box; mean IoU between the
+two characters; re-prompt count. Clips whose masks collapse (too small / too often empty) or merge (the
+characters' masks overlap) are rejected unless ``reject`` is off.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import contextlib
+import io
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
-from .base import Stage
+import numpy as np
+from pydantic import Field, field_validator
+
+from . import models, sam2_model
+from . import rle as rle_codec
+from .base import Candidate, Rejection, Resources, Stage
+from .geometry import LatentGeometry, letterbox_mask, route_index_mask
+
+HF_ID = "facebook/sam2.1-hiera-large"
+PACKAGED_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
+TINY_BASE = ("configs", "sam2.1", "sam2.1_hiera_t.yaml")
+TINY_NAME = "sam2.1_hiera_mtcc_tiny"
+FPS = 25
+HOW_TO_GET = (f"Get the weights on a machine with internet: `huggingface-cli download {HF_ID} --local-dir DIR` "
+              f"(DIR then holds sam2.1_hiera_l.yaml and sam2.1_hiera_large.pt) and set stages.masks.model to DIR "
+              f"(or to the hub id {HF_ID} where the hub or its local cache is reachable); "
+              f"`mtcc models make-tiny DIR` writes a random-weights model for plumbing runs only.")
+# A reduced SAM2.1: the packaged Hiera-T config with narrower, shallower parts and a 128 px input, so a
+# CPU runs it at a few ms per frame. Keys are dotted paths into the YAML; everything else stays as packaged.
+TINY_CHANGES: dict[str, Any] = {
+    "model.image_size": 128,
+    "model.image_encoder.trunk.embed_dim": 8,
+    "model.image_encoder.trunk.num_heads": 1,
+    "model.image_encoder.trunk.stages": [1, 1, 2, 1],
+    "model.image_encoder.trunk.global_att_blocks": [3],
+    "model.image_encoder.trunk.window_pos_embed_bkg_spatial_size": [4, 4],
+    "model.image_encoder.trunk.window_spec": [8, 4, 4, 2],
+    "model.image_encoder.neck.position_encoding.num_pos_feats": 32,
+    "model.image_encoder.neck.d_model": 32,
+    "model.image_encoder.neck.backbone_channel_list": [64, 32, 16, 8],
+    "model.memory_attention.d_model": 32,
+    "model.memory_attention.num_layers": 1,
+    "model.memory_attention.layer.d_model": 32,
+    "model.memory_attention.layer.dim_feedforward": 64,
+    "model.memory_attention.layer.self_attention.embedding_dim": 32,
+    "model.memory_attention.layer.self_attention.feat_sizes": [8, 8],
+    "model.memory_attention.layer.cross_attention.embedding_dim": 32,
+    "model.memory_attention.layer.cross_attention.feat_sizes": [8, 8],
+    "model.memory_attention.layer.cross_attention.kv_in_dim": 16,
+    "model.memory_encoder.out_dim": 16,
+    "model.memory_encoder.in_dim": 32,
+    "model.memory_encoder.position_encoding.num_pos_feats": 16,
+    "model.memory_encoder.mask_downsampler.embed_dim": 32,
+    "model.memory_encoder.fuser.layer.dim": 32,
+    "model.memory_encoder.fuser.num_layers": 1,
+}
+
+
+# -- pure pieces ----------------------------------------------------------------------------------------
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    b = np.asarray(boxes, np.float64)
+    return np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
+
+
+def prompt_frame(boxes: np.ndarray, scores: np.ndarray) -> int:
+    """The frame where the weakest character is best seen: argmax over frames of min over characters of
+    score x box area (``boxes`` ``[C, T, 4]``, ``scores`` ``[C, T]``); the first such frame on ties."""
+    quality = np.asarray(scores, np.float64) * box_area(boxes)
+    return int(np.argmax(quality.min(axis=0)))
+
+
+def best_frame(boxes: np.ndarray, scores: np.ndarray) -> int:
+    """One character's best frame (score x box area), as the plain references pick it."""
+    return int(np.argmax(np.asarray(scores, np.float64) * box_area(boxes)))
+
+
+def face_cover(mask: np.ndarray, box: np.ndarray) -> float:
+    """Fraction of the face box's in-frame pixels that the mask covers; NaN when the box has none (a
+    face off screen says nothing about drift)."""
+    h, w = mask.shape
+    x0, y0, x1, y1 = (float(v) for v in box)
+    xa, ya = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+    xb, yb = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+    if xb <= xa or yb <= ya:
+        return float("nan")
+    return float(mask[ya:yb, xa:xb].mean())
+
+
+def drifted(covers: np.ndarray, min_cover: float) -> np.ndarray:
+    """Frames (bool ``[T]``) where any character's mask covers less than ``min_cover`` of its face box."""
+    c = np.asarray(covers, np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.any(c < min_cover, axis=0)
+
+
+def mask_stats(rles: list[list[dict[str, Any]]], covers: np.ndarray) -> dict[str, Any]:
+    """Per character ``k``: ``area_k`` (mean fraction of the frame), ``empty_k`` (fraction of frames with an
+    empty mask), ``stability_k`` (mean IoU of consecutive frames; two empty frames count as stable),
+    ``face_cover_k`` (mean coverage of the face box over frames where it is on screen); ``overlap``: the
+    largest, over character pairs, mean IoU between two characters' masks of a frame."""
+    stats: dict[str, Any] = {}
+    n_frames = len(rles[0]) if rles else 0
+    for k, seq in enumerate(rles):
+        h, w = seq[0]["size"]
+        areas = rle_codec.area(seq) / float(h * w)
+        stab = [rle_codec.iou(seq[f], seq[f + 1], empty=1.0) for f in range(len(seq) - 1)]
+        cov = np.asarray(covers[k], np.float64)
+        stats[f"area_{k}"] = round(float(areas.mean()), 6)
+        stats[f"empty_{k}"] = round(float(np.mean(areas == 0)), 6)
+        stats[f"stability_{k}"] = round(float(np.mean(stab)) if stab else 1.0, 6)
+        stats[f"face_cover_{k}"] = round(float(np.nanmean(cov)), 6) if np.isfinite(cov).any() else 0.0
+    pair = [float(np.mean([rle_codec.iou(rles[a][f], rles[b][f]) for f in range(n_frames)]))
+            for a in range(len(rles)) for b in range(a + 1, len(rles))]
+    stats["overlap"] = round(max(pair), 6) if pair else 0.0
+    return stats
+
+
+def route_windows(canvas: Callable[[int, int], np.ndarray], n_frames: int, geo: LatentGeometry) -> np.ndarray:
+    """int8 ``[W, *geo.grid]``: for each window of ``geo.windows(n_frames)``, the letterboxed masks
+    ``canvas(start, end)`` (``[C, end-start, geo.height, geo.width]``, 0/1) reduced by the trainer's
+    recipe."""
+    wins = geo.windows(n_frames)
+    return np.stack([route_index_mask(canvas(s, e), geo) for s, e in wins]).astype(np.int8)
+
+
+def clip_size(src_w: int, src_h: int) -> tuple[int, int]:
+    """(w, h) of the written clip: the write stage scales the source to ``trunc(w/2)*2 x trunc(h/2)*2``."""
+    return max(2, int(src_w) // 2 * 2), max(2, int(src_h) // 2 * 2)
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def masks_json(rles: list[list[dict[str, Any]]], track_ids: list[Any], size: tuple[int, int]) -> bytes:
+    """``masks.rle.json``: ``{"size": [h, w], "fps": 25, "frames": T, "characters": [{"index", "track_id",
+    "rle": [per frame {"size", "counts"}]}]}``, compact, keys sorted (byte-identical reruns)."""
+    doc = {
+        "size": [int(size[0]), int(size[1])],
+        "fps": FPS,
+        "frames": len(rles[0]) if rles else 0,
+        "characters": [{"index": k, "track_id": tid, "rle": seq} for k, (tid, seq) in enumerate(zip(track_ids, rles))],
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def ref_window(box: np.ndarray, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the reference crop: a square of ``margin`` x the box's longer side around its
+    centre, cut at the frame's edges (as the plain references are)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * margin / 2
+    return (max(0, int(cx - half)), max(0, int(cy - half)), min(width, int(cx + half)), min(height, int(cy + half)))
+
+
+def cutout(frame: np.ndarray, mask: np.ndarray, box: np.ndarray, margin: float,
+           background: tuple[int, int, int]) -> np.ndarray:
+    """The reference crop of ``frame`` (uint8 RGB at the mask's resolution) with every pixel outside
+    ``mask`` set to ``background``."""
+    h, w = mask.shape
+    xa, ya, xb, yb = ref_window(box, margin, w, h)
+    crop = frame[ya:yb, xa:xb].copy()
+    crop[~mask[ya:yb, xa:xb].astype(bool)] = np.asarray(background, np.uint8)
+    return crop
+
+
+def jpeg_bytes(img: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+# -- per-frame results ------------------------------------------------------------------------------------
+
+@dataclass
+class FrameMasks:
+    """What is kept of each produced frame: RLE per character, face-box coverage, the letterboxed canvas
+    masks bit-packed (480x720 -> 43 kB per character). Re-produced frames overwrite their entry."""
+
+    boxes: np.ndarray  # [C, T, 4] tracked face boxes at clip resolution
+    geo: LatentGeometry
+    size: tuple[int, int]  # (h, w)
+    rles: list[dict[int, dict[str, Any]]] = field(default_factory=list)
+    covers: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    packed: dict[int, np.ndarray] = field(default_factory=dict)
+    order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    reverse: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    produced: int = 0
+
+    def __post_init__(self) -> None:
+        c, t = self.boxes.shape[:2]
+        self.rles = [{} for _ in range(c)]
+        self.covers = np.full((c, t), np.nan)
+        self.order = np.full(t, -1, np.int64)
+        self.reverse = np.zeros(t, bool)
+
+    def put(self, frame: int, masks: np.ndarray, reverse: bool) -> None:
+        """``masks``: bool ``[C, h, w]`` at clip resolution."""
+        canv = []
+        for k, m in enumerate(masks):
+            self.rles[k][frame] = rle_codec.encode(m)
+            self.covers[k, frame] = face_cover(m, self.boxes[k, frame])
+            canv.append(np.packbits(letterbox_mask(m, self.geo), axis=None))
+        self.packed[frame] = np.stack(canv)
+        self.order[frame] = self.produced
+        self.reverse[frame] = reverse
+        self.produced += 1
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.order)
+
+    def complete(self) -> bool:
+        return bool((self.order >= 0).all())
+
+    def rle_lists(self) -> list[list[dict[str, Any]]]:
+        return [[seq[f] for f in range(self.n_frames)] for seq in self.rles]
+
+    def canvas(self, start: int, end: int) -> np.ndarray:
+        n = self.geo.height * self.geo.width
+        out = np.stack([np.unpackbits(self.packed[f], axis=1, count=n) for f in range(start, end)], axis=1)
+        return out.reshape(out.shape[0], end - start, self.geo.height, self.geo.width)
+
+
+# -- tracking -----------------------------------------------------------------------------------------------
+
+def track(model: Any, state: dict[str, Any], out: FrameMasks, landmarks: np.ndarray, first: int, *,
+          min_cover: float, max_reprompts: int) -> tuple[list[int], int]:
+    """Prompt every character on frame ``first``, propagate forward then backward, re-prompt on drift.
+    Results go to ``out``; returns the prompt frames and the number of re-prompts."""
+    def prompt(frame: int) -> None:
+        masks = None
+        for k in range(out.boxes.shape[0]):
+            pts = np.asarray(landmarks[k][frame], np.float64).reshape(-1, 2)
+            pts = pts[np.isfinite(pts).all(axis=1)]
+            _, _, masks = model.add_new_points_or_box(
+                state, frame_idx=frame, obj_id=k, box=out.boxes[k, frame].astype(np.float32),
+                points=pts.astype(np.float32) if len(pts) else None,
+                labels=np.ones(len(pts), np.int32) if len(pts) else None)
+        # the last call returns every object's mask on this frame; propagation from frame 0 backwards
+        # yields nothing, so the prompt frame's result is recorded here
+        out.put(frame, (masks[:, 0] > 0).cpu().numpy(), False)
+
+    def propagate(start: int, reverse: bool) -> None:
+        for f, _, logits in model.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
+            out.put(int(f), (logits[:, 0] > 0).cpu().numpy(), reverse)
+
+    prompts = [first]
+    prompt(first)
+    propagate(first, False)
+    propagate(first, True)
+    reprompts = 0
+    while reprompts < max_reprompts:
+        bad = drifted(out.covers, min_cover)
+        bad[prompts] = False  # a prompt frame re-prompted with the same input gives the same mask
+        if not bad.any():
+            break
+        candidates = np.flatnonzero(bad)
+        d = int(candidates[np.argmin(out.order[candidates])])
+        direction = bool(out.reverse[d])
+        sam2_model.forget_frame(state, d)
+        prompts.append(d)
+        reprompts += 1
+        prompt(d)
+        propagate(d, direction)
+    return prompts, reprompts
+
+
+# -- the stage ------------------------------------------------------------------------------------------
+
+@dataclass
+class ClipFrames:
+    frames: Any  # torch uint8 [T, S, S, 3]
+    size: tuple[int, int]  # clip (h, w)
+    scale: tuple[float, float]  # clip px per source px (x, y)
+    full: dict[int, np.ndarray]  # clip-resolution RGB of the frames asked for
 
 
 class CharacterMasks(Stage):
     name: ClassVar[str] = "masks"
+    stats_schema: ClassVar[dict[str, str]] = {
+        "area_0": "float64", "area_1": "float64", "empty_0": "float64", "empty_1": "float64",
+        "stability_0": "float64", "stability_1": "float64", "overlap": "float64",
+        "face_cover_0": "float64", "face_cover_1": "float64", "reprompts": "int64", "random_weights": "bool",
+    }
+
+    model: str = Field(HF_ID, description="SAM2 checkpoint: a directory with one .pt ({'model': state_dict}) and "
+                                          "optionally its YAML config, a .pt file, or a Hugging Face id")
+    config: str = Field(PACKAGED_CONFIG, description="SAM2 YAML used when the model directory has none: a path "
+                                                     "inside the sam2 package (configs/...) or a local YAML file")
+    allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
+    geometry: LatentGeometry = Field(default_factory=LatentGeometry,
+                                     description="the video model's clip and latent sizes (route.npy)")
+    drift_min_cover: float = Field(0.3, ge=0, description="a mask covering less of its tracked face box than this "
+                                                          "has drifted (above 1: every frame counts as drifted)")
+    max_reprompts: int = Field(2, ge=0, description="re-prompts on drifted frames per clip")
+    min_area: float = Field(0.002, ge=0, le=1, description="reject when a character's mean mask area (fraction "
+                                                           "of the frame) is below this")
+    max_empty_fraction: float = Field(0.1, ge=0, le=1, description="reject when a character's mask is empty on "
+                                                                   "more than this fraction of frames")
+    max_overlap: float = Field(0.5, ge=0, le=1, description="reject when the characters' masks overlap more "
+                                                            "than this (mean IoU)")
+    reject: bool = Field(True, description="apply the thresholds above (off: only record the stats)")
+    ref_margin: float = Field(1.6, ge=1.0, description="reference crop side / face box longer side")
+    ref_background: tuple[int, int, int] = Field((255, 255, 255), description="RGB outside the character's mask "
+                                                                              "in ref{i}.jpg")
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    batch_frames: int = Field(32, ge=1, description="frames per decode batch")
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=2))
+
+    @field_validator("model")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        # actors on other nodes run in other working directories: pin relative paths where the config is read
+        if v and not models.is_hub_id(v) and "://" not in v:
+            return str(Path(v).expanduser().absolute())
+        return v
+
+    @field_validator("config")
+    @classmethod
+    def _absolute_config(cls, v: str) -> str:
+        # a path inside the sam2 package stays relative; a local file is pinned like the model
+        p = Path(v).expanduser()
+        if p.is_absolute() or p.exists() or not v.startswith("configs/"):
+            return str(p.absolute())
+        return v
+
+    @field_validator("ref_background")
+    @classmethod
+    def _rgb(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not all(0 <= int(c) <= 255 for c in v):
+            raise ValueError("ref_background must be three values in 0..255")
+        return v
+
+    # -- model ------------------------------------------------------------------------------------------
+    def _config_file(self) -> Path:
+        if self.config.startswith("configs/") and not Path(self.config).is_absolute():
+            return models.packaged_file("sam2", *Path(self.config).parts, install=sam2_model.INSTALL)
+        p = Path(self.config)
+        if not p.is_file():
+            raise models.WeightsError(f"stage 'masks': SAM2 config {p} does not exist (stages.masks.config). {HOW_TO_GET}")
+        return p
+
+    def _files(self) -> tuple[Path, Path, Path]:
+        """(resolved model path, config YAML, checkpoint .pt)."""
+        path = models.resolve(self.model, stage=self.name, key="model",
+                              expected="a SAM2 checkpoint directory (one .pt holding {'model': state_dict}, and "
+                                       "its YAML config) or a .pt file", how_to_get=HOW_TO_GET)
+        if path.is_file():
+            return path, self._config_file(), path
+        pts = sorted(path.glob("*.pt"))
+        yamls = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+        if len(pts) != 1:
+            raise models.WeightsError(
+                f"stage 'masks': {path} holds {len(pts)} .pt files ({', '.join(p.name for p in pts) or 'none'}); "
+                f"expected exactly one SAM2 checkpoint. {HOW_TO_GET}")
+        if len(yamls) > 1:
+            raise models.WeightsError(
+                f"stage 'masks': {path} holds several YAML files ({', '.join(p.name for p in yamls)}); keep only "
+                f"the checkpoint's SAM2 config there. {HOW_TO_GET}")
+        return path, (yamls[0] if yamls else self._config_file()), pts[0]
+
+    def setup(self) -> None:
+        path, cfg, ckpt = self._files()
+        self._random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        data = sam2_model.read_config(cfg)
+        self._model = sam2_model.load_predictor(data, cfg, ckpt, device=self.device, how_to_get=HOW_TO_GET)
+        self._config_used = str(cfg)
+
+    def check_model(self) -> str:
+        path, cfg, ckpt = self._files()
+        random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        data = sam2_model.read_config(cfg)
+        own = sam2_model.build_model(data, cfg, "cpu").state_dict()
+        sam2_model.compare_state(own, sam2_model.checkpoint_shapes(ckpt), ckpt=ckpt, config=cfg,
+                                 how_to_get=HOW_TO_GET)
+        return (f"SAM2 video predictor ({cfg.name}, image_size {data['model'].get('image_size')}): {len(own)} "
+                f"tensors of {ckpt.name} match{' (RANDOM weights)' if random else ''}")
+
+    # -- frames --------------------------------------------------------------------------------------------
+    def _frames(self, cand: Candidate, size: int, want_full: set[int]) -> ClipFrames:
+        import torch
+
+        from .crops import clip_source_frames
+        from .media import open_local
+        from .video import open_frames
+
+        faces, probe = cand.info["clip_faces"], cand.info["probe"]
+        n_out = int(faces["frames"])
+        with open_local(cand.source) as path:
+            # full resolution, display orientation: what the clip encode scales to even dimensions
+            video = open_frames(path, probe, None)
+            src_w, src_h = video.width, video.height
+            clip_w, clip_h = clip_size(src_w, src_h)
+            src = clip_source_frames(float(cand.start or 0.0), float(probe.get("video_start") or 0.0), video.fps,
+                                     n_out, faces["fps"], video.n_frames)
+            where: dict[int, list[int]] = {}
+            for j, f in enumerate(src.tolist()):
+                where.setdefault(f, []).append(j)
+            frames = torch.empty((n_out, size, size, 3), dtype=torch.uint8)
+            full: dict[int, np.ndarray] = {}
+            for idx, imgs in video.batches(sorted(where), self.batch_frames):
+                for f, img in zip(idx, imgs):
+                    sq = torch.from_numpy(np.ascontiguousarray(sam2_model.resize_square(img, size)))
+                    for j in where[f]:
+                        frames[j] = sq
+                        if j in want_full:
+                            full[j] = self._to_clip(img, clip_w, clip_h)
+        if len(full) != len(want_full & set(range(n_out))):
+            raise ValueError(f"{cand.key}: frames {sorted(want_full - set(full))} could not be decoded")
+        return ClipFrames(frames, (clip_h, clip_w), (clip_w / src_w, clip_h / src_h), full)
+
+    @staticmethod
+    def _to_clip(img: np.ndarray, w: int, h: int) -> np.ndarray:
+        import cv2
+
+        if img.shape[:2] == (h, w):
+            return np.ascontiguousarray(img)
+        return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+
+    # -- one clip -------------------------------------------------------------------------------------------
+    def _clip(self, cand: Candidate) -> dict[str, Any]:
+        import torch
+
+        faces = cand.info["clip_faces"]
+        chars = faces["characters"]
+        n = int(faces["frames"])
+        if n <= 0 or not chars:
+            raise ValueError(f"{cand.key}: clip has {n} frames and {len(chars)} characters")
+        boxes_src = np.stack([np.asarray(c["boxes"], np.float64).reshape(-1, 4)[:n] for c in chars])
+        scores = np.stack([np.asarray(c["scores"], np.float64)[:n] for c in chars])
+        bests = [best_frame(boxes_src[k], scores[k]) for k in range(len(chars))]
+        first = prompt_frame(boxes_src, scores)
+        clip = self._frames(cand, int(self._model.image_size), set(bests))
+        sx, sy = clip.scale
+        boxes = boxes_src * np.array([sx, sy, sx, sy])
+        lms = [np.asarray(c["landmarks"], np.float64).reshape(-1, 5, 2)[:n] * np.array([sx, sy]) for c in chars]
+        h, w = clip.size
+        out = FrameMasks(boxes, self.geometry, (h, w))
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda")
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast, warnings.catch_warnings():
+            # sam2 fills small mask holes with its optional CUDA extension (not built by our install) and
+            # warns on every frame without it; it then skips that post-processing, as any such install does
+            warnings.filterwarnings("ignore", message=r"(?s).*Skipping the post-processing step",
+                                    category=UserWarning)
+            state = sam2_model.inference_state(self._model, clip.frames, h, w)
+            prompts, reprompts = track(self._model, state, out, lms, first, min_cover=self.drift_min_cover,
+                                       max_reprompts=self.max_reprompts)
+        del state
+        clip.frames = None  # the resized video is the largest thing held; refs need only clip.full
+        if not out.complete():
+            raise RuntimeError(f"{cand.key}: SAM2 produced masks for {(out.order >= 0).sum()} of {n} frames")
+        rles = out.rle_lists()
+        route = route_windows(out.canvas, n, self.geometry)
+        members = {"masks.rle.json": masks_json(rles, [c["track_id"] for c in chars], (h, w)),
+                   "route.npy": npy_bytes(route)}
+        for k, c in enumerate(chars):
+            ref = cutout(clip.full[bests[k]], rle_codec.decode(rles[k][bests[k]]), boxes[k, bests[k]],
+                         self.ref_margin, tuple(int(v) for v in self.ref_background))
+            members[f"ref{c['index']}.jpg"] = jpeg_bytes(ref, self.jpeg_quality)
+        stats = mask_stats(rles, out.covers)
+        stats["reprompts"] = int(reprompts)
+        stats["random_weights"] = bool(self._random)
+        info = {
+            "windows": [list(wn) for wn in self.geometry.windows(n)],
+            "geometry": self.geometry.model_dump(),
+            "size": [h, w],
+            "prompt_frames": [int(p) for p in prompts],
+            "reprompts": int(reprompts),
+            "ref_frames": [int(b) for b in bests],
+            "model": self.model,
+            "config": Path(self._config_used).name,
+            "image_size": int(self._model.image_size),
+            "random_weights": bool(self._random),
+        }
+        return {"stats": stats, "members": members, "info": info}
+
+    def process(self, batch: list[Candidate]) -> list[Candidate]:
+        if not hasattr(self, "_model"):
+            self.setup()
+        for cand in batch:
+            res = self._clip(cand)
+            cand.members.update(res["members"])
+            cand.info["masks"] = res["info"]
+            self.record(cand, res["stats"])
+            rejection = self.decide(res["stats"])
+            if rejection is not None:
+                cand.reject(self.name, rejection.reason, rejection.message)
+        return batch
+
+    def decide(self, stats: dict[str, Any]) -> Rejection | None:
+        if not self.reject:
+            return None
+        chars = sorted(int(k.split("_")[1]) for k in stats if k.startswith("area_"))
+        collapsed = [f"character {k}: mean area {stats[f'area_{k}']:.4f} of the frame, empty on "
+                     f"{stats[f'empty_{k}']:.0%} of frames" for k in chars
+                     if stats[f"area_{k}"] < self.min_area or stats[f"empty_{k}"] > self.max_empty_fraction]
+        if collapsed:
+            return Rejection("mask_collapsed", "; ".join(collapsed) + f" (needs area >= masks.min_area="
+                             f"{self.min_area:g} and empty <= masks.max_empty_fraction={self.max_empty_fraction:g})")
+        if stats.get("overlap", 0.0) > self.max_overlap:
+            return Rejection("masks_merged", f"the characters' masks overlap: mean IoU {stats['overlap']:.3f} > "
+                                             f"masks.max_overlap={self.max_overlap:g}")
+        return None
+
+    # -- tiny model ----------------------------------------------------------------------------------------
+    @classmethod
+    def make_tiny(cls, root: Path) -> dict[str, Any]:
+        """A reduced SAM2.1 (the packaged Hiera-T config with ``TINY_CHANGES``) with random weights, in the
+        released layout: its YAML beside a .pt holding ``{"model": state_dict}``."""
+        import torch
+        import yaml
+
+        d = Path(root) / cls.name
+        d.mkdir(parents=True, exist_ok=True)
+        base = models.packaged_file("sam2", *TINY_BASE, install=sam2_model.INSTALL)
+        data = sam2_model.read_config(base)
+        for key, value in TINY_CHANGES.items():
+            sam2_model.set_dotted(data, key, value)
+        cfg = d / f"{TINY_NAME}.yaml"
+        cfg.write_text("# @package _global_\n# MTCC tiny SAM2.1 (random weights, plumbing only): "
+                       f"sam2's {'/'.join(TINY_BASE[1:])} reduced\n\n" + yaml.safe_dump(data, sort_keys=False))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = sam2_model.build_model(sam2_model.read_config(cfg), cfg, "cpu")
+        torch.save({"model": model.state_dict()}, d / f"{TINY_NAME}.pt")
+        models.write_marker(d, f"SAM2.1 video predictor (reduced: {TINY_NAME})",
+                            image_size=TINY_CHANGES["model.image_size"])
+        return {"model": str(d), "allow_random_weights": True}

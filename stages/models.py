@@ -104,3 +104,13 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: not a state dict checkpoint (got {type(obj).__name__})")
     return obj
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars and load reports in a stage's process: our stages
+    check keys themselves (strictly, before loading) and a load report per actor per run buries the
+    warnings that matter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

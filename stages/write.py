@@ -61,7 +61,9 @@ class ClipWriter(Stage):
             faces = cand.info.get("clip_faces")
             if faces is not None:
                 cand.members["faces.json"] = json.dumps(faces, sort_keys=True, separators=(",", ":")).encode()
-                cand.members.update(self._references(src, cand, faces))
+                if not all(f"ref{ch['index']}.jpg" in cand.members for ch in faces["characters"]):
+                    # the masks stage makes background-free references; without it, plain face crops
+                    cand.members.update(self._references(src, cand, faces))
         return {
             "frames": int(round(dur * self.fps)),
             "mp4_bytes": len(cand.members["mp4"]),
@@ -70,7 +72,7 @@ class ClipWriter(Stage):
 
     def _references(self, src: str, cand: Candidate, faces: dict[str, Any]) -> dict[str, bytes]:
         """``ref{i}.jpg``: each character's face crop at its best frame (highest score x area), decoded
-        at source resolution. Background removal arrives with the masks stage."""
+        at source resolution. Used when no earlier stage (masks) produced references."""
         import numpy as np
         from PIL import Image
 

@@ -31,11 +31,12 @@ def real_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_overrides(tmp_path_factory) -> list[str]:
-    """Random-initialised models of the real classes (``mtcc models make-tiny``), as --set overrides."""
-    from mtcc.pipeline.cli import make_tiny
+    """Random-initialised models of the real classes (``mtcc models make-tiny``), included the way the
+    offline profile includes .mtcc/tiny: as the --set that points ``models:`` at their models.yaml (only
+    the stages the profile lists get their settings)."""
+    from mtcc.pipeline.models_cli import write_tiny
 
-    made = make_tiny(tmp_path_factory.mktemp("tiny"))
-    return [f"stages.{stage}.{k}={v}" for stage, over in sorted(made.items()) for k, v in sorted(over.items())]
+    return [f"models={write_tiny(tmp_path_factory.mktemp('tiny'), out=lambda s: None)}"]
 
 
 @pytest.fixture(scope="session")

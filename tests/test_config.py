@@ -5,10 +5,17 @@ import pytest
 from mtcc.pipeline.cli import resolve_config
 from mtcc.pipeline.config import ConfigError, build_config, load_config
 
+# these tests are about structure: the weights a profile includes (`models:`) are tested in test_models_cli.py
+NO_MODELS = ["models=null"]
+
+
+def offline(*sets: str):
+    return load_config(resolve_config("offline"), [*NO_MODELS, *sets])
+
 
 def test_bundled_profiles_validate():
     for name in ("offline", "mtcc"):
-        cfg = load_config(resolve_config(name))
+        cfg = load_config(resolve_config(name), NO_MODELS)
         names = [s.name for s in cfg.stages]
         assert names[0] == "probe" and names[-1] == "write"
         assert names.index("shots") < names.index("faces") < names.index("segment") < names.index("distance")
@@ -21,7 +28,7 @@ def test_spine_profile_validates():
 
 def test_unknown_key_names_key_and_allowed_values():
     with pytest.raises(ConfigError) as e:
-        load_config(resolve_config("offline"), ["stages.probe.min_fpz=3"])
+        offline("stages.probe.min_fpz=3")
     msg = str(e.value)
     assert "stages.probe.min_fpz" in msg and "unknown key" in msg
     assert "min_fps" in msg and "max_duration" in msg
@@ -29,14 +36,14 @@ def test_unknown_key_names_key_and_allowed_values():
 
 def test_unknown_nested_key_lists_nested_fields():
     with pytest.raises(ConfigError) as e:
-        load_config(resolve_config("offline"), ["stages.write.resources.gpus=1"])
+        offline("stages.write.resources.gpus=1")
     assert "stages.write.resources.gpus" in str(e.value)
     assert "num_gpus" in str(e.value)
 
 
 def test_bad_value_and_literal_choices():
     with pytest.raises(ConfigError) as e:
-        load_config(resolve_config("offline"), ["stages.probe.min_fps=-1", "stages.write.preset=fastest"])
+        offline("stages.probe.min_fps=-1", "stages.write.preset=fastest")
     msg = str(e.value)
     assert "stages.probe.min_fps" in msg and "greater than 0" in msg
     assert "stages.write.preset" in msg and "veryfast" in msg
@@ -54,16 +61,16 @@ def test_inconsistent_thresholds_refused():
 
 
 def test_set_override_types_and_hash():
-    base = load_config(resolve_config("offline"))
-    cfg = load_config(resolve_config("offline"), ["stages.probe.min_fps=24", "stages.probe.require_audio=false"])
+    base = offline()
+    cfg = offline("stages.probe.min_fps=24", "stages.probe.require_audio=false")
     probe = cfg.stages[0]
     assert probe.min_fps == 24.0 and probe.require_audio is False
     assert cfg.config_hash() != base.config_hash()
     # runtime knobs (cluster, resources, scheduling) do not make another dataset
     same = ["ray.address=auto", "stages.write.resources.concurrency=8", "run.max_shards_in_flight=9"]
-    assert load_config(resolve_config("offline"), same).config_hash() == base.config_hash()
-    assert load_config(resolve_config("offline"), ["run.videos_per_shard=9"]).config_hash() != base.config_hash()
-    assert load_config(resolve_config("offline"), ["stages.write.threads=3"]).config_hash() != base.config_hash()
+    assert offline(*same).config_hash() == base.config_hash()
+    assert offline("run.videos_per_shard=9").config_hash() != base.config_hash()
+    assert offline("stages.write.threads=3").config_hash() != base.config_hash()
 
 
 def test_stage_order_is_part_of_the_hash():

@@ -81,7 +81,7 @@ def test_three_faces_and_one_face_yield_no_clip(offline_build):
 
 def test_far_apart_pair_is_rejected_by_distance_with_its_ratio(offline_build):
     _, rows = offline_build
-    cfg = load_config(resolve_config("offline"))
+    cfg = load_config(resolve_config("offline"), ["models=null"])  # thresholds only
     limit = next(s for s in cfg.stages if s.name == "distance").min_ratio
     far = clips_of(rows, "two_far.mp4")
     assert far and all(c["reason"] == "too_distant" and c["stage"] == "distance" for c in far)
@@ -132,13 +132,41 @@ def test_kept_clips_carry_faces_and_reference_images(offline_build, sample_dir):
         s = got[r["key"]]
         assert {"mp4", "mix.flac", "spk0.flac", "spk1.flac", "faces.json", "ref0.jpg", "ref1.jpg", "json"} <= set(s)
         meta = json.loads(s["json"])
-        assert meta["random_weights"] == ["separate", "sync"]  # said in every sample
+        # said in every sample
+        assert meta["random_weights"] == ["audio_emb", "caption", "masks", "separate", "sync"]
         assert set(meta["stats"]) >= {"sync.sync_c_0", "sync.offset_1", "prescore.corr_0", "separate.rms_1"}
         faces = json.loads(s["faces.json"])
         for i in (0, 1):
             img = Image.open(io.BytesIO(s[f"ref{i}.jpg"]))
             box = np.asarray(faces["characters"][i]["boxes"]).mean(0)
             assert img.size[0] >= 0.9 * (box[2] - box[0])  # the crop holds the whole face
+
+
+def test_every_kept_sample_has_every_member_of_the_schema(offline_build):
+    """DESIGN §1 read back from the shards: each member's presence, shape, dtype and agreement with the
+    clip (frame counts, resolution, track lengths), for generated and real footage alike."""
+    from mtcc.manifests.sample import FULL_SAMPLE, check_sample, read_samples
+
+    out, rows = offline_build
+    kept = {r["key"] for r in rows if r["status"] == "kept"}
+    seen = {}
+    for tar in sorted((out / "shards").glob("*.tar")):
+        for key, members in read_samples(tar):
+            seen[key] = check_sample(members, require=FULL_SAMPLE)
+    assert set(seen) == kept and len(kept) >= 5
+    assert {k: p for k, p in seen.items() if p} == {}
+    # and the check itself catches a broken sample
+    _, members = next(read_samples(sorted((out / "shards").glob("*.tar"))[-1]))
+    buf = io.BytesIO()
+    np.save(buf, np.load(io.BytesIO(members["route.npy"])).astype(np.int16))
+    emb = np.load(io.BytesIO(members["audio_emb.npy"]))
+    buf2 = io.BytesIO()
+    np.save(buf2, emb[:, :-1])
+    broken = {**members, "route.npy": buf.getvalue(), "audio_emb.npy": buf2.getvalue()}
+    del broken["caption.txt"]
+    problems = " | ".join(check_sample(broken, require=FULL_SAMPLE))
+    assert "missing member caption.txt" in problems and "route.npy: int16" in problems
+    assert "audio_emb.npy" in problems
 
 
 def test_audio_stage_members_have_the_clip_length(offline_build):
@@ -155,7 +183,7 @@ def test_audio_stage_members_have_the_clip_length(offline_build):
 
 def test_prescore_keeps_in_sync_generated_pairs(offline_build):
     _, rows = offline_build
-    cfg = load_config(resolve_config("offline"))
+    cfg = load_config(resolve_config("offline"), ["models=null"])  # thresholds only
     limit = next(s for s in cfg.stages if s.name == "prescore").min_corr
     for name in ("two_talk.mp4", "two_talk_30fps.mp4", "two_cross.mp4"):
         for c in clips_of(rows, name):

@@ -1,0 +1,164 @@
+"""The sample schema (DESIGN §1), checked on a sample read back from a shard.
+
+``check_sample`` decodes every member and compares its shape, dtype and cross-member consistency (frame
+counts, clip resolution, track lengths) with what the schema promises a trainer. Members a profile does
+not produce (the spine profile writes no masks) are only checked when present, unless ``require`` names them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RATE = 16000
+FPS = 25
+EMB_LAYERS, EMB_DIM = 12, 768
+FULL_SAMPLE = ("mp4", "mix.flac", "spk0.flac", "spk1.flac", "faces.json", "masks.rle.json", "route.npy",
+               "audio_emb.npy", "ref0.jpg", "ref1.jpg", "caption.txt", "json")
+
+
+def read_samples(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {member: bytes}) per sample of a shard tar, in tar order; member names are checked, never
+    used as paths."""
+    with tarfile.open(tar_path) as tar:
+        key, members = None, {}
+        for info in tar:
+            if not info.isfile():
+                raise ValueError(f"{tar_path}: unexpected non-file member {info.name!r}")
+            k, _, ext = info.name.partition(".")
+            if "/" in info.name or not ext:
+                raise ValueError(f"{tar_path}: bad member name {info.name!r}")
+            if key is not None and k != key:
+                yield key, members
+                members = {}
+            key = k
+            f = tar.extractfile(info)
+            members[ext] = f.read() if f else b""
+        if key is not None:
+            yield key, members
+
+
+def _npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _flac(data: bytes) -> tuple[int, int, int]:
+    import soundfile as sf
+
+    info = sf.info(io.BytesIO(data))
+    return info.samplerate, info.channels, info.frames
+
+
+def _mp4(data: bytes) -> dict[str, Any]:
+    # ffprobe reads the clip from stdin: no temp file, no file name on a command line
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                          "stream=codec_type,codec_name,width,height,avg_frame_rate,nb_frames,sample_rate,channels",
+                          "-of", "json", "-i", "pipe:0"], input=data, capture_output=True, check=True)
+    streams = json.loads(out.stdout)["streams"]
+    return {s["codec_type"]: s for s in streams}
+
+
+def check_sample(members: dict[str, bytes], require: Iterable[str] = ()) -> list[str]:
+    """Problems with one sample (empty when it matches the schema)."""
+    problems = [f"missing member {m}" for m in require if m not in members]
+    meta = json.loads(members["json"]) if "json" in members else {}
+    frames = None
+    size = None
+    if "mp4" in members:
+        s = _mp4(members["mp4"])
+        v, a = s.get("video"), s.get("audio")
+        if not v or v.get("codec_name") != "h264":
+            problems.append(f"mp4: video stream is {v and v.get('codec_name')}, expected h264")
+        else:
+            if v.get("avg_frame_rate") != f"{FPS}/1":
+                problems.append(f"mp4: {v.get('avg_frame_rate')} fps, expected {FPS}")
+            frames, size = int(v.get("nb_frames") or 0), (int(v["height"]), int(v["width"]))
+        if a is not None and (a.get("codec_name") != "aac" or int(a.get("sample_rate", 0)) != RATE
+                              or int(a.get("channels", 0)) != 1):
+            problems.append(f"mp4: audio {a.get('codec_name')} {a.get('sample_rate')} Hz x{a.get('channels')}, "
+                            f"expected aac {RATE} Hz mono")
+    lengths = {}
+    for name in ("mix.flac", "spk0.flac", "spk1.flac"):
+        if name in members:
+            sr, ch, n = _flac(members[name])
+            lengths[name] = n
+            if (sr, ch) != (RATE, 1):
+                problems.append(f"{name}: {sr} Hz x{ch}, expected {RATE} Hz mono")
+    if len(set(lengths.values())) > 1:
+        problems.append(f"audio tracks differ in length: {lengths}")
+    if frames is not None and lengths:
+        n = next(iter(lengths.values()))
+        if abs(n / RATE * FPS - frames) > 1.01:
+            problems.append(f"audio covers {n / RATE * FPS:.2f} frames, video has {frames}")
+    if "faces.json" in members:
+        faces = json.loads(members["faces.json"])
+        chars = faces.get("characters", [])
+        if len(chars) != 2:
+            problems.append(f"faces.json: {len(chars)} characters, expected 2")
+        for c in chars:
+            for field in ("boxes", "landmarks", "scores"):
+                if frames is not None and len(c.get(field, [])) != frames:
+                    problems.append(f"faces.json: character {c.get('index')} has {len(c.get(field, []))} {field} "
+                                    f"for {frames} frames")
+            if c.get("landmarks") and np.asarray(c["landmarks"][0]).shape != (5, 2):
+                problems.append("faces.json: landmarks are not 5 x (x, y)")
+    if "masks.rle.json" in members:
+        rle = json.loads(members["masks.rle.json"])
+        if size is not None and tuple(rle.get("size", ())) != size:
+            problems.append(f"masks.rle.json: size {rle.get('size')}, clip is {list(size)}")
+        for c in rle.get("characters", []):
+            if frames is not None and len(c.get("rle", [])) != frames:
+                problems.append(f"masks.rle.json: character {c.get('index')} has {len(c.get('rle', []))} masks "
+                                f"for {frames} frames")
+        if len(rle.get("characters", [])) != 2:
+            problems.append("masks.rle.json: expected 2 characters")
+    if "route.npy" in members:
+        route = _npy(members["route.npy"])
+        geo = (meta.get("masks") or {}).get("geometry") or {}
+        grid = _grid(geo)
+        if route.dtype != np.int8 or route.ndim != 4 or tuple(route.shape[1:]) != grid:
+            problems.append(f"route.npy: {route.dtype} {route.shape}, expected int8 [W, {', '.join(map(str, grid))}]")
+        elif not set(np.unique(route).tolist()) <= {-1, 0, 1}:
+            problems.append(f"route.npy: values {sorted(np.unique(route).tolist())}, expected -1/0/1")
+        windows = (meta.get("masks") or {}).get("windows")
+        if windows is not None and len(windows) != route.shape[0]:
+            problems.append(f"route.npy: {route.shape[0]} windows, meta lists {len(windows)}")
+    if "audio_emb.npy" in members:
+        emb = _npy(members["audio_emb.npy"])
+        want = (2, frames if frames is not None else emb.shape[1], EMB_LAYERS, EMB_DIM)
+        if emb.dtype != np.float16 or emb.shape != want:
+            problems.append(f"audio_emb.npy: {emb.dtype} {emb.shape}, expected float16 {list(want)}")
+        elif not np.isfinite(emb).all():
+            problems.append("audio_emb.npy: non-finite values")
+    for name in ("ref0.jpg", "ref1.jpg"):
+        if name in members:
+            from PIL import Image
+
+            img = Image.open(io.BytesIO(members[name]))
+            if img.format != "JPEG" or img.mode != "RGB" or min(img.size) < 8:
+                problems.append(f"{name}: {img.format} {img.mode} {img.size}, expected an RGB JPEG")
+    if "caption.txt" in members:
+        try:
+            if not members["caption.txt"].decode("utf-8").strip():
+                problems.append("caption.txt: empty")
+        except UnicodeDecodeError:
+            problems.append("caption.txt: not UTF-8")
+    if meta:
+        for k in ("key", "source", "source_sha256", "start", "end", "probe", "stats", "config_hash",
+                  "pipeline_version", "models"):
+            if k not in meta:
+                problems.append(f"json: no '{k}'")
+    return problems
+
+
+def _grid(geo: dict[str, Any]) -> tuple[int, int, int]:
+    from mtcc.stages.geometry import LatentGeometry
+
+    return LatentGeometry(**geo).grid

@@ -1,0 +1,187 @@
+"""Synthetic MTCC shards with planted ground truth, for the loader's tests and benchmark.
+
+Each sample is written in the exact sample format by the pipeline's own commit code
+(``pipeline.shard.commit_shard``: tar + manifest + commit file), so what the loader reads here is what it
+reads from a real build. What is planted:
+
+* video: two filled ellipses (character 0 left, character 1 right) drifting right by one pixel a frame on a
+  grey background; a block in the top-left corner whose grey level encodes the frame index
+  (``FRAME_CODE_BASE + FRAME_CODE_STEP * t``) so a decoded window shows which clip frames it holds;
+* ``masks.rle.json``: exactly those ellipses; ``route.npy``: the masks stage's recipe at the shard geometry;
+* ``audio_emb.npy``: float16 ``[2, T, 12, 768]`` with every value of row ``t`` of character ``c`` equal
+  to ``1000 c + t`` (exact in float16 below 2048);
+* meta ``sync.a_ac``: the identity, or the swap for every third sample (or absent when ``a_ac=False``);
+  stat ``sync.sync_c_mean`` = ``1 + (index mod 7)``, so manifest filters select a known subset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from mtcc.stages.geometry import LatentGeometry, letterbox_mask, route_index_mask
+
+FRAME_CODE_BASE, FRAME_CODE_STEP = 16, 6
+CODE_BLOCK = 24  # px of the frame-index block at clip resolution
+LAYERS, DIM = 12, 768
+
+
+@dataclass
+class Planted:
+    key: str
+    shard: int
+    frames: int
+    size: tuple[int, int]  # (w, h) of the clip
+    sync_c: float
+    a_ac: list[list[int]] | None
+    windows: list[tuple[int, int]]  # at the shard geometry
+
+
+def _ellipses(t: int, w: int, h: int) -> np.ndarray:
+    """bool [2, h, w]: the two characters' masks at frame t."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.zeros((2, h, w), bool)
+    for k, cx in enumerate((0.3 * w + t, 0.7 * w + t)):
+        cy, rx, ry = 0.55 * h, 0.12 * w, 0.3 * h
+        out[k] = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
+    return out
+
+
+def _frame(t: int, masks: np.ndarray) -> np.ndarray:
+    h, w = masks.shape[1:]
+    img = np.full((h, w, 3), 96, np.uint8)
+    img[masks[0]] = (200, 60, 40)
+    img[masks[1]] = (40, 80, 210)
+    img[:CODE_BLOCK, :CODE_BLOCK] = min(255, FRAME_CODE_BASE + FRAME_CODE_STEP * t)
+    return img
+
+
+def encode_mp4(frames: np.ndarray, fps: int = 25) -> bytes:
+    """H.264 25 fps + silent 16 kHz mono AAC, as the write stage's clips (argument list, no shell)."""
+    n, h, w, _ = frames.shape
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "clip.mp4"
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+               "-r", str(fps), "-i", "pipe:0", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
+               "-t", f"{n / fps:.6f}", "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast",
+               "-crf", "12", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ar", "16000", "-ac", "1", "-shortest",
+               "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", str(out)]
+        subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
+        return out.read_bytes()
+
+
+def _jpeg(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _flac(n: int) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(n, np.float32), 16000, format="FLAC")
+    return buf.getvalue()
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def make_sample(key: str, index: int, frames: int, size: tuple[int, int], geo: LatentGeometry, *,
+                route: bool = True, a_ac: bool = True) -> tuple[dict[str, bytes], dict[str, Any], Planted]:
+    """(members, candidate info, truth) of one synthetic sample."""
+    from mtcc.stages import rle as rle_codec
+
+    w, h = size
+    masks = np.stack([_ellipses(t, w, h) for t in range(frames)], axis=1)  # [2, T, h, w]
+    video = np.stack([_frame(t, masks[:, t]) for t in range(frames)])
+    rles = [[rle_codec.encode(masks[k, t]) for t in range(frames)] for k in range(2)]
+    rle_doc = {"size": [h, w], "fps": 25, "frames": frames,
+               "characters": [{"index": k, "track_id": k, "rle": rles[k]} for k in range(2)]}
+    emb = np.empty((2, frames, LAYERS, DIM), np.float16)
+    for c in range(2):
+        emb[c] = (1000 * c + np.arange(frames, dtype=np.float32))[:, None, None]
+    wins = geo.windows(frames)
+    members = {
+        "mp4": encode_mp4(video),
+        "mix.flac": _flac(frames * 640), "spk0.flac": _flac(frames * 640), "spk1.flac": _flac(frames * 640),
+        "faces.json": json.dumps({"frames": frames, "characters": []}).encode(),
+        "masks.rle.json": json.dumps(rle_doc, sort_keys=True, separators=(",", ":")).encode(),
+        "audio_emb.npy": _npy(emb),
+        "caption.txt": f"caption of {key}".encode(),
+    }
+    for k in range(2):
+        ys, xs = np.nonzero(masks[k, 0])
+        members[f"ref{k}.jpg"] = _jpeg(np.ascontiguousarray(video[0, ys.min():ys.max() + 1, xs.min():xs.max() + 1]))
+    if route:
+        rows = []
+        for s, e in wins:
+            canvas = np.stack([[letterbox_mask(masks[k, t], geo) for t in range(s, e)] for k in range(2)])
+            rows.append(route_index_mask(canvas, geo))
+        members["route.npy"] = _npy(np.stack(rows).astype(np.int8))
+    matrix = [[0, 1], [1, 0]] if index % 3 == 2 else [[1, 0], [0, 1]]
+    info: dict[str, Any] = {"masks": {"windows": [list(x) for x in wins], "geometry": geo.model_dump(), "size": [h, w]}}
+    if a_ac:
+        info["sync"] = {"a_ac": matrix}
+    truth = Planted(key, -1, frames, size, float(1 + index % 7), matrix if a_ac else None, wins)
+    return members, info, truth
+
+
+_SYNC = SimpleNamespace(name="sync", stats_schema={"sync_c_mean": "float64", "swapped": "bool"})
+_MASKS = SimpleNamespace(name="masks", stats_schema={"overlap": "float64"})
+
+
+def write_shards(out: str | Path, n_shards: int, per_shard: int, *, frames: int | list[int] = 30,
+                 size: tuple[int, int] = (192, 128), geometry: LatentGeometry | None = None, commit: bool = True,
+                 route: bool = True, a_ac: bool = True, rejected_per_shard: int = 1) -> dict[str, Planted]:
+    """An MTCC output folder ``out`` with ``n_shards`` committed shards of ``per_shard`` samples (plus
+    ``rejected_per_shard`` rejected manifest rows each); ``frames`` may cycle through several lengths.
+    Returns the planted truth by key."""
+    from mtcc.pipeline.shard import Layout, commit_shard, write_tar
+    from mtcc.stages.base import Candidate
+
+    geo = geometry or LatentGeometry(frames=9, height=64, width=96)
+    layout = Layout(Path(out))
+    for d in layout.dirs():
+        d.mkdir(parents=True, exist_ok=True)
+    lengths = frames if isinstance(frames, list) else [frames]
+    truth: dict[str, Planted] = {}
+    run_info = {"config_hash": "synthetic", "pipeline_version": "synthetic", "models": {}}
+    i = 0
+    for shard in range(n_shards):
+        cands = []
+        for j in range(per_shard + rejected_per_shard):
+            key = f"synth{shard:03d}v{j:02d}_{0:04d}"
+            c = Candidate(key=key, video_id=key[:-5], source=f"/synthetic/{key}.mp4", shard=shard, level="clip",
+                          clip_idx=0, start=0.0, end=1.0)
+            if j >= per_shard:
+                c.stats["sync.sync_c_mean"] = 0.5
+                c.reject("sync", "low_sync", "synthetic rejected row")
+                cands.append(c)
+                continue
+            members, info, t = make_sample(key, i, lengths[i % len(lengths)], size, geo, route=route, a_ac=a_ac)
+            c.members, c.info, c.status = members, info, "kept"
+            c.stats["sync.sync_c_mean"] = t.sync_c
+            c.stats["sync.swapped"] = t.a_ac == [[0, 1], [1, 0]]
+            t.shard = shard
+            truth[key] = t
+            cands.append(c)
+            i += 1
+        if commit:
+            commit_shard(layout, shard, cands, [_SYNC, _MASKS], run_info)
+        else:
+            write_tar(layout.tar(shard), [c for c in cands if c.status == "kept"], run_info)
+    return truth
