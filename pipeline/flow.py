@@ -9,7 +9,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mtcc.stages.base import Candidate, Stage
+from mtcc.stages.base import Candidate, Stage, out_of_memory_message
 
 from .executor import Ticket, WorkerLost
 
@@ -107,7 +107,11 @@ class Flow:
                 self._send(Ticket(next(self._ids), ticket.stage_idx, [c], self.max_batch_retries))
             return []
         for c in ticket.batch:
-            if isinstance(err, WorkerLost):
+            if isinstance(err, WorkerLost) and "OutOfMemoryError" in str(err):
+                msg = out_of_memory_message(stage.name, c.source, c.key,
+                                            f"its worker was killed by Ray's memory monitor after "
+                                            f"{ticket.attempt + 1} attempts")
+            elif isinstance(err, WorkerLost):
                 msg = (f"stage '{stage.name}' lost its worker on {c.source} ({c.key}) after {ticket.attempt + 1} "
                        f"attempts: {err}; if this input exhausts memory, lower stages.{stage.name}.resources."
                        f"batch_size or give the stage more memory")

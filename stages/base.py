@@ -10,6 +10,7 @@ the numbers and a user can re-apply other thresholds later without recomputing.
 
 from __future__ import annotations
 
+import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -156,10 +157,42 @@ class Stage(BaseModel):
         return cands
 
     def _reject_error(self, cand: Candidate) -> None:
+        err = sys.exc_info()[1]
         tb = traceback.format_exc(limit=-3).strip().splitlines()
         last = tb[-1] if tb else "unknown error"
+        if is_out_of_memory(err):
+            free_accelerator_memory()
+            cand.reject(self.name, "error", out_of_memory_message(self.name, cand.source, cand.key, last))
+            return
         cand.reject(
             self.name,
             "error",
             f"stage '{self.name}' failed on {cand.source} ({cand.key}): {last}",
         )
+
+
+def is_out_of_memory(err: BaseException | None) -> bool:
+    """Host or accelerator memory exhausted by one input: the input is rejected and its neighbours go on."""
+    if err is None:
+        return False
+    if isinstance(err, MemoryError):
+        return True
+    # torch.OutOfMemoryError (CUDA caching allocator) and backends that raise RuntimeError("... out of memory")
+    # torch.OutOfMemoryError (CUDA caching allocator); torch's CPU allocator raises a RuntimeError
+    # "can't allocate memory"; other backends say "out of memory"
+    text = str(err).lower()
+    return type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+def out_of_memory_message(stage: str, source: str, key: str, detail: str) -> str:
+    return (f"out of memory: stage '{stage}' on {source} ({key}): {detail}; this input alone exhausts the "
+            f"memory of the stage's worker: lower stages.{stage}.resources.batch_size (or the stage's own batch "
+            f"settings), or give the stage more memory / a larger GPU share")
+
+
+def free_accelerator_memory() -> None:
+    """Return the cached blocks of a failed allocation so the next input starts from a clean pool."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

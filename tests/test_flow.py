@@ -70,6 +70,8 @@ def test_disabled_threshold_keeps_stats_for_later_reapplication():
 class DyingExecutor(InProcessExecutor):
     """Real stages, but the worker 'dies' on every batch that holds a candidate named 'poison'."""
 
+    error = "ActorDiedError: killed"
+
     def __init__(self, stages):
         super().__init__(stages)
         self.attempts = 0
@@ -77,7 +79,7 @@ class DyingExecutor(InProcessExecutor):
     def submit(self, ticket):
         if any("poison" in c.key for c in ticket.batch):
             self.attempts += 1
-            self._done.append((ticket, WorkerLost("ActorDiedError: killed")))
+            self._done.append((ticket, WorkerLost(self.error)))
         else:
             super().submit(ticket)
 
@@ -89,3 +91,55 @@ def test_worker_loss_is_retried_split_and_rejected_never_dropped():
     assert out["poison"].reason == "error" and "lost its worker" in out["poison"].message
     assert out["a_0000"].status == out["b_0001"].status == "kept"
     assert ex.attempts == 3 + 1  # the batch thrice (1 + 2 retries), then the poison alone once more
+
+
+class FrameBuffer(Stage):
+    """Holds a clip's frames in memory, as decoding stages do: memory grows with the clip's length.
+    ``backend`` picks who allocates (numpy raises MemoryError, torch's CPU allocator a RuntimeError)."""
+
+    name: ClassVar[str] = "frames"
+    stats_schema: ClassVar[dict[str, str]] = {"bytes": "int64"}
+    bytes_per_second: int = 1 << 20
+    backend: str = "numpy"
+
+    def process(self, batch):
+        import numpy as np
+        import torch
+
+        for c in batch:
+            n = int((c.end - c.start) * self.bytes_per_second)
+            buf = np.ones(n, np.uint8) if self.backend == "numpy" else torch.ones(n, dtype=torch.uint8)
+            self.record(c, {"bytes": int(buf.shape[0])})
+        return batch
+
+
+def _clips(durations: dict[str, float]) -> list[Candidate]:
+    return [Candidate(key=k, video_id=k, source=f"/x/{k}.mp4", shard=0, level="clip", clip_idx=0, start=0.0, end=d)
+            for k, d in durations.items()]
+
+
+def test_a_clip_that_exhausts_memory_is_rejected_as_out_of_memory_and_its_neighbours_go_on():
+    for backend in ("numpy", "torch"):
+        stage = FrameBuffer(backend=backend, resources={"batch_size": 3})
+        # 2**30 s of video at 1 MiB/s: a petabyte, which no machine can allocate
+        out = {c.key: c for c in stage.run_batch(_clips({"a": 2.0, "huge": float(1 << 30), "b": 3.0}))}
+        assert out["a"].status == out["b"].status == "pending", backend  # kept going
+        assert out["b"].stats["frames.bytes"] == 3 << 20
+        huge = out["huge"]
+        assert huge.status == "rejected" and huge.reason == "error", backend
+        assert huge.message.startswith("out of memory: stage 'frames' on /x/huge.mp4 (huge)"), huge.message
+        assert "stages.frames.resources.batch_size" in huge.message
+    # a plain failure (a negative size) is an error, not called out of memory
+    bad = FrameBuffer(bytes_per_second=-1).run_batch(_clips({"neg": 1.0}))[0]
+    assert bad.reason == "error" and not bad.message.startswith("out of memory"), bad.message
+
+
+def test_a_worker_killed_for_memory_names_out_of_memory():
+    stages = [Halves(resources={"batch_size": 8}), Threshold(limit=5, resources={"batch_size": 8})]
+
+    class OomExecutor(DyingExecutor):
+        error = "OutOfMemoryError: Task was killed due to the node running low on memory"
+
+    out = run(stages, ["a", "poison", "b"], OomExecutor(stages))
+    assert out["poison"].reason == "error" and out["poison"].message.startswith("out of memory: stage")
+    assert out["a_0000"].status == "kept"
