@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 DEMO_DIR ?= demo
 STAMP := $(VENV)/.mtcc-installed
 
-.PHONY: install sysdeps demo test test-fast clean models
+.PHONY: install sysdeps test-sysdeps demo test test-fast clean models
 
 # ffmpeg/ffprobe decode and encode, espeak-ng voices the sample data, sox checks audio
 sysdeps:
@@ -17,6 +17,12 @@ sysdeps:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg espeak-ng sox >/dev/null; \
 	fi
+
+# tests only: tests/test_report.py renders the dataset report in a real headless browser (the report itself
+# needs none)
+test-sysdeps: sysdeps
+	@command -v chromium >/dev/null || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # Reinstalls only when pyproject.toml changed since the last install (the stamp records that).
 $(STAMP): pyproject.toml
@@ -53,10 +59,10 @@ demo: install $(TINY)
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc sample-data $(DEMO_DIR)/videos
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc run configs/offline.yaml --input $(DEMO_DIR)/videos --output $(DEMO_DIR)/out
 
-test: install
+test: install test-sysdeps
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra tests
 
-test-fast: install
+test-fast: install test-sysdeps
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -m "not slow" tests
 
 clean:

@@ -23,7 +23,7 @@ from mtcc.stages.media import ffmpeg_version, fsync_dir, fsync_file
 
 from .config import PipelineConfig
 from .executor import InProcessExecutor, RayExecutor, init_ray
-from .flow import Flow
+from .flow import CapacityLost, Flow
 from .inputs import discover, make_plan
 from .lock import RunLock
 from .shard import Layout, check_shard, commit_shard, remove_shard, remove_temporaries
@@ -138,6 +138,9 @@ def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard
     return plan
 
 
+HEALTH_EVERY_S = 5.0  # how often a Ray build checks that the cluster can still hold its actors
+
+
 def random_weight_stages(cfg: PipelineConfig) -> list[str]:
     return [s.name for s in cfg.active_stages if getattr(s, "allow_random_weights", False)]
 
@@ -212,6 +215,17 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
             "built": result.shards_built,
             "skipped": result.shards_skipped, "failed": result.shards_failed, "stage_timing": result.stage_timing,
         })
+        # --- report refresh (mtcc.manifests.report): still under the run lock, so it sees this run's
+        # commits; a report is a view, never a reason to fail a build that committed its shards
+        try:
+            from mtcc.manifests.report import write_report
+
+            write_report(layout.root, warn=log)
+        except Exception as e:  # noqa: BLE001 - any report bug must stay a warning
+            msg = f"report not updated: {type(e).__name__}: {e} (rerun `mtcc report {layout.root}`)"
+            result.warnings.append(msg)
+            log(f"WARNING: {msg}")
+        # --- end report refresh
     return result
 
 
@@ -261,12 +275,26 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
 
     flow = Flow(stages, executor, on_done, cfg.run.max_batch_retries, on_progress=on_progress)
     pending = list(todo)
+    next_health = time.monotonic() + HEALTH_EVERY_S
     try:
         while True:
             while pending and flow.open_shards < cfg.run.max_shards_in_flight:
                 s = pending.pop(0)
                 flow.add_shard(s, *shard_candidates(rows[s], sources))
-            if not flow.step(timeout=0.5) and not pending and flow.open_shards == 0:
+            lost = None
+            try:
+                if not flow.step(timeout=0.5) and not pending and flow.open_shards == 0:
+                    break
+            except CapacityLost as e:
+                lost = str(e)
+            if not lost and time.monotonic() >= next_health and hasattr(executor, "capacity_lost"):
+                next_health = time.monotonic() + HEALTH_EVERY_S
+                lost = executor.capacity_lost()
+            if lost:
+                # nothing of an unfinished shard was committed: name them all, the rerun redoes them
+                for s in [*flow.outstanding, *pending]:
+                    result.shards_failed[s] = f"{lost}; rerun when the cluster is back"
+                log(f"stopping: {lost}; {len(result.shards_failed)} shard(s) not built")
                 break
     finally:
         executor.shutdown()

@@ -1,4 +1,4 @@
-"""`mtcc` command line: run, status, verify, models (fetch, check, make-tiny), sample-data."""
+"""`mtcc` command line: run, status, verify, report, models (fetch, check, make-tiny), sample-data."""
 
 from __future__ import annotations
 
@@ -95,6 +95,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from mtcc.manifests.report import ReportError, write_report
+
+    if args.samples < 0:
+        print("error: --samples must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        page = write_report(args.output, samples=args.samples, warn=lambda m: print(m, file=sys.stderr))
+    except (ReportError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(page)
+    return 0
+
+
 def cmd_sample_data(args: argparse.Namespace) -> int:
     from mtcc.sampledata import generate, generate_long
 
@@ -138,6 +153,12 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     return check(args.dir, quick=args.quick, only=split_stages(args.only))
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from mtcc.training.cli import run
+
+    return run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtcc", description="Build multi-talking-character video datasets on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -163,6 +184,15 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check every shard against its commit (checksums, readability)")
     v.add_argument("output")
     v.set_defaults(fn=cmd_verify)
+
+    rp = sub.add_parser("report", help="write OUT/report/index.html: funnel, histograms, throughput, gallery",
+                        description="Renders the dataset report from OUT's committed shards (safe while a build "
+                                    "runs; `mtcc run` refreshes it at the end of every run). Open "
+                                    "OUT/report/index.html from disk: it needs no network.")
+    rp.add_argument("output")
+    rp.add_argument("--samples", type=int, default=4, metavar="N",
+                    help="kept and rejected candidates shown in the gallery (default 4 each)")
+    rp.set_defaults(fn=cmd_report)
 
     m = sub.add_parser("models", help="model weights: fetch, check, make-tiny")
     msub = m.add_subparsers(dest="models_cmd", required=True)
@@ -196,6 +226,12 @@ def parser() -> argparse.ArgumentParser:
                     help="check file sizes only, not sha256 (multi-GB files hash slowly)")
     mc.add_argument("--only", metavar="STAGE[,STAGE]", help="only these stages")
     mc.set_defaults(fn=cmd_models_check)
+
+    from mtcc.training.cli import add_arguments as add_train_arguments
+
+    t = sub.add_parser("train", help="train the embedding router on the shards (mtcc.training)")
+    add_train_arguments(t)
+    t.set_defaults(fn=cmd_train)
 
     d = sub.add_parser("sample-data", help="generate sample videos with ground truth")
     d.add_argument("dir")

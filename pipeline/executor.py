@@ -24,7 +24,12 @@ class StageSetupError(RuntimeError):
 
 
 class WorkerLost(RuntimeError):
-    """The worker running a batch died (killed, out of memory, node lost)."""
+    """The worker running a batch died (killed, out of memory, node lost). ``transient``: Ray says the actor
+    is only unreachable for now (its node may be going away, or it is restarting)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass
@@ -33,6 +38,7 @@ class Ticket:
     stage_idx: int
     batch: list[Candidate]
     attempt: int = 0
+    waits: int = 0  # resubmissions after the actor was only unreachable (they do not count as attempts)
     actor: int = -1
     submitted: float = field(default_factory=time.monotonic)
 
@@ -50,6 +56,9 @@ class InProcessExecutor:
                 s.setup()
             except Exception as e:
                 raise StageSetupError(f"stage '{s.name}' failed to set up: {e}") from e
+
+    def capacity_lost(self) -> str | None:
+        return None  # one process: nothing to lose but the driver itself
 
     def free_slots(self, stage_idx: int) -> int:
         return 1
@@ -146,6 +155,20 @@ class RayExecutor:
                 f"{total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs; lower stages.<name>.resources"
                 f".concurrency or num_cpus/num_gpus")
 
+    def capacity_lost(self) -> str | None:
+        """Why the live cluster can no longer hold every stage's actors (a node was lost and nothing
+        replaced it), or None. Ray restarts a dead actor elsewhere only where its resources fit; without
+        this check a build would wait forever on an actor that cannot come back."""
+        alive = [n for n in self.ray.nodes() if n.get("Alive")]
+        cpu = sum(n.get("Resources", {}).get("CPU", 0.0) for n in alive)
+        gpu = sum(n.get("Resources", {}).get("GPU", 0.0) for n in alive)
+        need_cpu = sum(s.resources.num_cpus * s.resources.concurrency for s in self.stages)
+        need_gpu = sum(s.resources.num_gpus * s.resources.concurrency for s in self.stages)
+        if need_cpu > cpu + 1e-9 or need_gpu > gpu + 1e-9:
+            return (f"the cluster lost capacity: {len(alive)} live node(s) with {cpu:g} CPUs / {gpu:g} GPUs, the "
+                    f"stages need {need_cpu:g} / {need_gpu:g}")
+        return None
+
     def free_slots(self, stage_idx: int) -> int:
         return sum(max(0, self.per_actor_inflight - n) for n in self.load[stage_idx])
 
@@ -169,6 +192,9 @@ class RayExecutor:
             self.load[ticket.stage_idx][ticket.actor] -= 1
             try:
                 out.append((ticket, self.ray.get(ref)))
+            except self.ray.exceptions.ActorUnavailableError as e:
+                out.append((ticket, WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                               transient=True)))
             except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError,
                     self.ray.exceptions.ObjectLostError, self.ray.exceptions.OutOfMemoryError) as e:
                 out.append((ticket, WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")))

@@ -14,6 +14,10 @@ from mtcc.stages.base import Candidate, Stage, out_of_memory_message
 from .executor import Ticket, WorkerLost
 
 
+class CapacityLost(RuntimeError):
+    """The cluster can no longer hold the stages' actors (a node was lost and not replaced)."""
+
+
 @dataclass
 class StageTiming:
     batches: int = 0
@@ -29,6 +33,10 @@ class Flow:
     max_batch_retries: int = 2
     flush_seconds: float = 2.0
     on_progress: Callable[[int], None] | None = None
+    # a lost worker's batch waits before its retry: the actor restarts meanwhile, and a node that is gone
+    # has time to be marked dead, so a lost node stops the build instead of turning its batches into errors
+    retry_backoff_s: float = 2.0
+    max_unavailable_waits: int = 30
 
     queues: list[deque] = field(init=False)
     inflight: Counter = field(init=False, default_factory=Counter)
@@ -37,6 +45,7 @@ class Flow:
     timing: dict[str, StageTiming] = field(init=False)
     _ids: itertools.count = field(init=False, default_factory=itertools.count)
     _oldest: list[float | None] = field(init=False)
+    _retries: list[tuple[float, Ticket]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.queues = [deque() for _ in self.stages]
@@ -99,12 +108,22 @@ class Flow:
         """A batch whose worker died: retry it, then split it to find the candidate that kills workers,
         then reject what still fails. Never dropped."""
         stage = self.stages[ticket.stage_idx]
+        if isinstance(err, WorkerLost):
+            # a lost node is not the batch's fault: retrying on actors that cannot restart would end in
+            # rejecting good candidates as errors; stop, and let the build name the unfinished shards
+            lost = getattr(self.executor, "capacity_lost", lambda: None)()
+            if lost:
+                raise CapacityLost(lost)
+        if isinstance(err, WorkerLost) and err.transient and ticket.waits < self.max_unavailable_waits:
+            # unreachable, not dead: wait for Ray to either bring the actor back or mark its node dead
+            self._retry(Ticket(next(self._ids), ticket.stage_idx, ticket.batch, ticket.attempt, ticket.waits + 1))
+            return []
         if isinstance(err, WorkerLost) and ticket.attempt < self.max_batch_retries:
-            self._send(Ticket(next(self._ids), ticket.stage_idx, ticket.batch, ticket.attempt + 1))
+            self._retry(Ticket(next(self._ids), ticket.stage_idx, ticket.batch, ticket.attempt + 1))
             return []
         if isinstance(err, WorkerLost) and len(ticket.batch) > 1:
             for c in ticket.batch:
-                self._send(Ticket(next(self._ids), ticket.stage_idx, [c], self.max_batch_retries))
+                self._retry(Ticket(next(self._ids), ticket.stage_idx, [c], self.max_batch_retries))
             return []
         for c in ticket.batch:
             if isinstance(err, WorkerLost) and "OutOfMemoryError" in str(err):
@@ -121,11 +140,33 @@ class Flow:
             c.reject(stage.name, "error", msg)
         return ticket.batch
 
+    def _retry(self, ticket: Ticket) -> None:
+        self.inflight[ticket.stage_idx] += 1  # still owed: keeps its shard open and the loop alive
+        self._retries.append((time.monotonic() + self.retry_backoff_s * max(1, min(ticket.attempt + ticket.waits, 5)),
+                              ticket))
+
+    def _send_due_retries(self) -> None:
+        now = time.monotonic()
+        due = [t for when, t in self._retries if when <= now]
+        if not due:
+            return
+        lost = getattr(self.executor, "capacity_lost", lambda: None)()
+        if lost:
+            raise CapacityLost(lost)
+        self._retries = [(when, t) for when, t in self._retries if when > now]
+        for t in due:
+            self.inflight[t.stage_idx] -= 1
+            self._send(t)
+
     def step(self, timeout: float = 1.0) -> bool:
         """Submit what is ready, take what finished. False when nothing is left to do."""
+        self._send_due_retries()
         self._submit_ready()
         if not any(self.inflight.values()):
             return any(self.queues)
+        if self._retries and len(self._retries) == sum(self.inflight.values()):
+            time.sleep(min(timeout, 0.1))  # only retries are owed: wait for their time
+            return True
         for ticket, result in self.executor.wait(timeout):
             i = ticket.stage_idx
             self.inflight[i] -= 1

@@ -42,7 +42,8 @@ class Threshold(Stage):
 
 def run(stages, keys, executor=None):
     shards: dict[int, list[Candidate]] = {}
-    flow = Flow(stages, executor or InProcessExecutor(stages), lambda s, c: shards.__setitem__(s, c))
+    flow = Flow(stages, executor or InProcessExecutor(stages), lambda s, c: shards.__setitem__(s, c),
+                retry_backoff_s=0.01)
     flow.add_shard(0, [Candidate(key=k, video_id=k, source=f"/x/{k}.mp4", shard=0) for k in keys], [])
     while flow.step():
         pass
