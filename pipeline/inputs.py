@@ -12,6 +12,7 @@ import csv
 import hashlib
 import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtcc.stages.media import is_remote, local_source
+from mtcc.stages.probe import NOT_UTF8_NAME
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp"}
 LIST_EXTS = {".txt", ".lst", ".csv", ".parquet"}
@@ -65,7 +67,9 @@ def _read_list(path: str) -> list[str]:
         col = "path" if "path" in table.column_names else table.column_names[0]
         entries = [str(v) for v in table.column(col).to_pylist() if v]
     else:
-        with fsspec.open(path, "rt", encoding="utf-8") as f:
+        # a name in the list that is not UTF-8 comes through as the same bytes (surrogates) and gets its
+        # own 'unreadable' row (plan_source), instead of one byte failing the whole list
+        with fsspec.open(path, "rt", encoding="utf-8", errors="surrogateescape") as f:
             if ext == ".csv":
                 rows = list(csv.reader(f))
                 if rows and "path" in rows[0]:
@@ -92,6 +96,19 @@ def _walk(folder: str) -> list[str]:
             if Path(name).suffix.lower() in VIDEO_EXTS:
                 found.append(os.path.join(root, name))
     return found
+
+
+def plan_source(source: str) -> str:
+    """The text ``source`` is planned and recorded under. Plans and manifests are Parquet text (UTF-8),
+    so a name with bytes that are not UTF-8 (which os.walk and argv hand over as surrogates) can be
+    neither stored nor hashed as it is: it becomes ``NOT_UTF8_NAME`` + the name with ``\\x`` escapes,
+    which no real source starts with (local sources are absolute paths, remote ones URLs), and probe
+    rejects it as unreadable, naming the file, instead of the whole plan failing on one name."""
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        return NOT_UTF8_NAME + os.fsencode(source).decode("utf-8", "backslashreplace")
+    return source
 
 
 def _canonical(source: str) -> str:
@@ -134,14 +151,20 @@ def discover(inputs: list[str]) -> Discovery:
             disc.warnings.append(f"input listed more than once, planned once: {canon}")
             continue
         seen[ident] = canon
-        disc.sources.append(canon)
+        planned = plan_source(canon)
+        if planned != canon:
+            disc.warnings.append(f"file name is not valid UTF-8, it gets an 'unreadable' row: {planned}")
+        disc.sources.append(planned)
     disc.sources.sort()
     return disc
 
 
 def fingerprint(source: str) -> tuple[int, str]:
     """(size, digest of size + first and last MiB): cheap enough to plan thousands of files, and it
-    tells copies apart from re-encodes. Unreadable inputs get size -1 and a description instead."""
+    tells copies apart from re-encodes. Unreadable inputs get size -1 and a description instead; so do
+    FIFOs, devices and directories, which are never opened for reading (a FIFO would block the plan)."""
+    if source.startswith(NOT_UTF8_NAME):
+        return -1, "unreadable:name-not-utf8"
     try:
         if is_remote(source):
             import fsspec
@@ -153,8 +176,14 @@ def fingerprint(source: str) -> tuple[int, str]:
                 f.seek(max(0, size - FINGERPRINT_BYTES))
                 tail = f.read(FINGERPRINT_BYTES)
         else:
-            size = os.path.getsize(source)
-            with open(source, "rb") as f:
+            if not stat.S_ISREG(os.stat(source).st_mode):
+                return -1, "unreadable:not-a-regular-file"
+            # non-blocking, and checked again on the open file: it may have been swapped since the stat
+            with open(os.open(source, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    return -1, "unreadable:not-a-regular-file"
+                size = st.st_size
                 head = f.read(FINGERPRINT_BYTES)
                 f.seek(max(0, size - FINGERPRINT_BYTES))
                 tail = f.read(FINGERPRINT_BYTES)

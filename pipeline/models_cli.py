@@ -703,7 +703,7 @@ def _layout_lines(e: Entry, root: Path) -> list[str]:
         rev = f" --revision {e.revision}" if e.revision else ""
         names = " ".join(p.path for p in e.files if not p.optional)
         lines.append(f"  with internet: hf download {e.repo} {names}{rev} --local-dir {q(str(folder))}"
-                     f"   (older huggingface_hub: huggingface-cli download, same arguments)")
+                     f"   (older huggingface_hub: hf download, same arguments)")
     elif e.archive:
         zname = PurePosixPath(urlsplit(e.url).path).name
         pats = " ".join(q("*" + p.path) for p in e.files)

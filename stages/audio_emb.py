@@ -46,7 +46,7 @@ from .base import Candidate, Rejection, Resources, Stage
 HF_ID = "facebook/wav2vec2-base-960h"
 RATE = 16000
 MEMBER = "audio_emb.npy"
-HOW_TO_GET = (f"Get the weights on a machine with internet: `huggingface-cli download {HF_ID} --local-dir DIR` "
+HOW_TO_GET = (f"Get the weights on a machine with internet: `hf download {HF_ID} --local-dir DIR` "
               f"(DIR then holds config.json, model.safetensors and preprocessor_config.json) and set "
               f"stages.audio_emb.model to DIR (or to the hub id {HF_ID} where the hub or its local cache is "
               f"reachable); `mtcc models make-tiny DIR` writes a random-weights model for plumbing runs only.")

@@ -36,7 +36,7 @@ from .base import Candidate, Resources, Stage
 
 HF_ID = "Qwen/Qwen2-VL-7B-Instruct"
 PROMPT = "Please describe the video in detail."
-HOW_TO_GET = (f"Get the weights on a machine with internet: `huggingface-cli download {HF_ID} --local-dir DIR` and "
+HOW_TO_GET = (f"Get the weights on a machine with internet: `hf download {HF_ID} --local-dir DIR` and "
               f"set stages.caption.model to DIR (or to the hub id {HF_ID} where the hub or its local cache is "
               f"reachable); `mtcc models make-tiny DIR` writes a random-weights model for plumbing runs only.")
 VLLM_HOW = ("vLLM is not installed; `pip install vllm` in an environment of its own (vLLM wheels pin their own "

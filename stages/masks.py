@@ -54,7 +54,7 @@ PACKAGED_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
 TINY_BASE = ("configs", "sam2.1", "sam2.1_hiera_t.yaml")
 TINY_NAME = "sam2.1_hiera_mtcc_tiny"
 FPS = 25
-HOW_TO_GET = (f"Get the weights on a machine with internet: `huggingface-cli download {HF_ID} --local-dir DIR` "
+HOW_TO_GET = (f"Get the weights on a machine with internet: `hf download {HF_ID} --local-dir DIR` "
               f"(DIR then holds sam2.1_hiera_l.yaml and sam2.1_hiera_large.pt) and set stages.masks.model to DIR "
               f"(or to the hub id {HF_ID} where the hub or its local cache is reachable); "
               f"`mtcc models make-tiny DIR` writes a random-weights model for plumbing runs only.")

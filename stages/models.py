@@ -43,7 +43,7 @@ def resolve(spec: str | None, *, stage: str, key: str, expected: str, how_to_get
             raise WeightsError(
                 f"stage '{stage}': could not get '{spec}' from the Hugging Face hub or its local cache "
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). On a machine with internet run "
-                f"`mtcc models fetch DIR` or `huggingface-cli download {repo}`, or set stages.{stage}.{key} to a "
+                f"`mtcc models fetch DIR` or `hf download {repo}`, or set stages.{stage}.{key} to a "
                 f"local path holding {expected}. {how_to_get}") from e
     path = Path(spec).expanduser()
     if not path.exists():

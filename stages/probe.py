@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
 from .base import Candidate, Rejection, Resources, Stage
 from .media import MediaError, ffprobe, is_remote, local_source, open_local, parse_rate
+
+# Prefix of a planned source whose file name is not valid UTF-8 (see mtcc.pipeline.inputs.plan_source):
+# the rest is the name with \x escapes, which is no path to open.
+NOT_UTF8_NAME = "not-utf8-name:"
 
 
 def file_sha256(path: str, chunk: int = 8 << 20) -> str:
@@ -18,6 +23,31 @@ def file_sha256(path: str, chunk: int = 8 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def truncated_box(path: str) -> str | None:
+    """Why an ISO-BMFF file (MP4, MOV, ...) is cut short, or None. Its top-level boxes must tile the file:
+    a moov-first file cut mid-stream still has a complete header, ffprobe reports its full duration,
+    and only a decoder later meets the missing bytes (and fails). Reads one header per box."""
+    size = os.path.getsize(path)
+    pos = 0
+    with open(path, "rb") as f:
+        while pos + 8 <= size:
+            f.seek(pos)
+            head = f.read(16)
+            box, kind = struct.unpack(">I", head[:4])[0], head[4:8].decode("latin-1")
+            if box == 1:
+                if len(head) < 16:
+                    return f"the {kind!r} box at byte {pos} is cut inside its header"
+                box = struct.unpack(">Q", head[8:16])[0]
+            elif box == 0:  # the last box, to the end of the file
+                return None
+            if box < 8:
+                return None  # not a box walk we can follow (trailing junk): ffprobe had the last word
+            if pos + box > size:
+                return f"the {kind!r} box at byte {pos} needs {box} bytes, the file ends after {size - pos}"
+            pos += box
+    return None
 
 
 def _rotation(stream: dict[str, Any]) -> int:
@@ -68,12 +98,21 @@ class Probe(Stage):
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
         stats: dict[str, Any] = {}
+        if cand.source.startswith(NOT_UTF8_NAME):
+            name = cand.source[len(NOT_UTF8_NAME):]
+            return {"error": f"file name is not valid UTF-8: {name} (bytes shown as \\x escapes); rename it "
+                             f"to UTF-8 (e.g. `convmv -f latin1 -t utf8`) to process it"}
         path = local_source(cand.source)
         if not is_remote(cand.source):
             if not os.path.exists(path):
+                if os.path.islink(path):
+                    return {"error": f"broken symlink (its target is missing, or it loops): {cand.source}"}
                 return {"error": f"file not found: {cand.source}"}
             if os.path.isdir(path):
                 return {"error": f"is a directory, not a video: {cand.source}"}
+            if not os.path.isfile(path):
+                # a FIFO would block ffprobe (and the sha256) until the probe timeout, a device never ends
+                return {"error": f"not a regular file (a FIFO, socket or device): {cand.source}"}
             if not os.access(path, os.R_OK):
                 return {"error": f"permission denied: {cand.source}"}
         try:
@@ -82,6 +121,10 @@ class Probe(Stage):
                 if stats["size_bytes"] == 0:
                     return {**stats, "error": f"empty file (0 bytes): {cand.source}"}
                 info = ffprobe(local)
+                if "mp4" in (info.get("format", {}).get("format_name") or "").split(","):
+                    cut = truncated_box(local)
+                    if cut:
+                        return {**stats, "error": f"truncated: {cut}: {cand.source}"}
                 if self.hash_content:
                     cand.info["sha256"] = file_sha256(local)
         except (MediaError, OSError, ValueError) as e:

@@ -47,7 +47,7 @@ GRAY_MEAN, GRAY_STD = 0.4161, 0.1688
 HF_ID = "alibabasglab/AV_MossFormer2_TSE_16K"
 BEST_FILE = "last_best_checkpoint"
 NETWORK_FILE = "mtcc_network.json"  # network settings saved beside a reduced (tiny) checkpoint
-HOW_TO_GET = (f"Get the weights on a machine with internet: `huggingface-cli download {HF_ID} --local-dir DIR` "
+HOW_TO_GET = (f"Get the weights on a machine with internet: `hf download {HF_ID} --local-dir DIR` "
               f"(DIR then holds {BEST_FILE} and the .pt it names) and set stages.separate.model to DIR "
               f"(or to the hub id {HF_ID} where the hub or its local cache is reachable); "
               f"`mtcc models make-tiny DIR` writes a random-weights model for plumbing runs only.")

@@ -347,7 +347,7 @@ def test_check_model_reads_headers_and_refuses_damaged_files(tiny, tmp_path):
     nowhere = tmp_path / "nowhere"
     with pytest.raises(models.WeightsError) as e:
         AudioEmbeddings(model=str(nowhere)).check_model()
-    assert str(nowhere) in str(e.value) and "huggingface-cli download facebook/wav2vec2-base-960h" in str(e.value)
+    assert str(nowhere) in str(e.value) and "hf download facebook/wav2vec2-base-960h" in str(e.value)
 
 
 def test_config_validation(tmp_path, monkeypatch):

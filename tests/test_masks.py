@@ -415,7 +415,7 @@ def test_checkpoint_with_a_missing_key_is_refused_naming_it(tiny, tmp_path):
     s = CharacterMasks(model=str(d), allow_random_weights=True)
     for call in (s.setup, s.check_model):
         with pytest.raises(models.WeightsError, match=r"1 missing: sam_mask_decoder\.iou_token\.weight.*"
-                                                      r"huggingface-cli download facebook/sam2\.1-hiera-large"):
+                                                      r"hf download facebook/sam2\.1-hiera-large"):
             call()
 
 

@@ -246,12 +246,12 @@ def test_missing_weights_name_the_path_and_how_to_get_them(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(models.WeightsError) as e:
         SpeechSeparation(model=str(missing)).setup()
-    assert str(missing) in str(e.value) and "huggingface-cli download alibabasglab/AV_MossFormer2_TSE_16K" in str(e.value)
+    assert str(missing) in str(e.value) and "hf download alibabasglab/AV_MossFormer2_TSE_16K" in str(e.value)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(models.WeightsError) as e:
         SpeechSeparation(model=str(empty)).setup()
-    assert str(empty / "last_best_checkpoint") in str(e.value) and "huggingface-cli download" in str(e.value)
+    assert str(empty / "last_best_checkpoint") in str(e.value) and "hf download" in str(e.value)
     (empty / "last_best_checkpoint").write_text("gone.pt\n")
     with pytest.raises(models.WeightsError, match="gone.pt"):
         SpeechSeparation(model=str(empty)).setup()
