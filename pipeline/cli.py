@@ -113,6 +113,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_sample_data(args: argparse.Namespace) -> int:
     from mtcc.sampledata import generate, generate_long
 
+    if args.bad:
+        from mtcc.sampledata.bad import generate_bad
+
+        if args.long:
+            print("error: --bad and --long are separate corpora; pass one", file=sys.stderr)
+            return 2
+        try:
+            corpus = generate_bad(args.dir, seed=args.seed)
+        except FileExistsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        inputs = " ".join(f"--input {p}" for p in corpus.inputs)
+        sets = " ".join(f"--set {o}" for o in corpus.overrides)
+        print(f"{len(corpus.cases)} hostile inputs, each with <file>.expect.json, indexed in "
+              f"{corpus.root / 'expected.json'} ({corpus.seconds:.1f}s)\nbuild them: mtcc run offline {inputs} "
+              f"--output OUT {sets}")
+        return 0
     if args.long:
         path = generate_long(Path(args.dir) / f"long_{args.long:g}min.mp4", minutes=args.long, seed=args.seed)
         print(f"long benchmark video with ground truth: {path}")
@@ -238,6 +255,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--long", type=float, default=None, metavar="MINUTES",
                    help="instead: one long multi-shot video of this many minutes (benchmarks)")
+    d.add_argument("--bad", action="store_true",
+                   help="instead: the hostile-input corpus (broken, odd and adversarial files), each with the "
+                        "outcome a run must give it in <file>.expect.json")
     d.set_defaults(fn=cmd_sample_data)
     return p
 

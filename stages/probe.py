@@ -45,8 +45,55 @@ def truncated_box(path: str) -> str | None:
             if box < 8:
                 return None  # not a box walk we can follow (trailing junk): ffprobe had the last word
             if pos + box > size:
+                if kind not in ("mdat", "moov", "moof"):
+                    return None  # junk after the media (some writers pad): not what decoding needs
                 return f"the {kind!r} box at byte {pos} needs {box} bytes, the file ends after {size - pos}"
             pos += box
+    return None
+
+
+def _ebml_vint(data: bytes, pos: int) -> tuple[int | None, int]:
+    """(value, position after it) of an EBML variable-size integer; value None for 'unknown size'."""
+    first = data[pos]
+    length = 9 - first.bit_length() if first else 9
+    if length > 8 or pos + length > len(data):
+        raise ValueError("not an EBML size")
+    value = first & (0xFF >> length)
+    for b in data[pos + 1:pos + length]:
+        value = (value << 8) | b
+    return (None if value == (1 << (7 * length)) - 1 else value), pos + length
+
+
+def truncated_segment(path: str) -> str | None:
+    """Why a Matroska/WebM file is cut short, or None: the Segment's declared size must fit in the file
+    (a seekable writer fills it in at the end; a live one writes 'unknown' and cannot be checked). A cut
+    file keeps its full-length header, and its index (Cues) is gone with the tail, so a seek in it runs
+    off the end: clips cut from it come out empty."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    try:
+        if head[:4] != b"\x1a\x45\xdf\xa3":
+            return None
+        ebml_size, pos = _ebml_vint(head, 4)
+        pos += ebml_size or 0
+        if head[pos:pos + 4] != b"\x18\x53\x80\x67":
+            return None
+        seg_size, start = _ebml_vint(head, pos + 4)
+    except (ValueError, IndexError):
+        return None
+    if seg_size is not None and start + seg_size > size:
+        return f"the Segment at byte {pos} needs {seg_size} bytes, the file ends after {size - start}"
+    return None
+
+
+def truncated(path: str, format_name: str) -> str | None:
+    """Why a file ffprobe could open is nevertheless cut short (ffprobe reads headers only), or None."""
+    names = format_name.split(",")
+    if "mp4" in names:
+        return truncated_box(path)
+    if "matroska" in names or "webm" in names:
+        return truncated_segment(path)
     return None
 
 
@@ -121,10 +168,9 @@ class Probe(Stage):
                 if stats["size_bytes"] == 0:
                     return {**stats, "error": f"empty file (0 bytes): {cand.source}"}
                 info = ffprobe(local)
-                if "mp4" in (info.get("format", {}).get("format_name") or "").split(","):
-                    cut = truncated_box(local)
-                    if cut:
-                        return {**stats, "error": f"truncated: {cut}: {cand.source}"}
+                cut = truncated(local, info.get("format", {}).get("format_name") or "")
+                if cut:
+                    return {**stats, "error": f"truncated: {cut}: {cand.source}"}
                 if self.hash_content:
                     cand.info["sha256"] = file_sha256(local)
         except (MediaError, OSError, ValueError) as e:

@@ -38,10 +38,20 @@ class VideoFrames:
     def batches(self, indices: list[int] | None, size: int) -> Iterator[tuple[list[int], np.ndarray]]:
         """(indices, uint8 RGB [B,H,W,3]) in chunks of ``size``; ``None`` = every frame."""
         if self.reader is not None:
+            import decord
+
             todo = list(range(self.n_frames)) if indices is None else indices
             for i in range(0, len(todo), size):
                 chunk = todo[i:i + size]
-                yield chunk, self.reader.get_batch(chunk).asnumpy()
+                try:
+                    frames = self.reader.get_batch(chunk).asnumpy()
+                except decord.DECORDError:
+                    # a damaged packet (bit rot, a bad cut) stops decord for good; ffmpeg conceals the damage
+                    # and goes on: the rest of this video's frames come from the pipe, same indices
+                    self.reader = None
+                    yield from self.batches(todo[i:], size)
+                    return
+                yield chunk, frames
             return
         want = None if indices is None else set(indices)
         idx: list[int] = []
@@ -58,7 +68,12 @@ class VideoFrames:
 
     def frame(self, index: int) -> np.ndarray:
         if self.reader is not None:
-            return self.reader[index].asnumpy()
+            import decord
+
+            try:
+                return self.reader[index].asnumpy()
+            except decord.DECORDError:
+                self.reader = None  # damaged stream: the pipe from here on (see batches)
         return next(self._pipe(start=self.t0 + index / self.fps, count=1))
 
     def _pipe(self, start: float | None = None, count: int | None = None) -> Iterator[np.ndarray]:
@@ -120,7 +135,8 @@ def open_frames(path: str, probe: dict, width: int | None, threads: int = 1) -> 
             reader = decord.VideoReader(path, num_threads=threads)
         else:
             reader = decord.VideoReader(path, width=w, height=h, num_threads=threads)
-        return VideoFrames(path, float(reader.get_avg_fps()), len(reader), w, h, src_w / w, src_h / h, reader)
+        return VideoFrames(path, float(reader.get_avg_fps()), len(reader), w, h, src_w / w, src_h / h, reader,
+                           threads, float(probe.get("video_start") or 0.0))
     except decord.DECORDError:
         # displayed size for the pipe: ffmpeg applies the rotation itself
         w, h = (w, h) if coded_size(probe) == (int(probe["width"]), int(probe["height"])) else (h, w)
