@@ -83,9 +83,11 @@ def init_ray(address: str | None, num_cpus: int | None = None, object_store_mb: 
     if ray.is_initialized():
         return ray.cluster_resources()
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
-    if address:
+    if address and address != "local":
         ray.init(address=address, **kwargs)
     else:
+        # "local": a fresh embedded Ray even when RAY_ADDRESS or a running cluster would be picked up
+        kwargs["address"] = "local"
         ray.init(num_cpus=num_cpus or os.cpu_count(),
                  object_store_memory=(object_store_mb << 20) if object_store_mb else None, **kwargs)
     return ray.cluster_resources()

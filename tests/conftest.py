@@ -44,7 +44,7 @@ def ray_local():
     """One embedded Ray for the session (init costs seconds)."""
     from mtcc.pipeline.executor import init_ray
 
-    init_ray(None, num_cpus=2)
+    init_ray("local", num_cpus=2)  # always our own embedded Ray, never a cluster found on the machine
     yield
     import ray
 

@@ -47,8 +47,8 @@ class DataConfig(_Strict):
     shuffle_shards: bool = Field(True, description="shuffle the shard order every epoch (seeded)")
     resampled: bool = Field(False, description=(
         "infinite stream: each worker draws shards at random with replacement (no epochs)"))
-    split: Literal["auto", "shard", "sample"] = Field("auto", description=(
-        "unit given to each (rank, worker): whole shards, or samples (every worker scans every shard and keeps "
+    split: Literal["auto", "shard", "window"] = Field("auto", description=(
+        "unit given to each (rank, worker): whole shards, or windows (every worker scans every shard and keeps "
         "its share; for datasets with fewer shards than ranks x workers); auto picks shard when there are "
         "enough shards"))
     filters: list[str] = Field(default_factory=list, description=(
@@ -62,6 +62,10 @@ class DataConfig(_Strict):
         "video and ref dtype; floats are in [-1, 1], uint8 is the raw 0..255 (convert on the GPU)"))
     decode_threads: int = Field(1, ge=0, description="decord threads per video (0 = decord's choice)")
     pin_memory: bool = False
+    worker_start: Literal["forkserver", "spawn", "fork"] = Field("forkserver", description=(
+        "how DataLoader workers start: forkserver (a clean process that imported the loader once, then a fork "
+        "per worker: safe beside Ray, CUDA and thread pools), spawn, or fork (fastest; can deadlock when the "
+        "parent runs threads, e.g. inside Ray)"))
     seed: int = 0
 
 
@@ -118,7 +122,8 @@ class RunConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast on GPU, fp32 on CPU")
     fixed_batch: bool = Field(False, description=(
         "train on the first batch over and over (each rank its own): an overfitting sanity check"))
-    cpu_threads: int | None = Field(None, ge=1, description="torch threads per process on CPU (default: cores / local ranks)")
+    cpu_threads: int | None = Field(None, ge=1, description=(
+        "torch threads per process on CPU (default: cores / local ranks)"))
 
 
 class RayLaunch(_Strict):

@@ -28,9 +28,11 @@ Reading: each (rank, DataLoader worker) streams its shards (see :mod:`mtcc.train
 so is every member of a sample the split or the manifest filters exclude. Undecoded items pass through
 a shuffle buffer; only then is a window decoded: its frames alone, by decord, at the letterboxed size.
 Workers return video and refs as uint8 (4x less inter-process traffic); the conversion to
-``video_dtype`` happens in the consuming process. A corrupt shard (unreadable tar, truncated tar,
-unreadable manifest) is skipped from the point of the error with a warning naming it; a sample that fails
-to decode is skipped with a warning; both are counted.
+``video_dtype`` happens in the consuming process. Workers start from a forkserver by default (never a fork
+of a trainer that runs Ray, CUDA or thread pools: such forks can deadlock) and persist across epochs.
+A corrupt shard (unreadable tar, truncated tar, unreadable manifest) is skipped from the point of the error
+(samples read before it are kept) with a warning naming it; a sample that fails to decode is skipped with a
+warning; both are counted in :meth:`Loader.stats`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import os
 import struct
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +122,7 @@ def mp4_size(data: bytes) -> tuple[int, int] | None:
                 if k3 != b"tkhd":
                     continue
                 body = data[a3:b3]
-                off = 84 if body[:1] == b"\x01" else 72  # version 1 has 64-bit times
+                off = 88 if body[:1] == b"\x01" else 76  # width, height follow the matrix; v1 has 64-bit times
                 if len(body) < off + 8:
                     continue
                 w, h = struct.unpack(">II", body[off:off + 8])
@@ -260,10 +262,11 @@ def plan_windows(sample: Sample, geo: LatentGeometry) -> list[Window]:
 class ShardStream(IterableDataset):
     """One epoch (or an endless stream) of batches for one rank; a DataLoader runs it in its workers."""
 
-    def __init__(self, shards: list[ShardRef], cfg: DataConfig, *, rank: int, world_size: int, epoch: int,
+    def __init__(self, shards: list[ShardRef], cfg: DataConfig, *, rank: int, world_size: int, epoch: torch.Tensor,
                  split: str, conditions: list[Condition], stats: torch.Tensor):
         self.shards, self.cfg, self.rank, self.world_size = shards, cfg, rank, world_size
-        self.epoch, self.split, self.conditions, self.stats = epoch, split, conditions, stats
+        self.epoch_t, self.split, self.conditions, self.stats = epoch, split, conditions, stats
+        self.epoch = int(epoch[0])
         self.geo = cfg.geometry
 
     # worker identity and counters
@@ -275,6 +278,7 @@ class ShardStream(IterableDataset):
         self.stats[self._row, _S[name]] += n
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.epoch = int(self.epoch_t[0])  # set by the consumer before each pass (workers persist)
         wid, nw = self._worker()
         self._row = wid
         gid, total = self.rank * nw + wid, self.world_size * nw
@@ -296,17 +300,14 @@ class ShardStream(IterableDataset):
         order = epoch_order(len(self.shards), self.cfg.seed, self.epoch, self.cfg.shuffle_shards)
         if self.split == "shard":
             for i in assigned(order, gid, total):
-                yield from self._shard_items(self.shards[i], None)
-        else:  # every worker scans every shard and keeps every total-th sample
-            counter = [0]
-
-            def keep(_key: str) -> bool:
-                j = counter[0]
-                counter[0] += 1
-                return j % total == gid
-
+                yield from self._shard_items(self.shards[i])
+        else:  # every worker scans every shard and keeps every total-th window of the epoch
+            j = 0
             for i in order:
-                yield from self._shard_items(self.shards[i], keep)
+                for item in self._shard_items(self.shards[i]):
+                    if j % total == gid:
+                        yield item
+                    j += 1
 
     def _resampled(self, rng: np.random.Generator) -> Iterator[tuple[Sample, Window]]:
         bad: set[int] = set()
@@ -316,7 +317,7 @@ class ShardStream(IterableDataset):
             if i in bad:
                 continue
             got = False
-            for item in self._shard_items(self.shards[i], None, failed=bad, index=i):
+            for item in self._shard_items(self.shards[i], failed=bad, index=i):
                 got = True
                 yield item
             dry = 0 if got else dry + 1
@@ -325,12 +326,12 @@ class ShardStream(IterableDataset):
                                    f"pass the filters {[str(c) for c in self.conditions]}?")
         raise RuntimeError("resampled loader: every shard failed to read (see the warnings above)")
 
-    def _shard_items(self, ref: ShardRef, keep: Callable[[str], bool] | None, failed: set[int] | None = None,
+    def _shard_items(self, ref: ShardRef, failed: set[int] | None = None,
                      index: int | None = None) -> Iterator[tuple[Sample, Window]]:
         n = 0
         try:
             allowed = self._allowed(ref)
-            for sample in self._read(ref, keep, allowed):
+            for sample in self._read(ref, allowed):
                 for win in self._windows(sample):
                     n += 1
                     yield sample, win
@@ -354,8 +355,7 @@ class ShardStream(IterableDataset):
             table = pq.read_table(f, columns=cols)
         return passing_keys(table, self.conditions)
 
-    def _read(self, ref: ShardRef, keep: Callable[[str], bool] | None,
-              allowed: set[str] | None) -> Iterator[Sample]:
+    def _read(self, ref: ShardRef, allowed: set[str] | None) -> Iterator[Sample]:
         import fsspec
 
         def finish(key: str, members: dict[str, bytes]) -> Sample | None:
@@ -381,8 +381,8 @@ class ShardStream(IterableDataset):
                     if key is not None and take and (s := finish(key, members)) is not None:
                         yield s
                     key, members = k, {}
-                    take = keep is None or keep(k)
-                    if take and allowed is not None and k not in allowed:
+                    take = True
+                    if allowed is not None and k not in allowed:
                         self._count("samples_filtered")
                         take = False
                 if take and ext in NEEDED:
@@ -515,17 +515,11 @@ def to_unit(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor
     return x.to(dtype)
 
 
-def _worker_init(_: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # the worker processes already fill the cores
-
-
 # -- the public loader -----------------------------------------------------------------------------------------
 def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class Loader:
@@ -548,10 +542,12 @@ class Loader:
             self._check_filters()
         workers = max(1, config.num_workers)
         self.split = choose_split(config.split, len(self.shards), self.world_size * workers)
-        if config.split == "auto" and self.split == "sample" and not config.resampled:
-            log.info("%d shard(s) for %d rank(s) x %d worker(s): splitting by sample (every worker scans every "
+        if config.split == "auto" and self.split == "window" and not config.resampled:
+            log.info("%d shard(s) for %d rank(s) x %d worker(s): splitting by window (every worker scans every "
                      "shard)", len(self.shards), self.world_size, workers)
         self._stats = torch.zeros(workers, len(STATS), dtype=torch.int64).share_memory_()
+        self._epoch_t = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._dl: DataLoader | None = None
 
     def _check_filters(self) -> None:
         import fsspec
@@ -571,7 +567,7 @@ class Loader:
         return dict(zip(STATS, self._stats.sum(0).tolist()))
 
     def dataset(self) -> ShardStream:
-        return ShardStream(self.shards, self.cfg, rank=self.rank, world_size=self.world_size, epoch=self.epoch,
+        return ShardStream(self.shards, self.cfg, rank=self.rank, world_size=self.world_size, epoch=self._epoch_t,
                            split=self.split, conditions=self.conditions, stats=self._stats)
 
     def _finish(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -581,14 +577,24 @@ class Loader:
             batch["ref"] = to_unit(batch["ref"], dtype)
         return batch
 
+    def _dataloader(self) -> DataLoader:
+        """One DataLoader for the loader's life: its workers persist across epochs (each new pass
+        re-iterates the dataset in them, reading the epoch from shared memory)."""
+        if self._dl is None:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context(self.cfg.worker_start)
+            if self.cfg.worker_start == "forkserver":
+                # the server imports the loader once; every worker forks from that clean process
+                ctx.set_forkserver_preload(["mtcc.training.data"])
+            self._dl = DataLoader(self.dataset(), batch_size=None, num_workers=self.cfg.num_workers,
+                                  prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory,
+                                  persistent_workers=True, multiprocessing_context=ctx)
+        return self._dl
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        ds = self.dataset()
-        if self.cfg.num_workers == 0:
-            it: Any = iter(ds)
-        else:
-            it = iter(DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers,
-                                 prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory,
-                                 worker_init_fn=_worker_init, persistent_workers=False))
+        self._epoch_t[0] = self.epoch
+        it: Any = iter(self.dataset()) if self.cfg.num_workers == 0 else iter(self._dataloader())
         for batch in it:
             yield self._finish(batch)
         if not self.cfg.resampled:

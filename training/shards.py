@@ -9,6 +9,11 @@ Splitting is deterministic: every epoch the shard list is permuted with a genera
 (seed, epoch) and shard ``i`` of that order goes to global worker ``i mod (world_size x num_workers)``,
 global worker = ``rank x num_workers + worker_id``. Every rank computes the same order without talking to
 the others, so across all ranks and workers each shard is read exactly once per epoch.
+
+With fewer shards than ranks x workers that would leave some idle (and a rank without data stalls DDP), so
+``split: auto`` then splits by window: every worker scans every shard and keeps every
+``total``-th training window of the epoch (still each window exactly once; the reading is repeated, which
+only matters for large datasets, where there are enough shards anyway).
 """
 
 from __future__ import annotations
@@ -110,8 +115,9 @@ def resolve_shards(specs: Iterable[str], committed_only: bool = True) -> list[Sh
                                      f"is committed cannot be checked; set data.committed_only=false to read it")
                 found[url] = ShardRef(url=url, name=name, shard_id=shard_id, manifest=manifest)
     if uncommitted:
+        shown = ", ".join(uncommitted[:5]) + (" ..." if len(uncommitted) > 5 else "")
         log.warning("skipping %d uncommitted shard(s) (no commits/<shard>.json; a build may still be writing "
-                    "them): %s", len(uncommitted), ", ".join(uncommitted[:5]) + (" ..." if len(uncommitted) > 5 else ""))
+                    "them): %s", len(uncommitted), shown)
     if not found:
         raise ValueError(f"no committed shards found in {specs}" if uncommitted else f"no shards found in {specs}")
     return sorted(found.values(), key=lambda s: s.url)
@@ -132,4 +138,4 @@ def assigned(order: list[int], gid: int, total: int) -> list[int]:
 def choose_split(split: str, n_shards: int, total_workers: int) -> str:
     if split != "auto":
         return split
-    return "shard" if n_shards >= total_workers else "sample"
+    return "shard" if n_shards >= total_workers else "window"

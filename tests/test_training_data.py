@@ -1,0 +1,284 @@
+"""The training loader on synthetic shards with planted ground truth (written by the pipeline's own commit
+code, so the sample format is the real one): batch fields, the planted frames / audio rows / routing
+masks, exactly-once splitting across ranks x workers, corrupt shards, manifest filters."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtcc.stages.geometry import LatentGeometry
+from mtcc.training import loader
+from mtcc.training.data import STATS, decode_video, mp4_size, npy_view, route_from_rle
+from mtcc.training.filters import FilterError, parse_condition, parse_filters
+from mtcc.training.synthetic import CODE_BLOCK, FRAME_CODE_BASE, FRAME_CODE_STEP, write_shards
+
+SHARD_GEO = LatentGeometry(frames=9, height=64, width=96)
+SMALL = {"frames": 9, "height": 64, "width": 96}
+LENGTHS = [30, 7, 20]  # 7 < 9 frames: a short clip (one padded window)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "out"
+    truth = write_shards(out, 7, 2, frames=LENGTHS, size=(192, 128), geometry=SHARD_GEO)
+    return out, truth
+
+
+def expected_items(truth, geo: LatentGeometry = SHARD_GEO) -> Counter:
+    return Counter((k, tuple(w)) for k, t in truth.items() for w in geo.windows(t.frames))
+
+
+def collect(ld) -> list[dict]:
+    return list(ld)
+
+
+def items_of(batches) -> list[tuple[str, tuple[int, int]]]:
+    return [(k, tuple(w.tolist())) for b in batches for k, w in zip(b["key"], b["window"])]
+
+
+def test_batch_fields_shapes_dtypes_and_values(synth):
+    out, truth = synth
+    geo = LatentGeometry(**SMALL)
+    batches = collect(loader(str(out), geometry=SMALL, batch_size=3, num_workers=0, ref_size=40))
+    assert sum(len(b["key"]) for b in batches) == sum(expected_items(truth).values())
+    for b in batches:
+        n = len(b["key"])
+        assert n <= 3
+        assert b["video"].shape == (n, 3, 9, 64, 96) and b["video"].dtype == torch.float32
+        assert b["video"].min() >= -1 and b["video"].max() <= 1
+        assert b["audio_emb"].shape == (n, 2, 13, 12, 768) and b["audio_emb"].dtype == torch.float16
+        assert b["route"].shape == (n, geo.tokens) and b["route"].dtype == torch.int8
+        assert set(b["route"].unique().tolist()) <= {-1, 0, 1}
+        assert b["a_ac"].shape == (n, 2, 2) and b["a_ac"].dtype == torch.float32
+        assert b["a_ac_known"].dtype == torch.bool and bool(b["a_ac_known"].all())
+        assert b["ref"].shape == (n, 2, 3, 40, 40) and b["ref"].dtype == torch.float32
+        assert b["valid_frames"].dtype == torch.int64 and b["window"].shape == (n, 2)
+        assert b["caption"] == [f"caption of {k}" for k in b["key"]]
+        for k, a in zip(b["key"], b["a_ac"]):
+            assert a.tolist() == truth[k].a_ac
+    # both characters and background are on the grid of every window (the ellipses are large)
+    assert all({-1, 0, 1} <= set(r.unique().tolist()) for b in batches for r in b["route"])
+
+
+def test_windows_hold_the_planted_frames_audio_rows_and_padding(synth):
+    out, truth = synth
+    ld = loader(str(out), geometry=SMALL, batch_size=1, num_workers=0, video_dtype="uint8")
+    seen_short = False
+    for b in ld:
+        key, (start, end) = b["key"][0], b["window"][0].tolist()
+        n = truth[key].frames
+        assert (start, end) in SHARD_GEO.windows(n)
+        frames = [min(start + i, end - 1) for i in range(9)]
+        assert int(b["valid_frames"][0]) == min(end - start, 9)
+        seen_short |= end - start < 9
+        # the frame-index block: 192x128 letterboxes to 96x64 exactly (scale 0.5), so it is the top-left 12 px
+        code = b["video"][0, :, :, 2:CODE_BLOCK // 2 - 2, 2:CODE_BLOCK // 2 - 2].float().mean(dim=(0, 2, 3))
+        want = torch.tensor([FRAME_CODE_BASE + FRAME_CODE_STEP * f for f in frames], dtype=torch.float32)
+        assert (code - want).abs().max() < FRAME_CODE_STEP / 2, (key, start, code, want)
+        # audio rows start-2 .. start+9+2, replicated at the clip's borders; character c adds 1000 c
+        rows = np.clip(np.arange(start - 2, start + 11), 0, n - 1)
+        emb = b["audio_emb"][0].float()
+        for c in range(2):
+            assert torch.equal(emb[c, :, 0, 0], torch.tensor(rows + 1000 * c, dtype=torch.float32))
+            assert bool((emb[c] == emb[c, :, :1, :1]).all())
+    assert seen_short
+
+
+def test_route_npy_is_used_at_the_shard_geometry_and_equals_the_recomputed_mask(synth, tmp_path):
+    out, truth = synth
+    from_npy = {(k, tuple(w.tolist())): r for b in loader(str(out), geometry=SMALL, num_workers=0,
+                                                          windows="all", shuffle_buffer=0)
+                for k, w, r in zip(b["key"], b["window"], b["route"])}
+    # the same shards without route.npy: the loader recomputes every mask from masks.rle.json
+    bare = tmp_path / "bare"
+    write_shards(bare, 2, 2, frames=LENGTHS, size=(192, 128), geometry=SHARD_GEO, route=False)
+    for b in loader(str(bare), geometry=SMALL, num_workers=0):
+        for k, w, r in zip(b["key"], b["window"], b["route"]):
+            assert torch.equal(r, from_npy[(k, tuple(w.tolist()))])
+    # and another geometry recomputes from the masks too: 17 frames at 128x192, windows of that length
+    big = {"frames": 17, "height": 128, "width": 192}
+    got = items_of(loader(str(out), geometry=big, num_workers=0, ref_size=32))
+    assert Counter(got) == expected_items(truth, LatentGeometry(**big))
+
+
+def test_route_from_rle_matches_the_masks_stage_recipe(synth):
+    """route_from_rle on a planted sample equals the route.npy row the writer computed independently."""
+    from mtcc.manifests.sample import read_samples
+
+    out, truth = synth
+    import json
+
+    key, members = next(read_samples(out / "shards" / "mtcc-000000.tar"))
+    doc = json.loads(members["masks.rle.json"])
+    route = npy_view(members["route.npy"])
+    for w, (s, e) in enumerate(SHARD_GEO.windows(truth[key].frames)):
+        assert np.array_equal(route_from_rle(doc, list(range(s, e)), SHARD_GEO), route[w].reshape(-1))
+
+
+def test_every_shard_read_exactly_once_per_epoch_across_2_ranks_x_2_workers(synth):
+    out, truth = synth
+    want = expected_items(truth)
+    orders = []
+    for epoch in (0, 1):
+        got: list[tuple[str, tuple[int, int]]] = []
+        shard_rank: dict[str, set[int]] = {}
+        reads = 0
+        for rank in (0, 1):
+            ld = loader(str(out), geometry=SMALL, rank=rank, world_size=2, epoch=epoch, num_workers=2,
+                        batch_size=2, ref_size=16, shuffle_buffer=4)
+            assert ld.split == "shard"
+            batches = collect(ld)
+            got += items_of(batches)
+            for b in batches:
+                for s in b["shard"]:
+                    shard_rank.setdefault(s, set()).add(rank)
+            stats = ld.stats()
+            reads += stats["shards_read"]
+            assert stats["shards_failed"] == 0
+            assert ld.epoch == epoch + 1
+            if rank == 0:
+                orders.append([s for b in batches for s in b["shard"]])
+        assert Counter(got) == want, "every window exactly once per epoch"
+        assert reads == 7, "every shard read once, by one worker"
+        assert all(len(r) == 1 for r in shard_rank.values()), "a shard never split across ranks"
+    assert orders[0] != orders[1], "the shard order is reshuffled every epoch"
+
+
+def test_one_loader_over_epochs_reuses_its_workers_and_reshuffles(synth):
+    out, truth = synth
+    ld = loader(str(out), geometry=SMALL, num_workers=2, batch_size=2, ref_size=16, shuffle_buffer=4)
+    first, second = items_of(collect(ld)), items_of(collect(ld))
+    assert Counter(first) == Counter(second) == expected_items(truth)
+    assert first != second and ld.epoch == 2
+    assert ld.stats()["shards_read"] == 14
+
+
+def test_fewer_shards_than_workers_splits_by_window(tmp_path):
+    out = tmp_path / "one"
+    truth = write_shards(out, 1, 1, frames=[40], size=(96, 64), geometry=SHARD_GEO)  # one sample, 5 windows
+    got = []
+    for rank in (0, 1):
+        ld = loader(str(out), geometry=SMALL, rank=rank, world_size=2, num_workers=0, ref_size=16)
+        assert ld.split == "window"
+        mine = items_of(collect(ld))
+        assert mine, "each rank gets a share"
+        got += mine
+    assert Counter(got) == expected_items(truth)
+
+
+def _corrupt(out: Path, tmp_path: Path) -> Path:
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    (bad / "shards" / "mtcc-000002.tar").write_bytes(b"this is not a tar file" * 100)
+    t = bad / "shards" / "mtcc-000005.tar"
+    data = t.read_bytes()
+    t.write_bytes(data[: len(data) * 2 // 3])  # truncated inside its second sample
+    return bad
+
+
+def test_corrupt_shards_are_skipped_logged_and_counted(synth, tmp_path, caplog):
+    out, truth = synth
+    bad = _corrupt(out, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="mtcc.training"):
+        ld = loader(str(bad), geometry=SMALL, num_workers=0, ref_size=16)
+        got = items_of(collect(ld))
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("mtcc-000002.tar" in m and "corrupt" in m for m in messages), messages
+    assert any("mtcc-000005.tar" in m and "corrupt" in m for m in messages), messages
+    assert ld.stats()["shards_failed"] == 2 and ld.stats()["shards_read"] == 5
+    good = {k for k, t in truth.items() if t.shard not in (2, 5)}
+    keys = {k for k, _ in got}
+    assert good <= keys and not any(truth[k].shard == 2 for k in keys)
+    # in worker processes too: same counts, the epoch still ends
+    ld2 = loader(str(bad), geometry=SMALL, num_workers=2, ref_size=16)
+    assert {k for k, _ in items_of(collect(ld2))} == keys
+    assert ld2.stats()["shards_failed"] == 2
+
+
+def test_manifest_filter_selects_samples_without_decoding_the_others(synth, monkeypatch):
+    from mtcc.training import data
+
+    out, truth = synth
+    decoded: list[str] = []
+    real = data.decode_item
+    monkeypatch.setattr(data, "decode_item", lambda s, w, c: decoded.append(s.key) or real(s, w, c))
+    ld = loader(str(out), geometry=SMALL, num_workers=0, filters=["sync.sync_c_mean >= 4"], ref_size=16)
+    keys = {k for k, _ in items_of(collect(ld))}
+    want = {k for k, t in truth.items() if t.sync_c >= 4}
+    assert keys == want and 0 < len(want) < len(truth)
+    assert set(decoded) == want
+    stats = ld.stats()
+    assert stats["samples_read"] == len(want)
+    assert stats["samples_filtered"] == len(truth) - len(want)
+    both = loader(str(out), geometry=SMALL, num_workers=0, ref_size=16,
+                  filters=["sync.sync_c_mean >= 2", "sync.swapped == true"])
+    assert {k for k, _ in items_of(collect(both))} == {k for k, t in truth.items()
+                                                      if t.sync_c >= 2 and t.a_ac == [[0, 1], [1, 0]]}
+
+
+def test_filter_grammar_is_small_and_safe(synth):
+    assert parse_condition("sync.sync_c_mean >= 4").value == 4
+    assert parse_condition("a.b<-1.5e1").value == -15.0
+    assert parse_condition("sync.swapped == false").value is False
+    assert parse_condition("sync.audio_source != 'mixture'").value == "mixture"
+    for bad in ("__import__('os').system('x') == 1", "a >= 1 or 1", "a => 1", "a == (1)", "sync.x >= 4; rm"):
+        with pytest.raises(FilterError):
+            parse_condition(bad)
+    out, _ = synth
+    with pytest.raises(FilterError, match="sync.sync_c_mean"):
+        loader(str(out), filters=["sync.c_mean >= 4"])
+    with pytest.raises(FilterError, match="cannot compare"):
+        loader(str(out), filters=["sync.sync_c_mean >= high"])
+    assert [str(c) for c in parse_filters(["x.y < 2"])] == ["x.y < 2"]
+
+
+def test_uncommitted_shards_are_skipped_unless_asked(synth, tmp_path, caplog):
+    out, _ = synth
+    part = tmp_path / "partial"
+    shutil.copytree(out, part)
+    (part / "commits" / "000003.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="mtcc.training"):
+        ld = loader(str(part), geometry=SMALL, num_workers=0, ref_size=16)
+    assert "uncommitted" in caplog.text and len(ld.shards) == 6
+    assert len(loader(str(part), committed_only=False).shards) == 7
+    # brace patterns, globs and file:// URLs name the same shards
+    brace = str(part / "shards" / "mtcc-{000000..000006}.tar")
+    assert [s.name for s in loader(brace, committed_only=True).shards] == [s.name for s in ld.shards]
+    assert len(loader(f"file://{part}/shards/*.tar", committed_only=False).shards) == 7
+    url = loader(f"file://{part}", geometry=SMALL, num_workers=0, ref_size=16)
+    assert Counter(items_of(collect(url))) == Counter(items_of(collect(ld)))
+
+
+def test_random_window_mode_skip_short_and_resampled_stream(synth):
+    out, truth = synth
+    rnd = items_of(collect(loader(str(out), geometry=SMALL, num_workers=0, windows="random", ref_size=16)))
+    assert Counter(k for k, _ in rnd) == Counter(truth.keys()), "one window per sample"
+    skip = loader(str(out), geometry=SMALL, num_workers=0, short_windows="skip", ref_size=16)
+    got = items_of(collect(skip))
+    assert all(e - s == 9 for _, (s, e) in got)
+    assert skip.stats()["windows_skipped_short"] == sum(t.frames < 9 for t in truth.values())
+    endless = iter(loader(str(out), geometry=SMALL, num_workers=1, resampled=True, batch_size=4, ref_size=16))
+    total = sum(expected_items(truth).values())
+    n = sum(len(next(endless)["key"]) for _ in range(total // 4 + 3))
+    assert n > total, "a resampled stream goes past one epoch"
+
+
+def test_stats_names_and_small_decoders(synth):
+    out, _ = synth
+    from mtcc.manifests.sample import read_samples
+
+    _, members = next(read_samples(out / "shards" / "mtcc-000000.tar"))
+    assert mp4_size(members["mp4"]) == (192, 128)
+    v = decode_video(members["mp4"], [0, 1, 1], LatentGeometry(frames=9, height=64, width=128))
+    assert v.shape == (3, 3, 64, 128) and v.dtype == np.uint8
+    assert (v[:, :, :, :16] == 0).all() and (v[:, :, :, -16:] == 0).all(), "letterbox bars are black"
+    assert np.array_equal(v[:, 1], v[:, 2])
+    assert npy_view(members["audio_emb.npy"]).shape[0] == 2
+    assert set(loader(str(out)).stats()) == set(STATS)
