@@ -241,7 +241,7 @@ class AudioEmbeddings(Stage):
         "rms_0": "float64", "rms_1": "float64", "random_weights": "bool",
     }
 
-    model: str = Field(HF_ID, description="Wav2Vec2 directory in save_pretrained layout, or the Hugging Face id")
+    model: models.ModelSpec = Field(HF_ID, description="Wav2Vec2 directory in save_pretrained layout, or the Hugging Face id")
     allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
     dtype: str = Field("float32", description="model dtype: float32, or float16/bfloat16 on a GPU")
@@ -253,13 +253,6 @@ class AudioEmbeddings(Stage):
                                                               "more frames than this is rejected")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=4))
 
-    @field_validator("model")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        # actors on other nodes run in other working directories: pin relative paths where the config is read
-        if v and not models.is_hub_id(v) and "://" not in v:
-            return str(Path(v).expanduser().absolute())
-        return v
 
     @field_validator("dtype")
     @classmethod

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from . import models
 from .base import Candidate, Resources, Stage
@@ -118,7 +118,7 @@ class ClipCaption(Stage):
         "caption_chars": "int64", "random_weights": "bool",
     }
 
-    model: str = Field(HF_ID, description="Qwen2-VL checkpoint directory (save_pretrained model + processor, "
+    model: models.ModelSpec = Field(HF_ID, description="Qwen2-VL checkpoint directory (save_pretrained model + processor, "
                                           "tokenizer and chat template) or the Hugging Face id")
     allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
     backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: needs vLLM installed")
@@ -141,13 +141,6 @@ class ClipCaption(Stage):
                                       "(e.g. max_model_len, gpu_memory_utilization, tensor_parallel_size)")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=4))
 
-    @field_validator("model")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        # actors on other nodes run in other working directories: pin relative paths where the config is read
-        if v and not models.is_hub_id(v) and "://" not in v:
-            return str(Path(v).expanduser().absolute())
-        return v
 
     @model_validator(mode="after")
     def _pixels(self) -> ClipCaption:

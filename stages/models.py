@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 RANDOM_MARKER = "MTCC_RANDOM_WEIGHTS.json"
 
@@ -27,6 +29,19 @@ def is_hub_id(spec: str) -> bool:
         return False
     repo = spec.split("@", 1)[0]
     return repo.count("/") == 1 and all(repo.split("/"))
+
+
+def pin_local(spec: str | None) -> str | None:
+    """A local model path made absolute where the config is read: actors on other nodes run in other
+    working directories. Hub ids and URLs stay as they are."""
+    if spec and not is_hub_id(spec) and "://" not in spec:
+        return str(Path(spec).expanduser().absolute())
+    return spec
+
+
+# the type of a stage's ``model`` field: a hub id, a URL, or a local path pinned by ``pin_local``
+ModelSpec = Annotated[str, AfterValidator(pin_local)]
+OptionalModelSpec = Annotated[str | None, AfterValidator(pin_local)]
 
 
 def resolve(spec: str | None, *, stage: str, key: str, expected: str, how_to_get: str) -> Path:

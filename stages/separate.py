@@ -34,7 +34,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, ClassVar
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from . import models
 from .audio_io import flac_bytes
@@ -305,7 +305,7 @@ class SpeechSeparation(Stage):
         "residual_ratio": "float64", "n_windows": "int64", "random_weights": "bool",
     }
 
-    model: str = Field(HF_ID, description="clearvoice checkpoint directory (last_best_checkpoint + the .pt it "
+    model: models.ModelSpec = Field(HF_ID, description="clearvoice checkpoint directory (last_best_checkpoint + the .pt it "
                                           "names, {'model': state_dict}) or the Hugging Face id")
     allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
@@ -321,13 +321,6 @@ class SpeechSeparation(Stage):
     reject_silent: bool = Field(False, description="reject clips where a character is silent")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=2))
 
-    @field_validator("model")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        # actors on other nodes run in other working directories: pin relative paths where the config is read
-        if v and not models.is_hub_id(v) and "://" not in v:
-            return str(Path(v).expanduser().absolute())
-        return v
 
     def setup(self) -> None:
         path = models.resolve(self.model, stage=self.name, key="model",

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from . import models
 from .audio_io import flac_bytes, read_track
@@ -143,7 +143,7 @@ class SyncScores(Stage):
         "windows": "int64", "audio_source": "string", "random_weights": "bool",
     }
 
-    model: str | None = Field(None, description=f"SyncNet v2 state-dict file ({MODEL_FILE} from syncnet_python)")
+    model: models.OptionalModelSpec = Field(None, description=f"SyncNet v2 state-dict file ({MODEL_FILE} from syncnet_python)")
     allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
     batch_windows: int = Field(32, ge=1, description="5-frame windows (clips x characters x windows) per forward")
@@ -160,13 +160,6 @@ class SyncScores(Stage):
                                                          "offset (LatentSync aligns audio to offset 0)")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=4))
 
-    @field_validator("model")
-    @classmethod
-    def _absolute(cls, v: str | None) -> str | None:
-        # actors on other nodes run in other working directories: pin relative paths where the config is read
-        if v and not models.is_hub_id(v) and "://" not in v:
-            return str(Path(v).expanduser().absolute())
-        return v
 
     def setup(self) -> None:
         path = models.resolve(self.model, stage=self.name, key="model",
