@@ -363,15 +363,10 @@ class ClipCaption(Stage):
         missing = sorted(set(want) - set(found) - tied)
         unexpected = sorted(set(found) - set(want))
         shapes = [f"{k} {found[k]} != {want[k]}" for k in sorted(set(found) & set(want)) if found[k] != want[k]]
-        if missing or unexpected or shapes:
-            def few(xs: list[str]) -> str:
-                return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
-
-            parts = [f"{len(missing)} missing: {few(missing)}" if missing else "",
-                     f"{len(unexpected)} unexpected: {few(unexpected)}" if unexpected else "",
-                     f"{len(shapes)} of another shape: {few(shapes)}" if shapes else ""]
+        problem = models.key_mismatch(missing, unexpected, shapes)
+        if problem:
             raise models.WeightsError(f"stage 'caption': the weights in {path} do not fit the Qwen2-VL model of its "
-                                      f"config.json ({'; '.join(p for p in parts if p)}). {HOW_TO_GET}")
+                                      f"config.json ({problem}). {HOW_TO_GET}")
         n_params = sum(math.prod(s) for s in found.values())
         return (f"Qwen2-VL {n_params / 1e6:.1f}M params in {len(shards)} safetensors file(s), {len(found)} tensors "
                 f"match config.json; tokenizer ({len(tok)} tokens), processor and chat template load")

@@ -107,6 +107,18 @@ def packaged_file(package: str, *parts: str, install: str) -> Path:
     return path
 
 
+def key_mismatch(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    """How a checkpoint's keys differ from a model's, for a strict-loading error (five names per kind at
+    most); empty when they match."""
+    def few(xs: list[str]) -> str:
+        return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
+
+    parts = [f"{len(missing)} missing: {few(missing)}" if missing else "",
+             f"{len(unexpected)} unexpected: {few(unexpected)}" if unexpected else "",
+             f"{len(shapes)} of another shape: {few(shapes)}" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
 def load_state_dict(path: Path) -> dict[str, Any]:
     """A checkpoint's state dict, loaded without executing pickled code (``weights_only=True``);
     unwraps the usual ``{"model": ...}`` / ``{"state_dict": ...}`` containers."""

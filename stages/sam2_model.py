@@ -184,16 +184,11 @@ def compare_state(own: dict[str, Any], state: dict[str, Any], *, ckpt: Path, con
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
               if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def few(xs: list[str]) -> str:
-            return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
-
-        parts = [f"{len(missing)} missing: {few(missing)}" if missing else "",
-                 f"{len(unexpected)} unexpected: {few(unexpected)}" if unexpected else "",
-                 f"{len(shapes)} of another shape: {few(shapes)}" if shapes else ""]
+    problem = models.key_mismatch(missing, unexpected, shapes)
+    if problem:
         raise models.WeightsError(
             f"stage 'masks': checkpoint {ckpt} does not fit the SAM2 model built from {config} "
-            f"({'; '.join(p for p in parts if p)}). Keys are loaded strictly: use the config that came with "
+            f"({problem}). Keys are loaded strictly: use the config that came with "
             f"the checkpoint. {how_to_get}")
 
 

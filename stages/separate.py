@@ -130,17 +130,12 @@ def _strict_state(net: Any, state: dict[str, Any], ckpt: Path) -> dict[str, Any]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
               if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def few(xs: list[str]) -> str:
-            return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
-
-        parts = [f"{len(missing)} missing: {few(missing)}" if missing else "",
-                 f"{len(unexpected)} unexpected: {few(unexpected)}" if unexpected else "",
-                 f"{len(shapes)} of another shape: {few(shapes)}" if shapes else ""]
+    problem = models.key_mismatch(missing, unexpected, shapes)
+    if problem:
         raise models.WeightsError(
             f"stage 'separate': {ckpt} does not fit the AV_MossFormer2_TSE_16K network built from "
             f"{'its ' + NETWORK_FILE if (ckpt.parent / NETWORK_FILE).is_file() else 'the packaged YAML'} "
-            f"({'; '.join(p for p in parts if p)}). Keys are loaded strictly. {HOW_TO_GET}")
+            f"({problem}). Keys are loaded strictly. {HOW_TO_GET}")
     return {**{k: v for k, v in own.items() if k not in state}, **state}
 
 
