@@ -233,12 +233,7 @@ def _cases_and_jobs(root: Path, base: Path, seed: int) -> tuple[list[Case], list
     case("variable_frame_rate", vid("variable_frame_rate.mkv"), KEPT,
          "variable frame rate in Matroska (which reports 25/1 as the average): 2 of every 7 frames "
          "dropped, the rest keep their timestamps",
-         lambda: _recode(base, v / "variable_frame_rate.mkv", *vfr),
-         known_issue="Matroska has no frame count, so the average rate reads as the nominal 25/1 and frames "
-                     "are placed by index (frame i at i/25 s): the 54 decoded frames become a clip of "
-                     "0.023-2.183 s of a 3 s video, faces.json boxes sit on the wrong times, and write's "
-                     "fps=25 resample of that span holds 55 frames against faces.json's 54. Decoding "
-                     "(stages/video.py, shots, faces) should place frames by their timestamps")
+         lambda: _recode(base, v / "variable_frame_rate.mkv", *vfr))
     case("variable_frame_rate_mp4", vid("variable_frame_rate_mp4.mp4"), KEPT,
          "the same variable frame rate in MP4 (whose average rate, 18 fps, is not the stream's 25/1)",
          lambda: _recode(base, v / "variable_frame_rate_mp4.mp4", *vfr))

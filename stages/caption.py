@@ -88,8 +88,7 @@ def clip_frames(cand: Candidate, times: np.ndarray, *, min_pixels: int, max_pixe
     with open_local(cand.source) as path:
         video = open_frames(path, probe, w if w < src_w else None, threads)
         t0 = float(probe.get("video_start") or 0.0)
-        src = np.array([clip_source_frames(start + float(t), t0, video.fps, 1, 1.0, video.n_frames)[0]
-                        for t in times])
+        src = np.array([clip_source_frames(video.clock, start + float(t), t0, 1, 1.0)[0] for t in times])
         got: dict[int, np.ndarray] = {}
         for idx, frames in video.batches(sorted(set(src.tolist())), 16):
             got.update(zip(idx, frames))

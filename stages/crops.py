@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 
 from .media import open_local
-from .video import open_frames
+from .video import FrameClock, open_frames
 
 
-def clip_source_frames(cand_start: float, t0: float, fps_src: float, n_out: int, out_fps: float,
-                       n_src: int) -> np.ndarray:
-    """Source frame index of every output frame of a clip starting at file time ``cand_start``."""
-    pos = (cand_start - t0 + np.arange(n_out) / out_fps) * fps_src
-    return np.clip(np.round(pos).astype(int), 0, max(0, n_src - 1))
+def clip_source_frames(clock: FrameClock, cand_start: float, t0: float, n_out: int, out_fps: float) -> np.ndarray:
+    """Source frame index of every output frame of a clip starting at file time ``cand_start``: output
+    frame j is shown at ``cand_start + j/out_fps`` (the clip encode is constant-rate), which is
+    ``t0`` (file time of the video start) later than the source clock's time."""
+    return clock.index_at(cand_start - t0 + np.arange(n_out) / out_fps)
 
 
 def square_crop(img: np.ndarray, box: np.ndarray, scale: float, size: int) -> np.ndarray:
@@ -45,8 +45,8 @@ def face_crops(cand: Any, *, size: int, scale: float, batch_frames: int = 32) ->
     boxes = [np.asarray(c["boxes"], np.float64) for c in chars]
     with open_local(cand.source) as path:
         video = open_frames(path, probe, None)
-        src = clip_source_frames(float(cand.start or 0.0), float(probe.get("video_start") or 0.0), video.fps,
-                                 n_out, faces["fps"], video.n_frames)
+        src = clip_source_frames(video.clock, float(cand.start or 0.0), float(probe.get("video_start") or 0.0),
+                                 n_out, faces["fps"])
         unique = sorted(set(src.tolist()))
         where: dict[int, list[int]] = {}
         for j, f in enumerate(src.tolist()):

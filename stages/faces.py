@@ -136,6 +136,8 @@ class FaceTrack(Stage):
                     d = t.to_dict()
                     d["shot"] = [a, b]
                     tracks.append(d)
+        # tracks hold source frame indices; the clock says when each is shown (segment maps them to time)
+        cand.info["frame_clock"] = video.clock.to_info()
         cand.info["faces"] = {"fps": video.fps, "n_frames": video.n_frames, "sample_step": step,
                               "detector": getattr(self._detector, "model_id", self.detector), "tracks": tracks}
         return {

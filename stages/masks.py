@@ -423,8 +423,8 @@ class CharacterMasks(Stage):
             video = open_frames(path, probe, None)
             src_w, src_h = video.width, video.height
             clip_w, clip_h = clip_size(src_w, src_h)
-            src = clip_source_frames(float(cand.start or 0.0), float(probe.get("video_start") or 0.0), video.fps,
-                                     n_out, faces["fps"], video.n_frames)
+            src = clip_source_frames(video.clock, float(cand.start or 0.0), float(probe.get("video_start") or 0.0),
+                                     n_out, faces["fps"])
             where: dict[int, list[int]] = {}
             for j, f in enumerate(src.tolist()):
                 where.setdefault(f, []).append(j)

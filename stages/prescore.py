@@ -92,15 +92,22 @@ def mouth_motion(gray: np.ndarray, regions: np.ndarray, repeated: np.ndarray | N
 
 
 def repeated_frames(cand: Any, n_frames: int, out_fps: float) -> np.ndarray | None:
-    """Output frames that repeat the previous one's source frame (from the probed source rate)."""
+    """Output frames that repeat the previous one's source frame: from the decoded frame times where the
+    source has a variable rate (its gaps repeat frames too), else from the probed source rate."""
     from .crops import clip_source_frames
+    from .video import FrameClock
 
     probe = cand.info.get("probe") or {}
-    fps = float(probe.get("fps") or 0.0)
-    if fps <= 0:
-        return None
-    src = clip_source_frames(float(cand.start or 0.0), float(probe.get("video_start") or 0.0), fps, n_frames,
-                             out_fps, 1 << 40)
+    known = cand.info.get("frame_clock") or {}
+    if known.get("times"):
+        clock = FrameClock.from_info(known)
+    else:
+        fps = float(probe.get("fps") or 0.0)
+        if fps <= 0:
+            return None
+        clock = FrameClock(fps, 1 << 40)  # no frame count needed: nothing is clipped at the end
+    src = clip_source_frames(clock, float(cand.start or 0.0), float(probe.get("video_start") or 0.0), n_frames,
+                             out_fps)
     return np.concatenate([[False], src[1:] == src[:-1]])
 
 

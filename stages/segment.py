@@ -16,6 +16,7 @@ from pydantic import Field
 from .base import Candidate, Resources, Stage
 from .clip import make_clip
 from .tracking import interpolate
+from .video import FrameClock
 
 
 def runs(active: np.ndarray, n: int) -> list[tuple[int, int, tuple[int, ...]]]:
@@ -44,6 +45,21 @@ def windows(a: float, b: float, min_s: float, max_s: float) -> list[tuple[float,
     return [(a + i * step, a + (i + 1) * step) for i in range(k)]
 
 
+def on_frames(wins: list[tuple[float, float]], clock: FrameClock, t0: float,
+              min_s: float) -> list[tuple[float, float]]:
+    """Variable rate: the windows' inner bounds moved onto the start of the frame shown there.
+
+    The clip encode (``-ss``, then ``fps=``) starts its timeline at the first frame at or after the seek
+    point; a start inside a gap of a variable-rate stream would shift every picture of the clip one output
+    frame early against its sound and faces.json. A window the move leaves shorter than ``min_s`` is
+    dropped. Constant rate: unchanged."""
+    if not clock.variable or len(wins) < 2:
+        return wins
+    cuts = [t0 + clock.time_of(clock.index_at(s - t0)) for s, _ in wins[1:]]
+    moved = zip([wins[0][0], *cuts], [*cuts, wins[-1][1]])
+    return [(s, e) for s, e in moved if e - s >= min_s - 1e-6]
+
+
 class TwoFaceSegments(Stage):
     name: ClassVar[str] = "segment"
     stats_schema: ClassVar[dict[str, str]] = {"n_clips": "int64", "segment_seconds": "float64"}
@@ -57,10 +73,10 @@ class TwoFaceSegments(Stage):
     edge_trim_frames: int = Field(0, ge=0, description="source frames dropped at each end of a run")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.25, batch_size=8))
 
-    def _clip_faces(self, tracks: list[dict[str, Any]], fps: float, t0: float, start: float,
+    def _clip_faces(self, tracks: list[dict[str, Any]], clock: FrameClock, t0: float, start: float,
                     end: float) -> dict[str, Any]:
         n_out = int(round((end - start) * self.out_fps))
-        pos = (start - t0 + np.arange(n_out) / self.out_fps) * fps
+        pos = clock.position_at(start - t0 + np.arange(n_out) / self.out_fps)
         chars = [{"track_id": t["id"], **interpolate(t, pos)} for t in tracks]
         chars.sort(key=lambda c: float(c["boxes"][0, 0] + c["boxes"][0, 2]))  # left-most first
         return {
@@ -80,8 +96,10 @@ class TwoFaceSegments(Stage):
         out: list[Candidate] = []
         for video in batch:
             faces = video.info["faces"]
-            fps = float(faces["fps"])
-            t0 = float(video.info["probe"].get("video_start") or 0.0)  # file time of frame 0
+            # when each source frame is shown: a variable-rate stream's frames are not at i/fps
+            clock = FrameClock.from_info(video.info.get("frame_clock")
+                                         or {"fps": float(faces["fps"]), "n_frames": faces["n_frames"]})
+            t0 = float(video.info["probe"].get("video_start") or 0.0)  # file time of the video start
             tracks = faces["tracks"]
             shots = video.info.get("shots") or [[0, faces["n_frames"]]]
             clips: list[tuple[float, float, list[dict[str, Any]]]] = []
@@ -100,9 +118,10 @@ class TwoFaceSegments(Stage):
                     ra, rb = ra + a + self.edge_trim_frames, rb + a - self.edge_trim_frames
                     if rb <= ra:
                         continue
-                    total += (rb - ra) / fps
-                    for s, e in windows(t0 + ra / fps, t0 + rb / fps, self.min_frames / self.out_fps,
-                                        self.max_seconds):
+                    total += clock.time_of(rb) - clock.time_of(ra)
+                    min_s = self.min_frames / self.out_fps
+                    wins = windows(t0 + clock.time_of(ra), t0 + clock.time_of(rb), min_s, self.max_seconds)
+                    for s, e in on_frames(wins, clock, t0, min_s):
                         clips.append((s, e, [in_shot[m] for m in members]))
             self.record(video, {"n_clips": len(clips), "segment_seconds": round(total, 3)})
             if not clips:
@@ -117,6 +136,6 @@ class TwoFaceSegments(Stage):
             for k, (s, e, members) in enumerate(clips):
                 clip = make_clip(video, self.name, k, s, e)
                 clip.info.pop("faces", None)  # the video's tracks stay with the video; a clip keeps its own
-                clip.info["clip_faces"] = self._clip_faces(members, fps, t0, clip.start, clip.end)
+                clip.info["clip_faces"] = self._clip_faces(members, clock, t0, clip.start, clip.end)
                 out.append(clip)
         return out

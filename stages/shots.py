@@ -53,6 +53,7 @@ class ShotSplit(Stage):
         bounds = [0, *sorted({c for c in cuts if 0 < c < video.n_frames}), video.n_frames]
         shots = [[a, b] for a, b in zip(bounds, bounds[1:]) if b > a]
         cand.info["video"] = {"fps": video.fps, "n_frames": video.n_frames}
+        cand.info["frame_clock"] = video.clock.to_info()
         cand.info["shots"] = shots
-        longest = max((b - a for a, b in shots), default=0) / max(video.fps, 1e-6)
+        longest = max((video.time_of(b) - video.time_of(a) for a, b in shots), default=0.0)
         return {"n_shots": len(shots), "frames_decoded": video.n_frames, "longest_shot_s": longest}

@@ -7,13 +7,102 @@ metadata when it resizes; those go through an ffmpeg pipe that streams display-o
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from .media import ff_input, require_tool
+from .media import ff_input, require_tool, run_tool
+
+# Timestamps that stray from i/fps by less than this share of a frame (millisecond-rounded Matroska/WebM
+# times, float32 in decord) still describe a constant rate; such a video keeps frame i at exactly i/fps
+CFR_TOLERANCE = 0.25
+
+
+class FrameClock:
+    """When each frame of a video is shown, in seconds from the video stream's start (the time base of
+    the clip encode's ``-ss`` once the probe's ``video_start`` is added).
+
+    Constant rate (``times`` None): frame i at i/fps, as every stage assumed before variable-rate input.
+    Variable rate: the stream's own presentation times; ``fps`` is then the mean rate, used only where a
+    rough rate will do (detector sampling steps, minimum shot lengths)."""
+
+    def __init__(self, fps: float, n_frames: int, times: np.ndarray | None = None, end: float | None = None):
+        self.fps = float(fps)
+        self.n_frames = int(n_frames)
+        self.times = None if times is None else np.asarray(times, np.float64)
+        if self.times is not None:
+            if len(self.times) != self.n_frames:
+                raise ValueError(f"{len(self.times)} frame times for {self.n_frames} frames")
+            step = self.frame_step()
+            self.end = float(end) if end is not None and end > self.times[-1] else float(self.times[-1] + step)
+            # frame i's edges: its start, and the next frame's start (the last one: the stream's end)
+            self._edges = np.append(self.times, self.end)
+
+    @property
+    def variable(self) -> bool:
+        return self.times is not None
+
+    def frame_step(self) -> float:
+        """The stream's usual frame interval: the median gap between frames (drops do not shorten it)."""
+        if self.times is None or len(self.times) < 2:
+            return 1.0 / self.fps
+        return float(np.median(np.diff(self.times)))
+
+    def time_of(self, index):
+        """Start time of frame ``index`` (int or array); ``n_frames`` gives the end of the last frame."""
+        if self.times is None:
+            return np.asarray(index) / self.fps if np.ndim(index) else index / self.fps
+        at = self._edges[np.clip(np.asarray(index), 0, self.n_frames)]
+        return at if np.ndim(index) else float(at)
+
+    def position_at(self, t):
+        """Fractional frame position of time ``t`` (float or array): where tracks are interpolated."""
+        if self.times is None:
+            return np.asarray(t) * self.fps if np.ndim(t) else t * self.fps
+        pos = np.interp(t, self._edges, np.arange(self.n_frames + 1, dtype=np.float64))
+        return pos if np.ndim(t) else float(pos)
+
+    def index_at(self, t):
+        """The frame shown at time ``t`` (float or array), within half a frame: constant rate rounds
+        t*fps to the nearest frame; variable rate takes the last frame starting by t + half a usual
+        frame interval, so a time inside a dropped frame's gap keeps showing the frame before it, as the
+        clip encode's fps filter does."""
+        last = max(0, self.n_frames - 1)
+        if self.times is None:
+            idx = np.clip(np.round(np.asarray(t) * self.fps).astype(int), 0, last)
+        else:
+            idx = np.searchsorted(self.times, np.asarray(t) + 0.5 * self.frame_step(), side="right") - 1
+            idx = np.clip(idx, 0, last)
+        return idx if np.ndim(t) else int(idx)
+
+    def to_info(self) -> dict[str, Any]:
+        """JSON-able form for ``Candidate.info`` (times only for a variable rate)."""
+        if self.times is None:
+            return {"fps": self.fps, "n_frames": self.n_frames}
+        return {"fps": self.fps, "n_frames": self.n_frames, "times": np.round(self.times, 6).tolist(),
+                "end": round(self.end, 6)}
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> FrameClock:
+        return cls(info["fps"], info["n_frames"], info.get("times"), info.get("end"))
+
+
+def clock_from_timestamps(starts: np.ndarray, end: float | None, fps: float) -> FrameClock:
+    """A clock for frames starting at ``starts`` (seconds from the stream start, presentation order):
+    constant rate when they sit on the i/fps grid of the container's rate ``fps``, else the times."""
+    starts = np.asarray(starts, np.float64)
+    n = len(starts)
+    if n < 2:
+        return FrameClock(fps if fps > 0 else 25.0, n)
+    # measured from the first frame: a constant-rate video keeps frame 0 at the video start, as always
+    if fps > 0 and np.all(np.abs(starts - starts[0] - np.arange(n) / fps) < CFR_TOLERANCE / fps):
+        return FrameClock(fps, n)
+    stop = float(end) if end is not None and end > starts[-1] else float(starts[-1] + np.median(np.diff(starts)))
+    return FrameClock(n / max(stop - starts[0], 1e-6), n, starts, stop)
 
 
 @dataclass
@@ -30,10 +119,23 @@ class VideoFrames:
     reader: object | None = None  # decord.VideoReader; None = ffmpeg pipe
     threads: int = 1
     t0: float = 0.0  # file time of frame 0 (ffmpeg seeks in file time)
+    clock: FrameClock = field(default=None)  # type: ignore[assignment]  # None: constant rate at fps
+
+    def __post_init__(self) -> None:
+        if self.clock is None:
+            self.clock = FrameClock(self.fps, self.n_frames)
 
     @property
     def backend(self) -> str:
         return "decord" if self.reader is not None else "ffmpeg"
+
+    def time_of(self, index):
+        """Start of frame ``index`` in seconds from the video start (add ``t0`` for file time)."""
+        return self.clock.time_of(index)
+
+    def index_at(self, t):
+        """The frame shown at ``t`` seconds from the video start (see :meth:`FrameClock.index_at`)."""
+        return self.clock.index_at(t)
 
     def batches(self, indices: list[int] | None, size: int) -> Iterator[tuple[list[int], np.ndarray]]:
         """(indices, uint8 RGB [B,H,W,3]) in chunks of ``size``; ``None`` = every frame."""
@@ -74,7 +176,10 @@ class VideoFrames:
                 return self.reader[index].asnumpy()
             except decord.DECORDError:
                 self.reader = None  # damaged stream: the pipe from here on (see batches)
-        return next(self._pipe(start=self.t0 + index / self.fps, count=1))
+        # half a frame early: a seek time printed to the microsecond can land just after the frame's own
+        # timestamp, and ffmpeg would then skip to the next frame
+        start = self.t0 + self.time_of(index) - 0.5 * self.clock.frame_step()
+        return next(self._pipe(start=max(0.0, start), count=1))
 
     def _pipe(self, start: float | None = None, count: int | None = None) -> Iterator[np.ndarray]:
         args = [require_tool("ffmpeg"), "-nostdin", "-v", "error"]
@@ -112,12 +217,40 @@ def coded_size(probe: dict) -> tuple[int, int]:
     return (h, w) if int(probe.get("rotation") or 0) in (90, 270) else (w, h)
 
 
-def _count_frames(path: str) -> int:
-    from .media import run_tool
+def _packet_clock(path: str, fps: float) -> FrameClock:
+    """The frame clock from the video packets' timestamps (ffprobe reads packets, decodes nothing)."""
+    out = run_tool([require_tool("ffprobe"), "-v", "error", "-select_streams", "v:0",
+                    "-show_entries", "stream=start_time:packet=pts_time,duration_time,flags", "-of", "json",
+                    ff_input(path)], what=path)
+    doc = json.loads(out.decode("utf-8", "replace") or "{}")
+    # packets an edit list cuts off are flagged D (discard): the decoder drops them, they are no frames
+    packets = [p for p in doc.get("packets") or [] if "D" not in p.get("flags", "")]
+    streams = doc.get("streams") or [{}]
+    try:
+        origin = float(streams[0].get("start_time") or 0.0)
+        pts = np.array([float(p["pts_time"]) for p in packets])
+    except (KeyError, ValueError):
+        # packets without timestamps (some AVI, raw streams): only their count is known
+        return FrameClock(fps, len(packets))
+    if len(pts) == 0:
+        return FrameClock(fps, 0)
+    order = np.argsort(pts, kind="stable")  # packets come in decode order; frames leave in display order
+    last = packets[int(order[-1])]
+    try:
+        end = float(last["duration_time"]) + pts[order[-1]] - origin
+    except (KeyError, ValueError):
+        end = None
+    return clock_from_timestamps(pts[order] - origin, end, fps)
 
-    out = run_tool([require_tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-count_packets",
-                    "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", ff_input(path)], what=path)
-    return int(out.decode().strip().split(",")[0] or 0)
+
+def _decord_clock(reader: Any) -> FrameClock:
+    """The frame clock from decord's index (built when the file was opened: no decoding)."""
+    n = len(reader)
+    fps = float(reader.get_avg_fps())
+    if n == 0:
+        return FrameClock(fps, 0)
+    ts = np.asarray(reader.get_frame_timestamp(list(range(n))), np.float64).reshape(n, 2)
+    return clock_from_timestamps(ts[:, 0], float(ts[-1, 1]), fps)
 
 
 def open_frames(path: str, probe: dict, width: int | None, threads: int = 1) -> VideoFrames:
@@ -135,11 +268,12 @@ def open_frames(path: str, probe: dict, width: int | None, threads: int = 1) -> 
             reader = decord.VideoReader(path, num_threads=threads)
         else:
             reader = decord.VideoReader(path, width=w, height=h, num_threads=threads)
-        return VideoFrames(path, float(reader.get_avg_fps()), len(reader), w, h, src_w / w, src_h / h, reader,
-                           threads, float(probe.get("video_start") or 0.0))
+        clock = _decord_clock(reader)
+        return VideoFrames(path, clock.fps, clock.n_frames, w, h, src_w / w, src_h / h, reader,
+                           threads, float(probe.get("video_start") or 0.0), clock)
     except decord.DECORDError:
         # displayed size for the pipe: ffmpeg applies the rotation itself
         w, h = (w, h) if coded_size(probe) == (int(probe["width"]), int(probe["height"])) else (h, w)
-        fps = float(probe.get("fps") or probe.get("fps_real") or 25.0)
-        return VideoFrames(path, fps, _count_frames(path), w, h, int(probe["width"]) / w, int(probe["height"]) / h,
-                           None, threads, float(probe.get("video_start") or 0.0))
+        clock = _packet_clock(path, float(probe.get("fps") or probe.get("fps_real") or 25.0))
+        return VideoFrames(path, clock.fps, clock.n_frames, w, h, int(probe["width"]) / w, int(probe["height"]) / h,
+                           None, threads, float(probe.get("video_start") or 0.0), clock)

@@ -46,6 +46,9 @@ class ClipWriter(Stage):
                     "-vf", f"fps={self.fps},scale=trunc(iw/2)*2:trunc(ih/2)*2,setsar=1",
                     "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
                     "-threads", str(self.threads),
+                    # exactly the frames faces.json and the sound count: fps= holds the last picture for its
+                    # whole duration, which in a variable-rate source can reach past the clip's end
+                    "-frames:v", str(int(round(dur * self.fps))),
                     "-c:a", "aac", "-b:a", self.audio_bitrate, "-ar", str(self.audio_rate), "-ac", "1",
                     *BITEXACT, "-movflags", "+faststart", "-f", "mp4", str(mp4)]
             if has_audio:
@@ -85,8 +88,7 @@ class ClipWriter(Stage):
             area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             best = int(np.argmax(np.asarray(ch["scores"]) * area))
             t0 = float(cand.info["probe"].get("video_start") or 0.0)
-            t = float(cand.start or 0) - t0 + best / faces["fps"]
-            img = video.frame(min(video.n_frames - 1, max(0, int(round(t * video.fps)))))
+            img = video.frame(video.index_at(float(cand.start or 0) - t0 + best / faces["fps"]))
             x0, y0, x1, y1 = boxes[best]
             cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * self.ref_margin / 2
             h, w = img.shape[:2]

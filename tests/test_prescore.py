@@ -112,6 +112,16 @@ def test_repeated_source_frames_are_found():
     assert not repeated_frames(cand, 50, 25.0).any()
 
 
+def test_repeated_frames_of_a_variable_rate_source_are_its_gaps():
+    """25 fps with frames 2 and 5 of every 7 dropped (Matroska still says 25/1): the clip repeats the
+    frame before each gap, exactly at the dropped frames' slots."""
+    kept = [n for n in range(70) if n % 7 not in (2, 5)]
+    clock = {"fps": 25.0, "n_frames": len(kept), "times": [n / 25 for n in kept], "end": 70 / 25}
+    cand = SimpleNamespace(start=0.4, info={"probe": {"fps": 25.0, "video_start": 0.0}, "frame_clock": clock})
+    rep = repeated_frames(cand, 50, 25.0)
+    assert np.flatnonzero(rep).tolist() == [j for j in range(50) if (10 + j) % 7 in (2, 5)]
+
+
 # -- the stage on the fixtures ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", NAMES)

@@ -59,3 +59,151 @@ def test_face_boxes_on_rotated_footage_are_in_display_coordinates(rotated, sampl
             turned = np.stack([b[:, 1], width - b[:, 2], b[:, 3], width - b[:, 0]], 1)
             best = max(best, float(np.diag(iou_matrix(got, turned)).min()))
         assert best > 0.5
+
+
+# -- variable frame rate: frames are placed by their timestamps ------------------------------------------
+
+RAMP_FPS, RAMP_FRAMES = 25, 56
+GREY0, GREY_STEP = 16, 4  # source frame n is grey 16 + 4n: every decoded picture names its source frame
+# the hostile corpus's recipe: 2 of every 7 frames dropped, the rest keep their timestamps
+DROP = "select='not(eq(mod(n\\,7)\\,2)+eq(mod(n\\,7)\\,5))'"
+
+
+def _dropped(n: int) -> bool:
+    return n % 7 in (2, 5)
+
+
+KEPT = [n for n in range(RAMP_FRAMES) if not _dropped(n)]
+
+
+def _ff(*args) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True)
+
+
+def source_frame(img: np.ndarray) -> int:
+    """The ramp's frame number a decoded picture shows (its time is that number / 25)."""
+    return int(round((float(img.mean()) - GREY0) / GREY_STEP))
+
+
+@pytest.fixture(scope="module")
+def ramp(tmp_path_factory) -> dict[str, str]:
+    """A 25 fps grey ramp as constant-rate MP4, and with frames dropped as variable-rate Matroska (which
+    reports 25/1 as its average) and MP4 (which reports about 18 fps), B-frames in all of them."""
+    d = tmp_path_factory.mktemp("vfr")
+    enc = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "10", "-bf", "2", "-g", "12", "-pix_fmt", "yuv420p"]
+    grey = (f"color=c=black:s=128x96:r={RAMP_FPS}:d={RAMP_FRAMES / RAMP_FPS},format=gray,"
+            f"geq=lum='{GREY0}+{GREY_STEP}*N'")
+    files = {"cfr": d / "ramp_cfr.mp4", "mkv": d / "ramp_vfr.mkv", "mp4": d / "ramp_vfr.mp4"}
+    _ff("-f", "lavfi", "-i", grey, *enc, files["cfr"])
+    for ext in ("mkv", "mp4"):
+        _ff("-i", files["cfr"], "-vf", DROP, "-fps_mode", "vfr", *enc, files[ext])
+    return {k: str(v) for k, v in files.items()}
+
+
+def open_with(path: str, backend: str, monkeypatch) -> object:
+    """``open_frames`` on decord, or on the ffmpeg pipe it falls back to when decord refuses a file."""
+    import decord
+
+    if backend == "ffmpeg":
+        def refuse(*_a, **_k):
+            raise decord.DECORDError("refused by the test")
+        monkeypatch.setattr(decord, "VideoReader", refuse)
+    video = open_frames(path, probe(path), None)
+    assert video.backend == backend
+    return video
+
+
+def shown_frames(video) -> list[int]:
+    return [source_frame(img) for _, imgs in video.batches(None, 16) for img in imgs]
+
+
+@pytest.mark.parametrize("backend", ["decord", "ffmpeg"])
+@pytest.mark.parametrize("container", ["mkv", "mp4"])
+def test_variable_rate_frames_are_placed_at_their_timestamps(ramp, container, backend, monkeypatch):
+    video = open_with(ramp[container], backend, monkeypatch)
+    shown = shown_frames(video)
+    assert shown == KEPT  # every kept frame decoded once, in display order
+    assert video.n_frames == len(KEPT) and video.clock.variable
+    for k, n in enumerate(KEPT):
+        assert video.time_of(k) == pytest.approx(n / RAMP_FPS, abs=1e-4)
+        assert video.index_at(n / RAMP_FPS) == k
+    assert video.time_of(video.n_frames) == pytest.approx(RAMP_FRAMES / RAMP_FPS, abs=1e-4)
+    # inside the gap a dropped frame left, the frame before it is still on screen
+    for n in range(RAMP_FRAMES):
+        assert shown[video.index_at(n / RAMP_FPS)] == max(m for m in KEPT if m <= n), n
+    for n in (0, 9, 23, 40, 55):  # single frames (the pipe seeks to them by time)
+        assert source_frame(video.frame(video.index_at(n / RAMP_FPS))) == max(m for m in KEPT if m <= n), n
+
+
+@pytest.mark.parametrize("backend", ["decord", "ffmpeg"])
+def test_constant_rate_keeps_frame_i_at_i_over_fps(ramp, backend, monkeypatch):
+    video = open_with(ramp["cfr"], backend, monkeypatch)
+    assert shown_frames(video) == list(range(RAMP_FRAMES))
+    assert not video.clock.variable and video.fps == RAMP_FPS and video.n_frames == RAMP_FRAMES
+    t = np.arange(0.0, RAMP_FRAMES / RAMP_FPS + 0.1, 0.013)
+    assert (video.index_at(t) == np.clip(np.round(t * RAMP_FPS), 0, RAMP_FRAMES - 1)).all()
+    assert video.time_of(np.arange(RAMP_FRAMES)).tolist() == (np.arange(RAMP_FRAMES) / RAMP_FPS).tolist()
+    assert source_frame(video.frame(37)) == 37
+
+
+@pytest.mark.parametrize("container", ["cfr", "mkv", "mp4"])
+def test_clip_frames_are_the_source_frames_the_stages_map_them_to(ramp, container, tmp_path):
+    """The clip write encodes shows, frame by frame, the source frames that crops, masks and captions
+    take for it (clip_source_frames): what the clip shows is the fixture's truth, read from its pixels."""
+    from mtcc.stages.crops import clip_source_frames
+    from mtcc.stages.write import ClipWriter
+
+    path = ramp[container]
+    p = probe(path)
+    video = open_frames(path, p, None)
+    shown = shown_frames(video)
+    for first in range(0, 30, 3):  # clips start on a frame (segment puts them there)
+        start = round(float(video.time_of(video.index_at(first / RAMP_FPS))), 6)
+        end = round(start + 1.13, 6)  # inside the 2.24 s video, and not on a frame
+        cand = Candidate(key="r_0000", video_id="r", source=path, shard=0, level="clip", clip_idx=0,
+                         start=start, end=end, info={"probe": p})
+        ClipWriter().compute(cand)
+        clip = tmp_path / f"clip_{first}.mp4"
+        clip.write_bytes(cand.members["mp4"])
+        in_clip = shown_frames(open_frames(str(clip), probe(clip), None))
+        src = clip_source_frames(video.clock, start, float(p.get("video_start") or 0.0), len(in_clip), 25)
+        assert len(in_clip) == round((end - start) * 25)
+        assert [shown[i] for i in src] == in_clip, first
+
+
+@pytest.fixture(scope="module")
+def cross_vfr(sample_dir, tmp_path_factory):
+    """two_cross.mp4 (faces gliding across the frame at ~50 px/s) with 2 of every 7 frames dropped, as
+    variable-rate Matroska: a frame placed at i/25 instead of its timestamp is up to seconds late."""
+    out = tmp_path_factory.mktemp("cross") / "two_cross_vfr.mkv"
+    _ff("-i", sample_dir / "two_cross.mp4", "-vf", DROP, "-fps_mode", "vfr", "-c:v", "libx264", "-preset",
+        "veryfast", "-crf", "18", "-c:a", "copy", out)
+    return out
+
+
+def test_face_boxes_of_variable_rate_footage_sit_at_their_times(cross_vfr, sample_dir):
+    from mtcc.stages.video import FrameClock
+
+    truth = json.loads((sample_dir / "two_cross.truth.json").read_text())
+    clips = clips_through_stages(cross_vfr, max_seconds=3.0)  # several windows: inner bounds are snapped
+    assert len(clips) >= 2
+    clock = FrameClock.from_info(clips[0].info["frame_clock"])
+    assert clock.variable
+    t0 = float(clips[0].info["probe"].get("video_start") or 0.0)  # file time of the scene's time 0
+    covered = 0.0
+    for clip in clips:
+        faces = clip.info["clip_faces"]
+        # a clip starts on a frame: the encode's timeline then begins at the clip start
+        assert np.abs(clock.times - (clip.start - t0)).min() < 1e-5, clip.start
+        times = clip.start - t0 + np.arange(faces["frames"]) / faces["fps"]
+        scene = np.clip(np.round(times * truth["fps"]).astype(int), 0, truth["n_frames"] - 1)
+        for ch in faces["characters"]:
+            got = np.asarray(ch["boxes"])
+            best = 0.0
+            for person in truth["persons"]:
+                table = {f: b for f, *b in person["boxes"]}
+                want = np.array([table[f] for f in scene], np.float64)
+                best = max(best, float(np.diag(iou_matrix(got, want)).min()))
+            assert best > 0.5, (clip.key, best)
+        covered += clip.end - clip.start
+    assert covered > 0.8 * truth["duration"]  # the clips span the video's real length, not 5/7 of it
