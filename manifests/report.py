@@ -16,6 +16,7 @@ last, so a reader never sees a half-written file or a page that links a missing 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import html
@@ -264,14 +265,21 @@ def pick_rejected(table: pa.Table, n: int) -> list[dict[str, Any]]:
     return _rows_of(table, out)
 
 
-def read_some(tar_path: Path, keys: Iterable[str], members: Sequence[str] = GALLERY_MEMBERS
+def read_some(tar_path: Path | str, keys: Iterable[str], members: Sequence[str] = GALLERY_MEMBERS
               ) -> dict[str, dict[str, bytes]]:
     """The named members of the wanted samples of one shard tar. Members of other samples (and big
     ones the report does not need, like audio_emb.npy) are skipped without being read, and the scan
-    stops after the last wanted sample: shards can be gigabytes."""
+    stops after the last wanted sample: shards can be gigabytes. ``tar_path`` may be an fsspec URL (a
+    remote OUT): the tar is then read by ranges, never downloaded whole."""
     wanted = set(keys)
     found: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(tar_path) as tar:
+    with contextlib.ExitStack() as stack:
+        if isinstance(tar_path, Path):
+            tar = stack.enter_context(tarfile.open(tar_path))
+        else:
+            import fsspec
+
+            tar = stack.enter_context(tarfile.open(fileobj=stack.enter_context(fsspec.open(tar_path, "rb"))))
         for info in tar:
             key, _, ext = info.name.partition(".")
             if key not in wanted:
@@ -472,7 +480,7 @@ def rejected_card(row: dict[str, Any], idx: int, stage_dir: Path, warn: Callable
 
 
 def gallery(layout: Layout, table: pa.Table, n: int, stage_dir: Path,
-            warn: Callable[[str], None]) -> tuple[list[Card], list[Card]]:
+            warn: Callable[[str], None], url: str | None = None) -> tuple[list[Card], list[Card]]:
     kept_rows = pick_kept(table, n)
     by_shard: dict[int, list[str]] = {}
     for r in kept_rows:
@@ -480,7 +488,9 @@ def gallery(layout: Layout, table: pa.Table, n: int, stage_dir: Path,
     samples: dict[str, dict[str, bytes]] = {}
     for shard, keys in sorted(by_shard.items()):
         try:
-            samples.update(read_some(layout.tar(shard), keys))
+            # a remote OUT's tars stay remote: ``layout`` is only a local view of its metadata
+            tar = f"{url}/shards/{layout.tar(shard).name}" if url else layout.tar(shard)
+            samples.update(read_some(tar, keys))
         except (OSError, tarfile.TarError, ReportError) as e:
             warn(f"report: cannot read {layout.tar(shard).name}: {e}")
     kept = [kept_card(r, samples.get(r["key"]), i, stage_dir, warn) for i, r in enumerate(kept_rows)]
@@ -775,9 +785,11 @@ def _publish(stage_dir: Path, report_dir: Path) -> None:
 
 
 def write_report(out: str | Path, samples: int = DEFAULT_SAMPLES,
-                 warn: Callable[[str], None] = lambda m: None) -> Path:
+                 warn: Callable[[str], None] = lambda m: None, url: str | None = None) -> Path:
     """Render OUT's report into OUT/report; returns the page's path. Works on an empty, partial or
-    complete OUT (no plan, no commit, some shards missing)."""
+    complete OUT (no plan, no commit, some shards missing). With ``url`` (an fsspec OUT), ``out`` is a local
+    view of that OUT's metadata (pipeline/remote.py): the page names the URL and reads the gallery's tars
+    from it."""
     layout = Layout(Path(out).absolute())
     if not layout.root.is_dir():
         raise ReportError(f"{layout.root} does not exist")
@@ -791,7 +803,7 @@ def write_report(out: str | Path, samples: int = DEFAULT_SAMPLES,
             shutil.rmtree(p, ignore_errors=True)
         stage_dir = Path(tempfile.mkdtemp(prefix=".staging-", dir=report_dir))
         try:
-            page = _render(layout, samples, stage_dir, warn)
+            page = _render(layout, samples, stage_dir, warn, url)
             _write(stage_dir / "index.html", page.encode("utf-8"))
             _publish(stage_dir, report_dir)
         finally:
@@ -799,7 +811,8 @@ def write_report(out: str | Path, samples: int = DEFAULT_SAMPLES,
     return report_dir / "index.html"
 
 
-def _render(layout: Layout, samples: int, stage_dir: Path, warn: Callable[[str], None]) -> str:
+def _render(layout: Layout, samples: int, stage_dir: Path, warn: Callable[[str], None],
+            url: str | None = None) -> str:
     states = shard_states(layout)
     table = committed_manifests(layout, states, warn) if states else None
     cfg = _config(layout)
@@ -809,7 +822,8 @@ def _render(layout: Layout, samples: int, stage_dir: Path, warn: Callable[[str],
         last_run = {}
     order = stage_order(layout, table)
     ctx: dict[str, Any] = {
-        "out": str(layout.root), "title": layout.root.name, "states": states, "table": table,
+        "out": url or str(layout.root), "title": url.rsplit("/", 1)[-1] if url else layout.root.name,
+        "states": states, "table": table,
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "profile": (cfg.get("config") or {}).get("profile"), "config_hash": cfg.get("config_hash"),
         "last_run": last_run, "random": [], "counts": [], "histograms": [], "timing": [], "gallery": ([], []),
@@ -822,5 +836,5 @@ def _render(layout: Layout, samples: int, stage_dir: Path, warn: Callable[[str],
         ctx["timing"] = timing_section(last_run, order, stage_dir)
         ctx["random"] = sorted(c.split(".")[0] for c in table.column_names
                                if c.endswith(".random_weights") and pc.any(table.column(c)).as_py())
-        ctx["gallery"] = gallery(layout, table, samples, stage_dir, warn)
+        ctx["gallery"] = gallery(layout, table, samples, stage_dir, warn, url)
     return render_html(ctx)

@@ -1,5 +1,6 @@
 """A dataset build: lock OUT, freeze or load the plan, skip verified shards, stream the rest through
-the stages, commit each shard as it completes."""
+the stages, commit each shard as it completes. An OUT that is an fsspec URL is built in a local staging
+folder and every shard published to it as it commits (pipeline/remote.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +28,7 @@ from .executor import InProcessExecutor, RayExecutor, init_ray
 from .flow import CapacityLost, Flow
 from .inputs import discover, make_plan
 from .lock import RunLock
+from .remote import RemoteError, RemoteLock, RemoteOut, claim_staging, default_staging, is_remote, local_root
 from .shard import Layout, check_shard, commit_shard, remove_shard, remove_temporaries
 
 PIPELINE_VERSION = "0.1.0"
@@ -38,7 +41,7 @@ class BuildError(RuntimeError):
 
 @dataclass
 class BuildResult:
-    out: Path
+    out: Path | str  # a local folder, or the URL of a remote OUT
     shards_total: int
     shards_skipped: list[int] = field(default_factory=list)
     shards_built: list[int] = field(default_factory=list)
@@ -67,7 +70,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     fsync_dir(path.parent)
 
 
-def _check_config(layout: Layout, cfg: PipelineConfig, force: bool) -> None:
+def _check_config(layout: Layout, cfg: PipelineConfig, force: bool, name: str | None = None) -> None:
     if layout.run_config.exists():
         old = json.loads(layout.run_config.read_text())
         if old.get("config_hash") != cfg.config_hash() and not force:
@@ -76,7 +79,7 @@ def _check_config(layout: Layout, cfg: PipelineConfig, force: bool) -> None:
             diff = [k for k in sorted(set(_flat(old_cfg)) | set(_flat(new_cfg)))
                     if _flat(old_cfg).get(k) != _flat(new_cfg).get(k) and not k.startswith("ray.")]
             raise BuildError(
-                f"{layout.root} was built with another config (hash {old.get('config_hash')}, now {cfg.config_hash()}); "
+                f"{name or layout.root} was built with another config (hash {old.get('config_hash')}, now {cfg.config_hash()}); "
                 f"changed: {', '.join(diff[:8]) or '?'}. Rerun with the same config, use a new --output, or pass "
                 f"--force to rebuild every shard with the new config")
 
@@ -98,8 +101,9 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard: int,
-                      warn: Callable[[str], None]) -> pa.Table:
+                      warn: Callable[[str], None], name: str | None = None) -> pa.Table:
     sources: list[str] | None = None
+    name = name or str(layout.root)
     if layout.plan.exists():
         plan = pq.read_table(layout.plan)
         if inputs:
@@ -108,7 +112,7 @@ def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard
             now = set(disc.sources)
             if planned != now:
                 raise BuildError(
-                    f"{layout.root} has a plan frozen from other inputs ({len(now - planned)} new, "
+                    f"{name} has a plan frozen from other inputs ({len(now - planned)} new, "
                     f"{len(planned - now)} gone); resume with the same --input, or use a new --output")
         grouping = (plan.schema.metadata or {}).get(b"videos_per_shard", b"0")
         if int(grouping) == videos_per_shard:
@@ -121,7 +125,7 @@ def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard
         sources = plan.column("source").to_pylist()
     else:
         if not inputs:
-            raise BuildError(f"{layout.root} has no plan yet: pass --input")
+            raise BuildError(f"{name} has no plan yet: pass --input")
         disc = discover(inputs)
         for w in disc.warnings:
             warn(w)
@@ -181,22 +185,62 @@ def shard_candidates(rows: list[dict[str, Any]], sources: dict[str, str]) -> tup
 
 def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, runner: str = "ray",
           address: str | None = None, force: bool = False, progress: bool = True,
-          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> BuildResult:
+          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+          staging: str | Path | None = None) -> BuildResult:
+    """Build (or resume) OUT: a local folder, or any fsspec URL (then built in ``staging``, by default a
+    cache folder of this URL, and published shard by shard)."""
     t0 = time.monotonic()
-    layout = Layout(Path(out).absolute())
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with RunLock(layout.lock) as lock:
-        if lock.took_over:
-            log(f"taking over a stale lock of pid {lock.took_over.get('pid')} on {lock.took_over.get('host')}")
-        _check_config(layout, cfg, force)
-        plan = load_or_make_plan(layout, inputs, cfg.run.videos_per_shard, log)
-        _save_config(layout, cfg)  # only once the plan is settled: a refused run changes nothing
-        for p in remove_temporaries(layout):
-            log(f"removed leftover {p.relative_to(layout.root)}")
-        for d in layout.dirs():
-            d.mkdir(exist_ok=True)
-        shards = sorted(set(plan.column("shard").to_pylist()))
-        result = BuildResult(layout.root, len(shards))
+    try:
+        remote = RemoteOut(str(out)) if is_remote(out) else None
+    except RemoteError as e:
+        raise BuildError(str(e)) from e
+    if remote is not None:
+        root = Path(staging) if staging is not None else default_staging(remote.url)
+    else:
+        root = local_root(out)
+    layout = Layout(root.absolute())
+    name = remote.url if remote else str(layout.root)
+    try:
+        if remote is not None:
+            claim_staging(layout.root, remote.url)
+        layout.root.mkdir(parents=True, exist_ok=True)
+        with RunLock(layout.lock) as lock, ExitStack() as stack:
+            if lock.took_over:
+                log(f"taking over a stale lock of pid {lock.took_over.get('pid')} on {lock.took_over.get('host')}")
+            remote_lock = None
+            if remote is not None:
+                remote_lock = stack.enter_context(RemoteLock(remote))
+                if remote_lock.took_over:
+                    held = remote_lock.took_over
+                    log(f"taking over the stale lock on {remote.url} of pid {held.get('pid')} on {held.get('host')}")
+                remote.pull_plan(layout, log)
+            result = _build_locked(cfg, inputs, layout, remote, remote_lock, name, runner=runner, address=address,
+                                   force=force, progress=progress, log=log)
+    except RemoteError as e:
+        raise BuildError(str(e)) from e
+    result.wall_s = time.monotonic() - t0
+    return result
+
+
+def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: Layout, remote: RemoteOut | None,
+                  remote_lock: RemoteLock | None, name: str, *, runner: str, address: str | None, force: bool,
+                  progress: bool, log: Callable[[str], None]) -> BuildResult:
+    t0 = time.monotonic()
+    _check_config(layout, cfg, force, name)
+    plan = load_or_make_plan(layout, inputs, cfg.run.videos_per_shard, log, name)
+    _save_config(layout, cfg)  # only once the plan is settled: a refused run changes nothing
+    if remote is not None:
+        remote.publish_plan(layout, log)
+    for p in remove_temporaries(layout):
+        log(f"removed leftover {p.relative_to(layout.root)}")
+    for d in layout.dirs():
+        d.mkdir(exist_ok=True)
+    shards = sorted(set(plan.column("shard").to_pylist()))
+    result = BuildResult(remote.url if remote else layout.root, len(shards))
+    publish = _publisher(layout, remote, remote_lock) if remote is not None and remote_lock is not None else None
+    if remote is not None and publish is not None:
+        todo = _remote_todo(cfg, layout, remote, publish, shards, result, log)
+    else:
         todo = []
         for s in shards:
             problem = check_shard(layout, s, cfg.config_hash())
@@ -207,30 +251,79 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
                 log(f"shard {s:06d}: {problem}; rebuilding it")
             remove_shard(layout, s)
             todo.append(s)
-        if todo:
-            _run_shards(cfg, plan, layout, todo, result, runner=runner, address=address, progress=progress, log=log)
-        result.wall_s = time.monotonic() - t0
-        _write_json_atomic(layout.root / "report" / "last_run.json", {
-            "runner": runner, "wall_s": round(result.wall_s, 3), "startup_s": round(result.startup_s, 3),
-            "built": result.shards_built,
-            "skipped": result.shards_skipped, "failed": result.shards_failed, "stage_timing": result.stage_timing,
-        })
-        # --- report refresh (mtcc.manifests.report): still under the run lock, so it sees this run's
-        # commits; a report is a view, never a reason to fail a build that committed its shards
-        try:
+    if todo:
+        _run_shards(cfg, plan, layout, todo, result, runner=runner, address=address, progress=progress, log=log,
+                    publish=publish)
+    result.wall_s = time.monotonic() - t0
+    last_run = layout.root / "report" / "last_run.json"
+    _write_json_atomic(last_run, {
+        "runner": runner, "wall_s": round(result.wall_s, 3), "startup_s": round(result.startup_s, 3),
+        "built": result.shards_built,
+        "skipped": result.shards_skipped, "failed": result.shards_failed, "stage_timing": result.stage_timing,
+    })
+    # --- report refresh (mtcc.manifests.report): still under the run lock, so it sees this run's
+    # commits; a report is a view, never a reason to fail a build that committed its shards
+    try:
+        if remote is not None and remote_lock is not None:
+            remote_lock.check()  # OUT taken over by another run: its report is not ours to write
+            remote.write("report/last_run.json", last_run.read_bytes())
+            remote.write_report(warn=log)
+        else:
             from mtcc.manifests.report import write_report
 
             write_report(layout.root, warn=log)
-        except Exception as e:  # noqa: BLE001 - any report bug must stay a warning
-            msg = f"report not updated: {type(e).__name__}: {e} (rerun `mtcc report {layout.root}`)"
-            result.warnings.append(msg)
-            log(f"WARNING: {msg}")
-        # --- end report refresh
+    except Exception as e:  # noqa: BLE001 - any report bug must stay a warning
+        msg = f"report not updated: {type(e).__name__}: {e} (rerun `mtcc report {name}`)"
+        result.warnings.append(msg)
+        log(f"WARNING: {msg}")
+    # --- end report refresh
     return result
 
 
+def _publisher(layout: Layout, remote: RemoteOut, lock: RemoteLock) -> Callable[[int], None]:
+    def publish(shard: int) -> None:
+        lock.check()  # a run whose lock was taken over must not overwrite the new owner's shards
+        remote.publish_shard(layout, shard)
+
+    return publish
+
+
+def _remote_todo(cfg: PipelineConfig, layout: Layout, remote: RemoteOut, publish: Callable[[int], None],
+                 shards: list[int], result: BuildResult, log: Callable[[str], None]) -> list[int]:
+    """The shards to build for a remote OUT. Done iff OUT holds its commit and a tar and manifest of the sizes
+    the commit records; a shard committed in staging but never published (the run died in between) is
+    published now instead of rebuilt; the objects of every other shard are removed from OUT first."""
+    sizes = remote.sizes()
+    problems = remote.problems(shards, cfg.config_hash(), sizes)
+    todo = []
+    for s in shards:
+        problem = problems[s]
+        if problem is None:
+            result.shards_skipped.append(s)
+            remove_shard(layout, s)  # a staged copy of a published shard only takes disk
+            continue
+        if problem != "not committed":
+            log(f"shard {s:06d} on {remote.url}: {problem}; redoing it")
+        if remote.has_objects(s, sizes):
+            remote.remove_shard(s)
+        if check_shard(layout, s, cfg.config_hash()) is None:
+            try:
+                publish(s)
+            except RemoteError as e:
+                result.shards_failed[s] = f"publish failed: {e}"
+                log(f"shard {s:06d}: publish to {remote.url} failed ({e}); the next run publishes it")
+                continue
+            log(f"shard {s:06d}: committed in staging by an earlier run, published to {remote.url}")
+            result.shards_built.append(s)
+            continue
+        remove_shard(layout, s)
+        todo.append(s)
+    return todo
+
+
 def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[int], result: BuildResult, *,
-                runner: str, address: str | None, progress: bool, log: Callable[[str], None]) -> None:
+                runner: str, address: str | None, progress: bool, log: Callable[[str], None],
+                publish: Callable[[int], None] | None = None) -> None:
     stages = cfg.active_stages
     run_info = {"config_hash": cfg.config_hash(), "pipeline_version": PIPELINE_VERSION, "versions": versions(),
                 "profile": cfg.profile, "models": model_ids(cfg)}
@@ -268,6 +361,14 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
             remove_shard(layout, shard)
             log(f"shard {shard:06d}: commit failed ({e}); it will be redone by the next run")
             return
+        if publish is not None:
+            try:
+                publish(shard)
+            except RemoteError as e:
+                # committed in staging: the next run publishes it without building it again
+                result.shards_failed[shard] = f"publish failed: {e}"
+                log(f"shard {shard:06d}: {e}; the next run publishes it from staging")
+                return
         result.shards_built.append(shard)
         counts["samples"] += commit["samples"]
         bar.set_postfix(counts, refresh=False)
@@ -304,7 +405,7 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
 
 
 def read_manifests(out: str | Path) -> pa.Table | None:
-    layout = Layout(Path(out))
+    layout = Layout(local_root(out))
     files = sorted((layout.root / "manifests").glob("[0-9]*.parquet"))
     if not files:
         return None
@@ -312,12 +413,15 @@ def read_manifests(out: str | Path) -> pa.Table | None:
 
 
 def stage_names(out: str | Path) -> list[str]:
-    cfg = json.loads(Layout(Path(out)).run_config.read_text())
+    cfg = json.loads(Layout(local_root(out)).run_config.read_text())
     stages = cfg["config"]["stages"]
     return [PLAN_STAGE] + [n for n in cfg["stage_order"] if stages[n].get("enabled", True)]
 
 
 def build_funnel(out: str | Path):
+    if is_remote(out):
+        with RemoteOut(str(out)).view() as view:
+            return build_funnel(view.root)
     table = read_manifests(out)
     if table is None:
         return []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from mtcc.manifests import format_funnel
 from .config import ConfigError, load_config
 from .inputs import InputError
 from .lock import LockBusy
+from .remote import RemoteError, RemoteOut, is_remote, local_root
 from .shard import Layout, check_shard
 
 
@@ -30,6 +32,7 @@ def resolve_config(name: str) -> Path:
 def _shards(out: Path) -> list[int]:
     import pyarrow.parquet as pq
 
+    out = local_root(out)
     layout = Layout(out)
     if not layout.plan.exists():
         raise SystemExit(f"error: {out} has no plan.parquet; is it an MTCC output folder?")
@@ -43,14 +46,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(resolve_config(args.config), args.set)
     try:
         res = build(cfg, args.input, args.output, runner=args.runner, address=args.address, force=args.force,
-                    progress=not args.no_progress)
-    except (BuildError, LockBusy, InputError, StageSetupError) as e:
+                    progress=not args.no_progress, staging=args.staging)
+        funnel = build_funnel(args.output)
+    except (BuildError, LockBusy, InputError, StageSetupError, RemoteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_funnel(build_funnel(args.output)))
+    print(format_funnel(funnel))
     print(f"\n{len(res.shards_built)} shards built, {len(res.shards_skipped)} already committed, "
           f"{len(res.shards_failed)} failed, of {res.shards_total}; {res.wall_s:.1f}s")
-    print(f"shards:    {res.out / 'shards'}\nmanifests: {res.out / 'manifests'}")
+    print(f"shards:    {res.out}/shards\nmanifests: {res.out}/manifests")
     from .build import random_weight_stages
 
     if random_weight_stages(cfg):
@@ -60,39 +64,74 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if res.shards_failed else 0
 
 
+def _local_states(out: Path) -> dict[int, tuple[str, dict | None]]:
+    layout = Layout(out)
+    states: dict[int, tuple[str, dict | None]] = {}
+    for s in _shards(out):
+        if layout.commit(s).exists():
+            states[s] = ("committed", json.loads(layout.commit(s).read_text()))
+        else:
+            partial = layout.tar(s).exists() or layout.temp(layout.tar(s)).exists()
+            states[s] = ("partial" if partial else "pending", None)
+    return states
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .build import build_funnel
 
-    out = Path(args.output)
-    layout = Layout(out)
-    shards = _shards(out)
-    states = {}
-    for s in shards:
-        states[s] = "committed" if layout.commit(s).exists() else (
-            "partial" if layout.tar(s).exists() or layout.temp(layout.tar(s)).exists() else "pending")
-    for s in shards:
-        line = f"shard {s:06d}  {states[s]}"
-        if states[s] == "committed":
-            c = json.loads(layout.commit(s).read_text())
-            line += f"  samples={c['samples']} candidates={c['candidates']}"
-        print(line)
-    done = sum(v == "committed" for v in states.values())
-    print(f"\n{done}/{len(shards)} shards committed\n")
-    print(format_funnel(build_funnel(out)))
+    try:
+        if is_remote(args.output):
+            remote = RemoteOut(args.output)
+            states = remote.states(remote.planned_shards())
+        else:
+            states = _local_states(local_root(args.output))
+        for s, (state, c) in sorted(states.items()):
+            line = f"shard {s:06d}  {state}"
+            if c is not None:
+                line += f"  samples={c['samples']} candidates={c['candidates']}"
+            print(line)
+        done = sum(state == "committed" for state, _ in states.values())
+        print(f"\n{done}/{len(states)} shards committed\n")
+        print(format_funnel(build_funnel(args.output)))
+    except RemoteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    out = Path(args.output)
-    layout = Layout(out)
+    try:
+        if is_remote(args.output):
+            remote = RemoteOut(args.output)
+            shards, check, uncommit = remote.planned_shards(), remote.verify_shard, remote.uncommit
+        else:
+            out = local_root(args.output)
+            layout = Layout(out)
+            shards, check = _shards(out), lambda s: check_shard(layout, s, deep=True)
+            uncommit = layout.uncommit
+        return _verify(shards, check, uncommit if args.uncommit else None)
+    except RemoteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _verify(shards: list[int], check: Callable[[int], str | None],
+            uncommit: Callable[[int], None] | None = None) -> int:
     bad = 0
-    for s in _shards(out):
-        problem = check_shard(layout, s, deep=True)
+    for s in shards:
+        problem = check(s)
         if problem:
             bad += 1
             print(f"shard {s:06d}: {problem}")
+            if uncommit is not None and problem != "not committed":
+                uncommit(s)
+                print(f"shard {s:06d}: commit removed; the next `mtcc run` redoes it")
     print(f"{bad} bad shard(s)" if bad else "all shards verified")
     return 1 if bad else 0
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -102,8 +141,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("error: --samples must be >= 0", file=sys.stderr)
         return 2
     try:
-        page = write_report(args.output, samples=args.samples, warn=lambda m: print(m, file=sys.stderr))
-    except (ReportError, OSError) as e:
+        if is_remote(args.output):
+            page = RemoteOut(args.output).write_report(samples=args.samples, warn=_warn)
+        else:
+            page = write_report(local_root(args.output), samples=args.samples, warn=_warn)
+    except (ReportError, OSError, RemoteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(page)
@@ -176,6 +218,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.gpu:
+        from mtcc.benchmarks.gpu import main as gpu_main
+
+        return gpu_main(args)
+    from mtcc.benchmarks.harness import bench, format_report
+
+    rep = bench(args.config, copies=args.copies, repeats=args.repeats, json_path=args.json,
+                loader_geometry=args.loader_geometry, train_steps=args.train_steps, skip_builds=args.no_builds,
+                log=lambda m: print(m, file=sys.stderr))
+    print(format_report(rep))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtcc", description="Build multi-talking-character video datasets on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -184,7 +240,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="YAML config path or bundled profile name (offline, mtcc)")
     r.add_argument("--input", "-i", action="append", default=[],
                    help="folder, list file (.txt/.csv/.parquet) or fsspec URL; repeatable")
-    r.add_argument("--output", "-o", required=True, help="output folder (OUT)")
+    r.add_argument("--output", "-o", required=True,
+                   help="OUT: an output folder, or any fsspec URL (s3://bucket/prefix, gs://...; built in --staging "
+                        "and published shard by shard)")
+    r.add_argument("--staging", default=None, metavar="DIR",
+                   help="local folder where a URL OUT is built before each shard is published (default: "
+                        "~/.cache/mtcc/staging/<hash of OUT>); ignored for a local OUT")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. stages.probe.min_fps=24")
     r.add_argument("--address", default=None, help="existing Ray cluster: auto or ray://host:port")
@@ -199,7 +260,10 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_status)
 
     v = sub.add_parser("verify", help="check every shard against its commit (checksums, readability)")
-    v.add_argument("output")
+    v.add_argument("output", help="OUT: a folder or an fsspec URL")
+    v.add_argument("--uncommit", action="store_true",
+                   help="remove the commit of every bad shard, so that the next run redoes it (needed for a URL "
+                        "OUT, whose resume compares sizes, not checksums)")
     v.set_defaults(fn=cmd_verify)
 
     rp = sub.add_parser("report", help="write OUT/report/index.html: funnel, histograms, throughput, gallery",
@@ -259,6 +323,21 @@ def parser() -> argparse.ArgumentParser:
                    help="instead: the hostile-input corpus (broken, odd and adversarial files), each with the "
                         "outcome a run must give it in <file>.expect.json")
     d.set_defaults(fn=cmd_sample_data)
+
+    b = sub.add_parser("bench", help="per-stage throughput, decode work and the four performance ratios "
+                                     "(benchmarks/harness.py); --gpu: model stages at full size on the GPU")
+    b.add_argument("--config", default="offline", help="profile name or YAML (default: offline)")
+    b.add_argument("--copies", type=int, default=2, help="seeds of the sample videos to generate as input")
+    b.add_argument("--repeats", type=int, default=1, help="repeats of the Ray and in-process builds (median)")
+    b.add_argument("--loader-geometry", default="9x128x192", help="FxHxW of the training batches")
+    b.add_argument("--train-steps", type=int, default=3)
+    b.add_argument("--no-builds", action="store_true", help="skip the Ray/in-process builds and the loader")
+    b.add_argument("--json", default=None, help="also write the numbers here")
+    b.add_argument("--gpu", action="store_true", help="GPU mode: full-size random-weight models, batch sweeps, "
+                                                     "utilisation, projected hours of video per GPU-hour")
+    b.add_argument("--keep", action="append", default=[], metavar="STAGE=RATE",
+                   help="GPU mode: fraction of clips a stage keeps (for the projection; repeatable)")
+    b.set_defaults(fn=cmd_bench)
     return p
 
 

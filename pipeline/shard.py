@@ -12,10 +12,10 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, BinaryIO
 
 import pyarrow.parquet as pq
 
@@ -32,7 +32,8 @@ COMMIT_VERSION = 1
 
 @dataclass(frozen=True)
 class Layout:
-    root: Path
+    # a local Path, or a PurePosixPath of an fsspec store's path (bucket/prefix) for a remote OUT
+    root: Path | PurePath
 
     @property
     def plan(self) -> Path:
@@ -58,16 +59,23 @@ class Layout:
     def commit(self, shard: int) -> Path:
         return self.root / "commits" / f"{shard:06d}.json"
 
+    def uncommit(self, shard: int) -> None:
+        self.commit(shard).unlink(missing_ok=True)
+
     @staticmethod
     def temp(path: Path) -> Path:
         return path.with_name(f".{path.name}.tmp")
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            h.update(block)
+        return sha256_stream(f)
+
+
+def sha256_stream(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    while block := f.read(8 << 20):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -160,23 +168,34 @@ def commit_shard(layout: Layout, shard: int, cands: list[Candidate], stages: Seq
 
 def check_shard(layout: Layout, shard: int, config_hash: str | None = None, deep: bool = False) -> str | None:
     """None if the shard is committed and intact; otherwise what is wrong with it."""
-    com = layout.commit(shard)
-    if not com.exists():
+    from fsspec.implementations.local import LocalFileSystem
+
+    return check_shard_at(LocalFileSystem(), layout, shard, config_hash, deep, show=str)
+
+
+def check_shard_at(fs: Any, layout: Layout, shard: int, config_hash: str | None = None, deep: bool = False,
+                   show: Callable[[str], str] = str) -> str | None:
+    """check_shard on any fsspec filesystem (``layout.root`` a path of ``fs``); ``show`` turns a path into
+    what a message names (a URL for a remote OUT)."""
+    com = str(layout.commit(shard))
+    if not fs.exists(com):
         return "not committed"
     try:
-        commit = json.loads(com.read_text())
+        commit = json.loads(fs.cat_file(com))
     except (OSError, ValueError) as e:
         return f"commit file unreadable: {e}"
     if config_hash is not None and commit.get("config_hash") != config_hash:
         return f"built with config {commit.get('config_hash')}, current config is {config_hash}"
-    for kind, path in (("tar", layout.tar(shard)), ("manifest", layout.manifest(shard))):
-        if not path.exists():
-            return f"{kind} missing: {path}"
-        if sha256_file(path) != commit[kind]["sha256"]:
-            return f"{kind} checksum mismatch: {path} (truncated or modified after commit)"
+    for kind, path in (("tar", str(layout.tar(shard))), ("manifest", str(layout.manifest(shard)))):
+        if not fs.exists(path):
+            return f"{kind} missing: {show(path)}"
+        with fs.open(path, "rb") as f:
+            digest = sha256_stream(f)
+        if digest != commit[kind]["sha256"]:
+            return f"{kind} checksum mismatch: {show(path)} (truncated or modified after commit)"
     if deep:
         try:
-            with tarfile.open(layout.tar(shard)) as tar:
+            with fs.open(str(layout.tar(shard)), "rb") as f, tarfile.open(fileobj=f) as tar:
                 keys = {m.name.split(".", 1)[0] for m in tar.getmembers()}
         except (tarfile.TarError, OSError) as e:
             return f"tar unreadable: {e}"
