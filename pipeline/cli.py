@@ -328,15 +328,35 @@ def parser() -> argparse.ArgumentParser:
                                      "(benchmarks/harness.py); --gpu: model stages at full size on the GPU")
     b.add_argument("--config", default="offline", help="profile name or YAML (default: offline)")
     b.add_argument("--copies", type=int, default=2, help="seeds of the sample videos to generate as input")
-    b.add_argument("--repeats", type=int, default=1, help="repeats of the Ray and in-process builds (median)")
-    b.add_argument("--loader-geometry", default="9x128x192", help="FxHxW of the training batches")
-    b.add_argument("--train-steps", type=int, default=3)
+    b.add_argument("--repeats", type=int, default=1, help="repeats of the Ray and in-process builds (median); GPU "
+                                                          "mode: timed calls per batch size (median)")
+    b.add_argument("--loader-geometry", default="49x480x720",
+                   help="FxHxW of the training batches (default: the paper's; 9x128x192 is the CPU test geometry)")
+    b.add_argument("--train-steps", type=int, default=2, help="timed router steps (after one warm-up step)")
     b.add_argument("--no-builds", action="store_true", help="skip the Ray/in-process builds and the loader")
     b.add_argument("--json", default=None, help="also write the numbers here")
     b.add_argument("--gpu", action="store_true", help="GPU mode: full-size random-weight models, batch sweeps, "
                                                      "utilisation, projected hours of video per GPU-hour")
     b.add_argument("--keep", action="append", default=[], metavar="STAGE=RATE",
-                   help="GPU mode: fraction of clips a stage keeps (for the projection; repeatable)")
+                   help="GPU mode: fraction of the clip seconds entering STAGE that it passes on (for the "
+                        "projection; repeatable; defaults in benchmarks/gpu.py KEEP)")
+    b.add_argument("--device", default="cuda", help="GPU mode: torch device (default cuda; cpu with --scale tiny "
+                                                    "for a plumbing run)")
+    b.add_argument("--scale", choices=("full", "tiny"), default="full",
+                   help="GPU mode: full-size architectures, or the reduced ones `mtcc models make-tiny` writes")
+    b.add_argument("--batches", action="append", default=[], metavar="[STAGE=]B1,B2,...",
+                   help="GPU mode: batch sizes to sweep, for every stage or one (repeatable)")
+    b.add_argument("--stages", default=None, metavar="S1,S2",
+                   help="GPU mode: only these model stages (separate, sync, masks, audio_emb, caption)")
+    b.add_argument("--clip-seconds", type=float, default=10.0, help="GPU mode: length of the synthetic clips")
+    b.add_argument("--new-tokens", type=int, default=128, help="GPU mode: caption tokens generated per clip")
+    b.add_argument("--masks-reprompts", type=int, default=0,
+                   help="GPU mode: SAM2 re-prompts per clip (each reruns propagation from a drifted frame)")
+    b.add_argument("--min-seconds", type=float, default=None,
+                   help="GPU mode: time each batch size for at least this long (default 1 on a GPU, 0 on a CPU)")
+    b.add_argument("--threads", type=int, default=None, help="GPU mode: torch intra-op threads (default torch's)")
+    b.add_argument("--reproject", default=None, metavar="JSON",
+                   help="GPU mode: no measuring; project a previous --json run again with the --keep rates given")
     b.set_defaults(fn=cmd_bench)
     return p
 

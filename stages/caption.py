@@ -168,6 +168,19 @@ class ClipCaption(Stage):
             return self.dtype
         return "bfloat16" if device.startswith("cuda") else "float32"
 
+    def adopt_processor(self, processor: Any) -> None:
+        """Take the processor's patch geometry and build the prompt (also used by the GPU benchmark, which
+        brings a full-size model of its own)."""
+        # a batch of prompts of different lengths must end where generation starts
+        processor.tokenizer.padding_side = "left"
+        self._processor = processor
+        vp = processor.video_processor
+        self._factor = int(vp.patch_size) * int(vp.merge_size)
+        self._temporal = int(vp.temporal_patch_size)
+        self._merge = int(vp.merge_size)
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": self.prompt}]}]
+        self._prompt_text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
     def setup(self) -> None:
         from transformers import AutoProcessor
 
@@ -181,15 +194,7 @@ class ClipCaption(Stage):
         self._random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
         self._path = path
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        # a batch of prompts of different lengths must end where generation starts
-        processor.tokenizer.padding_side = "left"
-        self._processor = processor
-        vp = processor.video_processor
-        self._factor = int(vp.patch_size) * int(vp.merge_size)
-        self._temporal = int(vp.temporal_patch_size)
-        self._merge = int(vp.merge_size)
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": self.prompt}]}]
-        self._prompt_text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        self.adopt_processor(processor)
         device = self._device()
         self._dev = device
         if self.backend == "vllm":

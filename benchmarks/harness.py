@@ -1,0 +1,298 @@
+"""`mtcc bench`: per-stage throughput and the four ratios of issue 8, measured in one run.
+
+    mtcc bench                         # offline profile, sample videos, CPU
+    mtcc bench --copies 3 --json bench.json
+    mtcc bench --gpu                   # adds the GPU mode (benchmarks/gpu.py) when CUDA is present
+
+What one run does, in this order (inputs are generated: the sample videos with ground truth, ``--copies``
+seeds of them, so nothing is deduplicated):
+
+1. ``ffmpeg -i X -f null -`` on every input: the decode baseline.
+2. Every stage of the profile in-process, stage after stage over all candidates, in the batches the stage
+   declares. Per stage: wall s, candidates in/out, media seconds in per wall second, clips/s, peak RSS
+   (the process's high-water mark, reset before the stage) and the batch sizes it used. The decode audit
+   (``decode_audit.py``) runs alongside.
+3. The same profile as a build on embedded Ray and as a build in-process (``mtcc run --runner ...``).
+4. The training loader over the Ray build's shards, against router training steps on this device.
+
+Ratios (goal in brackets): CPU filter stages ÷ ffmpeg decode (≤ 1.5), Ray ÷ in-process (≤ 1.15), frames
+decoded ÷ frames needed (≤ 1.2), loader samples/s ÷ (steps/s × batch) (≥ 5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .decode_audit import DecodeAudit, audited
+
+FILTER_STAGES = ("probe", "shots", "faces", "segment", "distance")
+GOALS = {"filter_vs_ffmpeg_decode": ("<=", 1.5), "ray_vs_inprocess": ("<=", 1.15),
+         "decoded_vs_needed_frames": ("<=", 1.2), "loader_vs_training": (">=", 5.0)}
+
+
+def _peak_rss_reset() -> None:
+    # "5" resets VmHWM (Linux >= 4.0): each stage's peak is its own, not the run's so far
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def ffmpeg_decode_s(path: str) -> float:
+    from mtcc.stages.media import ff_input, require_tool
+
+    t0 = time.monotonic()
+    subprocess.run([require_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", ff_input(path), "-f", "null", "-"],
+                   capture_output=True, check=False)  # broken inputs are part of the set: their failed read counts
+    return time.monotonic() - t0
+
+
+def _media_s(c: Any) -> float:
+    if c.level == "clip" and c.start is not None and c.end is not None:
+        return float(c.end) - float(c.start)
+    return float((c.info.get("probe") or {}).get("duration") or 0.0)
+
+
+def _batch_fields(stage: Any) -> dict[str, int]:
+    """The model-side batch sizes a stage declares (``batch_size``, ``batch_frames``, ``batch_windows``)."""
+    out = {"candidates_per_call": stage.resources.batch_size}
+    for name in type(stage).model_fields:
+        if name.startswith("batch") and isinstance(getattr(stage, name), int):
+            out[name] = getattr(stage, name)
+    return out
+
+
+@dataclass
+class StageRun:
+    name: str
+    wall_s: float = 0.0
+    setup_s: float = 0.0
+    calls: int = 0
+    cands_in: int = 0
+    cands_out_pending: int = 0
+    clips_in: int = 0
+    media_s_in: float = 0.0
+    peak_rss_mb: float | None = None
+    batch: dict[str, int] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        w = self.wall_s or 1e-9
+        return {"wall_s": round(self.wall_s, 3), "setup_s": round(self.setup_s, 3), "calls": self.calls,
+                "candidates_in": self.cands_in, "passed": self.cands_out_pending,
+                "media_s_in": round(self.media_s_in, 2), "media_s_per_wall_s": round(self.media_s_in / w, 2),
+                "clips_per_s": round(self.clips_in / w, 3) if self.clips_in else None,
+                "peak_rss_mb": self.peak_rss_mb, "batch": self.batch}
+
+
+def run_stages_inprocess(cfg: Any, inputs: list[str], audit: DecodeAudit,
+                         threads_per_stage: bool = True) -> tuple[dict[str, StageRun], dict]:
+    """Every active stage, in order, over all candidates, in the stage's own batch size and, unless
+    ``threads_per_stage`` is off (the "before" of the threads fix), its own torch thread count."""
+    from mtcc.pipeline.executor import stage_threads
+    from mtcc.stages.base import Candidate
+
+    stages = cfg.active_stages
+    runs = {s.name: StageRun(s.name, batch=_batch_fields(s)) for s in stages}
+    for s in stages:
+        t0 = time.monotonic()
+        s.setup()
+        runs[s.name].setup_s = time.monotonic() - t0
+    cands = [Candidate(key=f"bench{i:04d}", video_id=f"bench{i:04d}", source=p, shard=0)
+             for i, p in enumerate(inputs)]
+    with audited(audit):
+        for s in stages:
+            todo = [c for c in cands if c.pending]
+            rest = [c for c in cands if not c.pending]
+            r = runs[s.name]
+            audit.stage = s.name
+            bs = s.resources.batch_size
+            _peak_rss_reset()
+            out: list[Any] = []
+            t0 = time.monotonic()
+            for i in range(0, len(todo), bs):
+                with stage_threads(s) if threads_per_stage else nullcontext():
+                    out += s.run_batch(todo[i:i + bs])
+                r.calls += 1
+            r.wall_s = time.monotonic() - t0
+            r.peak_rss_mb = _peak_rss_mb()
+            r.cands_in = len(todo)
+            r.clips_in = sum(c.level == "clip" for c in todo)
+            # media seconds read: a video's duration is known once probe has run, so count it on the outputs
+            r.media_s_in = sum(_media_s(c) for c in out if c.level == todo[0].level) if todo else 0.0
+            r.cands_out_pending = sum(c.pending for c in out)
+            cands = rest + out
+    kept = [c for c in cands if c.pending]
+    funnel = {"inputs": len(inputs), "kept_clips": len(kept),
+              "videos_rejected": sum(c.level == "video" and c.status == "rejected" for c in cands),
+              "clips_rejected": sum(c.level == "clip" and c.status == "rejected" for c in cands),
+              "reasons": _reasons(cands)}
+    return runs, funnel
+
+
+def _reasons(cands: list[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in cands:
+        if c.status == "rejected":
+            k = f"{c.stage}:{c.reason}"
+            out[k] = out.get(k, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def run_builds(cfg: Any, in_dir: Path, root: Path, repeats: int) -> dict[str, Any]:
+    from mtcc.pipeline.build import build
+
+    walls: dict[str, list[float]] = {"inprocess": [], "ray": []}
+    startup: dict[str, list[float]] = {"inprocess": [], "ray": []}
+    timing: dict[str, Any] = {}
+    for rep in range(repeats):
+        for runner in ("inprocess", "ray"):
+            out = root / f"build-{runner}-{rep}"
+            t0 = time.monotonic()
+            res = build(cfg, [str(in_dir)], out, runner=runner, progress=False, log=lambda m: None)
+            walls[runner].append(time.monotonic() - t0)
+            startup[runner].append(res.startup_s)
+            if runner == "ray":
+                timing = res.stage_timing
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    st = {k: statistics.median(v) for k, v in startup.items()}
+    return {"inprocess_wall_s": round(med["inprocess"], 2), "ray_wall_s": round(med["ray"], 2),
+            "ray_startup_s": round(st["ray"], 2), "inprocess_startup_s": round(st["inprocess"], 2),
+            "ratio": round(med["ray"] / med["inprocess"], 3),
+            "ratio_excluding_startup": round((med["ray"] - st["ray"]) / (med["inprocess"] - st["inprocess"]), 3),
+            "ray_stage_busy_s": {k: round(v["busy_s"], 2) for k, v in timing.items()},
+            "out": str(root / "build-ray-0"), "repeats": repeats}
+
+
+def run_loader(shards: Path, batch: int, steps: int, device: str, geometry: str) -> dict[str, Any]:
+    from .training_loader import bench_loader, bench_steps, parse_geo
+
+    geo = parse_geo(geometry)
+    ld = bench_loader(shards, geo, workers=min(2, os.cpu_count() or 1), batch=batch, epochs=3)
+    st = bench_steps(geo, batch, steps, device)
+    ratio = ld["items_per_s"] / (st["steps_per_s"] * batch) if ld.get("items_per_s") else None
+    return {"geometry": geometry, "loader": ld, "train": st, "ratio": round(ratio, 3) if ratio else None}
+
+
+def _verdict(name: str, value: float | None) -> dict[str, Any]:
+    op, goal = GOALS[name]
+    ok = None if value is None else (value <= goal if op == "<=" else value >= goal)
+    return {"value": value, "goal": f"{op} {goal}", "met": ok}
+
+
+def bench(config: str = "offline", copies: int = 2, repeats: int = 1, json_path: str | None = None,
+          loader_geometry: str = "49x480x720", train_steps: int = 2, device: str | None = None,
+          skip_builds: bool = False, workdir: str | None = None, log=print) -> dict[str, Any]:
+    import torch
+
+    from mtcc.pipeline.cli import resolve_config
+    from mtcc.pipeline.config import load_config
+    from mtcc.sampledata import generate
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory(prefix="mtcc-bench-", dir=workdir) as tmp:
+        root = Path(tmp)
+        in_dir = root / "in"
+        inputs = [str(p) for seed in range(copies) for p in generate(in_dir / f"seed{seed}", seed=seed)]
+        log(f"bench: {len(inputs)} inputs ({copies} seeds of the sample videos), profile {config}")
+        cfg = load_config(resolve_config(config))
+
+        decode = {p: ffmpeg_decode_s(p) for p in inputs}
+        decode_s = sum(decode.values())
+        log(f"bench: ffmpeg -f null decode of all inputs {decode_s:.2f}s")
+
+        audit = DecodeAudit()
+        runs, funnel = run_stages_inprocess(cfg, inputs, audit)
+        stage_rows = {k: v.row() for k, v in runs.items()}
+        filt = sum(runs[s].wall_s for s in FILTER_STAGES if s in runs)
+        log(f"bench: stages in-process {sum(r.wall_s for r in runs.values()):.1f}s, "
+            f"filter stages {filt:.2f}s, kept {funnel['kept_clips']} clips")
+        decode_summary = audit.summary(funnel["kept_clips"])
+        # what the decode work costs: the audit's decoded frames at the rate ffmpeg decoded these inputs
+        frames_in = sum(audit.index(p).n for p in inputs)
+        stage_wall = sum(r.wall_s for r in runs.values())
+        if frames_in and decode_s > 0:
+            est = decode_summary["frames_decoded"] / (frames_in / decode_s)
+            decode_summary["ffmpeg_decode_fps"] = round(frames_in / decode_s, 1)
+            decode_summary["estimated_decode_s"] = round(est, 2)
+            decode_summary["estimated_share_of_stage_wall"] = round(est / stage_wall, 4) if stage_wall else None
+
+        builds = None
+        loader = None
+        if not skip_builds:
+            builds = run_builds(cfg, in_dir, root, repeats)
+            log(f"bench: build on Ray {builds['ray_wall_s']}s, in-process {builds['inprocess_wall_s']}s")
+            loader = run_loader(Path(builds["out"]), batch=1, steps=train_steps, device=device,
+                                geometry=loader_geometry)
+            log(f"bench: loader {loader['loader']['items_per_s']} items/s, train {loader['train']['steps_per_s']} steps/s")
+
+    total_media = sum(r.media_s_in for r in runs.values() if r.name == "probe")
+    e2e_wall = sum(r.wall_s for r in runs.values())
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "device": device,
+                    "torch_threads": torch.get_num_threads()},
+        "config": config, "inputs": len(inputs), "input_media_s": round(total_media, 1),
+        "ratios": {
+            "filter_vs_ffmpeg_decode": _verdict("filter_vs_ffmpeg_decode", round(filt / decode_s, 3)),
+            "ray_vs_inprocess": _verdict("ray_vs_inprocess", builds["ratio"] if builds else None),
+            "decoded_vs_needed_frames": _verdict("decoded_vs_needed_frames",
+                                                 decode_summary["ratio_decoded_per_needed"]),
+            "loader_vs_training": _verdict("loader_vs_training", loader["ratio"] if loader else None),
+        },
+        "stages": stage_rows,
+        "end_to_end_inprocess": {"wall_s": round(e2e_wall, 2),
+                                 "media_s_per_wall_s": round(total_media / e2e_wall, 3) if e2e_wall else None,
+                                 "kept_clips_per_s": round(funnel["kept_clips"] / e2e_wall, 4) if e2e_wall else None,
+                                 "funnel": funnel},
+        "ffmpeg_decode_s": round(decode_s, 3),
+        "filter_stages_s": round(filt, 3),
+        "decode": decode_summary,
+        "builds": builds,
+        "loader": loader,
+    }
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    lines = [f"{'stage':<11}{'wall s':>8}{'in':>5}{'pass':>6}{'media s/s':>11}{'clips/s':>9}{'peak MB':>9}  batch"]
+    for name, r in rep["stages"].items():
+        batch = ",".join(f"{k}={v}" for k, v in r["batch"].items())
+        lines.append(f"{name:<11}{r['wall_s']:>8.2f}{r['candidates_in']:>5}{r['passed']:>6}"
+                     f"{r['media_s_per_wall_s']:>11.2f}{(r['clips_per_s'] or 0):>9.3f}"
+                     f"{(r['peak_rss_mb'] or 0):>9.0f}  {batch}")
+    d = rep["decode"]
+    lines.append("")
+    lines.append(f"{'decode':<11}{'needed':>8}{'decoded':>9}{'ratio':>7}")
+    for name, s in d["stages"].items():
+        lines.append(f"{name:<11}{s['frames_needed']:>8}{s['frames_decoded']:>9}{(s['decoded_per_needed'] or 0):>7.2f}")
+    lines.append(f"distinct frames needed {d['frames_needed_distinct']}, decoded {d['frames_decoded']}"
+                 + (f" (~{d['estimated_decode_s']}s at ffmpeg's {d['ffmpeg_decode_fps']} fps, "
+                    f"{100 * (d['estimated_share_of_stage_wall'] or 0):.1f}% of stage wall)"
+                    if d.get("estimated_decode_s") is not None else ""))
+    lines.append("")
+    for name, v in rep["ratios"].items():
+        met = {True: "met", False: "NOT met", None: "not measured"}[v["met"]]
+        lines.append(f"{name:<26}{v['value'] if v['value'] is not None else '-':>8}  goal {v['goal']:<8} {met}")
+    return "\n".join(lines)
