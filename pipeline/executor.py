@@ -10,6 +10,7 @@ files with uuids and stamps mtimes).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -124,21 +125,28 @@ class _StageActor:
     def __init__(self, stage_name: str, config: dict[str, Any]):
         self.stage = STAGES[stage_name].model_validate(config)
         self.error: str | None = None
-        # explicit rather than left to Ray's OMP_NUM_THREADS, so in-process runs (stage_threads) match
-        threads = stage_thread_count(self.stage)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        import torch
-
-        torch.set_num_threads(threads)
+        # the stage's thread count, as in-process runs use (stage_threads), rather than whatever Ray and the
+        # OpenMP runtime picked; torch is only pinned once something imported it: stages without a model
+        # never pay for importing torch (a dozen actors doing so is a third of a small run's start-up)
+        self.threads = stage_thread_count(self.stage)
+        os.environ["OMP_NUM_THREADS"] = str(self.threads)
         try:
             self.stage.setup()
         except Exception as e:  # noqa: BLE001 - reported to the driver by ready(), which stops the run
             self.error = f"stage '{stage_name}' failed to set up: {type(e).__name__}: {e}"
+        self._pin_threads()
+
+    def _pin_threads(self) -> None:
+        # an OpenMP runtime loaded before the variable was set (scipy's, say) ignores it: set torch's directly
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def ready(self) -> str | None:
         return self.error
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:
+        self._pin_threads()
         return self.stage.run_batch(batch)
 
 

@@ -110,3 +110,37 @@ def test_bench_cli_spine(tmp_path):
     assert rep["ratios"]["ray_vs_inprocess"]["met"] is None  # not measured with --no-builds, and says so
     assert all(r["peak_rss_mb"] and r["peak_rss_mb"] > 0 for r in rep["stages"].values())
     assert "filter_vs_ffmpeg_decode" in res.stdout
+
+
+@pytest.mark.slow
+def test_ray_actor_threads(ray_local):
+    """A stage actor runs torch at the stage's thread count (the same as in-process) even when torch was
+    imported after the actor started; a stage without a model never imports torch."""
+    import ray
+
+    from mtcc.pipeline.executor import _StageActor
+
+    actor_cls = ray.remote(_StageActor)
+    wide = actor_cls.options(num_cpus=0.05).remote("probe", {"resources": {"num_cpus": 0.05, "threads": 3}})
+    plain = actor_cls.options(num_cpus=0.05).remote("probe", {"resources": {"num_cpus": 0.05}})
+
+    def torch_state(self):  # noqa: ANN001 - runs inside the actor
+        import sys
+
+        return "torch" in sys.modules, (sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None)
+
+    def import_torch(self):  # noqa: ANN001 - what a model stage's code does in its actor
+        import torch
+
+        return torch.get_num_threads()
+
+    try:
+        # a stage without a model: its actor never imported torch
+        assert ray.get(plain.__ray_call__.remote(torch_state), timeout=120) == (False, None)
+        for actor, want in ((wide, 3), (plain, 1)):
+            ray.get(actor.__ray_call__.remote(import_torch), timeout=120)
+            ray.get(actor.process.remote([]), timeout=120)  # every batch runs at the stage's count
+            assert ray.get(actor.__ray_call__.remote(torch_state), timeout=120) == (True, want)
+    finally:
+        ray.kill(wide)
+        ray.kill(plain)
