@@ -48,10 +48,16 @@ def insightface_images_dir() -> Path:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise RuntimeError(f"cannot read photo {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    # Pillow, not cv2.imread: once decord is imported before cv2 in a process, cv2's PNG decoder fails
+    # ("libpng error: bad parameters to zlib", decord ships its own zlib), so the photos would be unreadable
+    # in any process that opened a video first
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+        raise RuntimeError(f"cannot read photo {path}: {e}") from e
 
 
 @lru_cache(maxsize=None)
