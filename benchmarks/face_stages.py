@@ -11,23 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from mtcc.benchmarks.harness import FILTER_STAGES, ffmpeg_decode_s
 from mtcc.pipeline.cli import resolve_config
 from mtcc.pipeline.config import load_config
 from mtcc.stages.base import Candidate
-from mtcc.stages.media import ff_input
-
-FILTER_STAGES = ("probe", "shots", "faces", "segment", "distance")
-
-
-def ffmpeg_decode_s(path: str) -> float:
-    t0 = time.monotonic()
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", ff_input(path), "-f", "null", "-"], check=True)
-    return time.monotonic() - t0
 
 
 def run_stages(path: str, config: str, overrides: list[str]) -> dict:

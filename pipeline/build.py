@@ -237,7 +237,7 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: Layout,
         d.mkdir(exist_ok=True)
     shards = sorted(set(plan.column("shard").to_pylist()))
     result = BuildResult(remote.url if remote else layout.root, len(shards))
-    publish = _publisher(layout, remote, remote_lock) if remote is not None and remote_lock is not None else None
+    publish = _publisher(layout, remote, remote_lock, result, log) if remote and remote_lock else None
     if remote is not None and publish is not None:
         todo = _remote_todo(cfg, layout, remote, publish, shards, result, log)
     else:
@@ -280,15 +280,26 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: Layout,
     return result
 
 
-def _publisher(layout: Layout, remote: RemoteOut, lock: RemoteLock) -> Callable[[int], None]:
-    def publish(shard: int) -> None:
-        lock.check()  # a run whose lock was taken over must not overwrite the new owner's shards
-        remote.publish_shard(layout, shard)
+def _publisher(layout: Layout, remote: RemoteOut, lock: RemoteLock, result: BuildResult,
+               log: Callable[[str], None]) -> Callable[[int], bool]:
+    """``publish(shard)``: upload a shard committed in staging; False (the shard recorded as failed) when
+    the upload or the lock check fails. The shard stays committed in staging: the next run publishes it
+    without building it again."""
+
+    def publish(shard: int) -> bool:
+        try:
+            lock.check()  # a run whose lock was taken over must not overwrite the new owner's shards
+            remote.publish_shard(layout, shard)
+        except RemoteError as e:
+            result.shards_failed[shard] = f"publish failed: {e}"
+            log(f"shard {shard:06d}: publish to {remote.url} failed ({e}); the next run publishes it from staging")
+            return False
+        return True
 
     return publish
 
 
-def _remote_todo(cfg: PipelineConfig, layout: Layout, remote: RemoteOut, publish: Callable[[int], None],
+def _remote_todo(cfg: PipelineConfig, layout: Layout, remote: RemoteOut, publish: Callable[[int], bool],
                  shards: list[int], result: BuildResult, log: Callable[[str], None]) -> list[int]:
     """The shards to build for a remote OUT. Done iff OUT holds its commit and a tar and manifest of the sizes
     the commit records; a shard committed in staging but never published (the run died in between) is
@@ -307,14 +318,9 @@ def _remote_todo(cfg: PipelineConfig, layout: Layout, remote: RemoteOut, publish
         if remote.has_objects(s, sizes):
             remote.remove_shard(s)
         if check_shard(layout, s, cfg.config_hash()) is None:
-            try:
-                publish(s)
-            except RemoteError as e:
-                result.shards_failed[s] = f"publish failed: {e}"
-                log(f"shard {s:06d}: publish to {remote.url} failed ({e}); the next run publishes it")
-                continue
-            log(f"shard {s:06d}: committed in staging by an earlier run, published to {remote.url}")
-            result.shards_built.append(s)
+            if publish(s):
+                log(f"shard {s:06d}: committed in staging by an earlier run, published to {remote.url}")
+                result.shards_built.append(s)
             continue
         remove_shard(layout, s)
         todo.append(s)
@@ -323,7 +329,7 @@ def _remote_todo(cfg: PipelineConfig, layout: Layout, remote: RemoteOut, publish
 
 def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[int], result: BuildResult, *,
                 runner: str, address: str | None, progress: bool, log: Callable[[str], None],
-                publish: Callable[[int], None] | None = None) -> None:
+                publish: Callable[[int], bool] | None = None) -> None:
     stages = cfg.active_stages
     run_info = {"config_hash": cfg.config_hash(), "pipeline_version": PIPELINE_VERSION, "versions": versions(),
                 "profile": cfg.profile, "models": model_ids(cfg)}
@@ -361,14 +367,8 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
             remove_shard(layout, shard)
             log(f"shard {shard:06d}: commit failed ({e}); it will be redone by the next run")
             return
-        if publish is not None:
-            try:
-                publish(shard)
-            except RemoteError as e:
-                # committed in staging: the next run publishes it without building it again
-                result.shards_failed[shard] = f"publish failed: {e}"
-                log(f"shard {shard:06d}: {e}; the next run publishes it from staging")
-                return
+        if publish is not None and not publish(shard):
+            return
         result.shards_built.append(shard)
         counts["samples"] += commit["samples"]
         bar.set_postfix(counts, refresh=False)
