@@ -74,6 +74,8 @@ CARD_SCORES = (
     ("Sync-C 0/1", ("sync.sync_c_0", "sync.sync_c_1")), ("Sync-D 0/1", ("sync.sync_d_0", "sync.sync_d_1")),
     ("offset 0/1", ("sync.offset_0", "sync.offset_1")), ("mask area 0/1", ("masks.area_0", "masks.area_1")),
     ("mask overlap", "masks.overlap"), ("speech s 0/1", ("separate.speech_s_0", "separate.speech_s_1")),
+    ("speaking 0/1", ("asd.speaking_0", "asd.speaking_1")), ("both speaking", "asd.both_speaking"),
+    ("turns", "asd.turns"), ("split screen", "layout.split_screen"),
 )
 
 
@@ -417,6 +419,16 @@ def kept_card(row: dict[str, Any], sample: dict[str, bytes] | None, idx: int, st
                 card.images.append((f"gallery/{name}_ref{k}.jpg", f"reference image of character {k}"))
             except (OSError, ValueError) as e:
                 warn(f"report: unreadable ref{k}.jpg in {row['key']}: {e}")
+    asd = meta.get("asd") or {}
+    if asd.get("intervals") is not None:
+        try:
+            duration = float(row["end"] - row["start"]) if row.get("end") is not None else 0.0
+            _write(stage_dir / "gallery" / f"{name}_speaking.png", plots.speaking_png(asd["intervals"], duration))
+            said = "; ".join(f"character {k} speaks on {f:.0%} of frames"
+                             for k, f in enumerate(asd.get("speaking_fraction") or []))
+            card.images.append((f"gallery/{name}_speaking.png", f"speaking timeline: {said}"))
+        except (OSError, ValueError, TypeError) as e:
+            warn(f"report: no speaking timeline for {row['key']}: {e}")
     tracks = [sample[f"spk{k}.flac"] for k in (0, 1) if f"spk{k}.flac" in sample]
     if tracks:
         try:
@@ -614,7 +626,8 @@ def _card_html(c: Card) -> str:
         parts.append(f'<div class="msg">{e(c.message)}</div>')
     for w in c.warnings:
         parts.append(f'<div class="warn">&#9888; {e(w)}</div>')
-    main = [(p, a) for p, a in c.images if "_ref" not in p and not p.endswith("_wave.png")]
+    side = ("_wave.png", "_speaking.png")
+    main = [(p, a) for p, a in c.images if "_ref" not in p and not p.endswith(side)]
     refs = [(p, a) for p, a in c.images if "_ref" in p]
     waves = [(p, a) for p, a in c.images if p.endswith("_wave.png")]
     for p, a in main:
@@ -623,6 +636,9 @@ def _card_html(c: Card) -> str:
         parts.append(f'<div class="placeholder">{e(c.placeholder)}</div>')
     if refs:
         parts.append('<div class="refs">' + "".join(_img(p, a) for p, a in refs) + "</div>")
+    for p, a in c.images:
+        if p.endswith("_speaking.png"):
+            parts.append(_img(p, a, "speaking"))
     for p, a in waves:
         parts.append(_img(p, a))
     if c.caption is not None:

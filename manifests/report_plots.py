@@ -147,6 +147,22 @@ def waveforms_png(tracks: Sequence[np.ndarray], rate: int) -> bytes:
     return _png(fig)
 
 
+def speaking_png(intervals: Sequence[Sequence[Sequence[float]]], duration: float) -> bytes:
+    """Who speaks when: one row per character, a bar in its colour over each speaking interval (s)."""
+    fig = _figure(3.2, 0.3 + 0.28 * max(1, len(intervals)), fit=False)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.32, top=0.97)
+    ax = fig.subplots()
+    for k, spans in enumerate(intervals):
+        y = len(intervals) - 1 - k
+        ax.broken_barh([(a, b - a) for a, b in spans], (y - 0.35, 0.7), color=_hex(CHAR_RGB[k % 2]))
+    ax.set_xlim(0, max(duration, 1e-3))
+    ax.set_ylim(-0.6, len(intervals) - 0.4)
+    ax.set_yticks(range(len(intervals)), [str(len(intervals) - 1 - i) for i in range(len(intervals))], fontsize=6)
+    ax.tick_params(labelsize=6)
+    ax.set_xlabel("s (speaking, per character)", fontsize=6, labelpad=0)
+    return _png(fig)
+
+
 def overlay(frame: np.ndarray, masks: Sequence[np.ndarray | None], boxes: Sequence[Sequence[float] | None],
             alpha: float = 0.45) -> np.ndarray:
     """``frame`` (H, W, 3 uint8) with each character's mask tinted and its face box outlined."""

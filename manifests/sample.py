@@ -107,6 +107,9 @@ def check_sample(members: dict[str, bytes], require: Iterable[str] = ()) -> list
                 if frames is not None and len(c.get(field, [])) != frames:
                     problems.append(f"faces.json: character {c.get('index')} has {len(c.get(field, []))} {field} "
                                     f"for {frames} frames")
+            if "speaking" in c and frames is not None and len(c["speaking"]) != frames:
+                problems.append(f"faces.json: character {c.get('index')} has {len(c['speaking'])} speaking logits for "
+                                f"{frames} frames")
             if c.get("landmarks") and np.asarray(c["landmarks"][0]).shape != (5, 2):
                 problems.append("faces.json: landmarks are not 5 x (x, y)")
     if "masks.rle.json" in members:

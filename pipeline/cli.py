@@ -176,6 +176,12 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
         path = generate_long(Path(args.dir) / f"long_{args.long:g}min.mp4", minutes=args.long, seed=args.seed)
         print(f"long benchmark video with ground truth: {path}")
         return 0
+    if args.panels:
+        from mtcc.sampledata import generate_panels
+
+        paths = generate_panels(args.dir, seed=args.seed)
+        print(f"{len(paths)} split-screen sample videos with ground truth in {args.dir}")
+        return 0
     paths = generate(args.dir, seed=args.seed)
     print(f"{len(paths)} sample videos with ground truth in {args.dir}")
     return 0
@@ -322,6 +328,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--bad", action="store_true",
                    help="instead: the hostile-input corpus (broken, odd and adversarial files), each with the "
                         "outcome a run must give it in <file>.expect.json")
+    d.add_argument("--panels", action="store_true",
+                   help="instead: split-screen composites (side by side, stacked) with planted panel borders")
     d.set_defaults(fn=cmd_sample_data)
 
     b = sub.add_parser("bench", help="per-stage throughput, decode work and the four performance ratios "

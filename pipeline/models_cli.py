@@ -140,6 +140,15 @@ PINNED: tuple[Entry, ...] = (
         note="the URL syncnet_python's download_model.sh uses (plain http: the sha256 recorded at first fetch "
              "is what protects later runs)"),
     Entry(
+        stage="asd", title="Light-ASD active speaker detector, fine-tuned on TalkSet (CVPR 2023, MIT licence)",
+        kind="url", folder="light_asd",
+        url=("https://github.com/Junhua-Liao/Light-ASD/raw/ed38c232de5efe0261dbd68627c0ade7cdfe14eb/weight/"
+             "finetuning_TalkSet.model"),
+        files=(Pin("finetuning_TalkSet.model", bytes=4_175_289,
+                   sha256="efc375833887eefa9d209dc92810e18519b04c3c73ea35a549f2a7f40b7d94d5",
+                   source="the authors' repository Junhua-Liao/Light-ASD at commit ed38c232, weight/"),),
+        settings={"model": "./light_asd/finetuning_TalkSet.model"}),
+    Entry(
         stage="masks", title="SAM 2.1 Hiera-Large (video predictor checkpoint + its config)",
         kind="hf", folder="sam2.1-hiera-large", repo="facebook/sam2.1-hiera-large",
         revision="665f8e2ad61cf5f53d65644ff27c8ee525124610",

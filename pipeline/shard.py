@@ -90,7 +90,7 @@ def _safe_member(name: str) -> None:
 
 # what model stages learned about a sample beyond their scalar stats (cross-sync and audio-character matrices,
 # speech segments, mask windows on the latent grid, model ids): carried into the sample's meta
-META_INFO = ("separate", "sync", "masks", "audio_emb", "caption")
+META_INFO = ("separate", "asd", "sync", "masks", "audio_emb", "caption")
 
 
 def sample_meta(c: Candidate, run_info: dict[str, Any]) -> dict[str, Any]:

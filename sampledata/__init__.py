@@ -20,16 +20,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import broken
-from .fixtures import broken_scenes, good_scenes
+from .fixtures import broken_scenes, good_scenes, panel_scenes
 from .long import generate_long
 from .scene import render
 
-__all__ = ["generate", "generate_long", "load_truth", "truth_path", "FIXTURES"]
+__all__ = ["generate", "generate_long", "generate_panels", "load_truth", "truth_path", "FIXTURES", "PANEL_FIXTURES"]
 
 FIXTURES = (
     "two_talk", "two_talk_30fps", "two_cross", "one_person", "three_people", "two_far", "scene_events",
     "broken_truncated", "broken_empty", "broken_text", "no_audio", "audio_only", "too_short", "tiny_res",
 )
+
+# split-screen composites (``generate_panels``); their truth adds ``layout``: side_by_side | stacked
+PANEL_FIXTURES = ("panels_side_by_side", "panels_stacked")
 
 
 def truth_path(video_path: str | Path) -> Path:
@@ -64,5 +67,19 @@ def generate(out_dir: str | Path, *, seed: int = 0) -> list[Path]:
     truths.append(broken.text(out))
     truths.append(broken.audio_only(out, seed))
     for t in truths:
+        _write_truth(out, t)
+    return sorted(out / t["file"] for t in truths)
+
+
+def generate_panels(out_dir: str | Path, *, seed: int = 0) -> list[Path]:
+    """Write the split-screen fixtures (two camera feeds in one frame, a person per panel, both talking) and
+    their truth JSON into ``out_dir``; return the video paths, sorted. Kept apart from :func:`generate`,
+    whose set the pipeline tests and benchmarks count on."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        truths = list(pool.map(lambda s: render(s, out, seed), panel_scenes()))
+    for t, scene in zip(truths, panel_scenes()):
+        t["layout"] = "side_by_side" if scene.shots[0][1].startswith("panels_lr") else "stacked"
         _write_truth(out, t)
     return sorted(out / t["file"] for t in truths)

@@ -8,6 +8,10 @@ import numpy as np
 from .faces import source_image
 
 BACKGROUNDS = ("coffee", "rocket", "table", "wall", "gradient")
+# two camera feeds in one frame: "panels_lr:A+B" (A left, B right) or "panels_tb:A+B" (A above B), with a
+# light border line between the panels as news channels draw it
+PANEL_KINDS = ("panels_lr", "panels_tb")
+PANEL_BORDER_PX = 4
 
 
 def _photo(name: str) -> np.ndarray:
@@ -23,8 +27,27 @@ def _photo(name: str) -> np.ndarray:
     raise KeyError(name)
 
 
+def panels(name: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A split-screen frame: two backgrounds side by side or stacked, and a border line between them."""
+    kind, _, pair = name.partition(":")
+    first, _, second = pair.partition("+")
+    if kind not in PANEL_KINDS or not first or not second:
+        raise KeyError(f"{name!r}: expected panels_lr:A+B or panels_tb:A+B")
+    if kind == "panels_lr":
+        half = width // 2
+        img = np.concatenate([background(first, half, height, rng), background(second, width - half, height, rng)], 1)
+        img[:, half - PANEL_BORDER_PX // 2: half + PANEL_BORDER_PX // 2] = 225
+    else:
+        half = height // 2
+        img = np.concatenate([background(first, width, half, rng), background(second, width, height - half, rng)], 0)
+        img[half - PANEL_BORDER_PX // 2: half + PANEL_BORDER_PX // 2] = 225
+    return img
+
+
 def background(name: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     """uint8 HxWx3 background of the given size; ``rng`` adds a little fixed grain."""
+    if name.partition(":")[0] in PANEL_KINDS:
+        return panels(name, width, height, rng)
     if name == "gradient":
         c0, c1 = rng.uniform(40, 200, size=3), rng.uniform(40, 200, size=3)
         yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)

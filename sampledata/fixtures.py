@@ -95,3 +95,30 @@ def broken_scenes() -> list[Scene]:
                               says=[(0.5, "Testing, one two three.")])],
               shots=[(0.0, "gradient")], audio_rate=44100, channels=2, kind="broken"),
     ]
+
+
+def panel_scenes() -> list[Scene]:
+    """Split-screen composites with planted panels (``mtcc sample-data --panels``): one person per panel,
+    both talking, turns and one overlap; the truth's ``layout`` names the arrangement."""
+    return [
+        Scene(
+            "panels_side_by_side", 640, 360, 25, 6.0,
+            persons=[
+                Person("chandler", "en-gb+m1", [Place(0.0, 160, 170, 104)],
+                       says=[(0.3, "Our plan lowers taxes for every family."), (3.9, "That is simply not true.")]),
+                Person("astronaut", "en-us+f2", [Place(0.0, 480, 170, 104)],
+                       says=[(2.2, "Your numbers do not add up."), (3.8, "Check the budget office.")]),
+            ],
+            shots=[(0.0, "panels_lr:wall+coffee")], audio_rate=44100, channels=2,
+        ),
+        Scene(
+            "panels_stacked", 480, 720, 25, 6.0,
+            persons=[
+                Person("phoebe", "en-gb+f3", [Place(0.0, 240, 170, 112)],
+                       says=[(0.3, "Did you see the game last night?"), (4.2, "No way, really?")]),
+                Person("ross", "en-us+m3", [Place(0.0, 240, 530, 112)],
+                       says=[(2.3, "Yes, it went to overtime.")]),
+            ],
+            shots=[(0.0, "panels_tb:rocket+table")], audio_rate=44100, channels=2,
+        ),
+    ]

@@ -1,5 +1,10 @@
 """Distance: how close the two characters are, relative to their face size (paper §4.1: exclude pairs
-whose bodies are too distant), and how similar their face sizes are."""
+whose bodies are too distant), and how similar their face sizes are.
+
+The face-size ratio (smaller / larger face area) is recorded, never used to reject: characters at
+different depths of one scene (an old man and a boy on a bench, a host and a guest across a desk) are
+exactly the same-scene pairs the dataset is for, and the paper's filter is face size against the distance
+between the characters only. A user who wants similar sizes filters the manifest on ``distance.size_ratio``."""
 
 from __future__ import annotations
 
@@ -18,8 +23,6 @@ class FaceDistance(Stage):
     size: Literal["width", "sqrt_area"] = Field(
         "width", description="face size: mean of the two box widths, or of sqrt(box area)")
     min_ratio: float = Field(0.15, ge=0, description="face size / distance between face centres, clip mean")
-    min_size_ratio: float = Field(0.5, ge=0, le=1, description="smaller / larger face area, clip mean "
-                                                               "(the MIT multi-human pipeline keeps > 0.5)")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, batch_size=32))
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
@@ -40,7 +43,4 @@ class FaceDistance(Stage):
     def decide(self, stats: dict[str, Any]) -> Rejection | None:
         if stats["ratio"] < self.min_ratio:
             return Rejection("too_distant", f"face size / centre distance {stats['ratio']:.3f} < min_ratio {self.min_ratio}")
-        if stats["size_ratio"] < self.min_size_ratio:
-            return Rejection("size_mismatch",
-                             f"face area ratio {stats['size_ratio']:.3f} < min_size_ratio {self.min_size_ratio}")
         return None

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from . import models
 from .base import Candidate, Resources, Stage
+from .layout import SeamCollector
 from .media import open_local
 from .tracking import Track, associate, fill_and_smooth, iou_matrix
 from .video import VideoFrames, open_frames
@@ -109,7 +110,9 @@ class FaceTrack(Stage):
                 per_shot.append(idx)
             flat = [i for idx in per_shot for i in idx]
             found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+            seams = SeamCollector()  # evidence for the layout stage, from the frames decoded here anyway
             for chunk, frames in video.batches(flat, self.batch_frames):
+                seams.add(chunk, frames)
                 for i, det in zip(chunk, self._detect(video, frames)):
                     found[i] = det
             tracks: list[dict[str, Any]] = []
@@ -138,6 +141,7 @@ class FaceTrack(Stage):
                     tracks.append(d)
         # tracks hold source frame indices; the clock says when each is shown (segment maps them to time)
         cand.info["frame_clock"] = video.clock.to_info()
+        cand.info["seams"] = seams.summary(shots)
         cand.info["faces"] = {"fps": video.fps, "n_frames": video.n_frames, "sample_step": step,
                               "detector": getattr(self._detector, "model_id", self.detector), "tracks": tracks}
         return {

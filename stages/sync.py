@@ -140,7 +140,7 @@ class SyncScores(Stage):
         "cross_offset_01": "int64", "cross_offset_10": "int64",
         "binding_margin": "float64", "swapped": "bool",
         "silent_0": "bool", "silent_1": "bool", "n_speaking": "int64",
-        "windows": "int64", "audio_source": "string", "random_weights": "bool",
+        "windows": "int64", "audio_source": "string", "random_weights": "bool", "silent_source": "string",
     }
 
     model: models.OptionalModelSpec = Field(None, description=f"SyncNet v2 state-dict file ({MODEL_FILE} from syncnet_python)")
@@ -154,7 +154,8 @@ class SyncScores(Stage):
     require_binding: bool = Field(True, description="reject when the crossed pairing (audio i x face 1-i) fits "
                                                     "better than the diagonal")
     single_speaker: Literal["reject", "keep", "ignore"] = Field(
-        "reject", description="when the separate stage found a character silent: reject the clip, keep it if one "
+        "reject", description="when a character is silent (the asd stage's verdict when it ran with real weights, "
+                              "else the separate stage's VAD on the separated tracks): reject the clip, keep it if one "
                               "character speaks, or ignore the silence flags (random-weight separators)")
     shift_audio_to_zero: bool = Field(False, description="shift each separated track of a kept clip by its "
                                                          "offset (LatentSync aligns audio to offset 0)")
@@ -242,8 +243,9 @@ class SyncScores(Stage):
         for cand, (clip, source), v, a in zip(batch, prepared, v_embs, a_embs):
             m = cross_matrix(v, a, VSHIFT)
             b = binding(m)
-            silent = [cand.stats.get(f"separate.silent_{k}") if source == "separated" else None for k in range(2)]
+            silent, silent_source = speaking_flags(cand, source)
             stats = self.stats_from(m, b, silent, windows=clip.windows, source=source)
+            stats["silent_source"] = silent_source
             cand.info["sync"] = {
                 "model": self.model, "random_weights": bool(self._random), "audio_source": source,
                 "vshift": VSHIFT, "windows": clip.windows, "cross": m, "a_ac": b["a_ac"],
@@ -285,7 +287,9 @@ class SyncScores(Stage):
             speaking = [0, 1]
         if len(speaking) < 2 and (self.single_speaker == "reject" or not speaking):
             who = "no character speaks" if not speaking else f"only character {speaking[0]} speaks"
-            return Rejection("single_speaker", f"{who} (separated tracks); single_speaker={self.single_speaker}")
+            by = {"asd": "Light-ASD on the faces and mixture", "separate": "VAD on the separated tracks"}.get(
+                str(stats.get("silent_source")), "separated tracks")
+            return Rejection("single_speaker", f"{who} ({by}); single_speaker={self.single_speaker}")
         if stats["sync_c_mean"] < self.min_sync_c:
             per = ", ".join(f"{stats[f'sync_c_{k}']:.2f}" for k in speaking)
             return Rejection("low_sync", f"mean Sync-C {stats['sync_c_mean']:.2f} (per character: {per}) "
@@ -314,6 +318,16 @@ class SyncScores(Stage):
         torch.save(net.state_dict(), path)
         models.write_marker(d, "syncnet_python SyncNetModel.S (SyncNet v2, 1024-d)", file=path.name)
         return {"model": str(path), "allow_random_weights": True}
+
+
+def speaking_flags(cand: Candidate, audio_source: str) -> tuple[list[bool | None], str]:
+    """Which characters are silent, and who said so: the asd stage (Light-ASD on faces and mixture) when it
+    ran with real weights; else the separate stage's VAD on the separated tracks; else nobody (None flags)."""
+    if all(f"asd.silent_{k}" in cand.stats for k in range(2)) and not cand.stats.get("asd.random_weights"):
+        return [bool(cand.stats[f"asd.silent_{k}"]) for k in range(2)], "asd"
+    if audio_source == "separated":
+        return [cand.stats.get(f"separate.silent_{k}") for k in range(2)], "separate"
+    return [None, None], "none"
 
 
 def _group(jobs: list[tuple[int, int, int]], embs: np.ndarray):

@@ -10,6 +10,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "fixtures" / "real"
+LIGHT_ASD = REPO.parent / "shared" / "models" / "light_asd"
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +73,46 @@ def clips_through_stages(video: Path, max_seconds: float) -> list:
         stage.setup()
         batch = stage.run_batch(batch)
     return [c for c in batch if c.level == "clip"]
+
+
+@pytest.fixture(scope="session")
+def light_asd_weights() -> Path:
+    """The authors' real Light-ASD weights (fine-tuned on TalkSet), shared beside the repo."""
+    path = LIGHT_ASD / "finetuning_TalkSet.model"
+    if not path.is_file():
+        pytest.fail(f"Light-ASD weights missing: {path} (the repo expects ../shared/models/light_asd beside it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def panel_dir(tmp_path_factory) -> Path:
+    """The split-screen sample videos (planted panel borders, with ground truth), made once per session."""
+    from mtcc.sampledata import generate_panels
+
+    d = tmp_path_factory.mktemp("panels")
+    generate_panels(d, seed=0)
+    return d
+
+
+class ClipCache:
+    """Clip candidates of a video by file name, computed on first use (probe -> shots -> faces -> segment)."""
+
+    def __init__(self, dirs: list[Path], max_seconds: float = 10.0):
+        self.dirs, self.max_seconds, self._done = dirs, max_seconds, {}
+
+    def __getitem__(self, name: str) -> list:
+        import copy
+
+        if name not in self._done:
+            path = next((d / name for d in self.dirs if (d / name).is_file()), None)
+            if path is None:
+                raise KeyError(f"{name} in none of {self.dirs}")
+            self._done[name] = clips_through_stages(path, self.max_seconds)
+        return copy.deepcopy(self._done[name])  # stages write into candidates: every test gets its own
+
+
+@pytest.fixture(scope="session")
+def pair_clips(sample_dir, panel_dir, real_dir) -> ClipCache:
+    """Clips of the generated fixtures, the planted panels and the real footage, shared by the tests of the
+    clip stages (each video's face stages run once per session)."""
+    return ClipCache([sample_dir, panel_dir, real_dir])

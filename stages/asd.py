@@ -1,0 +1,436 @@
+"""Active speakers: who speaks when, per character and per clip frame, with Light-ASD (:mod:`.light_asd`).
+
+Inputs, as Light-ASD's authors feed their model (their demo's ``crop_video`` / ``evaluate_network``):
+  * faces: per character, each frame's box centre and half side (the larger of width and height, / 2)
+    median-filtered over ``box_median_frames`` (13); a square of side ``2 (1 + crop_scale)`` x half side,
+    centred ``crop_scale`` x half side below the face centre, resized to 224 and cut to its central
+    112 x 112, grey. The central square is cropped here directly at 112 px (the same region, one resample):
+    the boxes handed to ``crops.face_crops`` are the smoothed squares moved down, with its ``scale``
+    giving half the authors' crop side;
+  * audio: the clip mixture at 16 kHz on the int16 scale -> ``python_speech_features.mfcc`` (13
+    coefficients, 25 ms window, 10 ms step): 4 rows per video frame at 25 fps.
+Faces and audio come only through ``crops.face_crops`` / ``crops.audio_16k`` (:meth:`ActiveSpeakers._inputs`).
+
+One chunking pass: each character's frames are cut into windows of ``window_frames`` (the last one ends at
+the clip's last frame, overlapping its neighbour; overlapping frames average their logits). Every window
+of every character of every clip of a batch goes through the visual encoder once, ``batch_windows`` at a
+time; the audio encoder runs on the mixture (and on each separated track when the ``separate`` stage ran
+before), and the light fusion back-end scores every (audio, face) pair. The authors average 11 chunkings
+(1-6 s) for stability; one pass is ~11x cheaper and agrees with their ensemble on the shared real footage
+(see tests/test_asd.py).
+
+Outputs (the contract the export reads): per character the raw speaking logit of every clip frame (in
+``clip_faces``, hence ``faces.json``: key ``speaking``; > 0 = speaking), and ``info["asd"]``: smoothed
+speaking intervals, fractions, both-speaking fraction, turns, and with separated tracks the 2x2 mean score
+of track i against face j. Smoothing: a centred moving average of ``smooth_frames`` logits (the authors'
+demo uses 5), thresholded at ``threshold``; pauses shorter than ``min_gap_s`` are closed, bursts shorter
+than ``min_speech_s`` dropped.
+
+Decisions: ``no_speaker`` when every character speaks on less than ``min_speaking_fraction`` of the clip's
+frames. A character below that fraction is ``silent`` (stats ``silent_0/1``): the sync stage takes its
+single-speaker decision from these flags. A model made by ``mtcc models make-tiny`` (random weights, only
+with ``allow_random_weights``) decides nothing: its numbers are recorded, flagged ``random_weights``, and no
+clip is rejected on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from . import models
+from .audio_io import read_track
+from .base import Candidate, Rejection, Resources, Stage
+
+RATE = 16000
+FPS = 25
+FACE_SIZE = 112
+MFCC_PER_FRAME = 4
+INT16_SCALE = 32768.0
+EMBED = 128  # Light-ASD's embedding width (stages.light_asd imports torch: loaded only by setup)
+MODEL_FILE = "finetuning_TalkSet.model"
+MODEL_URL = ("https://github.com/Junhua-Liao/Light-ASD/raw/ed38c232de5efe0261dbd68627c0ade7cdfe14eb/weight/"
+             + MODEL_FILE)
+HOW_TO_GET = (f"Light-ASD weights are the authors' public state-dict file {MODEL_FILE} (MIT licence): run "
+              f"`mtcc models fetch DIR --only asd` on a machine with internet, or download {MODEL_URL} and set "
+              f"stages.asd.model to the file; `mtcc models make-tiny DIR` writes a random-weights model for "
+              f"plumbing runs only.")
+
+
+# -- model -----------------------------------------------------------------------------------------------
+
+def load_network(path: Path, device: str = "cpu"):
+    """Light-ASD with the weights in ``path`` (strict keys and shapes), fused for inference on ``device``."""
+    import torch
+
+    from .light_asd import LightASD, checkpoint_to_ours
+
+    net = LightASD()
+    state, _ = checkpoint_to_ours(models.load_state_dict(path))
+    problem = _mismatch(net, state)
+    if problem:
+        raise models.WeightsError(f"stage 'asd': {path} is not a Light-ASD state dict ({problem}). Keys are loaded "
+                                  f"strictly. {HOW_TO_GET}")
+    net.load_state_dict(state, strict=True)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"stage 'asd': device {device!r} requested but CUDA is not available")
+    return net.fuse().to(device)
+
+
+def bf16_supported(device: str) -> bool:
+    """bfloat16 convolutions run natively on ``device`` (oneDNN on the CPU, or the GPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _mismatch(net: Any, state: dict[str, Any]) -> str:
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    return models.key_mismatch(missing, unexpected, shapes)
+
+
+def mfcc_rows(audio: np.ndarray, n_frames: int) -> np.ndarray:
+    """``[4 n_frames, 13]`` float32 MFCC of 16 kHz mono float audio on the int16 scale (the authors read
+    int16 wav files); short audio is padded by repeating its last row."""
+    import python_speech_features
+
+    x = np.asarray(audio, np.float64) * INT16_SCALE
+    m = python_speech_features.mfcc(x, RATE, numcep=13, winlen=0.025, winstep=0.010)
+    want = MFCC_PER_FRAME * n_frames
+    if len(m) < want:
+        m = np.concatenate([m, np.repeat(m[-1:] if len(m) else np.zeros((1, 13)), want - len(m), axis=0)])
+    return np.ascontiguousarray(m[:want], np.float32)
+
+
+def median_filter(x: np.ndarray, k: int) -> np.ndarray:
+    """Centred running median over ``k`` (odd) samples; the edges see the edge value repeated."""
+    k = max(1, int(k) | 1)
+    if k == 1 or len(x) < 2:
+        return np.asarray(x, np.float64)
+    p = np.pad(np.asarray(x, np.float64), k // 2, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(p, k), axis=1)
+
+
+def crop_boxes(boxes: np.ndarray, crop_scale: float, median_frames: int) -> np.ndarray:
+    """Square boxes (side = the box's larger side, centre and side median-filtered over ``median_frames``)
+    moved down by ``crop_scale`` x half that side: the authors' crop is ``(1 + crop_scale)`` x this square."""
+    b = np.asarray(boxes, np.float64)
+    half = median_filter(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 2, median_frames)
+    cx = median_filter((b[:, 0] + b[:, 2]) / 2, median_frames)
+    cy = median_filter((b[:, 1] + b[:, 3]) / 2, median_frames) + crop_scale * half
+    return np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)
+
+
+def plan_windows(n: int, window: int) -> list[int]:
+    """Window starts covering ``n`` frames with windows of ``window`` frames; the last ends at ``n``. One
+    window of the whole track when it is not longer than ``window``."""
+    if n <= window:
+        return [0]
+    return list(range(0, n - window, window)) + [n - window]
+
+
+# -- post-processing ---------------------------------------------------------------------------------------
+
+def smooth(logits: np.ndarray, frames: int) -> np.ndarray:
+    """Centred moving average over ``frames`` (the ends average what exists)."""
+    x = np.asarray(logits, np.float64)
+    k = max(1, int(frames))
+    if k == 1 or len(x) == 0:
+        return x
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    i = np.arange(len(x))
+    lo, hi = np.maximum(0, i - k // 2), np.minimum(len(x), i + (k - 1) // 2 + 1)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs [a, b) of True."""
+    m = np.concatenate([[False], np.asarray(mask, bool), [False]])
+    d = np.flatnonzero(np.diff(m.astype(np.int8)))
+    return list(zip(d[::2].tolist(), d[1::2].tolist()))
+
+
+def speaking_mask(logits: np.ndarray, *, smooth_frames: int, threshold: float, min_gap: int, min_run: int) -> np.ndarray:
+    """Per frame: speaking after smoothing, with pauses shorter than ``min_gap`` frames closed and bursts
+    shorter than ``min_run`` frames dropped."""
+    on = smooth(logits, smooth_frames) > threshold
+    n = len(on)
+    for a, b in runs(~on):
+        if 0 < a and b < n and b - a < min_gap:
+            on[a:b] = True
+    for a, b in runs(on):
+        if b - a < min_run:
+            on[a:b] = False
+    return on
+
+
+def turns(masks: list[np.ndarray]) -> int:
+    """Speaker changes: how often the one character speaking alone differs from the previous one who did
+    (overlaps and silences in between do not count as turns)."""
+    if len(masks) != 2:
+        return 0
+    a, b = masks
+    solo = np.where(a & ~b, 0, np.where(b & ~a, 1, -1))
+    seq = [int(s) for s in solo if s >= 0]
+    return int(sum(1 for x, y in zip(seq, seq[1:]) if x != y))
+
+
+# -- the stage ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Clip:
+    faces: np.ndarray  # uint8 grey [C, T, 112, 112]
+    audio: list[np.ndarray]  # MFCC [4T, 13]: the mixture, then each separated track
+    separated: bool
+    speech: list[tuple[float, float]] | None = None  # voice activity of the mixture (s); None: no gate
+
+
+def frame_gate(speech: list[tuple[float, float]] | None, n_frames: int) -> np.ndarray:
+    """Per 25 fps frame: does its time fall inside a voice-activity segment (all True without segments)."""
+    if speech is None:
+        return np.ones(n_frames, bool)
+    t = np.arange(n_frames) / FPS
+    on = np.zeros(n_frames, bool)
+    for a, b in speech:
+        on |= (t >= a) & (t < b)
+    return on
+
+
+class ActiveSpeakers(Stage):
+    name: ClassVar[str] = "asd"
+    stats_schema: ClassVar[dict[str, str]] = {
+        "speaking_0": "float64", "speaking_1": "float64", "both_speaking": "float64", "turns": "int64",
+        "silent_0": "bool", "silent_1": "bool", "n_speaking": "int64",
+        "logit_mean_0": "float64", "logit_mean_1": "float64",
+        "track_face_margin": "float64", "random_weights": "bool",
+    }
+
+    model: models.OptionalModelSpec = Field(None, description=f"Light-ASD state-dict file ({MODEL_FILE}) or a folder "
+                                                              f"holding it")
+    allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="bfloat16 runs the encoders ~2.5x faster on CPUs with bf16 support (AVX512, AMX) and on "
+                            "GPUs; logits move by up to ~0.1 (decisions on the shared real footage unchanged). auto: "
+                            "bfloat16 where the device supports it, else float32")
+    encode_frames: int = Field(100, ge=8, description="frames per window of the visual encoder's one pass (4 s)")
+    batch_windows: int = Field(1, ge=1, description="windows (clips x characters x windows) per visual forward; on "
+                                                   "CPUs one window keeps the activations in cache (fastest measured)")
+    context_frames: int = Field(25, ge=1, description="frames per chunk of the sequence model (1 s: the authors' "
+                                                      "shortest chunking; longer chunks carry a speaker's state into "
+                                                      "the other's turn)")
+    speech_gate: bool = Field(True, description="frames where the mixture has no voice activity (Silero VAD) count as "
+                                                "nobody speaking")
+    crop_scale: float = Field(0.4, ge=0, description="the authors' cropScale: crop side = 2 (1 + s) x half the box "
+                                                     "side, centred s x half side below the box centre")
+    box_median_frames: int = Field(13, ge=1, description="median filter of box centre and size (the authors': 13)")
+    smooth_frames: int = Field(5, ge=1, description="moving average of the logits before thresholding")
+    threshold: float = Field(0.0, description="smoothed logit above this: speaking")
+    min_gap_s: float = Field(0.2, ge=0, description="pauses shorter than this inside speech are closed")
+    min_speech_s: float = Field(0.2, ge=0, description="speech bursts shorter than this are dropped")
+    min_speaking_fraction: float = Field(0.1, ge=0, le=1, description="a character speaking on fewer of the clip's "
+                                                                      "frames is silent; all silent: no_speaker")
+    no_speaker: Literal["reject", "keep"] = Field("reject", description="what to do with clips where nobody speaks")
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=4))
+
+    def _weights_path(self) -> Path:
+        path = models.resolve(self.model, stage=self.name, key="model",
+                              expected=f"the Light-ASD state-dict file {MODEL_FILE}", how_to_get=HOW_TO_GET)
+        if path.is_dir():
+            found = [path / MODEL_FILE] if (path / MODEL_FILE).is_file() else sorted(path.glob("*.model"))
+            if len(found) != 1:
+                raise models.WeightsError(f"stage 'asd': {path} is a directory without {MODEL_FILE} "
+                                          f"(and not exactly one other *.model). {HOW_TO_GET}")
+            path = found[0]
+        return path
+
+    def setup(self) -> None:
+        path = self._weights_path()
+        self._random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        self._net = load_network(path, self.device)
+        self._bf16 = self.dtype == "bfloat16" or (self.dtype == "auto" and bf16_supported(self.device))
+
+    def check_model(self) -> str:
+        path = self._weights_path()
+        random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        load_network(path, "cpu")
+        return f"Light-ASD state dict {path.name}: keys and shapes match{' (random weights)' if random else ''}"
+
+    # -- inputs ---------------------------------------------------------------------------------------
+    def _inputs(self, cand: Candidate) -> _Clip:
+        """The only place this stage reads media: face crops and the mixture through ``crops``."""
+        import cv2
+
+        from .crops import audio_16k, face_crops
+
+        faces = cand.info["clip_faces"]
+        moved = {**faces, "characters": [
+            {**c, "boxes": crop_boxes(np.asarray(c["boxes"]), self.crop_scale, self.box_median_frames).tolist()}
+            for c in faces["characters"]]}
+        view = dataclasses.replace(cand, info={**cand.info, "clip_faces": moved})
+        rgb = face_crops(view, size=FACE_SIZE, scale=(1.0 + self.crop_scale) / 2)
+        c, t = rgb.shape[:2]
+        grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb.reshape(-1, FACE_SIZE, FACE_SIZE, 3)])
+        mix = audio_16k(cand, RATE)
+        audio = [mfcc_rows(mix, t)]
+        separated = all(f"spk{k}.flac" in cand.members for k in range(2))
+        if separated:
+            audio += [mfcc_rows(read_track(cand.members[f"spk{k}.flac"]), t) for k in range(2)]
+        speech = None
+        if self.speech_gate:
+            from .vad import speech_segments
+
+            speech = speech_segments(mix, RATE).segments
+        return _Clip(grey.reshape(c, t, FACE_SIZE, FACE_SIZE), audio, separated, speech)
+
+    # -- the model, batched across clips and characters -----------------------------------------------
+    def score(self, clips: list[_Clip]) -> list[np.ndarray]:
+        """Per clip ``[A, C, T]`` speaking logits of audio a (0 = mixture, then tracks) against face c."""
+        import torch
+
+        net, dev = self._net, self.device
+        kind = "cuda" if dev.startswith("cuda") else "cpu"
+        with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=self._bf16):
+            faces = self._encode_faces(clips)
+            out = []
+            for clip, v in zip(clips, faces):
+                a = net.encode_audio(torch.from_numpy(np.stack(clip.audio)).to(dev)).float()  # [A, T, 128]
+                out.append(np.stack([self._back_end(v + a[i][None]) for i in range(len(clip.audio))]))
+        return out
+
+    def _encode_faces(self, clips: list[_Clip]):
+        """Per clip ``[C, T, 128]`` face embeddings: every window of every character of every clip through the
+        visual encoder once, ``batch_windows`` windows of the same length per forward."""
+        import torch
+
+        w = self.encode_frames
+        jobs = [(i, k, s, min(w, clip.faces.shape[1])) for i, clip in enumerate(clips)
+                for k in range(clip.faces.shape[0]) for s in plan_windows(clip.faces.shape[1], w)]
+        emb = [torch.zeros((*c.faces.shape[:2], EMBED)) for c in clips]
+        hits = [torch.zeros((*c.faces.shape[:2], 1)) for c in clips]
+        by_length: dict[int, list[tuple[int, int, int, int]]] = {}
+        for job in jobs:
+            by_length.setdefault(job[3], []).append(job)
+        for length in sorted(by_length):
+            todo = by_length[length]
+            for b0 in range(0, len(todo), self.batch_windows):
+                chunk = todo[b0:b0 + self.batch_windows]
+                x = torch.from_numpy(np.stack([clips[i].faces[k, s:s + n] for i, k, s, n in chunk]))
+                v = self._net.encode_faces(x.to(self.device, torch.float32)).float().cpu()
+                for (i, k, s, n), e in zip(chunk, v):
+                    emb[i][k, s:s + n] += e
+                    hits[i][k, s:s + n] += 1
+        return [(e / h.clamp(min=1)).to(self.device) for e, h in zip(emb, hits)]
+
+    def _back_end(self, x):
+        """``[C, T]`` logits of fused embeddings ``x`` ``[C, T, 128]``, the sequence model run on chunks of
+        ``context_frames`` (the last one shorter), as the authors run their shortest chunking."""
+        c, t = x.shape[:2]
+        n = self.context_frames
+        full = t // n * n
+        parts = []
+        if full:
+            y = self._net.speaking_logits_fused(x[:, :full].reshape(c * (full // n), n, EMBED))
+            parts.append(y.reshape(c, full))
+        if full < t:
+            parts.append(self._net.speaking_logits_fused(x[:, full:]))
+        import torch
+
+        return torch.cat(parts, dim=1).float().cpu().numpy().astype(np.float64)
+
+    # -- stage ----------------------------------------------------------------------------------------
+    def process(self, batch: list[Candidate]) -> list[Candidate]:
+        if not hasattr(self, "_net"):
+            self.setup()
+        for cand in batch:
+            if len(cand.info["clip_faces"]["characters"]) != 2:
+                raise ValueError(f"asd needs exactly 2 characters, clip has "
+                                 f"{len(cand.info['clip_faces']['characters'])}")
+        clips = [self._inputs(c) for c in batch]
+        for cand, clip, logits in zip(batch, clips, self.score(clips)):
+            stats = self.summarise(cand, logits, clip)
+            self.record(cand, stats)
+            rejection = self.decide(stats)
+            if rejection is not None:
+                cand.reject(self.name, rejection.reason, rejection.message)
+        return batch
+
+    def masks(self, logits: np.ndarray, speech: list[tuple[float, float]] | None = None) -> list[np.ndarray]:
+        """Per character, speaking per frame: smoothed logits above the threshold, inside the mixture's voice
+        activity (``speech``, when gated), short pauses closed, short bursts dropped."""
+        gap, run = int(round(self.min_gap_s * FPS)), int(round(self.min_speech_s * FPS))
+        gate = frame_gate(speech, np.shape(logits)[-1])
+        out = []
+        for x in logits:
+            out.append(speaking_mask(np.where(gate, x, -10.0), smooth_frames=self.smooth_frames, threshold=self.threshold,
+                                     min_gap=gap, min_run=run))
+        return out
+
+    def summarise(self, cand: Candidate, logits: np.ndarray, clip: _Clip) -> dict[str, Any]:
+        """Fill ``clip_faces`` / ``info['asd']`` and return the stats, from ``[A, C, T]`` logits."""
+        mix = logits[0]
+        separated = clip.separated
+        masks = self.masks(mix, clip.speech)
+        t = mix.shape[1]
+        frac = [float(m.mean()) if t else 0.0 for m in masks]
+        both = float((masks[0] & masks[1]).mean()) if t else 0.0
+        faces = cand.info["clip_faces"]
+        faces["characters"] = [{**c, "speaking": np.round(mix[k], 4).tolist()} for k, c in enumerate(faces["characters"])]
+        track_face = None
+        if separated:
+            track_face = [[round(float(logits[1 + i, j].mean()), 4) for j in range(2)] for i in range(2)]
+        cand.info["asd"] = {
+            "model": self.model, "random_weights": bool(self._random), "fps": FPS,
+            "dtype": "bfloat16" if self._bf16 else "float32",
+            "speaking_fraction": [round(f, 4) for f in frac],
+            "intervals": [[[round(a / FPS, 3), round(b / FPS, 3)] for a, b in runs(m)] for m in masks],
+            "both_speaking": round(both, 4),
+            "turns": turns(masks),
+            "track_face": track_face,
+            "speech": None if clip.speech is None else [[round(a, 3), round(b, 3)] for a, b in clip.speech],
+            "axes": "track_face[i][j]: separated track i x face (character) j, mean speaking logit",
+        }
+        silent = [f < self.min_speaking_fraction for f in frac]
+        return {
+            "speaking_0": round(frac[0], 4), "speaking_1": round(frac[1], 4), "both_speaking": round(both, 4),
+            "turns": turns(masks), "silent_0": silent[0], "silent_1": silent[1], "n_speaking": silent.count(False),
+            "logit_mean_0": round(float(mix[0].mean()), 4), "logit_mean_1": round(float(mix[1].mean()), 4),
+            "track_face_margin": (round(track_face[0][0] + track_face[1][1] - track_face[0][1] - track_face[1][0], 4)
+                                  if track_face else None),
+            "random_weights": bool(self._random),
+        }
+
+    def decide(self, stats: dict[str, Any]) -> Rejection | None:
+        if stats["random_weights"] or self.no_speaker == "keep" or stats["n_speaking"] > 0:
+            return None
+        return Rejection("no_speaker", f"nobody speaks: character 0 on {stats['speaking_0']:.1%} of frames, character 1 "
+                                       f"on {stats['speaking_1']:.1%} < min_speaking_fraction "
+                                       f"{self.min_speaking_fraction:.0%} (Light-ASD, smoothed)")
+
+    @classmethod
+    def make_tiny(cls, root: Path) -> dict[str, Any]:
+        """A random-initialised Light-ASD (the real class at its real size, 1.0 M parameters) in the public
+        checkpoint's layout."""
+        import torch
+
+        from .light_asd import LightASD, ours_to_checkpoint
+
+        d = Path(root) / cls.name
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "light_asd_random.model"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = LightASD()
+        torch.save(ours_to_checkpoint(net.state_dict()), path)
+        models.write_marker(d, "Light-ASD (CVPR 2023), random weights", file=path.name)
+        return {"model": str(path), "allow_random_weights": True}

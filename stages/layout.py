@@ -1,0 +1,161 @@
+"""Layout: split-screen and stacked-panel composites (two camera feeds side by side or one above the
+other, a character per panel) are not one scene; they are rejected as ``split_screen``.
+
+Evidence (computed by the faces stage on the frames it already decodes, see :class:`SeamCollector`): a
+panel border is a straight line across the whole frame where the picture jumps. Per sampled frame, for
+every column, the fraction of rows where the grey level differs across that column (two pixels apart, more
+than ``EDGE_LEVEL``) is its *coverage*; the same for rows. Natural vertical structures (poles, door frames,
+building edges) are interrupted by the people, the ground or the sky; a panel border is not. Per shot the
+mean coverage of every sampled frame is reduced to its peaks (``seams``: axis, position as a fraction of
+the frame, strength = mean coverage), so a video's info stays small.
+
+Decision per clip (this stage): a seam of the clip's shot with strength >= ``min_strength`` that keeps the
+two characters on opposite sides (each face box wholly on its own side, on at least ``min_separated`` of the
+clip's frames) makes the clip ``split_screen``. A pillarbox or letterbox edge is a seam too, but both faces
+sit on the same side of it, so it never counts.
+
+Measured (2026-12): the shared TV debate's border, strength 1.0; the planted panels of
+``mtcc sample-data --panels``, 1.0; the strongest seam between the two characters of a one-scene clip: 0.73
+(``two_far``: a launch tower behind them, blurred), 0 for the other generated fixtures and the shared
+same-scene pair. Hence ``min_strength`` 0.85.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from .base import Candidate, Rejection, Resources, Stage
+
+EDGE_LEVEL = 16.0  # grey levels (0..255) across a column/row that count as an edge
+PEAK_FLOOR = 0.3  # mean coverage below this is not kept as a seam candidate
+BORDER = 0.02  # seams this close to the frame's edge (fraction) are ignored: nothing can sit beyond them
+
+
+def seam_evidence(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, the edge coverage of every column and every row.
+
+    ``frames``: uint8 RGB ``[B, H, W, 3]`` (the faces stage's decode size). Returns float32
+    ``[B, W]`` (column x: fraction of rows where |grey(x+1) - grey(x-1)| > EDGE_LEVEL; 0 at the two outer
+    columns) and ``[B, H]`` (the same across rows)."""
+    f = np.asarray(frames)
+    grey = f[..., 0].astype(np.float32) * 0.299 + f[..., 1] * 0.587 + f[..., 2] * 0.114
+    cols = np.zeros(grey.shape[:1] + grey.shape[2:], np.float32)
+    rows = np.zeros(grey.shape[:2], np.float32)
+    cols[:, 1:-1] = (np.abs(grey[:, :, 2:] - grey[:, :, :-2]) > EDGE_LEVEL).mean(axis=1)
+    rows[:, 1:-1] = (np.abs(grey[:, 2:, :] - grey[:, :-2, :]) > EDGE_LEVEL).mean(axis=2)
+    return cols, rows
+
+
+def peaks(profile: np.ndarray, floor: float = PEAK_FLOOR) -> list[tuple[float, float]]:
+    """(position as a fraction of the profile's length, value) of the local maxima >= ``floor``, one per
+    run of neighbouring values above the floor (a border line's two edges are one seam)."""
+    p = np.asarray(profile, np.float64)
+    n = len(p)
+    out = []
+    above = np.concatenate([[False], p >= floor, [False]])
+    d = np.flatnonzero(np.diff(above.astype(np.int8)))
+    for a, b in zip(d[::2], d[1::2]):
+        i = a + int(np.argmax(p[a:b]))
+        pos = (i + 0.5) / n
+        if BORDER <= pos <= 1 - BORDER:
+            out.append((round(pos, 4), round(float(p[i]), 3)))
+    return out
+
+
+class SeamCollector:
+    """Seam evidence of one video, gathered frame by frame as the faces stage decodes, summarised per shot.
+
+    ``add(indices, frames)`` with source frame indices and their decoded RGB frames; ``summary(shots)``
+    -> ``{"size": [w, h], "shots": [[a, b, [[axis, position, strength], ...]], ...]}`` (axis ``v``: a
+    vertical border at x = position * width; ``h``: horizontal at y = position * height)."""
+
+    def __init__(self) -> None:
+        self._frames: list[int] = []
+        self._cols: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+        self._size: tuple[int, int] | None = None
+
+    def add(self, indices: list[int], frames: np.ndarray) -> None:
+        if len(indices) == 0:
+            return
+        cols, rows = seam_evidence(frames)
+        self._size = (int(frames.shape[2]), int(frames.shape[1]))
+        self._frames += [int(i) for i in indices]
+        # coverage to 1/255 steps: an hour at 5 fps and 640x360 keeps ~18 MB until the summary
+        self._cols += list(np.round(cols * 255).astype(np.uint8))
+        self._rows += list(np.round(rows * 255).astype(np.uint8))
+
+    def summary(self, shots: list[list[int]]) -> dict[str, Any]:
+        frames = np.asarray(self._frames)
+        out = []
+        for a, b in shots:
+            sel = np.flatnonzero((frames >= a) & (frames < b))
+            seams: list[list[Any]] = []
+            if len(sel):
+                cols = np.mean([self._cols[i] for i in sel], axis=0) / 255
+                rows = np.mean([self._rows[i] for i in sel], axis=0) / 255
+                seams = [["v", p, s] for p, s in peaks(cols)] + [["h", p, s] for p, s in peaks(rows)]
+            out.append([int(a), int(b), seams])
+        return {"size": list(self._size) if self._size else None, "shots": out}
+
+
+def separating_fraction(axis: str, at: float, boxes0: np.ndarray, boxes1: np.ndarray, tol: float) -> float:
+    """Fraction of frames on which a border at pixel ``at`` (x for ``v``, y for ``h``) has one character's
+    box wholly on each side (``tol`` pixels of overlap allowed)."""
+    lo, hi = (0, 2) if axis == "v" else (1, 3)
+    a_first = (boxes0[:, hi] <= at + tol) & (boxes1[:, lo] >= at - tol)
+    b_first = (boxes1[:, hi] <= at + tol) & (boxes0[:, lo] >= at - tol)
+    return float(np.mean(a_first | b_first)) if len(boxes0) else 0.0
+
+
+class PanelLayout(Stage):
+    name: ClassVar[str] = "layout"
+    stats_schema: ClassVar[dict[str, str]] = {
+        "seam_strength": "float64", "seam_axis": "string", "seam_position": "float64", "separated": "float64",
+        "split_screen": "bool",
+    }
+
+    split_screen: Literal["reject", "keep"] = Field("reject", description="what to do with panel composites")
+    min_strength: float = Field(0.85, gt=0, le=1, description="mean edge coverage of a border across the frame")
+    min_separated: float = Field(0.9, gt=0, le=1, description="share of clip frames on which the border keeps the two "
+                                                              "characters on opposite sides")
+    tolerance: float = Field(0.02, ge=0, description="box overlap across the border allowed, fraction of the frame")
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.05, batch_size=32))
+
+    def compute(self, cand: Candidate) -> dict[str, Any]:
+        from .video import FrameClock
+
+        seams = cand.info.get("seams")
+        if not seams or not seams.get("size"):
+            raise ValueError("no seam evidence in the candidate's info: the faces stage records it (info['seams']); "
+                             "run faces before layout")
+        probe = cand.info["probe"]
+        w, h = float(probe["width"]), float(probe["height"])
+        clock = FrameClock.from_info(cand.info["frame_clock"])
+        first = clock.index_at(float(cand.start or 0.0) - float(probe.get("video_start") or 0.0))
+        shot = next((s for s in seams["shots"] if s[0] <= first < s[1]), None)
+        chars = cand.info["clip_faces"]["characters"]
+        if len(chars) != 2:
+            raise ValueError(f"layout needs exactly 2 characters, clip has {len(chars)}")
+        b0, b1 = (np.asarray(c["boxes"], np.float64) for c in chars)
+        best = {"seam_strength": 0.0, "seam_axis": "", "seam_position": None, "separated": 0.0}
+        for axis, pos, strength in (shot[2] if shot else []):
+            extent = w if axis == "v" else h
+            sep = separating_fraction(axis, pos * extent, b0, b1, self.tolerance * extent)
+            if sep >= self.min_separated and strength > best["seam_strength"]:
+                best = {"seam_strength": float(strength), "seam_axis": axis, "seam_position": float(pos),
+                        "separated": round(sep, 4)}
+        best["split_screen"] = best["seam_strength"] >= self.min_strength
+        return best
+
+    def decide(self, stats: dict[str, Any]) -> Rejection | None:
+        if stats["split_screen"] and self.split_screen == "reject":
+            where = "vertical" if stats["seam_axis"] == "v" else "horizontal"
+            return Rejection("split_screen", f"panel composite, not one scene: a {where} border at "
+                                             f"{stats['seam_position']:.1%} of the frame crosses {stats['seam_strength']:.0%} "
+                                             f"of it and keeps the two characters apart on {stats['separated']:.0%} of "
+                                             f"the clip's frames (stages.layout.split_screen=keep keeps such clips)")
+        return None

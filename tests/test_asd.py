@@ -1,0 +1,198 @@
+"""The asd stage with the authors' real Light-ASD weights: who speaks when, against the truth the sample
+generator planted, on the shared real footage, and the decisions and records the rest of the pipeline reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mtcc.sampledata import load_truth
+from mtcc.stages.asd import FPS, ActiveSpeakers, frame_gate
+from mtcc.stages.audio_io import flac_bytes
+from mtcc.stages.base import Candidate
+from mtcc.stages.layout import PanelLayout
+from mtcc.stages.sync import speaking_flags
+
+# the two-person generated fixtures; F1 of per-frame speaking against the planted speech, both characters
+F1_FLOOR = 0.75  # measured 0.77-0.92 (see README); the goal is 0.9
+
+
+@pytest.fixture(scope="module")
+def asd(light_asd_weights):
+    stage = ActiveSpeakers(model=str(light_asd_weights))
+    stage.setup()
+    return stage
+
+
+def person_of(cand: Candidate, k: int, truth: dict) -> int:
+    """The truth person whose planted box is nearest character k's box at the clip's first frame."""
+    box = np.asarray(cand.info["clip_faces"]["characters"][k]["boxes"][0])
+    first = int(round(cand.start * truth["fps"]))
+
+    def dist(p):
+        b = next((np.asarray(b[1:]) for b in p["boxes"] if b[0] == first), None)
+        return np.inf if b is None else float(np.abs((b[:2] + b[2:]) / 2 - (box[:2] + box[2:]) / 2).sum())
+
+    return min(truth["persons"], key=dist)["id"]
+
+
+def truth_frames(cand: Candidate, person: int, truth: dict) -> np.ndarray:
+    n = int(cand.info["clip_faces"]["frames"])
+    t = cand.start + np.arange(n) / FPS
+    on = np.zeros(n, bool)
+    for s in truth["speech"]:
+        if s["person"] == person:
+            on |= (t >= s["start"]) & (t < s["end"])
+    return on
+
+
+def predicted_frames(intervals: list[list[float]], n: int) -> np.ndarray:
+    on = np.zeros(n, bool)
+    for a, b in intervals:
+        on[int(round(a * FPS)):int(round(b * FPS))] = True
+    return on
+
+
+def f1(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    tp = sum(int((t & p).sum()) for t, p in pairs)
+    fp = sum(int((~t & p).sum()) for t, p in pairs)
+    fn = sum(int((t & ~p).sum()) for t, p in pairs)
+    return 2 * tp / max(1, 2 * tp + fp + fn)
+
+
+@pytest.mark.parametrize("name", ["two_talk", "two_talk_30fps", "two_cross", "two_far", "scene_events"])
+def test_who_speaks_when_matches_the_planted_speech(asd, pair_clips, sample_dir, name):
+    clips = pair_clips[f"{name}.mp4"]
+    assert clips, name
+    truth = load_truth(sample_dir / f"{name}.mp4")
+    done = asd.run_batch(clips)
+    scored, gate_only = [], []
+    for c in done:
+        assert c.pending, (c.key, c.reason, c.message)  # everyone of these clips has a speaker
+        n = int(c.info["clip_faces"]["frames"])
+        chars = c.info["clip_faces"]["characters"]
+        assert [len(ch["speaking"]) for ch in chars] == [n, n]
+        meta = c.info["asd"]
+        voiced = frame_gate(meta["speech"], n)
+        for k in range(2):
+            actual = truth_frames(c, person_of(c, k, truth), truth)
+            said = predicted_frames(meta["intervals"][k], n)
+            assert meta["speaking_fraction"][k] == pytest.approx(said.mean(), abs=0.01)
+            scored.append((actual, said))
+            gate_only.append((actual, voiced))  # "everyone speaks whenever someone does": no ASD at all
+    got, baseline = f1(scored), f1(gate_only)
+    assert got >= F1_FLOOR and got >= baseline + 0.1, (name, round(got, 3), round(baseline, 3))
+
+
+def test_same_scene_pair_keeps_the_speaker_of_each_turn(asd, pair_clips):
+    """The shared real same-scene pair: the left woman talks while the right one listens, then the reverse
+    (the authors' code says 100 % / 8 %, then 0 % / 100 % of frames)."""
+    clips = asd.run_batch(pair_clips["same_scene_pair_16fps.mp4"])
+    assert len(clips) == 2 and all(c.pending for c in clips), [(c.key, c.reason) for c in clips]
+    first, second = (c.stats for c in sorted(clips, key=lambda c: c.start))
+    assert first["asd.speaking_0"] > 0.6 and first["asd.speaking_1"] < 0.1, first
+    assert second["asd.speaking_0"] < 0.05 and second["asd.speaking_1"] > 0.5, second
+    assert (first["asd.silent_0"], first["asd.silent_1"], second["asd.silent_0"], second["asd.silent_1"]) == (
+        False, True, True, False)
+    assert first["asd.random_weights"] is False and first["asd.n_speaking"] == 1
+
+
+def test_split_screen_debate_kept_on_request_has_both_speaking(asd, pair_clips):
+    clips = PanelLayout(split_screen="keep").run_batch(pair_clips["debate_split_screen.avi"])
+    assert clips and all(c.pending and c.stats["layout.split_screen"] for c in clips)
+    for c in asd.run_batch(clips):
+        assert c.pending, (c.reason, c.message)
+        assert c.stats["asd.speaking_0"] > 0.9 and c.stats["asd.speaking_1"] > 0.85, c.stats
+        assert c.stats["asd.both_speaking"] > 0.85
+
+
+def muted_copy(src, dst):
+    """The same video stream with its sound at zero volume (mouths still move)."""
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), "-map", "0:v", "-map", "0:a",
+                    "-c:v", "copy", "-af", "volume=0", "-c:a", "aac", str(dst)], check=True)
+    return dst
+
+
+def test_nobody_speaking_is_rejected_as_no_speaker(asd, pair_clips, sample_dir, tmp_path):
+    muted = muted_copy(sample_dir / "two_talk.mp4", tmp_path / "two_talk_muted.mp4")
+    clips = pair_clips["two_talk.mp4"]
+    for c in clips:
+        c.source = str(muted)
+    done = asd.run_batch(clips)
+    assert all(c.status == "rejected" and c.reason == "no_speaker" and c.stage == "asd" for c in done)
+    assert "nobody speaks" in done[0].message and "min_speaking_fraction" in done[0].message
+    assert done[0].info["asd"]["speech"] == []
+    # the mouths move while nothing is heard: Light-ASD alone would call it speaking, hence the gate
+    assert max(done[0].stats["asd.logit_mean_0"], done[0].stats["asd.logit_mean_1"]) > 0
+    kept = ActiveSpeakers(model=asd.model, no_speaker="keep").run_batch(pair_clips["two_talk.mp4"][:1])
+    assert kept[0].pending
+
+
+def test_random_weights_record_but_never_decide(pair_clips, sample_dir, tmp_path):
+    made = ActiveSpeakers.make_tiny(tmp_path / "tiny")
+    muted = muted_copy(sample_dir / "two_talk.mp4", tmp_path / "muted.mp4")
+    clips = pair_clips["two_talk.mp4"]
+    for c in clips:
+        c.source = str(muted)
+    done = ActiveSpeakers(**made).run_batch(clips)
+    assert all(c.pending and c.stats["asd.random_weights"] is True for c in done)
+    assert done[0].info["asd"]["random_weights"] is True
+
+
+def test_batched_over_clips_gives_each_clip_its_own_scores(asd, pair_clips):
+    a, b = pair_clips["two_talk.mp4"][0], pair_clips["two_cross.mp4"][0]
+    together = asd.run_batch([a, b])
+    alone = asd.run_batch(pair_clips["two_cross.mp4"][:1])
+    got = np.asarray([ch["speaking"] for ch in together[1].info["clip_faces"]["characters"]])
+    want = np.asarray([ch["speaking"] for ch in alone[0].info["clip_faces"]["characters"]])
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_separated_voices_score_highest_on_their_own_faces(asd, pair_clips, sample_dir):
+    """With spk0/spk1 present (the separate stage ran), the 2x2 track x face matrix; here the tracks are the
+    planted clean voices, so each must score higher on its own face."""
+    for name in ("two_talk", "two_cross"):
+        c = pair_clips[f"{name}.mp4"][0]
+        truth = load_truth(sample_dir / f"{name}.mp4")
+        a, b = int(round(c.start * 16000)), int(round(c.end * 16000))
+        for k in range(2):
+            voice, _ = sf.read(sample_dir / f"{name}.voice{person_of(c, k, truth)}.wav", dtype="float32")
+            c.members[f"spk{k}.flac"] = flac_bytes(voice[a:b])
+        (c,) = asd.run_batch([c])
+        m = np.asarray(c.info["asd"]["track_face"])
+        assert m.shape == (2, 2) and m[0, 0] > m[1, 0] and m[1, 1] > m[0, 1], (name, m)
+        assert c.stats["asd.track_face_margin"] > 0.3
+    plain = asd.run_batch(pair_clips["two_talk.mp4"][:1])[0]
+    assert plain.info["asd"]["track_face"] is None and plain.stats["asd.track_face_margin"] is None
+
+
+def test_outputs_follow_the_export_contract(asd, pair_clips):
+    (c,) = asd.run_batch(pair_clips["two_cross.mp4"][:1])
+    meta = c.info["asd"]
+    assert {"model", "random_weights", "fps", "speaking_fraction", "intervals", "both_speaking", "turns",
+            "track_face"} <= set(meta)
+    assert meta["fps"] == 25 and meta["turns"] == c.stats["asd.turns"] >= 1
+    for k in range(2):
+        spans = meta["intervals"][k]
+        assert all(0 <= s < e <= c.end - c.start + 1e-6 for s, e in spans)
+        assert all(round(x, 4) == x for x in c.info["clip_faces"]["characters"][k]["speaking"])
+    for col in ("speaking_0", "speaking_1", "both_speaking", "turns", "random_weights"):
+        assert f"asd.{col}" in c.stats
+    json.dumps(meta)
+    from mtcc.pipeline.shard import sample_meta
+
+    assert sample_meta(c, {})["asd"] == meta
+
+
+def test_sync_takes_single_speaker_from_asd():
+    cand = Candidate(key="k", video_id="v", source="s", shard=0,
+                     stats={"asd.silent_0": False, "asd.silent_1": True, "asd.random_weights": False,
+                            "separate.silent_0": False, "separate.silent_1": False})
+    assert speaking_flags(cand, "separated") == ([False, True], "asd")
+    cand.stats["asd.random_weights"] = True  # random ASD decides nothing: the separated tracks' VAD does
+    assert speaking_flags(cand, "separated") == ([False, False], "separate")
+    assert speaking_flags(cand, "mixture") == ([None, None], "none")
