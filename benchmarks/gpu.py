@@ -1,6 +1,6 @@
 """``mtcc bench --gpu``: the model stages at full size on one GPU, and what that means for a whole build.
 
-Per model stage (separate, sync, masks, audio_emb, caption) the real architecture is built with random
+Per model stage (separate, asd, sync, masks, audio_emb, caption) the real architecture is built with random
 weights straight on the device (no weight files: the arithmetic of a forward does not depend on the
 values), fed inputs shaped like a real clip (``--clip-seconds`` at 25 fps, 720p source, 16 kHz audio),
 and run through the stage's own code path (its batching, windowing, normalisation and forward helpers)
@@ -10,6 +10,8 @@ stops at the first out-of-memory.
 
 What "batch" means is each stage's own GPU batching knob (what a profile sets):
   * separate: windows (clips x characters x 3 s windows) per forward (``stages.separate.batch_size``);
+  * asd: windows of the visual encoder (characters x ``encode_frames`` frames) per forward
+    (``stages.asd.batch_windows``); its audio encoder and sequence model run per clip;
   * sync: 5-frame windows per forward, video and audio alike (``stages.sync.batch_windows``);
   * masks: clips per call, run one after another: SAM2's video predictor tracks one clip (both
     characters in one inference state) at a time, so there is no batch dimension to sweep;
@@ -51,10 +53,10 @@ from typing import Any
 
 import numpy as np
 
-MODEL_STAGES = ("separate", "sync", "masks", "audio_emb", "caption")
+MODEL_STAGES = ("separate", "asd", "sync", "masks", "audio_emb", "caption")
 # the mtcc profile's order, used when the chosen profile does not list every model stage
-DEFAULT_ORDER = ("probe", "shots", "faces", "segment", "distance", "prescore", "separate", "sync", "masks",
-                 "audio_emb", "caption", "write")
+DEFAULT_ORDER = ("probe", "shots", "faces", "segment", "layout", "distance", "prescore", "separate", "asd", "sync",
+                 "masks", "audio_emb", "caption", "write")
 # Default keep rates: fraction of the clip seconds entering a stage that it passes on (for segment: of the
 # raw video's seconds, the seconds that become two-character clips). DESIGN.md and the anchors give keep
 # *rules* (LatentSync: Sync-C >= 3, |offset| <= 6) but no measured funnel, so these are stated assumptions
@@ -64,9 +66,11 @@ KEEP: dict[str, float] = {
     "shots": 1.0,      # cuts split, nothing dropped
     "faces": 1.0,      # annotates, drops nothing
     "segment": 0.2,    # seconds where exactly two faces coexist for >= 49 frames at >= 64 px
+    "layout": 0.8,     # split-screen composites (two feeds, a character per panel) named and dropped
     "distance": 0.8,   # pairs not too far apart
     "prescore": 1.0,   # records only in the mtcc profile (reject: false)
     "separate": 1.0,   # reject_silent is off by default
+    "asd": 0.9,        # clips where somebody speaks
     "sync": 0.4,       # both characters speak, mean Sync-C >= 3, |offset| <= 6, diagonal binding
     "masks": 0.9,      # masks neither collapsed nor merged
     "audio_emb": 1.0,  # rejects only broken tracks
@@ -79,6 +83,7 @@ KEEP_SOURCE = ("assumed (DESIGN.md and its anchors give keep rules but no funnel
 # per-stage batch sweeps (the unit of each is in the module docstring)
 SWEEPS_FULL: dict[str, list[int]] = {
     "separate": [1, 2, 4, 8, 16, 32, 64],
+    "asd": [1, 4, 16, 64, 256],
     "sync": [32, 64, 128, 256, 512, 1024],
     "masks": [1, 2],
     "audio_emb": [1, 2, 4, 8, 16, 32],
@@ -87,6 +92,7 @@ SWEEPS_FULL: dict[str, list[int]] = {
 SWEEPS_TINY: dict[str, list[int]] = {s: [1, 2] for s in MODEL_STAGES}
 BATCH_UNITS = {
     "separate": "windows per forward (stages.separate.batch_size)",
+    "asd": "visual-encoder windows per forward (stages.asd.batch_windows)",
     "sync": "5-frame windows per forward (stages.sync.batch_windows)",
     "masks": "clips per call, tracked one after another (no batch dimension in SAM2's video predictor)",
     "audio_emb": "tracks per forward, 2 per clip (stages.audio_emb.batch_size)",
@@ -491,6 +497,33 @@ def bench_separate(device: Any, tiny: bool, clip: ClipShape, settings: dict[str,
     return Bench(run, info)
 
 
+def bench_asd(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, Any], rng: np.random.Generator) -> Bench:
+    import torch
+
+    from mtcc.stages import asd as asd_stage
+    from mtcc.stages.light_asd import LightASD
+
+    net = LightASD().fuse().to(device)  # one size: make-tiny writes the real 1.0 M-parameter class too
+    stage = asd_stage.ActiveSpeakers(**settings, device=str(device))
+    stage._net = net
+    stage._bf16 = stage.dtype == "bfloat16" or (stage.dtype == "auto" and asd_stage.bf16_supported(str(device)))
+    faces = rng.integers(0, 256, (2, clip.frames, asd_stage.FACE_SIZE, asd_stage.FACE_SIZE), dtype=np.uint8)
+    mfcc = asd_stage.mfcc_rows(_speechlike(rng, clip.samples), clip.frames)  # CPU work of _inputs, not timed
+    per_clip = 2 * len(asd_stage.plan_windows(clip.frames, stage.encode_frames))
+
+    def run(batch: int) -> Work:
+        stage.batch_windows = batch
+        n = max(1, math.ceil(2 * batch / per_clip))
+        stage.score([asd_stage._Clip(faces, [mfcc], False) for _ in range(n)])
+        return Work(n, n * clip.seconds, math.ceil(n * per_clip / batch), {"items": n * per_clip})
+
+    info = {"model": "Light-ASD (CVPR 2023), our class", "params": _params(net),
+            "dtype": "bfloat16" if stage._bf16 else "float32", "torch_threads": torch.get_num_threads(),
+            "path": "ActiveSpeakers.score (visual encoder on [N,T,112,112], audio encoder, GRU back-end)",
+            "per_clip": f"2 faces x {per_clip // 2} windows of {stage.encode_frames} frames"}
+    return Bench(run, info)
+
+
 def bench_sync(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, Any], rng: np.random.Generator) -> Bench:
     from mtcc.stages import sync as sy
 
@@ -816,6 +849,7 @@ def _measure_all(args: Any) -> int:
     }
     builders: dict[str, Callable[[], Bench]] = {
         "separate": lambda: bench_separate(device, scale == "tiny", clip, settings["separate"], rng),
+        "asd": lambda: bench_asd(device, scale == "tiny", clip, settings["asd"], rng),
         "sync": lambda: bench_sync(device, scale == "tiny", clip, settings["sync"], rng),
         "masks": lambda: bench_masks(device, scale == "tiny", clip, settings["masks"], rng, reprompts),
         "audio_emb": lambda: bench_audio_emb(device, scale == "tiny", clip, settings["audio_emb"], rng),

@@ -37,7 +37,8 @@ from .decode_audit import DecodeAudit, audited
 
 FILTER_STAGES = ("probe", "shots", "faces", "segment", "distance")
 GOALS = {"filter_vs_ffmpeg_decode": ("<=", 1.5), "ray_vs_inprocess": ("<=", 1.15),
-         "decoded_vs_needed_frames": ("<=", 1.2), "loader_vs_training": (">=", 5.0)}
+         "decoded_vs_needed_frames": ("<=", 1.2), "loader_vs_training": (">=", 5.0),
+         "asd_char_s_per_s": (">=", 20.0)}
 
 
 def _peak_rss_reset() -> None:
@@ -193,6 +194,20 @@ def run_loader(shards: Path, batch: int, steps: int, device: str, geometry: str)
     return {"geometry": geometry, "loader": ld, "train": st, "ratio": round(ratio, 3) if ratio else None}
 
 
+def _asd_speed(cfg: Any, runs: dict[str, StageRun]) -> dict[str, Any] | None:
+    """The asd stage in character-seconds per second: as run (stage) and the model alone per dtype."""
+    from mtcc.pipeline.executor import stage_threads
+
+    from .asd_speed import model_speed, stage_speed
+
+    stage = next((s for s in cfg.active_stages if s.name == "asd"), None)
+    if stage is None:
+        return None
+    with stage_threads(stage):
+        model = model_speed(stage)
+    return {"stage": stage_speed(runs.get("asd")), "model": model, "unit": "character-seconds per second"}
+
+
 def _verdict(name: str, value: float | None) -> dict[str, Any]:
     op, goal = GOALS[name]
     ok = None if value is None else (value <= goal if op == "<=" else value >= goal)
@@ -227,6 +242,10 @@ def bench(config: str = "offline", copies: int = 2, repeats: int = 1, json_path:
         log(f"bench: stages in-process {sum(r.wall_s for r in runs.values()):.1f}s, "
             f"filter stages {filt:.2f}s, kept {funnel['kept_clips']} clips")
         decode_summary = audit.summary(funnel["kept_clips"])
+        asd = _asd_speed(cfg, runs)
+        if asd:
+            log(f"bench: asd {asd['stage']['char_s_per_s'] if asd['stage'] else '-'} character-s/s as a stage, "
+                f"model alone {asd['model']}")
         # what the decode work costs: the audit's decoded frames at the rate ffmpeg decoded these inputs
         frames_in = sum(audit.index(p).n for p in inputs)
         stage_wall = sum(r.wall_s for r in runs.values())
@@ -258,7 +277,10 @@ def bench(config: str = "offline", copies: int = 2, repeats: int = 1, json_path:
             "decoded_vs_needed_frames": _verdict("decoded_vs_needed_frames",
                                                  decode_summary["ratio_decoded_per_needed"]),
             "loader_vs_training": _verdict("loader_vs_training", loader["ratio"] if loader else None),
+            "asd_char_s_per_s": _verdict("asd_char_s_per_s",
+                                         asd["stage"]["char_s_per_s"] if asd and asd["stage"] else None),
         },
+        "asd": asd,
         "stages": stage_rows,
         "end_to_end_inprocess": {"wall_s": round(e2e_wall, 2),
                                  "media_s_per_wall_s": round(total_media / e2e_wall, 3) if e2e_wall else None,

@@ -355,7 +355,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--batches", action="append", default=[], metavar="[STAGE=]B1,B2,...",
                    help="GPU mode: batch sizes to sweep, for every stage or one (repeatable)")
     b.add_argument("--stages", default=None, metavar="S1,S2",
-                   help="GPU mode: only these model stages (separate, sync, masks, audio_emb, caption)")
+                   help="GPU mode: only these model stages (separate, asd, sync, masks, audio_emb, caption)")
     b.add_argument("--clip-seconds", type=float, default=10.0, help="GPU mode: length of the synthetic clips")
     b.add_argument("--new-tokens", type=int, default=128, help="GPU mode: caption tokens generated per clip")
     b.add_argument("--masks-reprompts", type=int, default=0,

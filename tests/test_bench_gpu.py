@@ -11,7 +11,7 @@ import pytest
 from mtcc.benchmarks import gpu
 from mtcc.pipeline.cli import main as cli_main
 
-MODEL_STAGES = ("separate", "sync", "masks", "audio_emb", "caption")
+MODEL_STAGES = ("separate", "asd", "sync", "masks", "audio_emb", "caption")
 
 
 def hours_per_gpu_hour(doc: dict, keep: dict) -> float:

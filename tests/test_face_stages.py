@@ -21,10 +21,10 @@ FPS = 25
 
 
 @pytest.fixture(scope="module")
-def offline_build(sample_dir, real_dir, tmp_path_factory, ray_local, tiny_overrides):
+def offline_build(sample_dir, real_dir, tmp_path_factory, ray_local, tiny_overrides, light_asd_weights):
     out = tmp_path_factory.mktemp("faces") / "out"
-    # the real footage has no lip/audio ground truth: keep the model-free pre-score from rejecting it here
-    cfg = load_config(resolve_config("offline"), [*tiny_overrides, "stages.prescore.reject=false"])
+    # who speaks when from the authors' real Light-ASD weights, as a user runs the offline profile
+    cfg = load_config(resolve_config("offline"), [*tiny_overrides, f"stages.asd.model={light_asd_weights}"])
     res = build(cfg, [str(sample_dir), str(real_dir)], out, runner="ray", progress=False)
     assert not res.shards_failed
     rows = read_manifests(out).to_pylist()
@@ -194,3 +194,39 @@ def test_real_split_screen_debate_has_two_tracks(offline_build):
     _, rows = offline_build
     row = video_row(rows, "debate_split_screen.avi")
     assert row["faces.n_tracks"] >= 2 and row["faces.max_faces"] == 2
+
+
+def test_same_scene_pair_is_kept_with_the_speaker_of_each_turn(offline_build):
+    """The shared real same-scene pair (rejected before by prescore): every clip kept, the left woman speaking
+    in the first, the right one in the second, as the authors' code says (100 % / 8 %, then 0 % / 100 %)."""
+    out, rows = offline_build
+    clips = clips_of(rows, "same_scene_pair_16fps.mp4")
+    assert len(clips) == 2 and all(c["status"] == "kept" for c in clips), [(c["key"], c["reason"]) for c in clips]
+    first, second = clips
+    assert first["asd.speaking_0"] > 0.6 and first["asd.speaking_1"] < 0.1
+    assert second["asd.speaking_0"] < 0.05 and second["asd.speaking_1"] > 0.5
+    got = samples(out)
+    for c in clips:
+        meta = json.loads(got[c["key"]]["json"])
+        assert meta["asd"]["random_weights"] is False and "asd" not in meta["random_weights"]
+        faces = json.loads(got[c["key"]]["faces.json"])
+        assert all(len(ch["speaking"]) == faces["frames"] for ch in faces["characters"])
+    # the speaker's logits are positive on most frames, the listener's on few
+    faces = json.loads(got[first["key"]]["faces.json"])
+    speaking = [np.mean(np.asarray(ch["speaking"]) > 0) for ch in faces["characters"]]
+    assert speaking[0] > 0.8 > 0.3 > speaking[1]
+
+
+def test_split_screen_debate_is_named_and_a_single_head_gives_no_clip(offline_build):
+    _, rows = offline_build
+    debate = clips_of(rows, "debate_split_screen.avi")
+    assert debate and all((c["status"], c["stage"], c["reason"]) == ("rejected", "layout", "split_screen")
+                          for c in debate)
+    head = video_row(rows, "single_talking_head_2997fps.mp4")
+    assert (head["status"], head["reason"]) == ("rejected", "no_two_face_segment")
+
+
+def test_different_face_sizes_are_not_rejected(offline_build):
+    _, rows = offline_build
+    assert not [r for r in rows if r["reason"] == "size_mismatch"]
+    assert all(r["distance.size_ratio"] is not None for r in rows if r["level"] == "clip" and r["stage"] not in ("segment", "layout"))

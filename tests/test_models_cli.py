@@ -108,7 +108,8 @@ def test_fetch_offline_fails_fast_and_prints_every_layout(tmp_path):
     env = {**os.environ, "HF_ENDPOINT": DEAD, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "mtcc.pipeline.cli", "models", "fetch", str(target),
-                        "--url", f"sync={DEAD}/syncnet_v2.model", "--url", f"faces={DEAD}/antelopev2.zip"],
+                        "--url", f"sync={DEAD}/syncnet_v2.model", "--url", f"faces={DEAD}/antelopev2.zip",
+                        "--url", f"asd={DEAD}/finetuning_TalkSet.model"],
                        capture_output=True, text=True, env=env, timeout=60)
     wall = time.monotonic() - t0
     out = p.stdout + p.stderr
@@ -244,7 +245,7 @@ def test_unzip_refuses_a_member_bigger_than_it_declares(tmp_path):
 def test_pinned_table_is_well_formed():
     stages = [e.stage for e in models_cli.PINNED]
     assert len(stages) == len(set(stages)) and set(stages) <= set(STAGES)
-    assert {"faces", "separate", "sync", "masks", "audio_emb", "caption"} == set(stages)
+    assert {"faces", "separate", "asd", "sync", "masks", "audio_emb", "caption"} == set(stages)
     folders = [e.folder for e in models_cli.PINNED]
     assert len(folders) == len(set(folders))
     for e in [*models_cli.PINNED, *models_cli.FACE_PACKS.values()]:
@@ -380,3 +381,26 @@ def test_bundled_offline_profile_takes_its_weights_from_the_tiny_folder(tiny):
             assert s.model.startswith(str(tiny)) and s.allow_random_weights is True
     mtcc = load_config(resolve_config("mtcc"), [f"models={tiny}"])
     assert next(s for s in mtcc.stages if s.name == "faces").detector == "insightface"
+
+
+def test_fetch_verifies_light_asd_against_its_pinned_sha256(server, tmp_path, capsys, monkeypatch, light_asd_weights):
+    """The asd entry pins the authors' file (bytes + sha256): the real file is adopted as pinned and checks;
+    anything else served at the URL is refused and not kept."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    www, base = server
+    shutil.copy(light_asd_weights, www / "finetuning_TalkSet.model")
+    (www / "other.model").write_bytes(b"x" * light_asd_weights.stat().st_size)
+    target = tmp_path / "models"
+    rc, out = run(["models", "fetch", str(target), "--only", "asd", "--url", f"asd={base}/finetuning_TalkSet.model"],
+                  capsys)
+    assert rc == 0, out
+    doc = load_models_file(target / MODELS_FILE)
+    assert doc["stages"] == {"asd": {"model": "./light_asd/finetuning_TalkSet.model"}}
+    assert doc["files"]["light_asd/finetuning_TalkSet.model"]["pinned"] is True
+    rc, out = run(["models", "check", str(target)], capsys)
+    assert rc == 0 and re.search(r"^asd\s+\S+\s+OK: Light-ASD state dict", out, re.M), out
+
+    bad = tmp_path / "bad"
+    rc, out = run(["models", "fetch", str(bad), "--only", "asd", "--url", f"asd={base}/other.model"], capsys)
+    assert rc == 1 and "sha256" in out, out
+    assert not (bad / "light_asd" / "finetuning_TalkSet.model").exists()

@@ -173,7 +173,7 @@ def open_page(page: Path, screenshot: Path, tmp: Path) -> dict:
         b.send("Page.navigate", {"url": page.as_uri()}, session=s)
         b.wait_event("Page.loadEventFired")
         probe = ("JSON.stringify({images: Array.from(document.images, i => ({src: i.getAttribute('src'), "
-                 "complete: i.complete, width: i.naturalWidth})), text: document.body.innerText, "
+                 "complete: i.complete, width: i.naturalWidth, alt: i.getAttribute('alt')})), text: document.body.innerText, "
                  "title: document.title, scripts: document.scripts.length, "
                  "remote: Array.from(document.querySelectorAll('[src],[href]'), n => n.getAttribute('src') || "
                  "n.getAttribute('href')).filter(u => /^[a-z]+:/i.test(u))})")
@@ -189,6 +189,18 @@ def open_page(page: Path, screenshot: Path, tmp: Path) -> dict:
         return facts
     finally:
         b.close()
+
+
+def assert_timeline_shows_only(path: Path, speaker: int) -> None:
+    """The timeline PNG has a bar in the speaker's colour and none in the other character's."""
+    from PIL import Image
+
+    from mtcc.manifests.report_plots import CHAR_RGB
+
+    with Image.open(path) as img:
+        px = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(int)
+    count = [int((np.abs(px - np.asarray(rgb)).sum(1) < 30).sum()) for rgb in CHAR_RGB]
+    assert count[speaker] > 500 and count[1 - speaker] == 0, count
 
 
 def assert_non_blank_png(path: Path) -> None:
@@ -213,7 +225,7 @@ def _trim(src: Path, dst: Path, seconds: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_overrides):
+def built(tmp_path_factory, tiny_overrides, light_asd_weights):
     from mtcc.sampledata.fixtures import broken_scenes, good_scenes
     from mtcc.sampledata.scene import render
 
@@ -231,7 +243,9 @@ def built(tmp_path_factory, tiny_overrides):
     cfg = load_config(resolve_config("offline"), [
         *tiny_overrides, "run.videos_per_shard=1",
         # keep the one kept clip kept on random weights, and spare SAM2 its re-prompt passes
-        "stages.prescore.reject=false", "stages.masks.max_reprompts=0"])
+        "stages.prescore.reject=false", "stages.masks.max_reprompts=0",
+        # who speaks when, from the real Light-ASD weights: the gallery's speaking timeline
+        f"stages.asd.model={light_asd_weights}"])
     t0 = time.monotonic()
     res = build(cfg, [str(videos)], out, runner="inprocess", progress=False)
     assert not res.shards_failed and not res.warnings, (res.shards_failed, res.warnings)
@@ -275,12 +289,19 @@ def test_report_loads_in_a_headless_browser_with_every_image(built, tmp_path, ca
     assert broken == []
     assert [f"plots/{p}.png" for p in PLOTS if f"plots/{p}.png" in srcs] == [f"plots/{p}.png" for p in PLOTS]
     assert {"gallery/kept_00.jpg", "gallery/kept_00_ref0.jpg", "gallery/kept_00_ref1.jpg",
-            "gallery/kept_00_wave.png", "gallery/rejected_00.jpg", "gallery/rejected_01.jpg"} <= set(srcs)
+            "gallery/kept_00_wave.png", "gallery/kept_00_speaking.png", "gallery/rejected_00.jpg",
+            "gallery/rejected_01.jpg"} <= set(srcs)
+    # who speaks when under the kept clip's card: the left character (the astronaut) talks, the right listens
+    timeline = next(i for i in facts["images"] if i["src"] == "gallery/kept_00_speaking.png")
+    assert "speaking timeline: character 0 speaks on" in timeline["alt"]
+    assert_timeline_shows_only(out / "report" / "gallery" / "kept_00_speaking.png", speaker=0)
+    assert srcs.index("gallery/kept_00_speaking.png") < srcs.index("gallery/rejected_00.jpg")
     # self-contained: nothing the page links leaves the folder, no script at all
     assert facts["remote"] == [] and facts["scripts"] == 0
     assert all((out / "report" / s).is_file() for s in srcs)
     text = facts["text"]
     assert "too_distant" in text and "too_short" in text and "RANDOM weights" in text
+    assert "speaking 0/1" in text and "turns" in text
     assert "All 3 planned shards are committed" in text
     assert_non_blank_png(shot)
 
