@@ -22,7 +22,8 @@ from .write import ClipWriter
 STAGES: dict[str, type[Stage]] = {
     cls.name: cls
     for cls in (Probe, ShotSplit, FaceTrack, TwoFaceSegments, PanelLayout, WholeVideoClip, FaceDistance,
-                MouthPrescore, SpeechSeparation, ActiveSpeakers, SyncScores, CharacterMasks, AudioEmbeddings, ClipCaption, ClipWriter)
+                MouthPrescore, SpeechSeparation, ActiveSpeakers, SyncScores, CharacterMasks, AudioEmbeddings,
+                ClipCaption, ClipWriter)
 }
 
 __all__ = ["STAGES", "Candidate", "Rejection", "Resources", "Stage"]

@@ -20,8 +20,9 @@ windows barely matter to them; the sequence model (two GRUs, ~1 % of the cost) i
 is about: it runs on chunks of ``context_frames`` (1 s, their shortest chunking). Longer chunks let a
 speaker's state run on into the other's turn: on the generated fixtures (speech-gated, see below) frame F1
 is 0.77-0.92 with 1 s chunks, 0.67-0.92 with 4 s chunks and 0.71-0.92 with the authors' own 11-chunking
-average (1-6 s); on the shared real footage 1 s and the authors' average agree on who speaks. Every (audio, face) pair is scored from the same
-embeddings, so the 2x2 of separated tracks x faces costs two more audio encodings and back-end passes.
+average (1-6 s); on the shared real footage 1 s and the authors' average agree on who speaks. Every
+(audio, face) pair is scored from the same embeddings, so the 2x2 of separated tracks x faces costs two more
+audio encodings and back-end passes.
 
 Outputs (the contract the export reads): per character the raw speaking logit of every clip frame (in
 ``clip_faces``, hence ``faces.json``: key ``speaking``; > 0 = the model says speaking), and
@@ -168,7 +169,8 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(d[::2].tolist(), d[1::2].tolist()))
 
 
-def speaking_mask(logits: np.ndarray, *, smooth_frames: int, threshold: float, min_gap: int, min_run: int) -> np.ndarray:
+def speaking_mask(logits: np.ndarray, *, smooth_frames: int, threshold: float, min_gap: int,
+                  min_run: int) -> np.ndarray:
     """Per frame: speaking after smoothing, with pauses shorter than ``min_gap`` frames closed and bursts
     shorter than ``min_run`` frames dropped."""
     on = smooth(logits, smooth_frames) > threshold
@@ -343,6 +345,8 @@ class ActiveSpeakers(Stage):
     def _back_end(self, x):
         """``[C, T]`` logits of fused embeddings ``x`` ``[C, T, 128]``, the sequence model run on chunks of
         ``context_frames`` (the last one shorter), as the authors run their shortest chunking."""
+        import torch
+
         c, t = x.shape[:2]
         n = self.context_frames
         full = t // n * n
@@ -352,8 +356,6 @@ class ActiveSpeakers(Stage):
             parts.append(y.reshape(c, full))
         if full < t:
             parts.append(self._net.speaking_logits_fused(x[:, full:]))
-        import torch
-
         return torch.cat(parts, dim=1).float().cpu().numpy().astype(np.float64)
 
     # -- stage ----------------------------------------------------------------------------------------
@@ -380,8 +382,8 @@ class ActiveSpeakers(Stage):
         gate = frame_gate(speech, np.shape(logits)[-1])
         out = []
         for x in logits:
-            out.append(speaking_mask(np.where(gate, x, GATED_LOGIT), smooth_frames=self.smooth_frames, threshold=self.threshold,
-                                     min_gap=gap, min_run=run))
+            out.append(speaking_mask(np.where(gate, x, GATED_LOGIT), smooth_frames=self.smooth_frames,
+                                     threshold=self.threshold, min_gap=gap, min_run=run))
         return out
 
     def summarise(self, cand: Candidate, logits: np.ndarray, clip: _Clip) -> dict[str, Any]:
@@ -393,7 +395,8 @@ class ActiveSpeakers(Stage):
         frac = [float(m.mean()) if t else 0.0 for m in masks]
         both = float((masks[0] & masks[1]).mean()) if t else 0.0
         faces = cand.info["clip_faces"]
-        faces["characters"] = [{**c, "speaking": np.round(mix[k], 4).tolist()} for k, c in enumerate(faces["characters"])]
+        faces["characters"] = [{**c, "speaking": np.round(mix[k], 4).tolist()}
+                               for k, c in enumerate(faces["characters"])]
         track_face = None
         if separated:
             track_face = [[round(float(logits[1 + i, j].mean()), 4) for j in range(2)] for i in range(2)]
@@ -411,7 +414,8 @@ class ActiveSpeakers(Stage):
         silent = [f < self.min_speaking_fraction for f in frac]
         return {
             "speaking_0": round(frac[0], 4), "speaking_1": round(frac[1], 4), "both_speaking": round(both, 4),
-            "turns": turns(masks), "silent_0": silent[0], "silent_1": silent[1], "n_speaking": silent.count(False),
+            "turns": cand.info["asd"]["turns"], "silent_0": silent[0], "silent_1": silent[1],
+            "n_speaking": silent.count(False),
             "logit_mean_0": round(float(mix[0].mean()), 4), "logit_mean_1": round(float(mix[1].mean()), 4),
             "track_face_margin": (round(track_face[0][0] + track_face[1][1] - track_face[0][1] - track_face[1][0], 4)
                                   if track_face else None),
@@ -421,9 +425,10 @@ class ActiveSpeakers(Stage):
     def decide(self, stats: dict[str, Any]) -> Rejection | None:
         if stats["random_weights"] or self.no_speaker == "keep" or stats["n_speaking"] > 0:
             return None
-        return Rejection("no_speaker", f"nobody speaks: character 0 on {stats['speaking_0']:.1%} of frames, character 1 "
-                                       f"on {stats['speaking_1']:.1%} < min_speaking_fraction "
-                                       f"{self.min_speaking_fraction:.0%} (Light-ASD, smoothed)")
+        return Rejection("no_speaker", f"nobody speaks: character 0 on {stats['speaking_0']:.1%} of frames, "
+                                       f"character 1 on {stats['speaking_1']:.1%} < min_speaking_fraction "
+                                       f"{self.min_speaking_fraction:.0%} (Light-ASD"
+                                       f"{' within the mixture voice activity' if self.speech_gate else ''}, smoothed)")
 
     @classmethod
     def make_tiny(cls, root: Path) -> dict[str, Any]:

@@ -40,8 +40,9 @@ def seam_evidence(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``frames``: uint8 RGB ``[B, H, W, 3]`` (the faces stage's decode size). Returns float32
     ``[B, W]`` (column x: fraction of rows where |grey(x+1) - grey(x-1)| > EDGE_LEVEL; 0 at the two outer
     columns) and ``[B, H]`` (the same across rows)."""
-    f = np.asarray(frames)
-    grey = f[..., 0].astype(np.float32) * 0.299 + f[..., 1] * 0.587 + f[..., 2] * 0.114
+    import cv2
+
+    grey = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]).astype(np.int16)
     cols = np.zeros(grey.shape[:1] + grey.shape[2:], np.float32)
     rows = np.zeros(grey.shape[:2], np.float32)
     cols[:, 1:-1] = (np.abs(grey[:, :, 2:] - grey[:, :, :-2]) > EDGE_LEVEL).mean(axis=1)
@@ -155,7 +156,8 @@ class PanelLayout(Stage):
         if stats["split_screen"] and self.split_screen == "reject":
             where = "vertical" if stats["seam_axis"] == "v" else "horizontal"
             return Rejection("split_screen", f"panel composite, not one scene: a {where} border at "
-                                             f"{stats['seam_position']:.1%} of the frame crosses {stats['seam_strength']:.0%} "
-                                             f"of it and keeps the two characters apart on {stats['separated']:.0%} of "
-                                             f"the clip's frames (stages.layout.split_screen=keep keeps such clips)")
+                                             f"{stats['seam_position']:.1%} of the frame crosses "
+                                             f"{stats['seam_strength']:.0%} of it and keeps the two characters apart "
+                                             f"on {stats['separated']:.0%} of the clip's frames "
+                                             f"(stages.layout.split_screen=keep keeps such clips)")
         return None

@@ -108,7 +108,7 @@ class VisualBlock(nn.Module):
             setattr(self, f"bn_t_{k}", _bn(nn.BatchNorm3d, cout))
         self.last = nn.Conv3d(cout, cout, 1, bias=False)
         self.bn_last = _bn(nn.BatchNorm3d, cout)
-        self._fused: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, C, T, H, W]`` (the 3D form, as trained)."""
@@ -128,31 +128,34 @@ class VisualBlock(nn.Module):
             f[f"t_{k}"] = (w[:, :, :, :, 0].contiguous(), b)  # [O, I, k, 1]: along time (height of [B, C, T, HW])
         w, b = _fold(self.last.weight, self.bn_last)
         f["last"] = (w[:, :, 0], b)  # [O, I, 1, 1]
-        self._fused = {k: (w.contiguous(memory_format=torch.channels_last), b) for k, (w, b) in f.items()}
+        # buffers, not state: they follow .to(device) and never enter the state dict
+        for name, (w, b) in f.items():
+            self.register_buffer(f"fused_{name}_weight", w.contiguous(memory_format=torch.channels_last),
+                                 persistent=False)
+            self.register_buffer(f"fused_{name}_bias", b, persistent=False)
+        self.fused = True
 
-    @property
-    def fused(self) -> bool:
-        return self._fused is not None
+    def _conv(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"fused_{name}_weight"), getattr(self, f"fused_{name}_bias")
 
     def forward_frames(self, x: torch.Tensor, tracks: int) -> torch.Tensor:
         """The fused form. ``x``: ``[B*T, C, H, W]`` frames of ``tracks`` (= B) tracks in channels-last memory
         (physically ``[B, T, H, W, C]``). That memory read as ``[B, C, T, H*W]`` (channels last) is what the
         temporal convolutions need, so no layout copy happens between the spatial and temporal ones."""
-        f = self._fused
-        assert f is not None, "call fuse() first"
+        assert self.fused, "call fuse() first"
         b_ = tracks
         n = x.shape[0]
         t = n // b_
         out = None
         for k in (3, 5):
-            y = F.relu_(F.conv2d(x, *f[f"s_{k}"], stride=self.stride, padding=k // 2))
+            y = F.relu_(F.conv2d(x, *self._conv(f"s_{k}"), stride=self.stride, padding=k // 2))
             ho, wo = y.shape[-2:]
             cy = y.shape[1]
             y = y.permute(0, 2, 3, 1).reshape(b_, t, ho * wo, cy).permute(0, 3, 1, 2)  # a view: [B, C, T, HW]
-            y = F.relu_(F.conv2d(y, *f[f"t_{k}"], padding=(k // 2, 0)))
+            y = F.relu_(F.conv2d(y, *self._conv(f"t_{k}"), padding=(k // 2, 0)))
             out = y if out is None else out.add_(y)
         assert out is not None
-        out = F.relu_(F.conv2d(out, *f["last"]))
+        out = F.relu_(F.conv2d(out, *self._conv("last")))
         return out.permute(0, 2, 3, 1).reshape(n, ho, wo, -1).permute(0, 3, 1, 2)  # a view: [B*T, C, H, W]
 
 

@@ -52,15 +52,18 @@ def test_our_class_gives_the_reference_logits(state):
     np.testing.assert_allclose(plain[0:50:5], REFERENCE_EVERY_5TH, atol=2e-4)
     assert plain[49] == pytest.approx(REFERENCE_LAST, abs=2e-4)
     assert plain.sum() == pytest.approx(REFERENCE_SUM, abs=2e-3)
-    # the inference form (batch norms folded, 2D convolutions, channels-last) is the same arithmetic
+    # the inference form (batch norms folded, 2D convolutions, channels-last) is the same arithmetic, and
+    # its folded weights are no state: the state dict still has exactly the checkpoint's tensors
     np.testing.assert_allclose(fused, plain, atol=1e-4)
+    assert set(net.state_dict()) == set(checkpoint_to_ours(state)[0])
 
 
 def test_checkpoint_names_round_trip_and_parameter_count(state):
     ours, unknown = checkpoint_to_ours(state)
     assert unknown == []
     assert set(ours_to_checkpoint(ours)) == set(state)
-    n = sum(v.numel() for k, v in ours.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    n = sum(v.numel() for k, v in ours.items() if not k.endswith(buffers))
     assert 1.0e6 < n < 1.1e6  # the paper's 1.0 M (with the unused visual head)
 
 
