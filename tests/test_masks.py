@@ -25,7 +25,8 @@ from mtcc.stages import models, sam2_model
 from mtcc.stages import rle as rle_codec
 from mtcc.stages.base import Candidate
 from mtcc.stages.geometry import LatentGeometry, letterbox_mask, route_index_mask
-from mtcc.stages.masks import (CharacterMasks, FrameMasks, clip_size, cutout, drifted, face_cover, mask_stats,
+from mtcc.stages.cut import even_size as clip_size
+from mtcc.stages.masks import (CharacterMasks, FrameMasks, cutout, drifted, face_cover, mask_stats,
                                masks_json, prompt_frame, ref_window, route_windows, track)
 
 GEO = LatentGeometry()
@@ -143,7 +144,7 @@ def test_letterboxed_canvas_round_trips_through_the_packed_store():
     np.testing.assert_array_equal(out.canvas(0, 1)[0, 0], letterbox_mask(m, GEO))
 
 
-def test_clip_size_is_the_write_stage_even_scaling():
+def test_clip_size_is_the_cut_stage_even_scaling():
     assert clip_size(641, 361) == (640, 360)
     assert clip_size(640, 360) == (640, 360)
     assert clip_size(1, 1) == (2, 2)
