@@ -43,7 +43,7 @@ def tiny(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> list[Candidate]:
-    """two_talk.mp4 (640x360) through the real probe -> shots -> faces -> segment: three 67-frame clips."""
+    """two_talk.mp4 (640x360) through the real probe -> faces -> segment -> cut: three 67-frame clips."""
     out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.7)
     assert len(out) == 3 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
     assert [c.info["clip_faces"]["frames"] for c in out] == [67, 67, 67]
@@ -51,7 +51,7 @@ def clips(sample_dir) -> list[Candidate]:
 
 
 def fresh(cands: list[Candidate]) -> list[Candidate]:
-    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": dict(c.info), "members": {}}) for c in cands]
+    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": dict(c.info), "members": dict(c.members)}) for c in cands]
 
 
 @pytest.fixture(scope="module")

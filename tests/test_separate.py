@@ -44,7 +44,7 @@ def clips(sample_dir) -> list[Candidate]:
 
 
 def fresh(cands: list[Candidate]) -> list[Candidate]:
-    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": dict(c.info), "members": {}}) for c in cands]
+    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": dict(c.info), "members": dict(c.members)}) for c in cands]
 
 
 @pytest.fixture(scope="module")
