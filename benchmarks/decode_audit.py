@@ -104,6 +104,8 @@ class StageDecode:
     reads: int = 0
     pixels: int = 0  # decoded-size pixels delivered (the size each stage asked for)
     needed_frames: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    # the same, per (path, size the frames were asked at): "source" for full size (an encode, a full read)
+    needed_sized: dict[tuple[str, str], set[int]] = field(default_factory=lambda: defaultdict(set))
 
 
 class DecodeAudit:
@@ -124,6 +126,9 @@ class DecodeAudit:
         s.reads += 1
         s.needed += len(set(order))
         s.needed_frames[path].update(order)
+        full = float(getattr(vf, "scale_x", 1.0)) == 1.0 and float(getattr(vf, "scale_y", 1.0)) == 1.0
+        size = "source" if full else f"{getattr(vf, 'width', 0)}x{getattr(vf, 'height', 0)}"
+        s.needed_sized[(path, size)].update(order)
         s.pixels += len(order) * int(getattr(vf, "width", 0)) * int(getattr(vf, "height", 0))
         if decord_backend:  # the pipe's decode is counted where ffmpeg is started
             s.decoded += self.index(path).sequential_cost(order)
@@ -137,7 +142,8 @@ class DecodeAudit:
         if path.startswith("file:"):
             path = path[5:]
         maps = [args[j + 1] for j, a in enumerate(args[:-1]) if a == "-map"]
-        if "-vn" in args or (maps and not any(":v" in m for m in maps)):
+        graphs = [args[j + 1] for j, a in enumerate(args[:-1]) if a == "-filter_complex"]
+        if "-vn" in args or (maps and not any(":v" in m for m in maps + graphs)):
             return  # audio only: no video decoded
         pre, post = args[:i], args[i + 2:]
 
@@ -157,19 +163,24 @@ class DecodeAudit:
             a = idx.index_at(float(start)) if start else 0
             s.needed += covered
             s.needed_frames[path].update(range(a, a + covered))
+            s.needed_sized[(path, "source")].update(range(a, a + covered))
 
     def summary(self, clips: int) -> dict:
         stages = {}
         union: dict[str, set[int]] = defaultdict(set)
+        sized: dict[tuple[str, str], set[int]] = defaultdict(set)
         for name, s in self.by_stage.items():
             for p, f in s.needed_frames.items():
                 union[p].update(f)
+            for k, f in s.needed_sized.items():
+                sized[k].update(f)
             stages[name] = {"frames_needed": s.needed, "frames_decoded": s.decoded, "reads": s.reads,
                             "decoded_per_needed": round(s.decoded / s.needed, 3) if s.needed else None,
                             "mpix_delivered": round(s.pixels / 1e6, 1)}
         decoded = sum(s.decoded for s in self.by_stage.values())
         needed_sum = sum(s.needed for s in self.by_stage.values())
         distinct = sum(len(v) for v in union.values())
+        distinct_sized = sum(len(v) for v in sized.values())
         return {
             "stages": stages,
             "frames_decoded": decoded,
@@ -177,6 +188,10 @@ class DecodeAudit:
             "frames_needed_per_stage_sum": needed_sum,
             # the goal ratio: every source frame any stage needs, decoded once
             "ratio_decoded_per_needed": round(decoded / distinct, 3) if distinct else None,
+            # a frame needed at two sizes (the scan's reduced decode, the clip encode's full one) counts twice:
+            # what is left above 1 is decoding that no stage asked for (GOP pre-roll, repeats at one size)
+            "frames_needed_distinct_by_size": distinct_sized,
+            "ratio_decoded_per_needed_by_size": round(decoded / distinct_sized, 3) if distinct_sized else None,
             # per stage: only waste inside each stage (GOP pre-roll, whole-file pipes), not repeats across stages
             "ratio_decoded_per_stage_need": round(decoded / needed_sum, 3) if needed_sum else None,
             "kept_clips": clips,

@@ -53,9 +53,11 @@ from typing import Any
 
 import numpy as np
 
+from mtcc.stages.cut import even_size
+
 MODEL_STAGES = ("separate", "asd", "sync", "masks", "audio_emb", "caption")
 # the mtcc profile's order, used when the chosen profile does not list every model stage
-DEFAULT_ORDER = ("probe", "shots", "faces", "segment", "layout", "distance", "prescore", "separate", "asd", "sync",
+DEFAULT_ORDER = ("probe", "faces", "segment", "layout", "distance", "cut", "prescore", "separate", "asd", "sync",
                  "masks", "audio_emb", "caption", "write")
 # Default keep rates: fraction of the clip seconds entering a stage that it passes on (for segment: of the
 # raw video's seconds, the seconds that become two-character clips). DESIGN.md and the anchors give keep
@@ -63,11 +65,11 @@ DEFAULT_ORDER = ("probe", "shots", "faces", "segment", "layout", "distance", "pr
 # for talk-show / interview footage; replace them with a real run's funnel (`mtcc report`) via --keep.
 KEEP: dict[str, float] = {
     "probe": 0.95,     # files with a usable video + audio stream
-    "shots": 1.0,      # cuts split, nothing dropped
     "faces": 1.0,      # annotates, drops nothing
     "segment": 0.2,    # seconds where exactly two faces coexist for >= 49 frames at >= 64 px
     "layout": 0.8,     # split-screen composites (two feeds, a character per panel) named and dropped
     "distance": 0.8,   # pairs not too far apart
+    "cut": 1.0,        # encodes, drops nothing
     "prescore": 1.0,   # records only in the mtcc profile (reject: false)
     "separate": 1.0,   # reject_silent is off by default
     "asd": 0.9,        # clips where somebody speaks
@@ -573,7 +575,7 @@ def bench_masks(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, An
     model = sam2_model.build_model(data, cfg, "cpu").to(device).eval()
     stage = mk.CharacterMasks(**settings, device=str(device), max_reprompts=reprompts)
     size = int(model.image_size)
-    h, w = mk.clip_size(clip.source[1], clip.source[0])[::-1]
+    h, w = even_size(clip.source[1], clip.source[0])[::-1]
     t = clip.frames
     # what CharacterMasks._frames hands SAM2: every clip frame resized to the square input, uint8, on the host
     frames = torch.from_numpy(rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8))

@@ -4,6 +4,7 @@ folder and every shard published to it as it commits (pipeline/remote.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ from mtcc.stages.base import Candidate
 from mtcc.stages.media import ffmpeg_version, fsync_dir, fsync_file
 
 from .config import PipelineConfig
-from .executor import InProcessExecutor, RayExecutor, init_ray
+from .executor import InProcessExecutor, RayExecutor, WorkspaceSpec, init_ray
 from .flow import CapacityLost, Flow
 from .inputs import discover, make_plan
 from .lock import RunLock
@@ -50,6 +51,8 @@ class BuildResult:
     startup_s: float = 0.0
     stage_timing: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # bytes of candidates between the driver and the workers before commit (Ray runner; None in-process)
+    driver_bytes: dict[str, int] | None = None
 
 
 def versions() -> dict[str, str]:
@@ -145,6 +148,17 @@ def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard
 HEALTH_EVERY_S = 5.0  # how often a Ray build checks that the cluster can still hold its actors
 
 
+def workspace_spec(cfg: PipelineConfig, layout: Layout) -> WorkspaceSpec:
+    """Each node's folder for this build's fetched sources and cut clips: ``run.work_dir``, else one per
+    OUT in the user's cache (a local OUT by its path, a URL OUT by its staging folder, which is per URL)."""
+    if cfg.run.work_dir:
+        root = Path(cfg.run.work_dir).expanduser()
+    else:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        root = cache / "mtcc" / "work" / hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
+    return WorkspaceSpec(str(root.absolute()), int(cfg.run.source_cache_gb * 2**30))
+
+
 def random_weight_stages(cfg: PipelineConfig) -> list[str]:
     return [s.name for s in cfg.active_stages if getattr(s, "allow_random_weights", False)]
 
@@ -173,7 +187,8 @@ def shard_candidates(rows: list[dict[str, Any]], sources: dict[str, str]) -> tup
     """(candidates for the stages, candidates already decided by the plan) of one shard's plan rows."""
     todo, done = [], []
     for r in rows:
-        c = Candidate(key=r["video_id"], video_id=r["video_id"], source=r["source"], shard=r["shard"])
+        c = Candidate(key=r["video_id"], video_id=r["video_id"], source=r["source"], shard=r["shard"],
+                      info={"fingerprint": r["fingerprint"]})
         if r["duplicate_of"]:
             c.reject(PLAN_STAGE, "duplicate",
                      f"same content as {sources.get(r['duplicate_of'])} ({r['duplicate_of']}); planned once")
@@ -333,12 +348,13 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
     stages = cfg.active_stages
     run_info = {"config_hash": cfg.config_hash(), "pipeline_version": PIPELINE_VERSION, "versions": versions(),
                 "profile": cfg.profile, "models": model_ids(cfg)}
+    work = workspace_spec(cfg, layout)
     t_start = time.monotonic()
     if runner == "ray":
         init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
-        executor: Any = RayExecutor(stages)
+        executor: Any = RayExecutor(stages, work)
     elif runner == "inprocess":
-        executor = InProcessExecutor(stages)
+        executor = InProcessExecutor(stages, work)
     else:
         raise BuildError(f"unknown runner {runner!r}; allowed: ray, inprocess")
     result.startup_s = time.monotonic() - t_start  # Ray init + actors set up: a fixed cost per run
@@ -361,6 +377,7 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
 
     def on_done(shard: int, cands: list[Candidate]) -> None:
         try:
+            executor.resolve([c for c in cands if c.status == "kept"])
             commit = commit_shard(layout, shard, cands, stages, run_info)
         except OSError as e:
             result.shards_failed[shard] = f"commit failed: {e}"
@@ -401,6 +418,7 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
         executor.shutdown()
         bar.close()
     result.stage_timing = {k: vars(v) for k, v in flow.timing.items()}
+    result.driver_bytes = getattr(executor, "driver_bytes", None)
     log(f"{len(result.shards_built)} shards built from {n_inputs} inputs")
 
 

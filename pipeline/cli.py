@@ -229,8 +229,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from mtcc.benchmarks.gpu import main as gpu_main
 
         return gpu_main(args)
-    from mtcc.benchmarks.harness import bench, format_report
+    from mtcc.benchmarks.harness import bench, format_report, long_url
 
+    if args.long_url:
+        doc = long_url(args.long_url, config=args.config, json_path=args.json,
+                       log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps({k: v for k, v in doc.items() if k != "disk_samples"}, indent=2))
+        return 0
     rep = bench(args.config, copies=args.copies, repeats=args.repeats, json_path=args.json,
                 loader_geometry=args.loader_geometry, train_steps=args.train_steps, skip_builds=args.no_builds,
                 log=lambda m: print(m, file=sys.stderr))
@@ -343,6 +348,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--train-steps", type=int, default=2, help="timed router steps (after one warm-up step)")
     b.add_argument("--no-builds", action="store_true", help="skip the Ray/in-process builds and the loader")
     b.add_argument("--json", default=None, help="also write the numbers here")
+    b.add_argument("--long-url", type=float, default=None, metavar="MINUTES",
+                   help="instead: one generated video of this many minutes, served over local HTTP, built on Ray "
+                        "without the model stages: bytes fetched and the node-local disk use over time")
     b.add_argument("--gpu", action="store_true", help="GPU mode: full-size random-weight models, batch sweeps, "
                                                      "utilisation, projected hours of video per GPU-hour")
     b.add_argument("--keep", action="append", default=[], metavar="STAGE=RATE",

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mtcc.stages import STAGES, Stage
+from mtcc.stages import RETIRED, STAGES, Stage
 
 
 class ConfigError(ValueError):
@@ -32,6 +32,10 @@ class RunSettings(BaseModel):
     videos_per_shard: int = Field(8, ge=1, description="input videos per shard (the unit of commit and resume)")
     max_shards_in_flight: int = Field(4, ge=1, description="shards whose candidates may be in the stages at once")
     max_batch_retries: int = Field(2, ge=0, description="retries of a batch whose worker died before it is split")
+    work_dir: str | None = Field(None, description="node-local folder for fetched sources and cut clips (default: "
+                                                   "~/.cache/mtcc/work/<hash of OUT>); emptied at the start and "
+                                                   "end of every run")
+    source_cache_gb: float = Field(50.0, gt=0, description="most GiB of remote sources one node keeps at once")
 
 
 class RayConfig(BaseModel):
@@ -153,7 +157,8 @@ def build_config(raw: dict[str, Any]) -> PipelineConfig:
     for name, body in stages_raw.items():
         cls = STAGES.get(name)
         if cls is None:
-            problems.append(f"stages.{name}: unknown stage; known stages: {', '.join(sorted(STAGES))}")
+            why = f"{RETIRED[name]}" if name in RETIRED else f"unknown stage; known stages: {', '.join(sorted(STAGES))}"
+            problems.append(f"stages.{name}: {why}")
             continue
         try:
             stages.append(cls.model_validate(body or {}))
@@ -168,9 +173,20 @@ def build_config(raw: dict[str, Any]) -> PipelineConfig:
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     assert cfg is not None
-    expanding = [s.name for s in stages if s.enabled and s.expands]
+    active = [s for s in stages if s.enabled]
+    expanding = [s.name for s in active if s.expands]
     if len(expanding) != 1:
         raise ConfigError(f"stages: exactly one enabled stage must split videos into clips, found {expanding or 'none'}")
+    makers = [i for i, s in enumerate(active) if s.makes_clip_media]
+    for i, s in enumerate(active):
+        if s.reads_clip_media and not any(m < i for m in makers):
+            where = f"after '{active[makers[0]].name}'" if makers else "with a stage that cuts clip media (cut) before it"
+            raise ConfigError(f"stages.{s.name} reads the clip media the cut makes: list it {where}")
+    split = next(i for i, s in enumerate(active) if s.expands)
+    for m in makers:
+        if m < split:
+            raise ConfigError(f"stages.{active[m].name} cuts clips: list it after '{active[split].name}', which "
+                              f"makes them")
     return cfg.model_copy(update={"stages": stages})
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtcc.stages import STAGES, Stage
-from mtcc.stages.base import Candidate
+from mtcc.stages.base import Candidate, MemberRef, PendingMember
+from mtcc.stages.workspace import NodeWorkspace
 
 
 class StageSetupError(RuntimeError):
@@ -46,15 +47,31 @@ class Ticket:
     submitted: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class WorkspaceSpec:
+    """Where each node keeps a build's fetched sources and cut clips (stages/workspace.py)."""
+
+    root: str
+    source_bytes: int
+
+    def open(self) -> NodeWorkspace:
+        return NodeWorkspace(self.root, self.source_bytes)
+
+
 class InProcessExecutor:
     """Runs each batch synchronously in the driver: the same stage code, no Ray."""
 
     name = "inprocess"
 
-    def __init__(self, stages: list[Stage]):
+    def __init__(self, stages: list[Stage], workspace: WorkspaceSpec | None = None):
         self.stages = stages
         self._done: deque[tuple[Ticket, list[Candidate] | BaseException]] = deque()
+        self.workspace = workspace.open() if workspace is not None else None
+        if self.workspace is not None:
+            self.workspace.clear()  # a killed run's leftovers
         for s in stages:
+            if self.workspace is not None:
+                s.attach(self.workspace)
             try:
                 s.setup()
             except Exception as e:
@@ -76,8 +93,17 @@ class InProcessExecutor:
         self._done.clear()
         return out
 
+    def evict(self, sources: list[str], clips: list[str]) -> None:
+        if self.workspace is not None:
+            self.workspace.evict_sources(sources)
+            self.workspace.evict_clips(clips)
+
+    def resolve(self, cands: list[Candidate]) -> None:
+        """Members are bytes already: nothing travels in one process."""
+
     def shutdown(self) -> None:
-        pass
+        if self.workspace is not None:
+            self.workspace.clear()
 
 
 def stage_thread_count(stage: Stage) -> int:
@@ -119,12 +145,56 @@ def init_ray(address: str | None, num_cpus: int | None = None, object_store_mb: 
     return ray.cluster_resources()
 
 
+def split_members(batch: list[Candidate], out: list[Candidate]) -> tuple[list[Candidate], list[dict[str, bytes]]]:
+    """The members a stage call made, taken out of its output: per input candidate (by position) a dict of
+    its new members, each left behind as a ``PendingMember`` the driver turns into a reference. A rejected
+    candidate's members are dropped: nothing of it is written."""
+    slots = {c.key: i for i, c in enumerate(batch)}
+    heavy: list[dict[str, bytes]] = [{} for _ in batch]
+    for c in out:
+        if c.status == "rejected":
+            c.members = {}
+            continue
+        slot = slots.get(c.key)
+        for name, value in list(c.members.items()):
+            if isinstance(value, bytes) and slot is not None:
+                heavy[slot][name] = value
+                c.members[name] = PendingMember(slot, len(value))
+    return out, heavy
+
+
+def attach_members(out: list[Candidate], refs: list[Any]) -> None:
+    """Driver side of :func:`split_members`: each pending member becomes a reference to the object that
+    holds it (``refs[slot]``), which stays on the node that made it until a stage or the commit reads it."""
+    for c in out:
+        for name, value in c.members.items():
+            if isinstance(value, PendingMember):
+                c.members[name] = MemberRef(refs[value.slot], name, value.size)
+
+
+def wire_bytes(cands: list[Candidate]) -> int:
+    """What a list of candidates weighs on the wire between the driver and a worker (references count as
+    their size on the wire, a few dozen bytes, not as the members they point to)."""
+    import pickle
+
+    import dataclasses
+    import pickle
+
+    light = [dataclasses.replace(c, members={n: v if isinstance(v, bytes) else ("ref", v.size)
+                                             for n, v in c.members.items()}) for c in cands]
+    return len(pickle.dumps(light, protocol=5))
+
+
 class _StageActor:
     """Holds one configured stage; ``setup`` ran once when the actor started."""
 
-    def __init__(self, stage_name: str, config: dict[str, Any]):
+    def __init__(self, stage_name: str, config: dict[str, Any], workspace: WorkspaceSpec):
         self.stage = STAGES[stage_name].model_validate(config)
         self.error: str | None = None
+        self.workspace = workspace.open()
+        if not _restarted():
+            self.workspace.clear()  # the start of a run: a killed run's leftovers on this node go
+        self.stage.attach(self.workspace)
         # the stage's thread count, as in-process runs use (stage_threads), rather than whatever Ray and the
         # OpenMP runtime picked; torch is only pinned once something imported it: stages without a model
         # never pay for importing torch (a dozen actors doing so is a third of a small run's start-up)
@@ -145,9 +215,30 @@ class _StageActor:
     def ready(self) -> str | None:
         return self.error
 
-    def process(self, batch: list[Candidate]) -> list[Candidate]:
+    def process(self, batch: list[Candidate]) -> tuple[Any, ...]:
+        """The batch's candidates, then (one return value each, owned by the driver) the members made for
+        each: the driver fetches only the candidates."""
         self._pin_threads()
-        return self.stage.run_batch(batch)
+        out, heavy = split_members(batch, self.stage.run_batch(batch))
+        return (out, *heavy)
+
+    def evict(self, sources: list[str], clips: list[str]) -> None:
+        self.workspace.evict_sources(sources)
+        self.workspace.evict_clips(clips)
+
+    def cleanup(self) -> None:
+        self.workspace.clear()
+
+
+def _restarted() -> bool:
+    """Whether this actor is a restart after its worker died (then its node's workspace is in use)."""
+    import warnings
+
+    import ray
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Ray's own use of its actor_id property
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 class RayExecutor:
@@ -157,11 +248,14 @@ class RayExecutor:
     name = "ray"
     per_actor_inflight = 2
 
-    def __init__(self, stages: list[Stage]):
+    def __init__(self, stages: list[Stage], workspace: WorkspaceSpec):
         import ray
 
         self.ray = ray
         self.stages = stages
+        # what crosses between the driver and the workers: candidates both ways, member bytes among what the
+        # driver receives (none, by design), and the members the commit fetches (each once)
+        self.driver_bytes = {"sent": 0, "received": 0, "member_bytes_received": 0, "member_bytes_resolved": 0}
         remote_cls = ray.remote(_StageActor)
         self._check_fits()
         self.pools: list[list[Any]] = []
@@ -170,14 +264,14 @@ class RayExecutor:
             r = s.resources
             opts = {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "max_restarts": -1, "max_task_retries": 0}
             config = s.model_dump()
-            actors = [remote_cls.options(**opts).remote(s.name, config) for _ in range(r.concurrency)]
+            actors = [remote_cls.options(**opts).remote(s.name, config, workspace) for _ in range(r.concurrency)]
             self.pools.append(actors)
             self.load.append([0] * len(actors))
         for s, actors in zip(stages, self.pools):
             for err in ray.get([a.ready.remote() for a in actors]):
                 if err:
                     raise StageSetupError(err)
-        self._refs: dict[Any, Ticket] = {}
+        self._refs: dict[Any, tuple[Ticket, list[Any]]] = {}
 
     def _check_fits(self) -> None:
         total = self.ray.cluster_resources()
@@ -210,8 +304,10 @@ class RayExecutor:
         loads = self.load[ticket.stage_idx]
         ticket.actor = min(range(len(loads)), key=loads.__getitem__)
         loads[ticket.actor] += 1
-        ref = self.pools[ticket.stage_idx][ticket.actor].process.remote(ticket.batch)
-        self._refs[ref] = ticket
+        self.driver_bytes["sent"] += wire_bytes(ticket.batch)
+        refs = self.pools[ticket.stage_idx][ticket.actor].process.options(
+            num_returns=1 + len(ticket.batch)).remote(ticket.batch)
+        self._refs[refs[0]] = (ticket, refs[1:])
 
     def wait(self, timeout: float) -> list[tuple[Ticket, list[Candidate] | BaseException]]:
         if not self._refs:
@@ -222,10 +318,15 @@ class RayExecutor:
             ready = list(dict.fromkeys([*ready, *more]))
         out: list[tuple[Ticket, list[Candidate] | BaseException]] = []
         for ref in ready:
-            ticket = self._refs.pop(ref)
+            ticket, member_refs = self._refs.pop(ref)
             self.load[ticket.stage_idx][ticket.actor] -= 1
             try:
-                out.append((ticket, self.ray.get(ref)))
+                cands = self.ray.get(ref)
+                attach_members(cands, member_refs)
+                self.driver_bytes["received"] += wire_bytes(cands)
+                self.driver_bytes["member_bytes_received"] += sum(
+                    len(v) for c in cands for v in c.members.values() if isinstance(v, bytes))
+                out.append((ticket, cands))
             except self.ray.exceptions.ActorUnavailableError as e:
                 out.append((ticket, WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                                                transient=True)))
@@ -236,7 +337,33 @@ class RayExecutor:
                 out.append((ticket, e))
         return out
 
+    def evict(self, sources: list[str], clips: list[str]) -> None:
+        """Tell every worker of the stages that keep files on their node that these are through (each
+        worker removes what its node holds of them; a node without them has nothing to do)."""
+        if not sources and not clips:
+            return
+        for stage, actors in zip(self.stages, self.pools):
+            if stage.reads_source or stage.reads_clip_media or stage.makes_clip_media:
+                for a in actors:
+                    a.evict.remote(sources, clips)
+
+    def resolve(self, cands: list[Candidate]) -> None:
+        """Fetch the members of ``cands`` that are still references (the commit writes them): each object
+        crosses once, from the node that made it to the driver."""
+        refs = {v.ref.hex(): v.ref for c in cands for v in c.members.values() if isinstance(v, MemberRef)}
+        if not refs:
+            return
+        got = dict(zip(refs, self.ray.get(list(refs.values()))))
+        for c in cands:
+            for name, v in list(c.members.items()):
+                if isinstance(v, MemberRef):
+                    c.members[name] = got[v.ref.hex()][name]
+                    self.driver_bytes["member_bytes_resolved"] += len(c.members[name])
+
     def shutdown(self) -> None:
+        # each node's workspace goes with the run (an actor that is gone leaves its node's to the next run)
+        cleanups = [a.cleanup.remote() for actors in self.pools for a in actors]
+        self.ray.wait(cleanups, num_returns=len(cleanups), timeout=30)
         for actors in self.pools:
             for a in actors:
                 self.ray.kill(a)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mtcc.stages.base import Candidate, Stage, out_of_memory_message
+from mtcc.stages.media import is_remote
+from mtcc.stages.workspace import source_key
 
 from .executor import Ticket, WorkerLost
 
@@ -46,11 +48,19 @@ class Flow:
     _ids: itertools.count = field(init=False, default_factory=itertools.count)
     _oldest: list[float | None] = field(init=False)
     _retries: list[tuple[float, Ticket]] = field(init=False, default_factory=list)
+    # node-local files the workers may drop: a video's fetched source once none of its candidates is
+    # before or in the last stage that reads the source; a clip's media once the clip is through
+    _last_source_stage: int = field(init=False, default=-1)
+    _source_users: Counter = field(init=False, default_factory=Counter)
+    _source_keys: dict[str, str] = field(init=False, default_factory=dict)
+    _evict_sources: list[str] = field(init=False, default_factory=list)
+    _evict_clips: list[str] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.queues = [deque() for _ in self.stages]
         self._oldest = [None for _ in self.stages]
         self.timing = {s.name: StageTiming() for s in self.stages}
+        self._last_source_stage = max((i for i, s in enumerate(self.stages) if s.reads_source), default=-1)
 
     @property
     def open_shards(self) -> int:
@@ -61,11 +71,15 @@ class Flow:
         self.finished[shard] = list(done)
         self.outstanding[shard] += len(cands)
         for c in cands:
+            if is_remote(c.source):
+                self._source_keys[c.video_id] = source_key(c.source, c.info.get("fingerprint"))
             self._enqueue(0, c)
         if not cands:
             self._close(shard)
 
     def _enqueue(self, i: int, c: Candidate) -> None:
+        if i <= self._last_source_stage:
+            self._source_users[c.video_id] += 1
         if not self.queues[i]:
             self._oldest[i] = time.monotonic()
         self.queues[i].append(c)
@@ -97,6 +111,10 @@ class Flow:
     def _finish(self, c: Candidate) -> None:
         if c.pending:
             c.status = "kept"
+        elif c.status == "rejected":
+            c.members = {}  # nothing of it is written: its members can go from wherever they are held
+        if "media" in c.info:
+            self._evict_clips.append(c.key)
         self.finished[c.shard].append(c)
         self.outstanding[c.shard] -= 1
         if self.on_progress:
@@ -158,6 +176,23 @@ class Flow:
             self.inflight[t.stage_idx] -= 1
             self._send(t)
 
+    def _left_stage(self, i: int, batch: list[Candidate]) -> None:
+        """``batch`` is through stage ``i`` for good (not resubmitted): a video none of whose candidates is
+        left in or before the last stage that reads its source can drop its fetched copy."""
+        if i > self._last_source_stage:
+            return
+        for c in batch:
+            self._source_users[c.video_id] -= 1
+            if self._source_users[c.video_id] <= 0:
+                del self._source_users[c.video_id]
+                if c.video_id in self._source_keys:
+                    self._evict_sources.append(self._source_keys.pop(c.video_id))
+
+    def _flush_evictions(self) -> None:
+        if self._evict_sources or self._evict_clips:
+            self.executor.evict(self._evict_sources, self._evict_clips)
+            self._evict_sources, self._evict_clips = [], []
+
     def step(self, timeout: float = 1.0) -> bool:
         """Submit what is ready, take what finished. False when nothing is left to do."""
         self._send_due_retries()
@@ -186,4 +221,7 @@ class Flow:
                     self._enqueue(i + 1, c)
                 else:
                     self._finish(c)
+            if result:  # through stage i for good (an empty result is a batch sent again)
+                self._left_stage(i, ticket.batch)
+        self._flush_evictions()
         return True

@@ -7,6 +7,7 @@ from .audio_emb import AudioEmbeddings
 from .base import Candidate, Rejection, Resources, Stage
 from .caption import ClipCaption
 from .clip import WholeVideoClip
+from .cut import ClipCut
 from .distance import FaceDistance
 from .faces import FaceTrack
 from .layout import PanelLayout
@@ -15,15 +16,20 @@ from .prescore import MouthPrescore
 from .probe import Probe
 from .segment import TwoFaceSegments
 from .separate import SpeechSeparation
-from .shots import ShotSplit
 from .sync import SyncScores
 from .write import ClipWriter
 
 STAGES: dict[str, type[Stage]] = {
     cls.name: cls
-    for cls in (Probe, ShotSplit, FaceTrack, TwoFaceSegments, PanelLayout, WholeVideoClip, FaceDistance,
+    for cls in (Probe, FaceTrack, TwoFaceSegments, PanelLayout, WholeVideoClip, FaceDistance, ClipCut,
                 MouthPrescore, SpeechSeparation, ActiveSpeakers, SyncScores, CharacterMasks, AudioEmbeddings,
                 ClipCaption, ClipWriter)
 }
 
-__all__ = ["STAGES", "Candidate", "Rejection", "Resources", "Stage"]
+# stage names earlier versions knew, and where their settings went
+RETIRED: dict[str, str] = {
+    "shots": "cut detection now runs on the faces stage's one decode of the video: move its settings under "
+             "stages.faces.shots (detector, threshold, min_shot_seconds; decode_width is analysis_width)",
+}
+
+__all__ = ["RETIRED", "STAGES", "Candidate", "Rejection", "Resources", "Stage"]

@@ -1,15 +1,14 @@
 """Active speakers: who speaks when, per character and per clip frame, with Light-ASD (:mod:`.light_asd`).
 
 Inputs, as Light-ASD's authors feed their model (their demo's ``crop_video`` / ``evaluate_network``):
-  * faces: per character, each frame's box centre and half side (the larger of width and height, / 2)
-    median-filtered over ``box_median_frames`` (13); a square of side ``2 (1 + crop_scale)`` x half side,
-    centred ``crop_scale`` x half side below the face centre, resized to 224 and cut to its central
-    112 x 112, grey. The central square is cropped here directly at 112 px (the same region, one resample):
-    the boxes handed to ``crops.face_crops`` are the smoothed squares moved down, with its ``scale``
-    giving half the authors' crop side;
+  * faces: per character and frame, a square of side ``(1 + crop_scale)`` x the face box's longer side,
+    centred ``crop_scale / 2`` x that side below the box centre, resized to 224 and cut to its central
+    112 x 112, grey. That central square (side ``(1 + crop_scale) / 2``, same centre) is derived here
+    directly at 112 px from the clip's shared face crops (``crops.CropGeometry``; one resample). The authors
+    median-filter box centre and size over 13 frames first; our boxes come smoothed from the tracker;
   * audio: the clip mixture at 16 kHz on the int16 scale -> ``python_speech_features.mfcc`` (13
     coefficients, 25 ms window, 10 ms step): 4 rows per video frame at 25 fps.
-Faces and audio come only through ``crops.face_crops`` / ``crops.audio_16k`` (:meth:`ActiveSpeakers._inputs`).
+Faces and audio come only from the clip media the ``cut`` stage made (:meth:`ActiveSpeakers._inputs`).
 
 One chunking pass of the encoders: each character's frames are cut into windows of ``encode_frames`` (4 s;
 the last one ends at the clip's last frame, overlapping its neighbour, whose embeddings are averaged there)
@@ -121,25 +120,6 @@ def mfcc_rows(audio: np.ndarray, n_frames: int) -> np.ndarray:
     return np.ascontiguousarray(m[:want], np.float32)
 
 
-def median_filter(x: np.ndarray, k: int) -> np.ndarray:
-    """Centred running median over ``k`` (odd) samples; the edges see the edge value repeated."""
-    k = max(1, int(k) | 1)
-    if k == 1 or len(x) < 2:
-        return np.asarray(x, np.float64)
-    p = np.pad(np.asarray(x, np.float64), k // 2, mode="edge")
-    return np.median(np.lib.stride_tricks.sliding_window_view(p, k), axis=1)
-
-
-def crop_boxes(boxes: np.ndarray, crop_scale: float, median_frames: int) -> np.ndarray:
-    """Square boxes (side = the box's larger side, centre and side median-filtered over ``median_frames``)
-    moved down by ``crop_scale`` x half that side: the authors' crop is ``(1 + crop_scale)`` x this square."""
-    b = np.asarray(boxes, np.float64)
-    half = median_filter(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 2, median_frames)
-    cx = median_filter((b[:, 0] + b[:, 2]) / 2, median_frames)
-    cy = median_filter((b[:, 1] + b[:, 3]) / 2, median_frames) + crop_scale * half
-    return np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)
-
-
 def plan_windows(n: int, window: int) -> list[int]:
     """Window starts covering ``n`` frames with windows of ``window`` frames; the last ends at ``n``. One
     window of the whole track when it is not longer than ``window``."""
@@ -218,6 +198,7 @@ def frame_gate(speech: list[tuple[float, float]] | None, n_frames: int) -> np.nd
 
 class ActiveSpeakers(Stage):
     name: ClassVar[str] = "asd"
+    reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "speaking_0": "float64", "speaking_1": "float64", "both_speaking": "float64", "turns": "int64",
         "silent_0": "bool", "silent_1": "bool", "n_speaking": "int64",
@@ -241,9 +222,8 @@ class ActiveSpeakers(Stage):
                                                       "the other's turn)")
     speech_gate: bool = Field(True, description="frames where the mixture has no voice activity (Silero VAD) count as "
                                                 "nobody speaking")
-    crop_scale: float = Field(0.4, ge=0, description="the authors' cropScale: crop side = 2 (1 + s) x half the box "
-                                                     "side, centred s x half side below the box centre")
-    box_median_frames: int = Field(13, ge=1, description="median filter of box centre and size (the authors': 13)")
+    crop_scale: float = Field(0.4, ge=0, description="the authors' cropScale: crop side = (1 + s) x the box's longer "
+                                                     "side, centred s/2 x that side below the box centre")
     smooth_frames: int = Field(5, ge=1, description="moving average of the logits before thresholding")
     threshold: float = Field(0.0, description="smoothed logit above this: speaking")
     min_gap_s: float = Field(0.2, ge=0, description="pauses shorter than this inside speech are closed")
@@ -278,24 +258,21 @@ class ActiveSpeakers(Stage):
 
     # -- inputs ---------------------------------------------------------------------------------------
     def _inputs(self, cand: Candidate) -> _Clip:
-        """The only place this stage reads media: face crops and the mixture through ``crops``."""
+        """The only place this stage reads media: the face crops and mixture of the clip media."""
         import cv2
 
-        from .crops import audio_16k, face_crops
+        from .crops import CropGeometry, clip_media
 
-        faces = cand.info["clip_faces"]
-        moved = {**faces, "characters": [
-            {**c, "boxes": crop_boxes(np.asarray(c["boxes"]), self.crop_scale, self.box_median_frames).tolist()}
-            for c in faces["characters"]]}
-        view = dataclasses.replace(cand, info={**cand.info, "clip_faces": moved})
-        rgb = face_crops(view, size=FACE_SIZE, scale=(1.0 + self.crop_scale) / 2)
+        media = clip_media(cand, self)
+        half = (1.0 + self.crop_scale) / 2  # the central half of the authors' crop
+        rgb = np.asarray(media.crops(CropGeometry(FACE_SIZE, half, self.crop_scale / 2)))
         c, t = rgb.shape[:2]
         grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb.reshape(-1, FACE_SIZE, FACE_SIZE, 3)])
-        mix = audio_16k(cand, RATE)
+        mix = media.mixture()
         audio = [mfcc_rows(mix, t)]
         separated = all(f"spk{k}.flac" in cand.members for k in range(2))
         if separated:
-            audio += [mfcc_rows(read_track(cand.members[f"spk{k}.flac"]), t) for k in range(2)]
+            audio += [mfcc_rows(read_track(cand.member(f"spk{k}.flac")), t) for k in range(2)]
         speech = None
         if self.speech_gate:
             from .vad import speech_segments

@@ -346,7 +346,7 @@ class AudioEmbeddings(Stage):
             return Rejection("missing_tracks", f"{', '.join(absent)} missing: audio_emb embeds the separated "
                                                f"tracks the `separate` stage writes; run it before audio_emb")
         rate = int(self._fe.sampling_rate)
-        tracks = [read_track(cand.members[n], rate) for n in names]
+        tracks = [read_track(cand.member(n), rate) for n in names]
         lengths = {len(t) for t in tracks}
         frames = clip_frames(cand, max(lengths), rate, self.fps)
         if frames < 1:

@@ -15,7 +15,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from .workspace import NodeWorkspace
 
 Status = Literal["pending", "kept", "rejected", "expanded"]
 Level = Literal["video", "clip"]
@@ -38,12 +40,41 @@ class Resources(BaseModel):
                                                         "Ray's share (num_cpus rounded, at least 1)")
 
 
+@dataclass(frozen=True)
+class PendingMember:
+    """Placeholder a stage worker leaves for a member it returns apart from the candidate (see
+    ``mtcc.pipeline.executor``): ``slot`` is the candidate's position in the batch it came in with."""
+
+    slot: int
+    size: int
+
+
+@dataclass(frozen=True)
+class MemberRef:
+    """A member held in Ray's object store: ``ref`` is the object of one candidate's members from one stage
+    call (a dict name -> bytes), owned by the driver and stored on the node that made it. The driver routes
+    the reference; only the worker that reads the member, and the commit, fetch the bytes."""
+
+    ref: Any
+    name: str
+    size: int
+
+    def fetch(self) -> bytes:
+        import ray
+
+        return ray.get(self.ref)[self.name]
+
+
+Member = bytes | PendingMember | MemberRef
+
+
 @dataclass
 class Candidate:
     """One unit flowing through the stages: a whole input video, or a clip cut from one.
 
     ``info`` carries JSON-able facts later stages need (probe info, tracks); ``members`` carries the
-    sample files produced so far (member name -> bytes), written into the shard tar at commit.
+    sample files produced so far (member name -> bytes, or a reference to bytes held elsewhere: read them
+    with :meth:`member`), written into the shard tar at commit.
     """
 
     key: str
@@ -61,11 +92,33 @@ class Candidate:
     message: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-    members: dict[str, bytes] = field(default_factory=dict)
+    members: dict[str, Member] = field(default_factory=dict)
+    # members fetched from the object store by this worker; never sent anywhere
+    _fetched: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fetched"] = {}
+        return state
 
     @property
     def pending(self) -> bool:
         return self.status == "pending"
+
+    def member(self, name: str) -> bytes:
+        """The bytes of member ``name``, fetched (once per worker) when the candidate holds a reference."""
+        value = self.members[name]
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, MemberRef):
+            if name not in self._fetched:
+                self._fetched[name] = value.fetch()
+            return self._fetched[name]
+        raise RuntimeError(f"{self.key}: member {name!r} is still in transit ({value}); the executor resolves it")
+
+    def member_size(self, name: str) -> int:
+        value = self.members[name]
+        return len(value) if isinstance(value, bytes) else value.size
 
     def reject(self, stage: str, reason: str, message: str) -> None:
         self.status, self.stage, self.reason, self.message = "rejected", stage, reason, message
@@ -88,9 +141,29 @@ class Stage(BaseModel):
     stats_schema: ClassVar[dict[str, str]] = {}
     # a stage that turns one video candidate into clip candidates
     expands: ClassVar[bool] = False
+    # reads the input video itself (through the node's source cache); the last such stage in a profile is
+    # where a video's cached copy can go
+    reads_source: ClassVar[bool] = False
+    # reads the clip media the ``cut`` stage leaves in the node's workspace
+    reads_clip_media: ClassVar[bool] = False
+    # makes them
+    makes_clip_media: ClassVar[bool] = False
 
     enabled: bool = True
     resources: Resources = Field(default_factory=Resources)
+
+    _workspace: NodeWorkspace | None = PrivateAttr(None)
+
+    def attach(self, workspace: NodeWorkspace) -> None:
+        """Share the node's workspace (fetched sources, clip media) with this stage; builds do this for
+        every stage before ``setup``."""
+        self._workspace = workspace
+
+    @property
+    def workspace(self) -> NodeWorkspace:
+        if self._workspace is None:
+            self._workspace = NodeWorkspace.scratch()  # a stage used on its own: a private one
+        return self._workspace
 
     def setup(self) -> None:
         """Load models and other per-actor state. Called once per actor before any batch."""

@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 
 from . import models
 from .base import Candidate, Resources, Stage
+from .crops import ClipMedia, clip_media
 
 HF_ID = "Qwen/Qwen2-VL-7B-Instruct"
 PROMPT = "Please describe the video in detail."
@@ -73,26 +74,22 @@ def target_size(height: int, width: int, *, min_pixels: int, max_pixels: int,
     return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
-def clip_frames(cand: Candidate, times: np.ndarray, *, min_pixels: int, max_pixels: int,
+def clip_frames(media: ClipMedia, times: np.ndarray, *, min_pixels: int, max_pixels: int,
                 factor: int = PATCH * MERGE, threads: int = 1) -> np.ndarray:
-    """uint8 RGB ``[len(times), H, W, 3]``: the clip's frames at ``times`` (clip seconds), each source
-    frame decoded once, at the width the processor will resize to (the source's, if smaller)."""
-    from .crops import clip_source_frames
-    from .media import open_local
-    from .video import coded_size, open_frames
+    """uint8 RGB ``[len(times), H, W, 3]``: the clip's frames at ``times`` (clip seconds), read from the
+    clip's own mp4, each frame decoded once, at the width the processor will resize to (the clip's, if
+    smaller). The cut puts a key frame every second, so 1 fps samples decode nothing else."""
+    from .video import open_frames
 
-    probe = cand.info["probe"]
-    src_w, src_h = coded_size(probe)
-    _, w = target_size(src_h, src_w, min_pixels=min_pixels, max_pixels=max_pixels, factor=factor)
-    start = float(cand.start or 0.0)
-    with open_local(cand.source) as path:
-        video = open_frames(path, probe, w if w < src_w else None, threads)
-        t0 = float(probe.get("video_start") or 0.0)
-        src = np.array([clip_source_frames(video.clock, start + float(t), t0, 1, 1.0)[0] for t in times])
-        got: dict[int, np.ndarray] = {}
-        for idx, frames in video.batches(sorted(set(src.tolist())), 16):
-            got.update(zip(idx, frames))
-    return np.stack([got[i] for i in src.tolist()])
+    clip_w, clip_h = media.info["size"]
+    _, w = target_size(clip_h, clip_w, min_pixels=min_pixels, max_pixels=max_pixels, factor=factor)
+    video = open_frames(media.mp4(), {"width": clip_w, "height": clip_h}, w if w < clip_w else None, threads)
+    last = max(0, min(media.frames, video.n_frames) - 1)
+    idx = np.clip(np.round(np.asarray(times, np.float64) * float(media.info["fps"])).astype(int), 0, last)
+    got: dict[int, np.ndarray] = {}
+    for chunk, frames in video.batches(sorted(set(idx.tolist())), 16):
+        got.update(zip(chunk, frames))
+    return np.stack([got[i] for i in idx.tolist()])
 
 
 def greedy_config(checkpoint: Any, max_new_tokens: int, pad_id: int | None, eos_fallback: int) -> Any:
@@ -112,6 +109,7 @@ def greedy_config(checkpoint: Any, max_new_tokens: int, pad_id: int | None, eos_
 
 class ClipCaption(Stage):
     name: ClassVar[str] = "caption"
+    reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "n_frames": "int64", "visual_tokens": "int64", "prompt_tokens": "int64", "new_tokens": "int64",
         "caption_chars": "int64", "random_weights": "bool",
@@ -230,7 +228,7 @@ class ClipCaption(Stage):
         times = frame_times(end - start, self.fps, min_frames=self.min_frames, max_frames=self.max_frames,
                             temporal=getattr(self, "_temporal", TEMPORAL))
         threads = self.resources.threads or max(1, int(round(self.resources.num_cpus)))
-        frames = clip_frames(cand, times, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+        frames = clip_frames(clip_media(cand, self), times, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
                              factor=getattr(self, "_factor", PATCH * MERGE), threads=threads)
         return times, frames
 

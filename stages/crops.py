@@ -1,29 +1,60 @@
-"""Per-character face crops of a clip at the output frame rate, from the source, in one decode."""
+"""A clip's media as every stage after the cut reads them: the clip's mp4, its 16 kHz mixture, and ONE set
+of per-character face crops that all crop-based stages derive their own from.
+
+The shared crops are 224x224 squares of side 1.4 x the face box's longer side, centred 0.2 x that side below
+the box centre: syncnet_python's face crop (``crop_video`` with cs = 0.4), which is also clearvoice's (the
+AV-MossFormer2 lip crop is its grey 112x112 centre). Any other square crop of the same face (prescore's
+mouth crops, Light-ASD's) lies at a fixed place inside it, whatever the box: it is one affine warp away
+(:func:`derive`), so no stage decodes the clip to crop faces.
+
+The ``cut`` stage makes all three in one pass over the source (see stages/cut.py) and leaves them in the
+node's workspace; a worker on another node (no such folder there) rebuilds them once per node from the
+clip's own members (``mp4``, ``mix.flac``), never from the source.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from .media import open_local
-from .video import FrameClock, open_frames
+from .workspace import NodeWorkspace
+
+RATE = 16000
 
 
-def clip_source_frames(clock: FrameClock, cand_start: float, t0: float, n_out: int, out_fps: float) -> np.ndarray:
+@dataclass(frozen=True)
+class CropGeometry:
+    """A square face crop: ``size`` pixels, side ``scale`` x the face box's longer side, centre ``shift`` x
+    that side below the box centre."""
+
+    size: int
+    scale: float
+    shift: float = 0.0
+
+
+SHARED_CROPS = CropGeometry(224, 1.4, 0.2)
+
+
+def clip_source_frames(clock: Any, cand_start: float, t0: float, n_out: int, out_fps: float) -> np.ndarray:
     """Source frame index of every output frame of a clip starting at file time ``cand_start``: output
     frame j is shown at ``cand_start + j/out_fps`` (the clip encode is constant-rate), which is
     ``t0`` (file time of the video start) later than the source clock's time."""
     return clock.index_at(cand_start - t0 + np.arange(n_out) / out_fps)
 
 
-def square_crop(img: np.ndarray, box: np.ndarray, scale: float, size: int) -> np.ndarray:
-    """A ``size``x``size`` crop centred on ``box``, side = ``scale`` x the box's longer side; the part
-    outside the frame is black (faces at the frame edge keep their place in the crop)."""
+def square_crop(img: np.ndarray, box: np.ndarray, scale: float, size: int, shift: float = 0.0) -> np.ndarray:
+    """A ``size``x``size`` crop of side ``scale`` x the box's longer side, centred ``shift`` x that side below
+    the box centre; the part outside the frame is black (faces at the frame edge keep their place)."""
     x0, y0, x1, y1 = (float(v) for v in box)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    half = max(x1 - x0, y1 - y0, 2.0) * scale / 2
+    side = max(x1 - x0, y1 - y0, 2.0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + shift * side
+    half = side * scale / 2
     # affine map from the crop square to the frame: warpAffine pads with black and resamples once
     s = size / (2 * half)
     m = np.array([[s, 0, size / 2 - s * cx], [0, s, size / 2 - s * cy]], np.float32)
@@ -31,44 +62,148 @@ def square_crop(img: np.ndarray, box: np.ndarray, scale: float, size: int) -> np
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def face_crops(cand: Any, *, size: int, scale: float, batch_frames: int = 32) -> np.ndarray:
-    """uint8 RGB ``[n_characters, T, size, size, 3]`` for a clip candidate with ``info['clip_faces']``.
-
-    Each needed source frame is decoded once at full resolution, and both characters are cropped from
-    it; frames repeated by frame-rate conversion are decoded once too.
-    """
-    faces = cand.info["clip_faces"]
-    probe = cand.info["probe"]
-    chars = faces["characters"]
-    n_out = int(faces["frames"])
-    out = np.zeros((len(chars), n_out, size, size, 3), np.uint8)
-    boxes = [np.asarray(c["boxes"], np.float64) for c in chars]
-    with open_local(cand.source) as path:
-        video = open_frames(path, probe, None)
-        src = clip_source_frames(video.clock, float(cand.start or 0.0), float(probe.get("video_start") or 0.0),
-                                 n_out, faces["fps"])
-        unique = sorted(set(src.tolist()))
-        where: dict[int, list[int]] = {}
-        for j, f in enumerate(src.tolist()):
-            where.setdefault(f, []).append(j)
-        for idx, frames in video.batches(unique, batch_frames):
-            for f, img in zip(idx, frames):
-                for j in where[f]:
-                    for k in range(len(chars)):
-                        out[k, j] = square_crop(img, boxes[k][j], scale, size)
-    return out
+def crop_characters(img: np.ndarray, boxes: np.ndarray, geom: CropGeometry = SHARED_CROPS) -> np.ndarray:
+    """``[C, S, S, 3]``: each character's crop of one frame (``boxes`` ``[C, 4]`` in the frame's pixels)."""
+    return np.stack([square_crop(img, b, geom.scale, geom.size, geom.shift) for b in boxes])
 
 
-def audio_16k(cand: Any, rate: int = 16000) -> np.ndarray:
-    """The clip's mixture, mono float32 at ``rate``, decoded by ffmpeg from the source (argument list)."""
-    from .media import ff_input, run_tool
+def derive(crops: np.ndarray, geom: CropGeometry, base: CropGeometry = SHARED_CROPS) -> np.ndarray:
+    """Crops of geometry ``geom`` cut from crops of geometry ``base`` (``[..., S, S, 3]``): both are squares
+    around the same box, so ``geom``'s square sits at the same place in every ``base`` crop. Outside
+    ``base``'s square is black, as outside the frame."""
+    if geom == base:
+        return crops
+    s = base.size / base.scale  # base crop pixels per box side
+    cx = base.size / 2
+    cy = base.size / 2 + (geom.shift - base.shift) * s
+    half = geom.scale * s / 2
+    k = geom.size / (2 * half)
+    m = np.array([[k, 0, geom.size / 2 - k * cx], [0, k, geom.size / 2 - k * cy]], np.float32)
+    flags = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
+    flat = crops.reshape(-1, *crops.shape[-3:])
+    out = np.empty((len(flat), geom.size, geom.size, crops.shape[-1]), np.uint8)
+    for i, img in enumerate(flat):
+        out[i] = cv2.warpAffine(img, m, (geom.size, geom.size), flags=flags, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=0).reshape(out.shape[1:])
+    return out.reshape(*crops.shape[:-3], geom.size, geom.size, crops.shape[-1])
 
-    start = float(cand.start or 0.0)
-    dur = float(cand.end or 0.0) - start
-    with open_local(cand.source) as path:
-        raw = run_tool(["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.6f}", "-t", f"{dur:.6f}",
-                        "-i", ff_input(path), "-map", "0:a:0", "-ac", "1", "-ar", str(rate), "-f", "f32le", "-"],
-                       what=f"{cand.source} audio [{start:.2f}s, +{dur:.2f}s]")
-    audio = np.frombuffer(raw, np.float32).copy()
-    want = int(round(dur * rate))
-    return np.pad(audio, (0, max(0, want - len(audio))))[:want]
+
+def clip_boxes(faces: dict[str, Any], scale: tuple[float, float]) -> np.ndarray:
+    """``[C, T, 4]`` face boxes of a clip (its ``clip_faces``) in its mp4's pixels (``scale``: mp4 px per
+    source px)."""
+    sx, sy = scale
+    return np.stack([np.asarray(c["boxes"], np.float64).reshape(-1, 4) * [sx, sy, sx, sy]
+                     for c in faces["characters"]])
+
+
+def _atomic_save(path: Path, arr: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class ClipMedia:
+    """The media of one cut clip on this node (``cand.info['media']`` says what the cut made)."""
+
+    MP4, MIX, CROPS = "clip.mp4", "mix.npy", "crops.npy"
+
+    def __init__(self, cand: Any, workspace: NodeWorkspace, stage: str):
+        media = cand.info.get("media")
+        if not media or "mp4" not in cand.members:
+            raise ValueError(f"stage '{stage}' reads the clip media the `cut` stage makes, and {cand.key} has none: "
+                             f"list `cut` before `{stage}` in the profile")
+        self.cand = cand
+        self.info = media
+        self.dir = workspace.clip_dir(cand.key, media["sha256"])
+
+    @classmethod
+    def write(cls, workspace: NodeWorkspace, key: str, media: dict[str, Any], files: dict[str, Any]) -> Path:
+        """Leave what the cut made in the workspace: ``files`` maps file name -> bytes or array."""
+        d = workspace.clip_dir(key, media["sha256"])
+        d.mkdir(parents=True, exist_ok=True)
+        for name, value in files.items():
+            if isinstance(value, np.ndarray):
+                _atomic_save(d / name, value)
+            else:
+                _atomic_write(d / name, value)
+        return d
+
+    @property
+    def frames(self) -> int:
+        return int(self.info["frames"])
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """mp4 pixels per source pixel (the clip is the source's picture, rounded to even dimensions)."""
+        return tuple(self.info["scale"])  # type: ignore[return-value]
+
+    def mp4(self) -> str:
+        """The clip's mp4 as a local file (the workspace's, written from the member on a node without it)."""
+        path = self.dir / self.MP4
+        if not path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(path, self.cand.member("mp4"))
+        return str(path)
+
+    def mixture(self) -> np.ndarray:
+        """The clip's mixture, mono float32 at 16 kHz, exactly the clip's length."""
+        path = self.dir / self.MIX
+        if path.exists():
+            return np.load(path)
+        from .audio_io import read_track
+
+        want = int(round(float(self.info["seconds"]) * RATE))  # as long as mix.flac: the clip, not its frames
+        mix = read_track(self.cand.member("mix.flac"), RATE)
+        mix = np.pad(mix, (0, max(0, want - len(mix))))[:want].astype(np.float32)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_save(path, mix)
+        return mix
+
+    def crops(self, geom: CropGeometry = SHARED_CROPS) -> np.ndarray:
+        """uint8 RGB ``[C, T, size, size, 3]`` face crops of ``geom``, derived from the shared ones."""
+        path = self.dir / self.CROPS
+        if path.exists():
+            shared = np.load(path, mmap_mode="r")
+        else:
+            shared = self._crop_from_mp4()
+            _atomic_save(path, shared)
+        return derive(np.asarray(shared), geom)
+
+    def _crop_from_mp4(self) -> np.ndarray:
+        """The shared crops rebuilt from the clip's mp4 (a node the cut did not run on): one decode of the
+        clip, frame for frame the delivered picture."""
+        from .video import open_frames
+
+        path = self.mp4()
+        w, h = self.info["size"]
+        video = open_frames(path, {"width": w, "height": h}, None)
+        boxes = clip_boxes(self.cand.info["clip_faces"], self.scale)
+        out = np.zeros((len(boxes), self.frames, SHARED_CROPS.size, SHARED_CROPS.size, 3), np.uint8)
+        last = None
+        for idx, imgs in video.batches(list(range(min(video.n_frames, self.frames))), 32):
+            for j, img in zip(idx, imgs):
+                out[:, j] = last = crop_characters(img, boxes[:, j])
+        for j in range(video.n_frames, self.frames):  # a short encode: hold the last picture
+            if last is not None:
+                out[:, j] = last
+        return out
+
+
+def clip_media(cand: Any, stage: Any) -> ClipMedia:
+    """The clip media of ``cand`` for ``stage`` (a Stage: its name and workspace)."""
+    return ClipMedia(cand, stage.workspace, stage.name)
+
+
+def media_info(sha256: str, seconds: float, frames: int, fps: float, size: tuple[int, int],
+               scale: tuple[float, float]) -> dict:
+    return {"sha256": sha256, "seconds": round(float(seconds), 6), "frames": int(frames), "fps": float(fps),
+            "size": [int(size[0]), int(size[1])], "scale": [float(scale[0]), float(scale[1])],
+            "crops": asdict(SHARED_CROPS)}

@@ -47,6 +47,7 @@ from pydantic import Field, field_validator
 from . import models, sam2_model
 from . import rle as rle_codec
 from .base import Candidate, Rejection, Resources, Stage
+from .crops import clip_media
 from .geometry import LatentGeometry, letterbox_mask, route_index_mask
 
 HF_ID = "facebook/sam2.1-hiera-large"
@@ -155,11 +156,6 @@ def route_windows(canvas: Callable[[int, int], np.ndarray], n_frames: int, geo: 
     recipe."""
     wins = geo.windows(n_frames)
     return np.stack([route_index_mask(canvas(s, e), geo) for s, e in wins]).astype(np.int8)
-
-
-def clip_size(src_w: int, src_h: int) -> tuple[int, int]:
-    """(w, h) of the written clip: the write stage scales the source to ``trunc(w/2)*2 x trunc(h/2)*2``."""
-    return max(2, int(src_w) // 2 * 2), max(2, int(src_h) // 2 * 2)
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -315,6 +311,7 @@ class ClipFrames:
 
 class CharacterMasks(Stage):
     name: ClassVar[str] = "masks"
+    reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "area_0": "float64", "area_1": "float64", "empty_0": "float64", "empty_1": "float64",
         "stability_0": "float64", "stability_1": "float64", "overlap": "float64",
@@ -410,44 +407,30 @@ class CharacterMasks(Stage):
 
     # -- frames --------------------------------------------------------------------------------------------
     def _frames(self, cand: Candidate, size: int, want_full: set[int]) -> ClipFrames:
+        """Every frame of the clip's own mp4 (the delivered picture), decoded once: resized for SAM2, and
+        at clip resolution where a reference picture is cut."""
         import torch
 
-        from .crops import clip_source_frames
-        from .media import open_local
         from .video import open_frames
 
-        faces, probe = cand.info["clip_faces"], cand.info["probe"]
-        n_out = int(faces["frames"])
-        with open_local(cand.source) as path:
-            # full resolution, display orientation: what the clip encode scales to even dimensions
-            video = open_frames(path, probe, None)
-            src_w, src_h = video.width, video.height
-            clip_w, clip_h = clip_size(src_w, src_h)
-            src = clip_source_frames(video.clock, float(cand.start or 0.0), float(probe.get("video_start") or 0.0),
-                                     n_out, faces["fps"])
-            where: dict[int, list[int]] = {}
-            for j, f in enumerate(src.tolist()):
-                where.setdefault(f, []).append(j)
-            frames = torch.empty((n_out, size, size, 3), dtype=torch.uint8)
-            full: dict[int, np.ndarray] = {}
-            for idx, imgs in video.batches(sorted(where), self.batch_frames):
-                for f, img in zip(idx, imgs):
-                    sq = torch.from_numpy(np.ascontiguousarray(sam2_model.resize_square(img, size)))
-                    for j in where[f]:
-                        frames[j] = sq
-                        if j in want_full:
-                            full[j] = self._to_clip(img, clip_w, clip_h)
-        if len(full) != len(want_full & set(range(n_out))):
-            raise ValueError(f"{cand.key}: frames {sorted(want_full - set(full))} could not be decoded")
-        return ClipFrames(frames, (clip_h, clip_w), (clip_w / src_w, clip_h / src_h), full)
-
-    @staticmethod
-    def _to_clip(img: np.ndarray, w: int, h: int) -> np.ndarray:
-        import cv2
-
-        if img.shape[:2] == (h, w):
-            return np.ascontiguousarray(img)
-        return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        media = clip_media(cand, self)
+        n_out = media.frames
+        clip_w, clip_h = media.info["size"]
+        video = open_frames(media.mp4(), {"width": clip_w, "height": clip_h}, None)
+        frames = torch.empty((n_out, size, size, 3), dtype=torch.uint8)
+        full: dict[int, np.ndarray] = {}
+        last, img = -1, None
+        for idx, imgs in video.batches(list(range(min(n_out, video.n_frames))), self.batch_frames):
+            for last, img in zip(idx, imgs):
+                frames[last] = torch.from_numpy(np.ascontiguousarray(sam2_model.resize_square(img, size)))
+                if last in want_full:
+                    full[last] = np.ascontiguousarray(img)
+        if img is None:
+            raise ValueError(f"{cand.key}: its clip mp4 has no frame")
+        # a short encode: hold the last picture, as the crops do
+        frames[last + 1:] = frames[last]
+        full.update({j: np.ascontiguousarray(img) for j in want_full if j > last})
+        return ClipFrames(frames, (clip_h, clip_w), media.scale, full)
 
     # -- one clip -------------------------------------------------------------------------------------------
     def _clip(self, cand: Candidate) -> dict[str, Any]:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 # Flags that keep ffmpeg from writing its version string and metadata: reruns give identical bytes.
@@ -84,21 +80,6 @@ def is_remote(source: str) -> bool:
 
 def local_source(source: str) -> str:
     return source[len("file://"):] if source.startswith("file://") else source
-
-
-@contextlib.contextmanager
-def open_local(source: str, cache_dir: str | None = None) -> Iterator[str]:
-    """A local path for ``source``: the path itself, or a temporary download of an fsspec URL."""
-    if not is_remote(source):
-        yield local_source(source)
-        return
-    import fsspec
-
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix="mtcc-src-") as tmp:
-        dst = Path(tmp) / ("input" + Path(source.split("?")[0]).suffix[:8])
-        with fsspec.open(source, "rb") as src, open(dst, "wb") as out:
-            shutil.copyfileobj(src, out, length=8 << 20)
-        yield str(dst)
 
 
 def fsync_file(path: str | os.PathLike) -> None:

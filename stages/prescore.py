@@ -3,7 +3,7 @@ face moves its mouth with the speech never reach the expensive audio models.
 
 Per character, two signals at the clip's 25 fps:
   * mouth motion: mean absolute grey-level difference between consecutive frames inside the mouth
-    region of small face crops (``crops.face_crops`` at ``crop_size``). The region follows the five
+    region of small face crops (derived from the clip's shared crops, stages/crops.py, at ``crop_size``). The region follows the five
     landmarks frame by frame: across, the two mouth corners widened by ``0.9`` x the mouth width each
     side; down, from 40 % of the way nose -> mouth to 1.6 x that distance below the mouth (lips and
     jaw, which drops when the mouth opens). Crops are centred on the face box, so head motion is
@@ -36,6 +36,7 @@ from pydantic import Field
 
 from .audio_io import read_track
 from .base import Candidate, Rejection, Resources, Stage
+from .crops import CropGeometry, clip_media
 
 RATE = 16000
 FPS = 25
@@ -161,6 +162,7 @@ def lip_sync(motion: np.ndarray, activity: np.ndarray, *, max_lag: int = 15,
 
 class MouthPrescore(Stage):
     name: ClassVar[str] = "prescore"
+    reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "corr_0": "float64", "corr_1": "float64", "offset_0": "int64", "offset_1": "int64",
         "corr_max": "float64", "motion_0": "float64", "motion_1": "float64", "audio_source": "string",
@@ -180,11 +182,10 @@ class MouthPrescore(Stage):
 
     def signals(self, cand: Candidate) -> tuple[list[np.ndarray], list[np.ndarray], str]:
         """Per character: mouth motion and speech activity of the audio scored against it."""
-        from .crops import audio_16k, face_crops
-
         faces = cand.info["clip_faces"]
         chars = faces["characters"]
-        crops = face_crops(cand, size=self.crop_size, scale=self.crop_scale)
+        media = clip_media(cand, self)
+        crops = media.crops(CropGeometry(self.crop_size, self.crop_scale))
         n = crops.shape[1]
         fps = float(faces.get("fps") or FPS)
         gray = crops.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # [C, T, S, S]
@@ -196,9 +197,9 @@ class MouthPrescore(Stage):
             motion.append(mouth_motion(gray[k], reg, repeated))
         names = [f"spk{k}.flac" for k in range(len(chars))]
         if self.use_separated and all(m in cand.members for m in names):
-            tracks, source = [read_track(cand.members[m]) for m in names], "separated"
+            tracks, source = [read_track(cand.member(m)) for m in names], "separated"
         else:
-            mix = audio_16k(cand, RATE)
+            mix = media.mixture()
             tracks, source = [mix] * len(chars), "mixture"
         activity = [speech_activity(t, n, int(round(RATE / fps))) for t in tracks]
         return motion, activity, source

@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from .base import Candidate, Rejection, Resources, Stage
-from .media import MediaError, ffprobe, is_remote, local_source, open_local, parse_rate
+from .media import MediaError, ffprobe, is_remote, local_source, parse_rate
+from .workspace import WorkspaceError
 
 # Prefix of a planned source whose file name is not valid UTF-8 (see mtcc.pipeline.inputs.plan_source):
 # the rest is the name with \x escapes, which is no path to open.
@@ -109,6 +110,7 @@ class Probe(Stage):
     """Reads container facts and rejects files that cannot yield a usable clip."""
 
     name: ClassVar[str] = "probe"
+    reads_source: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "duration": "float64",
         "video_start": "float64",
@@ -163,7 +165,10 @@ class Probe(Stage):
             if not os.access(path, os.R_OK):
                 return {"error": f"permission denied: {cand.source}"}
         try:
-            with open_local(cand.source) as local:
+            # a remote source is fetched into the node's cache here, its sha256 computed on the way; the
+            # later stages on this node read that copy
+            with self.workspace.source(cand.source, cand.info.get("fingerprint")) as src:
+                local = src.path
                 stats["size_bytes"] = os.path.getsize(local)
                 if stats["size_bytes"] == 0:
                     return {**stats, "error": f"empty file (0 bytes): {cand.source}"}
@@ -172,8 +177,8 @@ class Probe(Stage):
                 if cut:
                     return {**stats, "error": f"truncated: {cut}: {cand.source}"}
                 if self.hash_content:
-                    cand.info["sha256"] = file_sha256(local)
-        except (MediaError, OSError, ValueError) as e:
+                    cand.info["sha256"] = src.sha256 or file_sha256(local)
+        except (MediaError, OSError, ValueError, WorkspaceError) as e:
             return {**stats, "error": str(e)}
 
         streams = info.get("streams", [])

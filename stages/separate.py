@@ -26,7 +26,6 @@ Clips with a silent character are rejected only when ``reject_silent`` is set.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -39,6 +38,7 @@ from pydantic import Field
 from . import models
 from .audio_io import flac_bytes
 from .base import Candidate, Rejection, Resources, Stage
+from .crops import CropGeometry, clip_media
 
 RATE = 16000
 VIDEO_FPS = 25  # the AV model's visual frame rate
@@ -277,22 +277,13 @@ def lip_frames(crops_rgb: np.ndarray) -> np.ndarray:
     return x.reshape(*lead, LIP_SIZE, LIP_SIZE)
 
 
-def lip_boxes(boxes: np.ndarray, crop_scale: float) -> np.ndarray:
-    """Face boxes moved down by ``crop_scale / 2`` x their longer side: square crops of side
-    ``(1 + crop_scale)`` x that side around them are clearvoice's face crops (its ``cropScale``)."""
-    b = np.asarray(boxes, np.float64).copy()
-    side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
-    b[:, 1] += side * crop_scale / 2
-    b[:, 3] += side * crop_scale / 2
-    return b
-
-
 def rms_dbfs(rms: float) -> float:
     return 20.0 * math.log10(max(rms, 1e-10))
 
 
 class SpeechSeparation(Stage):
     name: ClassVar[str] = "separate"
+    reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "rms_0": "float64", "rms_1": "float64", "mix_rms": "float64",
         "speech_s_0": "float64", "speech_s_1": "float64",
@@ -333,14 +324,9 @@ class SpeechSeparation(Stage):
             return self._net(a, v).float().cpu().numpy()
 
     def _inputs(self, cand: Candidate) -> tuple[np.ndarray, np.ndarray, float]:
-        from .crops import audio_16k, face_crops
-
-        faces = cand.info["clip_faces"]
-        moved = {**faces, "characters": [{**c, "boxes": lip_boxes(np.asarray(c["boxes"]), self.crop_scale).tolist()}
-                                          for c in faces["characters"]]}
-        view = dataclasses.replace(cand, info={**cand.info, "clip_faces": moved})
-        lips = lip_frames(face_crops(view, size=CROP_SIZE, scale=1.0 + self.crop_scale))
-        return audio_16k(cand, RATE), lips, float(faces["fps"])
+        media = clip_media(cand, self)
+        lips = lip_frames(np.asarray(media.crops(CropGeometry(CROP_SIZE, 1.0 + self.crop_scale, self.crop_scale / 2))))
+        return media.mixture(), lips, float(cand.info["clip_faces"]["fps"])
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:
         from .vad import speech_segments

@@ -1,59 +1,51 @@
-"""Shots: hard-cut boundaries with PySceneDetect, so that no clip ever crosses a cut.
-
-Frames are decoded once, at a small width (cut detection needs colour/edge change, not detail), and
-fed to PySceneDetect's detector directly.
-"""
+"""Shot boundaries with PySceneDetect, fed frame by frame from the faces stage's one sequential decode of the
+video, so that no clip ever crosses a cut. Cut detection needs colour/edge change, not detail: each frame
+is scaled down to ``analysis_width`` first."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import Field
-
-from .base import Candidate, Resources, Stage
-from .media import open_local
-from .video import open_frames
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 
-class ShotSplit(Stage):
-    name: ClassVar[str] = "shots"
-    stats_schema: ClassVar[dict[str, str]] = {"n_shots": "int64", "frames_decoded": "int64",
-                                              "longest_shot_s": "float64"}
+class ShotSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
     detector: Literal["content", "adaptive"] = "content"
     threshold: float = Field(27.0, gt=0, description="ContentDetector threshold (adaptive: adaptive_threshold)")
     min_shot_seconds: float = Field(0.5, ge=0)
-    decode_width: int = Field(192, ge=32, description="frames are decoded at this width for cut detection")
-    chunk_frames: int = Field(250, ge=1)
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0))
+    analysis_width: int = Field(192, ge=32, description="frames are scaled to this width for cut detection")
 
-    def _make_detector(self, fps: float):
+
+class ShotDetector:
+    """Cuts of one video, one frame at a time. A cut may be reported up to ``delay`` frames after the
+    frame it starts at (PySceneDetect's flash filter merges cuts closer than the minimum shot length)."""
+
+    def __init__(self, settings: ShotSettings, fps: float):
         from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
-        min_len = max(1, int(round(self.min_shot_seconds * fps)))
-        if self.detector == "adaptive":
-            return AdaptiveDetector(adaptive_threshold=self.threshold / 9.0, min_scene_len=min_len)
-        return ContentDetector(threshold=self.threshold, min_scene_len=min_len)
+        min_len = max(1, int(round(settings.min_shot_seconds * fps)))
+        if settings.detector == "adaptive":
+            self._det: Any = AdaptiveDetector(adaptive_threshold=settings.threshold / 9.0, min_scene_len=min_len)
+        else:
+            self._det = ContentDetector(threshold=settings.threshold, min_scene_len=min_len)
+        self.fps = fps
+        self.width = settings.analysis_width
+        self.delay = int(getattr(self._det, "event_buffer_length", 0) or 0) + 1
+        self._last: Any = None
 
-    def compute(self, cand: Candidate) -> dict[str, Any]:
+    def frame(self, index: int, rgb: np.ndarray) -> list[int]:
+        """Feed frame ``index`` (RGB, any size); the cuts reported now (frame numbers where shots start)."""
         from scenedetect import FrameTimecode
 
-        probe = cand.info["probe"]
-        with open_local(cand.source) as path:
-            video = open_frames(path, probe, self.decode_width)
-            det = self._make_detector(video.fps)
-            cuts: list[int] = []
-            last = None
-            for idx, frames in video.batches(None, self.chunk_frames):
-                for i, rgb in zip(idx, frames):
-                    last = FrameTimecode(i, fps=video.fps)
-                    cuts += [tc.frame_num for tc in det.process_frame(last, rgb[..., ::-1])]
-            if last is not None:
-                cuts += [tc.frame_num for tc in det.post_process(last)]
-        bounds = [0, *sorted({c for c in cuts if 0 < c < video.n_frames}), video.n_frames]
-        shots = [[a, b] for a, b in zip(bounds, bounds[1:]) if b > a]
-        cand.info["video"] = {"fps": video.fps, "n_frames": video.n_frames}
-        cand.info["frame_clock"] = video.clock.to_info()
-        cand.info["shots"] = shots
-        longest = max((video.time_of(b) - video.time_of(a) for a, b in shots), default=0.0)
-        return {"n_shots": len(shots), "frames_decoded": video.n_frames, "longest_shot_s": longest}
+        h, w = rgb.shape[:2]
+        if w > self.width:
+            rgb = cv2.resize(rgb, (self.width, max(2, int(round(h * self.width / w)))), interpolation=cv2.INTER_AREA)
+        self._last = FrameTimecode(index, fps=self.fps)
+        return [tc.frame_num for tc in self._det.process_frame(self._last, np.ascontiguousarray(rgb[..., ::-1]))]
+
+    def finish(self) -> list[int]:
+        return [tc.frame_num for tc in self._det.post_process(self._last)] if self._last is not None else []

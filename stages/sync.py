@@ -33,6 +33,7 @@ from pydantic import Field
 from . import models
 from .audio_io import flac_bytes, read_track
 from .base import Candidate, Rejection, Resources, Stage
+from .crops import CropGeometry, clip_media
 from .sync_math import VSHIFT, binding, cross_matrix
 
 RATE = 16000
@@ -85,15 +86,6 @@ def load_network(path: Path, device: str):
     return net.to(device).eval()
 
 
-def syncnet_boxes(boxes: np.ndarray, crop_scale: float) -> np.ndarray:
-    """Boxes moved down by ``crop_scale / 2`` x their longer side, so that a square crop of side
-    ``(1 + crop_scale)`` x that side around them is syncnet_python's face crop."""
-    b = np.asarray(boxes, np.float64).copy()
-    side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
-    b[:, [1, 3]] += (side * crop_scale / 2)[:, None]
-    return b
-
-
 def mfcc_features(audio: np.ndarray) -> np.ndarray:
     """``[13, M]`` MFCC at 100 Hz of 16 kHz mono float audio, on syncnet_python's int16 scale."""
     import python_speech_features
@@ -130,6 +122,7 @@ class _Clip:
 
 class SyncScores(Stage):
     name: ClassVar[str] = "sync"
+    reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "sync_c_0": "float64", "sync_c_1": "float64",
         "sync_d_0": "float64", "sync_d_1": "float64",
@@ -174,20 +167,17 @@ class SyncScores(Stage):
 
     # -- inputs ---------------------------------------------------------------------------------------
     def _inputs(self, cand: Candidate) -> tuple[_Clip, str]:
-        from .crops import audio_16k, face_crops
-
         faces = cand.info["clip_faces"]
         if len(faces["characters"]) != 2:
             raise ValueError(f"sync needs exactly 2 characters, clip has {len(faces['characters'])}")
-        moved = {**faces, "characters": [{**c, "boxes": syncnet_boxes(np.asarray(c["boxes"]), self.crop_scale).tolist()}
-                                          for c in faces["characters"]]}
-        view = dataclasses.replace(cand, info={**cand.info, "clip_faces": moved})
-        crops = face_crops(view, size=CROP_SIZE, scale=1.0 + self.crop_scale)[..., ::-1]  # RGB -> BGR (cv2.imread)
+        media = clip_media(cand, self)
+        geom = CropGeometry(CROP_SIZE, 1.0 + self.crop_scale, self.crop_scale / 2)
+        crops = np.asarray(media.crops(geom))[..., ::-1]  # RGB -> BGR (cv2.imread)
         if all(f"spk{k}.flac" in cand.members for k in range(2)):
-            tracks = [read_track(cand.members[f"spk{k}.flac"]) for k in range(2)]
+            tracks = [read_track(cand.member(f"spk{k}.flac")) for k in range(2)]
             source = "separated"
         else:
-            mix = audio_16k(cand, RATE)
+            mix = media.mixture()
             tracks, source = [mix, mix], "mixture"
         n = min(n_windows(crops.shape[1], len(t)) for t in tracks)
         if n < 1:

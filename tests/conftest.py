@@ -59,17 +59,18 @@ def copy_inputs(src: Path, dst: Path, names: list[str]) -> Path:
     return dst
 
 
-def clips_through_stages(video: Path, max_seconds: float) -> list:
-    """Clip candidates of ``video`` from the real probe -> shots -> faces -> segment stages."""
+def clips_through_stages(video: Path, max_seconds: float, cut: bool = True) -> list:
+    """Clip candidates of ``video`` from the real probe -> faces -> segment stages, and (``cut``) with their
+    media cut by the real cut stage, as every later stage reads them."""
     from mtcc.stages.base import Candidate
+    from mtcc.stages.cut import ClipCut
     from mtcc.stages.faces import FaceTrack
     from mtcc.stages.probe import Probe
     from mtcc.stages.segment import TwoFaceSegments
-    from mtcc.stages.shots import ShotSplit
 
     batch = [Candidate(key=video.stem, video_id=video.stem, source=str(video), shard=0)]
-    for stage in (Probe(), ShotSplit(), FaceTrack(detector="centerface", sample_fps=5),
-                  TwoFaceSegments(max_seconds=max_seconds)):
+    stages = [Probe(), FaceTrack(detector="centerface", sample_fps=5), TwoFaceSegments(max_seconds=max_seconds)]
+    for stage in stages + ([ClipCut()] if cut else []):
         stage.setup()
         batch = stage.run_batch(batch)
     return [c for c in batch if c.level == "clip"]

@@ -70,7 +70,7 @@ def with_tracks(cand: Candidate, voices: list[np.ndarray]) -> Candidate:
 
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> list[Candidate]:
-    """two_talk.mp4 through the real probe -> shots -> faces -> segment (three 2.667 s clips of 67 frames at
+    """two_talk.mp4 through the real probe -> faces -> segment -> cut (three 2.667 s clips of 67 frames at
     25 fps), each carrying the true voices of its characters as its separated tracks."""
     out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.7)
     assert len(out) == 3 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]

@@ -97,7 +97,7 @@ def test_bench_cli_spine(tmp_path):
                           "--no-builds", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     rep = json.loads(out.read_text())
-    assert list(rep["stages"]) == ["probe", "clip", "write"]
+    assert list(rep["stages"]) == ["probe", "clip", "cut", "write"]
     funnel = rep["end_to_end_inprocess"]["funnel"]
     assert funnel["inputs"] == rep["inputs"] == rep["stages"]["probe"]["candidates_in"]
     # every input ends kept or rejected; the sample set has broken files, so some are rejected by probe
@@ -105,7 +105,8 @@ def test_bench_cli_spine(tmp_path):
     assert rep["ratios"]["filter_vs_ffmpeg_decode"]["value"] == pytest.approx(
         rep["filter_stages_s"] / rep["ffmpeg_decode_s"], rel=0.01)
     d = rep["decode"]
-    assert d["stages"]["write"]["frames_needed"] > 0
+    assert d["stages"]["cut"]["frames_needed"] > 0
+    assert "write" not in d["stages"]  # the write stage packs what the cut made: it decodes nothing
     assert d["frames_decoded"] >= d["frames_needed_distinct"] > 0
     assert rep["ratios"]["ray_vs_inprocess"]["met"] is None  # not measured with --no-builds, and says so
     assert all(r["peak_rss_mb"] and r["peak_rss_mb"] > 0 for r in rep["stages"].values())
@@ -113,16 +114,17 @@ def test_bench_cli_spine(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_actor_threads(ray_local):
+def test_ray_actor_threads(ray_local, tmp_path):
     """A stage actor runs torch at the stage's thread count (the same as in-process) even when torch was
     imported after the actor started; a stage without a model never imports torch."""
     import ray
 
-    from mtcc.pipeline.executor import _StageActor
+    from mtcc.pipeline.executor import WorkspaceSpec, _StageActor
 
     actor_cls = ray.remote(_StageActor)
-    wide = actor_cls.options(num_cpus=0.05).remote("probe", {"resources": {"num_cpus": 0.05, "threads": 3}})
-    plain = actor_cls.options(num_cpus=0.05).remote("probe", {"resources": {"num_cpus": 0.05}})
+    work = WorkspaceSpec(str(tmp_path / "work"), 1 << 30)
+    wide = actor_cls.options(num_cpus=0.05).remote("probe", {"resources": {"num_cpus": 0.05, "threads": 3}}, work)
+    plain = actor_cls.options(num_cpus=0.05).remote("probe", {"resources": {"num_cpus": 0.05}}, work)
 
     def torch_state(self):  # noqa: ANN001 - runs inside the actor
         import sys

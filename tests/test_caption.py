@@ -22,6 +22,8 @@ from conftest import clips_through_stages
 from mtcc.stages import models
 from mtcc.stages.base import Candidate
 from mtcc.stages.caption import ClipCaption, frame_times
+from mtcc.stages.crops import clip_media
+from mtcc.stages.cut import ClipCut
 from mtcc.stages.probe import Probe
 
 NEW = 12  # new tokens per caption: enough to tell captions apart, little CPU time
@@ -34,7 +36,7 @@ def tiny(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> list[Candidate]:
-    """two_talk.mp4 (640x360, 25 fps, 8 s) through probe -> shots -> faces -> segment: three 2.667 s clips."""
+    """two_talk.mp4 (640x360, 25 fps, 8 s) through probe -> faces -> segment -> cut: three 2.667 s clips."""
     out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.7)
     assert len(out) == 3 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
     return out
@@ -50,12 +52,13 @@ def varied(sample_dir) -> list[Candidate]:
         c = Candidate(key=name, video_id=name, source=str(sample_dir / name), shard=0, level="clip",
                       start=start, end=end)
         Probe().compute(c)  # the probe facts only: tiny_res is below the probe stage's size limits
+        ClipCut().compute(c)  # the clip's own media, which the caption stage reads
         out.append(c)
     return out
 
 
 def fresh(cands: list[Candidate]) -> list[Candidate]:
-    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": copy.deepcopy(c.info), "members": {}})
+    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": copy.deepcopy(c.info), "members": dict(c.members)})
             for c in cands]
 
 
@@ -179,9 +182,13 @@ def test_frames_are_the_clips_source_frames_at_the_fed_size(stage, clips):
     times, frames = stage.frames(clip)
     assert list(times) == [0.0, 1.0, 2.0, 2.0] and frames.shape == (4, 284, 504, 3) and frames.dtype == np.uint8
     np.testing.assert_array_equal(frames[3], frames[2])
-    ref = open_frames(clip.source, clip.info["probe"], 504)
+    w, h = clip.info["media"]["size"]
+    ref = open_frames(clip_media(clip, stage).mp4(), {"width": w, "height": h}, 504)  # the delivered clip
+    src = open_frames(clip.source, clip.info["probe"], 504)
     for k, t in enumerate(times[:3]):
-        np.testing.assert_array_equal(frames[k], ref.frame(int(round((clip.start + t) * 25))))
+        np.testing.assert_array_equal(frames[k], ref.frame(int(round(t * 25))))
+        # and that is the source's picture at that time, up to the clip's compression
+        assert np.abs(frames[k].astype(int) - src.frame(int(round((clip.start + t) * 25))).astype(int)).mean() < 3
     assert not np.array_equal(frames[0], frames[1])  # the speakers move between seconds
 
 
@@ -239,7 +246,7 @@ def test_random_weights_refused_unless_allowed(tiny, clips):
     with pytest.raises(models.WeightsError, match="RANDOM weights"):
         s.check_model()
     out = s.run_batch(fresh(clips[:1]))  # inside a run: that clip is rejected with the reason, nothing written
-    assert out[0].status == "rejected" and "RANDOM weights" in out[0].message and not out[0].members
+    assert out[0].status == "rejected" and "RANDOM weights" in out[0].message and "caption.txt" not in out[0].members
 
 
 def test_vllm_backend_without_vllm_names_the_fix(tiny, monkeypatch):

@@ -18,12 +18,14 @@ def test_bundled_profiles_validate():
         cfg = load_config(resolve_config(name), NO_MODELS)
         names = [s.name for s in cfg.stages]
         assert names[0] == "probe" and names[-1] == "write"
-        assert names.index("shots") < names.index("faces") < names.index("segment") < names.index("distance")
+        assert names.index("faces") < names.index("segment") < names.index("distance") < names.index("cut")
+        # everything after the cut reads the clip's own media, never the source
+        assert all(not s.reads_source for s in cfg.stages[names.index("cut") + 1:])
         assert cfg.profile == name
 
 
 def test_spine_profile_validates():
-    assert [s.name for s in load_config(resolve_config("spine")).stages] == ["probe", "clip", "write"]
+    assert [s.name for s in load_config(resolve_config("spine")).stages] == ["probe", "clip", "cut", "write"]
 
 
 def test_unknown_key_names_key_and_allowed_values():
@@ -43,15 +45,15 @@ def test_unknown_nested_key_lists_nested_fields():
 
 def test_bad_value_and_literal_choices():
     with pytest.raises(ConfigError) as e:
-        offline("stages.probe.min_fps=-1", "stages.write.preset=fastest")
+        offline("stages.probe.min_fps=-1", "stages.cut.preset=fastest")
     msg = str(e.value)
     assert "stages.probe.min_fps" in msg and "greater than 0" in msg
-    assert "stages.write.preset" in msg and "veryfast" in msg
+    assert "stages.cut.preset" in msg and "veryfast" in msg
 
 
 def test_unknown_stage_lists_known():
     with pytest.raises(ConfigError) as e:
-        build_config({"stages": {"probe": {}, "clipp": {}, "write": {}}})
+        build_config({"stages": {"probe": {}, "clipp": {}, "cut": {}, "write": {}}})
     assert "stages.clipp: unknown stage" in str(e.value) and "clip" in str(e.value)
 
 
@@ -70,12 +72,12 @@ def test_set_override_types_and_hash():
     same = ["ray.address=auto", "stages.write.resources.concurrency=8", "run.max_shards_in_flight=9"]
     assert offline(*same).config_hash() == base.config_hash()
     assert offline("run.videos_per_shard=9").config_hash() != base.config_hash()
-    assert offline("stages.write.threads=3").config_hash() != base.config_hash()
+    assert offline("stages.cut.threads=3").config_hash() != base.config_hash()
 
 
 def test_stage_order_is_part_of_the_hash():
-    a = build_config({"stages": {"probe": {}, "clip": {}, "write": {}}})
-    b = build_config({"stages": {"clip": {}, "probe": {}, "write": {}}})
+    a = build_config({"stages": {"probe": {}, "clip": {}, "cut": {}, "write": {}}})
+    b = build_config({"stages": {"clip": {}, "probe": {}, "cut": {}, "write": {}}})
     assert a.config_hash() != b.config_hash()
 
 
@@ -90,4 +92,21 @@ def test_yaml_cannot_execute_code(tmp_path):
 
 def test_exactly_one_expanding_stage():
     with pytest.raises(ConfigError, match="split videos into clips"):
-        build_config({"stages": {"probe": {}, "write": {}}})
+        build_config({"stages": {"probe": {}, "cut": {}, "write": {}}})
+
+
+def test_retired_shots_stage_says_where_its_settings_went():
+    with pytest.raises(ConfigError) as e:
+        build_config({"stages": {"probe": {}, "shots": {"threshold": 20}, "faces": {}, "segment": {}, "cut": {},
+                                 "write": {}}})
+    assert "stages.shots" in str(e.value) and "stages.faces.shots" in str(e.value)
+
+
+def test_clip_media_readers_need_the_cut_before_them():
+    with pytest.raises(ConfigError) as e:  # sync before the cut: refused at load, naming both
+        build_config({"stages": {"probe": {}, "faces": {}, "segment": {}, "sync": {}, "cut": {}, "write": {}}})
+    assert "stages.sync" in str(e.value) and "'cut'" in str(e.value)
+    with pytest.raises(ConfigError, match="stages.write"):  # no cut at all
+        build_config({"stages": {"probe": {}, "clip": {}, "write": {}}})
+    with pytest.raises(ConfigError, match="after 'clip'"):  # a cut before there are clips
+        build_config({"stages": {"probe": {}, "cut": {}, "clip": {}, "write": {}}})

@@ -67,7 +67,7 @@ def test_segment_bounds_match_truth_and_respect_the_cut(offline_build, sample_di
         assert abs(clip["end"] * FPS - b * FPS) <= 2, (clip["end"], b)
         for cut in t["cuts"]:
             assert not (clip["start"] < cut - 1 / FPS and clip["end"] > cut + 1 / FPS), "clip crosses a cut"
-    assert video_row(rows, "scene_events.mp4")["shots.n_shots"] == len(t["cuts"]) + 1
+    assert video_row(rows, "scene_events.mp4")["faces.n_shots"] == len(t["cuts"]) + 1
 
 
 def test_three_faces_and_one_face_yield_no_clip(offline_build):

@@ -25,7 +25,8 @@ from mtcc.stages import models, sam2_model
 from mtcc.stages import rle as rle_codec
 from mtcc.stages.base import Candidate
 from mtcc.stages.geometry import LatentGeometry, letterbox_mask, route_index_mask
-from mtcc.stages.masks import (CharacterMasks, FrameMasks, clip_size, cutout, drifted, face_cover, mask_stats,
+from mtcc.stages.cut import even_size as clip_size
+from mtcc.stages.masks import (CharacterMasks, FrameMasks, cutout, drifted, face_cover, mask_stats,
                                masks_json, prompt_frame, ref_window, route_windows, track)
 
 GEO = LatentGeometry()
@@ -42,7 +43,7 @@ def tiny(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> list[Candidate]:
-    """two_talk.mp4 (640x360) through the real probe -> shots -> faces -> segment: three 67-frame clips."""
+    """two_talk.mp4 (640x360) through the real probe -> faces -> segment -> cut: three 67-frame clips."""
     out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.7)
     assert len(out) == 3 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
     assert [c.info["clip_faces"]["frames"] for c in out] == [67, 67, 67]
@@ -50,7 +51,7 @@ def clips(sample_dir) -> list[Candidate]:
 
 
 def fresh(cands: list[Candidate]) -> list[Candidate]:
-    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": dict(c.info), "members": {}}) for c in cands]
+    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": dict(c.info), "members": dict(c.members)}) for c in cands]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_letterboxed_canvas_round_trips_through_the_packed_store():
     np.testing.assert_array_equal(out.canvas(0, 1)[0, 0], letterbox_mask(m, GEO))
 
 
-def test_clip_size_is_the_write_stage_even_scaling():
+def test_clip_size_is_the_cut_stage_even_scaling():
     assert clip_size(641, 361) == (640, 360)
     assert clip_size(640, 360) == (640, 360)
     assert clip_size(1, 1) == (2, 2)

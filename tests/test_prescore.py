@@ -17,7 +17,7 @@ from mtcc.stages.prescore import (HOP, MouthPrescore, highpass, mouth_regions, r
                                   xcorr)
 from mtcc.stages.probe import Probe
 from mtcc.stages.segment import TwoFaceSegments
-from mtcc.stages.shots import ShotSplit
+from mtcc.stages.cut import ClipCut
 
 RATE = 16000
 NAMES = ["two_talk", "two_talk_30fps"]
@@ -25,8 +25,8 @@ NAMES = ["two_talk", "two_talk_30fps"]
 
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> dict[str, Candidate]:
-    """Each fixture through the real probe -> shots -> faces -> segment: one clip, the whole video."""
-    stages = [Probe(), ShotSplit(), FaceTrack(detector="centerface", sample_fps=5), TwoFaceSegments()]
+    """Each fixture through the real probe -> faces -> segment -> cut: one clip, the whole video."""
+    stages = [Probe(), FaceTrack(detector="centerface", sample_fps=5), TwoFaceSegments(), ClipCut()]
     for s in stages:
         s.setup()
     out = {}
@@ -61,10 +61,15 @@ def delayed(x: np.ndarray, frames: int) -> np.ndarray:
 
 def run(clip: Candidate, tracks: list[np.ndarray] | None = None, source: str | None = None,
         **cfg) -> Candidate:
-    members = {} if tracks is None else {f"spk{i}.flac": flac(t) for i, t in enumerate(tracks)}
-    c = Candidate(**{**clip.__dict__, "stats": dict(clip.stats), "info": dict(clip.info), "members": members})
+    """Prescore on ``clip`` with ``tracks`` as its separated tracks; ``source``: the clip cut again from
+    another file (its own clip media: stages after the cut read nothing else)."""
+    c = Candidate(**{**clip.__dict__, "stats": dict(clip.stats), "info": dict(clip.info),
+                     "members": dict(clip.members)})
     if source is not None:
-        c.source = source
+        c.source, c.members = source, {}
+        c.info.pop("media")
+        c = ClipCut().run_batch([c])[0]
+    c.members.update({} if tracks is None else {f"spk{i}.flac": flac(t) for i, t in enumerate(tracks)})
     return MouthPrescore(**cfg).run_batch([c])[0]
 
 

@@ -11,16 +11,16 @@ import io
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import clips_through_stages
 import soundfile as sf
 
-from mtcc.stages import crops, models
+from mtcc.stages import models
 from mtcc.stages import separate as sep
 from mtcc.stages.base import Candidate
+from mtcc.stages.media import ff_input, run_tool
 from mtcc.stages.separate import SpeechSeparation
 from mtcc.stages.vad import speech_segments
 
@@ -36,7 +36,7 @@ def tiny(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> list[Candidate]:
-    """two_talk.mp4 through the real probe -> shots -> faces -> segment; windows of at most 2.7 s give
+    """two_talk.mp4 through the real probe -> faces -> segment -> cut; windows of at most 2.7 s give
     three 2.667 s clips (not a multiple of any window used below)."""
     out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.7)
     assert len(out) == 3 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
@@ -44,7 +44,7 @@ def clips(sample_dir) -> list[Candidate]:
 
 
 def fresh(cands: list[Candidate]) -> list[Candidate]:
-    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": dict(c.info), "members": {}}) for c in cands]
+    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": dict(c.info), "members": dict(c.members)}) for c in cands]
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +78,9 @@ def _mask(segs, n: int) -> np.ndarray:
 
 def _mixture(sample_dir: Path, name: str) -> tuple[np.ndarray, dict]:
     truth = json.loads((sample_dir / f"{name}.truth.json").read_text())
-    clip = SimpleNamespace(source=str(sample_dir / f"{name}.mp4"), start=0.0, end=truth["duration"])
-    return crops.audio_16k(clip), truth
+    raw = run_tool(["ffmpeg", "-nostdin", "-v", "error", "-i", ff_input(str(sample_dir / f"{name}.mp4")),
+                    "-map", "0:a:0", "-ac", "1", "-ar", "16000", "-f", "f32le", "-"], what=name)
+    return np.frombuffer(raw, np.float32).copy(), truth
 
 
 def test_vad_covers_the_true_speech_of_the_mixture(sample_dir):

@@ -131,7 +131,7 @@ def tiny(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> list[Candidate]:
-    """two_talk.mp4 through the real probe -> shots -> faces -> segment, in 2 s clips."""
+    """two_talk.mp4 through the real probe -> faces -> segment -> cut, in 2 s clips."""
     out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.0)
     assert len(out) == 4 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
     return out
@@ -150,7 +150,7 @@ def voices(sample_dir: Path, clip: Candidate) -> list[np.ndarray]:
 
 
 def with_tracks(clip: Candidate, tracks: list[np.ndarray] | None) -> Candidate:
-    members = {} if tracks is None else {f"spk{i}.flac": flac(t) for i, t in enumerate(tracks)}
+    members = {**clip.members, **({} if tracks is None else {f"spk{i}.flac": flac(t) for i, t in enumerate(tracks)})}
     return Candidate(**{**clip.__dict__, "stats": dict(clip.stats), "info": dict(clip.info), "members": members})
 
 
@@ -255,7 +255,7 @@ def test_mixture_fallback_scores_both_faces_on_the_mixture(tiny, clips):
     cm = info["cross"]["c"]
     assert cm[0] == cm[1]  # same audio in both rows
     assert info["binding_margin"] == 0.0 and not info["swapped"]
-    assert c.stats["sync.silent_0"] is None and c.members == {}
+    assert c.stats["sync.silent_0"] is None and not any(n.startswith("spk") for n in c.members)  # nothing shifted
     # a random model's Sync-C is near 0: the LatentSync default keeps nothing
     assert c.status == "rejected" and c.reason == "low_sync" and "min_sync_c 3.0" in c.message
 

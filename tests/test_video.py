@@ -148,10 +148,10 @@ def test_constant_rate_keeps_frame_i_at_i_over_fps(ramp, backend, monkeypatch):
 
 @pytest.mark.parametrize("container", ["cfr", "mkv", "mp4"])
 def test_clip_frames_are_the_source_frames_the_stages_map_them_to(ramp, container, tmp_path):
-    """The clip write encodes shows, frame by frame, the source frames that crops, masks and captions
-    take for it (clip_source_frames): what the clip shows is the fixture's truth, read from its pixels."""
+    """The clip the cut encodes shows, frame by frame, the source frames that segment's face tracks were
+    placed at for it (clip_source_frames): what the clip shows is the fixture's truth, read from its pixels."""
     from mtcc.stages.crops import clip_source_frames
-    from mtcc.stages.write import ClipWriter
+    from mtcc.stages.cut import ClipCut
 
     path = ramp[container]
     p = probe(path)
@@ -162,7 +162,7 @@ def test_clip_frames_are_the_source_frames_the_stages_map_them_to(ramp, containe
         end = round(start + 1.13, 6)  # inside the 2.24 s video, and not on a frame
         cand = Candidate(key="r_0000", video_id="r", source=path, shard=0, level="clip", clip_idx=0,
                          start=start, end=end, info={"probe": p})
-        ClipWriter().compute(cand)
+        ClipCut().compute(cand)
         clip = tmp_path / f"clip_{first}.mp4"
         clip.write_bytes(cand.members["mp4"])
         in_clip = shown_frames(open_frames(str(clip), probe(clip), None))

@@ -1,0 +1,197 @@
+"""Cut: each clip's final media, made once, right after the cheap clip filters, in one pass over the source.
+
+One ffmpeg process decodes the clip's stretch of the source once and writes:
+  * the ``mp4`` member: H.264 at 25 fps (a key frame every ``keyframe_seconds``, so a stage or a training
+    loader reading a few frames decodes at most that much), 16 kHz mono AAC; bit-exact flags and a fixed
+    thread count make reruns byte-identical;
+  * the ``mix.flac`` member: the 16 kHz mono mixture, padded with silence to exactly the clip's length;
+  * the same 25 fps pictures the encoder gets, raw, to this process, which cuts from them each character's
+    shared face crops (stages/crops.py) and a plain reference crop at its best frame (``ref{i}.jpg``; the
+    masks stage replaces them with background-free ones).
+Every later stage reads these from the node's workspace (or from the members), never the source: faces,
+crops and masks line up with the delivered mp4 frame for frame by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from .base import Candidate, Resources, Stage
+from .crops import SHARED_CROPS, ClipMedia, clip_boxes, crop_characters, media_info
+from .media import BITEXACT, MediaError, ff_input, require_tool
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The clip's picture size: the source's, rounded down to even dimensions (H.264 4:2:0)."""
+    return max(2, int(width) // 2 * 2), max(2, int(height) // 2 * 2)
+
+
+def best_frames(faces: dict[str, Any]) -> list[int]:
+    """Per character, the frame with the highest detection score x box area: its reference picture."""
+    out = []
+    for ch in faces["characters"]:
+        boxes = np.asarray(ch["boxes"], np.float64).reshape(-1, 4)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        out.append(int(np.argmax(np.asarray(ch["scores"], np.float64) * area)))
+    return out
+
+
+def reference_jpeg(img: np.ndarray, box: np.ndarray, margin: float) -> bytes:
+    from PIL import Image
+
+    x0, y0, x1, y1 = box
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * margin / 2
+    h, w = img.shape[:2]
+    crop = img[max(0, int(cy - half)):min(h, int(cy + half)), max(0, int(cx - half)):min(w, int(cx + half))]
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(crop)).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+class ClipCut(Stage):
+    name: ClassVar[str] = "cut"
+    stats_schema: ClassVar[dict[str, str]] = {"frames": "int64", "frames_piped": "int64", "mp4_bytes": "int64",
+                                              "flac_bytes": "int64"}
+    reads_source: ClassVar[bool] = True
+    makes_clip_media: ClassVar[bool] = True
+
+    fps: int = Field(25, ge=1, description="output frame rate (Bind-Your-Avatar trains at 25 fps)")
+    audio_rate: int = Field(16000, ge=8000)
+    crf: int = Field(18, ge=0, le=51)
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"
+    threads: int = Field(2, ge=1, le=64, description="fixed so that encodes are byte-identical on every machine")
+    audio_bitrate: str = Field("64k", pattern=r"^[0-9]+k$")
+    keyframe_seconds: float = Field(1.0, gt=0, description="a key frame (and nothing but) every this many seconds: "
+                                                           "1 fps frame samples land on key frames")
+    ref_margin: float = Field(1.6, ge=1.0, description="reference crop side / face box side")
+    timeout_s: float = Field(600.0, gt=0, description="one clip's ffmpeg run")
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=1))
+
+    def _args(self, src: str, start: float, dur: float, n: int, has_audio: bool, pipe: bool,
+              mp4: Path, flac: Path) -> list[str]:
+        vf = f"fps={self.fps},scale=trunc(iw/2)*2:trunc(ih/2)*2,setsar=1"
+        gop = max(1, int(round(self.keyframe_seconds * self.fps)))
+        args = [require_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-ss", f"{start:.6f}", "-t", f"{dur:.6f}",
+                "-i", ff_input(src)]
+        if pipe:
+            args += ["-filter_complex", f"[0:v:0]{vf},split=2[enc][raw]", "-map", "[enc]"]
+        else:
+            args += ["-map", "0:v:0", "-vf", vf]
+        args += ["-map", "0:a:0?",
+                 "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
+                 "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
+                 "-threads", str(self.threads),
+                 # exactly the frames faces.json and the sound count: fps= holds the last picture for its
+                 # whole duration, which in a variable-rate source can reach past the clip's end
+                 "-frames:v", str(n),
+                 "-c:a", "aac", "-b:a", self.audio_bitrate, "-ar", str(self.audio_rate), "-ac", "1",
+                 *BITEXACT, "-movflags", "+faststart", "-f", "mp4", str(mp4)]
+        if has_audio:
+            # padded with silence to the exact clip length: sources whose audio ends early still give
+            # tracks aligned sample for sample with the separated ones
+            args += ["-map", "0:a:0", "-ac", "1", "-ar", str(self.audio_rate), "-af", f"apad=whole_dur={dur:.6f}",
+                     "-c:a", "flac", *BITEXACT, "-f", "flac", str(flac)]
+        if pipe:
+            args += ["-map", "[raw]", "-frames:v", str(n), "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+        return args
+
+    def _references(self, faces: dict[str, Any], best: list[int], boxes: np.ndarray, img: np.ndarray,
+                    frame: int) -> dict[str, bytes]:
+        return {f"ref{ch['index']}.jpg": reference_jpeg(img, boxes[k, frame], self.ref_margin)
+                for k, (ch, b) in enumerate(zip(faces["characters"], best)) if b == frame}
+
+    def compute(self, cand: Candidate) -> dict[str, Any]:
+        start = float(cand.start or 0.0)
+        dur = float(cand.end or 0.0) - start
+        if dur <= 0:
+            raise ValueError(f"clip {cand.key} has no length ({cand.start}..{cand.end})")
+        probe = cand.info["probe"]
+        has_audio = bool(probe.get("has_audio"))
+        faces = cand.info.get("clip_faces")
+        n = int(round(dur * self.fps))
+        w, h = even_size(probe["width"], probe["height"])
+        scale = (w / int(probe["width"]), h / int(probe["height"]))
+        what = f"{cand.source} [{start:.2f}s, +{dur:.2f}s]"
+        with tempfile.TemporaryDirectory(prefix="mtcc-cut-") as tmp, \
+                self.workspace.source(cand.source, cand.info.get("fingerprint")) as src:
+            mp4, flac = Path(tmp) / "clip.mp4", Path(tmp) / "mix.flac"
+            args = self._args(src.path, start, dur, n, has_audio, faces is not None, mp4, flac)
+            crops, refs, piped = self._run(args, what, faces, (w, h), scale, n, Path(tmp))
+            cand.members["mp4"] = mp4.read_bytes()
+            if has_audio:
+                cand.members["mix.flac"] = flac.read_bytes()
+            digest = hashlib.sha256(cand.members["mp4"]).hexdigest()
+            cand.info["media"] = media_info(digest, dur, n, self.fps, (w, h), scale)
+            files: dict[str, Any] = {ClipMedia.MP4: cand.members["mp4"]}
+            if crops is not None:
+                files[ClipMedia.CROPS] = crops
+                cand.members.update(refs)
+            ClipMedia.write(self.workspace, cand.key, cand.info["media"], files)
+        return {"frames": n, "frames_piped": piped, "mp4_bytes": len(cand.members["mp4"]),
+                "flac_bytes": len(cand.members.get("mix.flac", b""))}
+
+    def _run(self, args: list[str], what: str, faces: dict[str, Any] | None, size: tuple[int, int],
+             scale: tuple[float, float], n: int, tmp: Path) -> tuple[np.ndarray | None, dict[str, bytes], int]:
+        """Run the cut; with faces, read the raw pictures it pipes out and crop them as they come."""
+        w, h = size
+        with open(tmp / "stderr.txt", "w+b") as err:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE if faces is not None else subprocess.DEVNULL,
+                                    stderr=err)
+            timer = threading.Timer(self.timeout_s, proc.kill)
+            timer.start()
+            crops, refs, got, last = None, {}, 0, None
+            try:
+                if faces is not None:
+                    assert proc.stdout is not None
+                    boxes = clip_boxes(faces, scale)
+                    best = best_frames(faces)
+                    crops = np.zeros((len(boxes), n, SHARED_CROPS.size, SHARED_CROPS.size, 3), np.uint8)
+                    while got < n and (data := _read_exactly(proc.stdout, w * h * 3)):
+                        last = np.frombuffer(data, np.uint8).reshape(h, w, 3)
+                        crops[:, got] = crop_characters(last, boxes[:, min(got, boxes.shape[1] - 1)])
+                        refs.update(self._references(faces, best, boxes, last, got))
+                        got += 1
+                    proc.stdout.read()  # drain, so ffmpeg can finish its other outputs
+                code = proc.wait()
+            finally:
+                timer.cancel()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            err.seek(0)
+            text = err.read().decode("utf-8", "replace").strip().splitlines()
+        if code != 0:
+            tail = " | ".join(text[-3:]) if text else f"exit code {code}"
+            raise MediaError(f"ffmpeg failed on {what}: {tail}")
+        if crops is not None:
+            if last is None:
+                raise MediaError(f"ffmpeg gave no picture for {what}")
+            crops[:, got:] = crops[:, got - 1:got]  # a source that ends early: hold the last picture
+            # a best frame past a short encode's end: the last picture
+            missing = [b if b < got else got - 1 for b in best]
+            for k, b in enumerate(missing):
+                name = f"ref{faces['characters'][k]['index']}.jpg"
+                if name not in refs:
+                    refs[name] = reference_jpeg(last, boxes[k, min(b, boxes.shape[1] - 1)], self.ref_margin)
+        return crops, refs, got
+
+
+def _read_exactly(stream: Any, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = stream.read(n - len(buf))
+        if not chunk:
+            return b""
+        buf += chunk
+    return bytes(buf)
+
+
