@@ -18,8 +18,9 @@ separated track when the ``separate`` stage ran before). The encoders see only +
 windows barely matter to them; the sequence model (two GRUs, ~1 % of the cost) is what the authors' chunking
 is about: it runs on chunks of ``context_frames`` (1 s, their shortest chunking). Longer chunks let a
 speaker's state run on into the other's turn: on the generated fixtures (speech-gated, see below) frame F1
-is 0.77-0.92 with 1 s chunks, 0.67-0.92 with 4 s chunks and 0.71-0.92 with the authors' own 11-chunking
-average (1-6 s); on the shared real footage 1 s and the authors' average agree on who speaks. Every
+was 0.77-0.92 with 1 s chunks, 0.67-0.92 with 4 s chunks and 0.71-0.92 with the authors' own 11-chunking
+average (1-6 s), measured 2026-12 on the same crops; on the shared real footage 1 s and the authors' average
+agree on who speaks. Every
 (audio, face) pair is scored from the same embeddings, so the 2x2 of separated tracks x faces costs two more
 audio encodings and back-end passes.
 
