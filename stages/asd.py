@@ -250,6 +250,13 @@ class ActiveSpeakers(Stage):
         self._random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
         self._net = load_network(path, self.device)
         self._bf16 = self.dtype == "bfloat16" or (self.dtype == "auto" and bf16_supported(self.device))
+        if self.speech_gate:
+            from .vad import SileroVad
+
+            self._vad = SileroVad()  # its ONNX session, loaded once per actor (about 1.4 s here)
+        # one small forward: the backend picks and compiles its kernels here, not on the first clip
+        self.score([_Clip(np.zeros((1, self.encode_frames, FACE_SIZE, FACE_SIZE), np.uint8),
+                          [np.zeros((MFCC_PER_FRAME * self.encode_frames, 13), np.float32)], False)])
 
     def check_model(self) -> str:
         path = self._weights_path()
@@ -276,9 +283,10 @@ class ActiveSpeakers(Stage):
             audio += [mfcc_rows(read_track(cand.member(f"spk{k}.flac")), t) for k in range(2)]
         speech = None
         if self.speech_gate:
-            from .vad import speech_segments
+            from .vad import RATES, segments_from_probs
 
-            speech = speech_segments(mix, RATE).segments
+            chunk_s = RATES[RATE][0] / RATE
+            speech = segments_from_probs(self._vad.probs(mix, RATE)[0], chunk_s, len(mix) / RATE)
         return _Clip(grey.reshape(c, t, FACE_SIZE, FACE_SIZE), audio, separated, speech)
 
     # -- the model, batched across clips and characters -----------------------------------------------
