@@ -17,6 +17,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def export_bya(out: str | Path, dest: str | Path, *, options: ExportOptions | No
                index_root: str | None = None, progress: bool = True,
                log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> ExportSummary:
     """Export every committed clip of ``out`` into ``dest`` (see the module docstring)."""
-    from mtcc.pipeline.lock import RunLock
+    from mtcc.pipeline.lock import LockBusy, RunLock
 
     options = options or ExportOptions()
     if workers < 1:
@@ -89,33 +90,41 @@ def export_bya(out: str | Path, dest: str | Path, *, options: ExportOptions | No
         line = layout.index_line(index_root)
     except LayoutError as e:
         raise ExportError(str(e)) from e
-    t0 = time.monotonic()
     summary = ExportSummary(layout.root)
     layout.root.mkdir(parents=True, exist_ok=True)
-    with RunLock(layout.lock):
-        for d in layout.dirs():
-            d.mkdir(parents=True, exist_ok=True)
-        n = remove_temporaries(layout)
-        if n:
-            log(f"removed {n} temporary leftover(s) of an interrupted export in {layout.root}")
-        shards = _committed_shards(out)
-        summary.shards = len(shards)
-        done: set[str] = set()
-        _run(shards, layout, options, workers, summary, done, progress)
-        entries = _complete_entries(layout, done)
-        write_if_changed(layout.anno, json.dumps(entries, indent=1, ensure_ascii=False).encode() + b"\n")
-        write_if_changed(layout.index, (line + "\n").encode())
-        summary.clips_in_dest = len(entries)
-        summary.wall_s = time.monotonic() - t0
-        write_atomic(layout.report, json_bytes({
-            "out": str(out), "options": options.model_dump(), "shards": summary.shards,
-            "shards_failed": summary.shards_failed, "exported": summary.exported, "already": summary.already,
-            "kept_unbound": summary.kept_unbound, "skipped": dict(summary.skipped), "errors": summary.errors,
-            "clips_in_dest": summary.clips_in_dest, "wall_s": round(summary.wall_s, 3),
-            "skipped_clips": summary.skipped_clips}))
+    try:
+        with RunLock(layout.lock):
+            _export_locked(out, layout, line, options, workers, summary, progress, log)
+    except LockBusy as e:
+        raise ExportError(f"another export is writing {layout.root}: {e}") from e
     for url, why in summary.shards_failed.items():
         log(f"shard {url} could not be read completely: {why}")
     return summary
+
+
+def _export_locked(out: str | Path, layout: BYALayout, line: str, options: ExportOptions, workers: int,
+                   summary: ExportSummary, progress: bool, log: Callable[[str], None]) -> None:
+    t0 = time.monotonic()
+    for d in layout.dirs():
+        d.mkdir(parents=True, exist_ok=True)
+    n = remove_temporaries(layout)
+    if n:
+        log(f"removed {n} temporary leftover(s) of an interrupted export in {layout.root}")
+    shards = _committed_shards(out)
+    summary.shards = len(shards)
+    done: set[str] = set()
+    _run(shards, layout, options, workers, summary, done, progress)
+    entries = _complete_entries(layout, done)
+    write_if_changed(layout.anno, json.dumps(entries, indent=1, ensure_ascii=False).encode() + b"\n")
+    write_if_changed(layout.index, (line + "\n").encode())
+    summary.clips_in_dest = len(entries)
+    summary.wall_s = time.monotonic() - t0
+    write_atomic(layout.report, json_bytes({
+        "out": str(out), "options": options.model_dump(), "shards": summary.shards,
+        "shards_failed": summary.shards_failed, "exported": summary.exported, "already": summary.already,
+        "kept_unbound": summary.kept_unbound, "skipped": dict(summary.skipped), "errors": summary.errors,
+        "clips_in_dest": summary.clips_in_dest, "wall_s": round(summary.wall_s, 3),
+        "skipped_clips": summary.skipped_clips}))
 
 
 def _committed_shards(out: str | Path) -> list[Any]:
@@ -209,15 +218,24 @@ def _run(shards: list[Any], layout: BYALayout, options: ExportOptions, workers: 
 
         # forkserver: never fork a driver that holds fsspec's event-loop threads
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
-            pending: set[Future] = set()
-            for job in jobs:
-                pending.add(pool.submit(convert, job))
-                if len(pending) >= 2 * workers:  # bounded: samples in flight hold their media in memory
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        take(fut.result())
-            for fut in pending:
-                take(fut.result())
+            pending: dict[Future, str] = {}
+            try:
+                for job in jobs:
+                    pending[pool.submit(convert, job)] = job.name
+                    if len(pending) >= 2 * workers:  # bounded: samples in flight hold their media in memory
+                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            pending.pop(fut)
+                            take(fut.result())
+                for fut in list(pending):
+                    pending.pop(fut)
+                    take(fut.result())
+            except BrokenProcessPool as e:
+                # a worker died (killed, out of memory): its clips are named, the rest is left for the rerun
+                for name in pending.values():
+                    summary.record(ClipResult(name, "error", "worker_died",
+                                              f"{name}: a worker process died ({e}); rerun the same command to "
+                                              f"resume (fewer --workers if it ran out of memory)"))
     finally:
         bar.close()
 

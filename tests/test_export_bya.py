@@ -260,7 +260,12 @@ def test_rerun_writes_nothing_and_redoes_a_deleted_file(exported, planted_out):
 
 
 def test_keep_unbound_exports_the_unbound_and_says_so(planted_out, tmp_path):
+    from mtcc.export.bya import ExportError
+    from mtcc.pipeline.lock import RunLock
+
     out, planted = planted_out
+    with RunLock(tmp_path / "dest" / ".lock"), pytest.raises(ExportError, match="another export is writing"):
+        export_bya(out, tmp_path / "dest", progress=False)  # one export per DEST at a time
     summary = export_bya(out, tmp_path / "dest", options=ExportOptions(keep_unbound=True), progress=False)
     assert summary.exported == len(EXPORTED) + 2 and summary.kept_unbound == 2
     assert dict(summary.skipped) == {"no_window": 1}
