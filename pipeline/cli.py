@@ -238,8 +238,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_export_bya(args: argparse.Namespace) -> int:
-    from mtcc.export.bya import ExportError, export_bya
-    from mtcc.export.bya_clip import ExportOptions
+    from mtcc.training.export.bya import ExportError, export_bya
+    from mtcc.training.export.bya_clip import ExportOptions
 
     try:
         options = ExportOptions(keep_unbound=args.keep_unbound, min_frames=args.min_frames,
@@ -347,7 +347,7 @@ def parser() -> argparse.ArgumentParser:
                         "outcome a run must give it in <file>.expect.json")
     d.set_defaults(fn=cmd_sample_data)
 
-    from mtcc.export.bya_clip import ExportOptions
+    from mtcc.training.export.bya_clip import ExportOptions
 
     ex = sub.add_parser("export", help="write a build in the layout another trainer reads")
     exsub = ex.add_subparsers(dest="export_cmd", required=True)

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtcc.export.bya import export_bya
-from mtcc.export.bya_binding import IDENTITY, SWAP, mask_side, read_binding, slot_tracks, their_af_matrix
-from mtcc.export.bya_clip import ExportOptions, reader_windows
+from mtcc.training.export.bya import export_bya
+from mtcc.training.export.bya_binding import IDENTITY, SWAP, mask_side, read_binding, slot_tracks, their_af_matrix
+from mtcc.training.export.bya_clip import ExportOptions, reader_windows
 from mtcc.manifests.sample import read_samples
 from mtcc.stages import rle as rle_codec
 
@@ -260,7 +260,7 @@ def test_rerun_writes_nothing_and_redoes_a_deleted_file(exported, planted_out):
 
 
 def test_keep_unbound_exports_the_unbound_and_says_so(planted_out, tmp_path):
-    from mtcc.export.bya import ExportError
+    from mtcc.training.export.bya import ExportError
     from mtcc.pipeline.lock import RunLock
 
     out, planted = planted_out

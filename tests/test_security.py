@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CODE = [p for d in ("pipeline", "stages", "manifests", "sampledata", "training", "benchmarks", "export")
+CODE = [p for d in ("pipeline", "stages", "manifests", "sampledata", "training", "benchmarks")
         for p in (REPO / d).rglob("*.py")]
 
 
