@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -24,17 +25,21 @@ FULL_SAMPLE = ("mp4", "mix.flac", "spk0.flac", "spk1.flac", "faces.json", "masks
                "audio_emb.npy", "ref0.jpg", "ref1.jpg", "caption.txt", "json")
 
 
-def read_samples(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+def read_samples(tar_path: Path | BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {member: bytes}) per sample of a shard tar, in tar order; member names are checked, never
-    used as paths."""
-    with tarfile.open(tar_path) as tar:
+    used as paths. ``tar_path`` may be an open binary file (a URL opened with fsspec), read as a stream."""
+    if isinstance(tar_path, (str, os.PathLike)):
+        opened, where = tarfile.open(tar_path), str(tar_path)
+    else:
+        opened, where = tarfile.open(fileobj=tar_path, mode="r|"), str(getattr(tar_path, "path", "") or "tar")
+    with opened as tar:
         key, members = None, {}
         for info in tar:
             if not info.isfile():
-                raise ValueError(f"{tar_path}: unexpected non-file member {info.name!r}")
+                raise ValueError(f"{where}: unexpected non-file member {info.name!r}")
             k, _, ext = info.name.partition(".")
             if "/" in info.name or not ext:
-                raise ValueError(f"{tar_path}: bad member name {info.name!r}")
+                raise ValueError(f"{where}: bad member name {info.name!r}")
             if key is not None and k != key:
                 yield key, members
                 members = {}

@@ -391,7 +391,8 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
         bar.set_postfix(counts, refresh=False)
         bar.update(1)
 
-    flow = Flow(stages, executor, on_done, cfg.run.max_batch_retries, on_progress=on_progress)
+    flow = Flow(stages, executor, on_done, cfg.run.max_batch_retries, on_progress=on_progress,
+                max_clips_in_flight=cfg.run.max_clips_in_flight)
     pending = list(todo)
     next_health = time.monotonic() + HEALTH_EVERY_S
     try:

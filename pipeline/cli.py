@@ -1,4 +1,4 @@
-"""`mtcc` command line: run, status, verify, report, models (fetch, check, make-tiny), sample-data."""
+"""`mtcc` command line: run, status, verify, report, models (fetch, check, make-tiny), sample-data, export."""
 
 from __future__ import annotations
 
@@ -243,6 +243,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_bya(args: argparse.Namespace) -> int:
+    from mtcc.training.export.bya import ExportError, export_bya
+    from mtcc.training.export.bya_clip import ExportOptions
+
+    try:
+        options = ExportOptions(keep_unbound=args.keep_unbound, min_frames=args.min_frames,
+                                both_min_fraction=args.both_min_fraction)
+        summary = export_bya(args.output, args.dest, options=options, workers=args.workers,
+                             index_root=args.index_root, progress=not args.no_progress, log=_warn)
+    except (ExportError, LockBusy, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    for message in summary.errors:
+        print(f"FAILED {message}", file=sys.stderr)
+    return 1 if summary.errors or summary.shards_failed else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtcc", description="Build multi-talking-character video datasets on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -336,6 +354,32 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--panels", action="store_true",
                    help="instead: split-screen composites (side by side, stacked) with planted panel borders")
     d.set_defaults(fn=cmd_sample_data)
+
+    from mtcc.training.export.bya_clip import ExportOptions
+
+    ex = sub.add_parser("export", help="write a build in the layout another trainer reads")
+    exsub = ex.add_subparsers(dest="export_cmd", required=True)
+    opt = ExportOptions.model_fields
+    eb = exsub.add_parser(
+        "bya", help="the Bind-Your-Avatar trainer's layout (its ConsisID_Dataset, --instance_data_root)",
+        description="Writes DEST/instance_data_root.txt (their --instance_data_root), DEST/anno.json, the clips "
+                    "and, per clip, masks (uint16 PNG per frame), face boxes and the two audio embeddings, from the "
+                    "committed shards of OUT. Resumable (complete clips are skipped), parallel (--workers). Clips "
+                    "whose voice-face binding is not measured (no asd output, or asd and sync disagree) are skipped "
+                    "unless --keep-unbound. Exit codes: 0 done, 1 a shard or clip failed, 2 bad arguments.")
+    eb.add_argument("output", metavar="OUT", help="an MTCC output folder or fsspec URL (committed shards only)")
+    eb.add_argument("dest", metavar="DEST", help="local folder to write (created; reused on a rerun)")
+    eb.add_argument("--workers", type=int, default=1, help="processes converting clips (default 1)")
+    eb.add_argument("--keep-unbound", action="store_true", help=opt["keep_unbound"].description)
+    eb.add_argument("--min-frames", type=int, default=opt["min_frames"].default,
+                    help=f"{opt['min_frames'].description} (default {opt['min_frames'].default})")
+    eb.add_argument("--both-min-fraction", type=float, default=opt["both_min_fraction"].default,
+                    help=f"{opt['both_min_fraction'].description} (default {opt['both_min_fraction'].default})")
+    eb.add_argument("--index-root", default=None, metavar="PATH",
+                    help="the path DEST will have where the trainer runs, written into instance_data_root.txt "
+                         "(default: DEST's absolute path here)")
+    eb.add_argument("--no-progress", action="store_true")
+    eb.set_defaults(fn=cmd_export_bya)
 
     b = sub.add_parser("bench", help="per-stage throughput, decode work and the four performance ratios "
                                      "(benchmarks/harness.py); --gpu: model stages at full size on the GPU")

@@ -31,6 +31,8 @@ class RunSettings(BaseModel):
 
     videos_per_shard: int = Field(8, ge=1, description="input videos per shard (the unit of commit and resume)")
     max_shards_in_flight: int = Field(4, ge=1, description="shards whose candidates may be in the stages at once")
+    max_clips_in_flight: int = Field(32, ge=1, description="clips cut and not yet through: the cut waits beyond "
+                                                           "this (each holds its media on a node's disk)")
     max_batch_retries: int = Field(2, ge=0, description="retries of a batch whose worker died before it is split")
     work_dir: str | None = Field(None, description="node-local folder for fetched sources and cut clips (default: "
                                                    "~/.cache/mtcc/work/<hash of OUT>); emptied at the start and "

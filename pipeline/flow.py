@@ -39,6 +39,10 @@ class Flow:
     # has time to be marked dead, so a lost node stops the build instead of turning its batches into errors
     retry_backoff_s: float = 2.0
     max_unavailable_waits: int = 30
+    # clips whose media a cut stage has made (or is making) and that are not through yet: their files sit
+    # in the node workspaces, so the cut waits while this many are held (node-local disk stays bounded
+    # however far ahead of the model stages the cut could run)
+    max_clips_in_flight: int = 32
 
     queues: list[deque] = field(init=False)
     inflight: Counter = field(init=False, default_factory=Counter)
@@ -55,6 +59,7 @@ class Flow:
     _source_keys: dict[str, str] = field(init=False, default_factory=dict)
     _evict_sources: list[str] = field(init=False, default_factory=list)
     _evict_clips: list[str] = field(init=False, default_factory=list)
+    _media_held: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.queues = [deque() for _ in self.stages]
@@ -92,10 +97,15 @@ class Flow:
         for i, stage in enumerate(self.stages):
             q, bs = self.queues[i], stage.resources.batch_size
             while q and self.executor.free_slots(i) > 0:
+                room = self.max_clips_in_flight - len(self._media_held) if stage.makes_clip_media else bs
+                if room <= 0:
+                    break
                 waited = now - (self._oldest[i] or now)
                 if len(q) < bs and not self._upstream_idle(i) and waited < self.flush_seconds:
                     break
-                batch = [q.popleft() for _ in range(min(bs, len(q)))]
+                batch = [q.popleft() for _ in range(min(bs, room, len(q)))]
+                if stage.makes_clip_media:
+                    self._media_held.update(c.key for c in batch)
                 self._oldest[i] = now if q else None
                 self._send(Ticket(next(self._ids), i, batch))
 
@@ -115,6 +125,7 @@ class Flow:
             c.members = {}  # nothing of it is written: its members can go from wherever they are held
         if "media" in c.info:
             self._evict_clips.append(c.key)
+        self._media_held.discard(c.key)
         self.finished[c.shard].append(c)
         self.outstanding[c.shard] -= 1
         if self.on_progress:

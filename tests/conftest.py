@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "fixtures" / "real"
 LIGHT_ASD = REPO.parent / "shared" / "models" / "light_asd"
+S3_BUCKET = "bucket"  # the bucket the s3 fixture makes
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +52,54 @@ def ray_local():
     import ray
 
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pipeline_shards(sample_dir, tiny_overrides, ray_local, tmp_path_factory) -> Path:
+    """A sample video through the whole offline pipeline (faces, separation, sync, masks, audio embeddings,
+    captions on tiny random models) into a committed shard, built once per session (the trainer and the
+    export tests read it). The video is cut to its first 2.4 s (one 60-frame clip: the masks stage is the
+    slow one on CPU)."""
+    from mtcc.pipeline.build import build
+    from mtcc.pipeline.cli import resolve_config
+    from mtcc.pipeline.config import load_config
+
+    tmp = tmp_path_factory.mktemp("train_e2e")
+    videos = tmp / "videos"
+    videos.mkdir()
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(sample_dir / "two_talk.mp4"), "-t", "2.4",
+                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(videos / "two_talk_2s.mp4")],
+                   check=True)
+    cfg = load_config(resolve_config("offline"), [*tiny_overrides, "stages.prescore.reject=false"])
+    assert {"masks", "audio_emb", "caption"} <= {s.name for s in cfg.active_stages}
+    res = build(cfg, [str(videos)], tmp / "out", runner="ray", progress=False)
+    assert not res.shards_failed, res.shards_failed
+    return tmp / "out"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on a free port; s3fs (and any subprocess) reaches it through AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir(S3_BUCKET)
+    yield fs
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
 
 
 def copy_inputs(src: Path, dst: Path, names: list[str]) -> Path:

@@ -144,3 +144,52 @@ def test_a_worker_killed_for_memory_names_out_of_memory():
     out = run(stages, ["a", "poison", "b"], OomExecutor(stages))
     assert out["poison"].reason == "error" and out["poison"].message.startswith("out of memory: stage")
     assert out["a_0000"].status == "kept"
+
+
+HELD: list[int] = []  # clips whose "media" are made and not yet through, after each call of either stage
+
+
+class Many(Stage):
+    """Splits each video into ten clips."""
+
+    name: ClassVar[str] = "many"
+    expands: ClassVar[bool] = True
+
+    def process(self, batch):
+        out = []
+        for v in batch:
+            v.status = "expanded"
+            out += [v, *(make_clip(v, self.name, k, k, k + 1) for k in range(10))]
+        return out
+
+
+class MakesMedia(Stage):
+    name: ClassVar[str] = "maker"
+    makes_clip_media: ClassVar[bool] = True
+
+    def process(self, batch):
+        HELD.append(HELD[-1] + len(batch))
+        return batch
+
+
+class UsesMedia(Stage):
+    name: ClassVar[str] = "user"
+
+    def process(self, batch):
+        HELD.append(HELD[-1] - len(batch))
+        return batch
+
+
+def test_the_cut_waits_while_max_clips_in_flight_are_held():
+    """The stage that makes clip media (files on a node's disk) runs ahead of the stages that consume them
+    only by ``max_clips_in_flight`` clips; without the bound it would cut all twenty at once."""
+    stages = [Many(), MakesMedia(resources={"batch_size": 4}), UsesMedia(resources={"batch_size": 1})]
+    for limit, want in ((3, 3), (100, 20)):
+        HELD[:] = [0]
+        shards: dict[int, list[Candidate]] = {}
+        flow = Flow(stages, InProcessExecutor(stages), lambda s, c: shards.__setitem__(s, c), max_clips_in_flight=limit)
+        flow.add_shard(0, [Candidate(key=k, video_id=k, source=f"/x/{k}.mp4", shard=0) for k in ("a", "b")], [])
+        while flow.step():
+            pass
+        assert max(HELD) == want and HELD[-1] == 0
+        assert sum(c.status == "kept" for c in shards[0]) == 20  # nothing lost to the wait

@@ -27,36 +27,11 @@ from mtcc.pipeline.remote import claim_staging
 pytestmark = pytest.mark.slow
 
 OVERRIDES = ["run.videos_per_shard=3", "run.max_shards_in_flight=2"]
-BUCKET = "bucket"
+BUCKET = "bucket"  # made by the s3 fixture (conftest.py)
 
 
 def cfg(*extra: str):
     return load_config(resolve_config("spine"), [*OVERRIDES, *extra])
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server on a free port; s3fs (and any subprocess) reaches it through AWS_ENDPOINT_URL."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import fsspec
-
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir(BUCKET)
-    yield fs
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
 
 
 def remote_digests(fs, root: str) -> dict[str, str]:

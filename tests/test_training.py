@@ -184,29 +184,7 @@ def test_every_parameter_gets_a_gradient():
     assert [n for n, p in m.named_parameters() if p.grad is None] == []
 
 
-# -- the pipeline's own shards, 2 processes ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pipeline_shards(sample_dir, tiny_overrides, ray_local, tmp_path_factory) -> Path:
-    """A sample video through the whole offline pipeline (faces, separation, sync, masks, audio embeddings,
-    captions on tiny random models) into a committed shard. The video is cut to its first 2.4 s (one
-    60-frame clip: the masks stage is the slow one on CPU)."""
-    from mtcc.pipeline.build import build
-    from mtcc.pipeline.cli import resolve_config
-    from mtcc.pipeline.config import load_config
-
-    tmp = tmp_path_factory.mktemp("train_e2e")
-    videos = tmp / "videos"
-    videos.mkdir()
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(sample_dir / "two_talk.mp4"), "-t", "2.4",
-                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(videos / "two_talk_2s.mp4")],
-                   check=True)
-    cfg = load_config(resolve_config("offline"), [*tiny_overrides, "stages.prescore.reject=false"])
-    assert {"masks", "audio_emb", "caption"} <= {s.name for s in cfg.active_stages}
-    res = build(cfg, [str(videos)], tmp / "out", runner="ray", progress=False)
-    assert not res.shards_failed, res.shards_failed
-    return tmp / "out"
-
-
+# -- the pipeline's own shards (conftest.pipeline_shards), 2 processes -------------------------------------------
 def mtcc_train(shards: Path, out_dir: Path, *sets: str, launcher: str = "torchrun") -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "mtcc.pipeline.cli", "train", "train", "--shards", str(shards),
            "--launcher", launcher, "--nproc-per-node", "2",
