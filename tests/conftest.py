@@ -77,9 +77,11 @@ def pipeline_shards(sample_dir, tiny_overrides, ray_local, tmp_path_factory) -> 
     return tmp / "out"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3():
-    """moto's S3 server on a free port; s3fs (and any subprocess) reaches it through AWS_ENDPOINT_URL."""
+    """moto's S3 server on a free port; s3fs (and any subprocess) reaches it through AWS_ENDPOINT_URL. One per
+    session: moto keeps its buckets in process-wide state, so a second server would find the bucket made by
+    the first (tests use their own prefixes in it)."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
