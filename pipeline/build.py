@@ -160,7 +160,18 @@ def workspace_spec(cfg: PipelineConfig, layout: Layout) -> WorkspaceSpec:
 
 
 def random_weight_stages(cfg: PipelineConfig) -> list[str]:
-    return [s.name for s in cfg.active_stages if getattr(s, "allow_random_weights", False)]
+    """Stages that are allowed random weights and are pointed at weights `models make-tiny` wrote (a stage
+    given real weights over a tiny profile, `--set stages.asd.model=...`, is not named)."""
+    from mtcc.stages.models import random_marker
+
+    def random(s: Any) -> bool:
+        spec = getattr(s, "model", None)
+        if not isinstance(spec, str) or not spec:
+            return True  # whatever the stage falls back to, the config allowed random weights for it
+        path = Path(spec).expanduser()
+        return path.exists() and random_marker(path) is not None
+
+    return [s.name for s in cfg.active_stages if getattr(s, "allow_random_weights", False) and random(s)]
 
 
 def model_ids(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:

@@ -200,11 +200,14 @@ class NodeWorkspace:
         return self.clips / f"{key}-{digest[:16]}"
 
     def evict_clips(self, keys: list[str]) -> None:
-        if not self.clips.is_dir():
+        try:
+            names = os.listdir(self.clips)
+        except FileNotFoundError:  # nothing cut on this node, or the run's end already removed the workspace
             return
-        for key in keys:
-            for d in self.clips.glob(f"{key}-*"):
-                shutil.rmtree(d, ignore_errors=True)
+        wanted = set(keys)
+        for name in names:
+            if name.rsplit("-", 1)[0] in wanted:  # `{key}-{digest}`: the digest has no '-'
+                shutil.rmtree(self.clips / name, ignore_errors=True)
 
     # -- the whole folder -----------------------------------------------------------------------------
     def usage(self) -> int:

@@ -200,3 +200,15 @@ def test_sync_takes_single_speaker_from_asd():
     cand.stats["asd.random_weights"] = True  # random ASD decides nothing: the separated tracks' VAD does
     assert speaking_flags(cand, "separated") == ([False, False], "separate")
     assert speaking_flags(cand, "mixture") == ([None, None], "none")
+
+
+def test_a_run_names_only_the_stages_left_on_random_weights(tiny_overrides, light_asd_weights):
+    from mtcc.pipeline.build import random_weight_stages
+    from mtcc.pipeline.cli import resolve_config
+    from mtcc.pipeline.config import load_config
+
+    tiny = random_weight_stages(load_config(resolve_config("offline"), tiny_overrides))
+    assert {"asd", "separate", "sync"} <= set(tiny)
+    real = random_weight_stages(load_config(resolve_config("offline"),
+                                            [*tiny_overrides, f"stages.asd.model={light_asd_weights}"]))
+    assert set(real) == set(tiny) - {"asd"}

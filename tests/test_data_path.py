@@ -90,6 +90,19 @@ def test_local_sources_are_read_in_place(sample_dir, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_clip_eviction_removes_only_the_named_clips_and_survives_a_removed_workspace(tmp_path):
+    ws = NodeWorkspace(tmp_path / "w")
+    for key in ("vid-a_0000", "vid-a_0001", "vid-a_00001"):
+        d = ws.clip_dir(key, "0123456789abcdef0123")
+        d.mkdir(parents=True)
+        (d / "clip.mp4").write_bytes(b"x")
+    ws.evict_clips(["vid-a_0000"])
+    assert sorted(p.name.rsplit("-", 1)[0] for p in ws.clips.iterdir()) == ["vid-a_00001", "vid-a_0001"]
+    ws.clear()  # the end of the run empties the workspace while an eviction may still be on its way
+    ws.evict_clips(["vid-a_0001"])
+    assert not ws.root.exists()
+
+
 # -- a build from URLs ----------------------------------------------------------------------------------
 
 def light_cfg(tiny_overrides, *extra):

@@ -114,35 +114,34 @@ def plant(real_out: Path, out: Path) -> dict[str, dict]:
     run_info = {k: meta[k] for k in ("config_hash", "pipeline_version", "versions", "profile", "models") if k in meta}
     planted: dict[str, dict] = {}
     shards: dict[int, list[Candidate]] = {}
-    with pytest.MonkeyPatch.context() as mp:
-        # the asd stage adds "asd" to the carried meta keys (its own branch); planted here the same way
-        mp.setattr(shard_mod, "META_INFO", tuple(dict.fromkeys((*shard_mod.META_INFO, "asd"))))
-        for name, (shard, asd, sync_swapped, _) in PLANTS.items():
-            info = {k: meta[k] for k in (*shard_mod.META_INFO, "probe") if k in meta}
-            info["sha256"] = meta["source_sha256"]
-            sync = dict(meta["sync"])
-            if sync_swapped is None:
-                sync.update(audio_source="mixture", binding_margin=0.0, swapped=False)
-            else:
-                sync.update(audio_source="separated", swapped=sync_swapped, binding_margin=-1.5 if sync_swapped
-                            else 1.5, a_ac=SWAP if sync_swapped else IDENTITY)
-            info["sync"] = sync
-            if asd is not None:
-                info["asd"] = asd
-            m = dict(members)
-            if name == "holes":  # character 2 loses its mask on frames 10 and 40: no 49-frame window is whole
-                doc = json.loads(m["masks.rle.json"])
-                h, w = doc["size"]
-                for t in (10, 40):
-                    doc["characters"][1]["rle"][t] = rle_codec.encode(np.zeros((h, w), bool))
-                m["masks.rle.json"] = json.dumps(doc).encode()
-            c = Candidate(key=f"{name}_0000", video_id=name, source=meta["source"], shard=shard, level="clip",
-                          clip_idx=0, start=meta["start"], end=meta["end"], status="kept", stats=dict(meta["stats"]),
-                          info=info, members=m)
-            shards.setdefault(shard, []).append(c)
-            planted[c.key] = {"members": m, "asd": asd}
-        for shard, cands in shards.items():
-            commit_shard(layout, shard, cands, [], run_info)
+    for name, (shard, asd, sync_swapped, _) in PLANTS.items():
+        info = {k: meta[k] for k in (*shard_mod.META_INFO, "probe") if k in meta}
+        info["sha256"] = meta["source_sha256"]
+        # the planted measures stand for real ones: tracks from a real separator, scored by a real SyncNet
+        info["separate"] = {**meta["separate"], "random_weights": False}
+        sync = {**meta["sync"], "random_weights": False}
+        if sync_swapped is None:
+            sync.update(audio_source="mixture", binding_margin=0.0, swapped=False)
+        else:
+            sync.update(audio_source="separated", swapped=sync_swapped, binding_margin=-1.5 if sync_swapped
+                        else 1.5, a_ac=SWAP if sync_swapped else IDENTITY)
+        info["sync"] = sync
+        if asd is not None:
+            info["asd"] = asd
+        m = dict(members)
+        if name == "holes":  # character 2 loses its mask on frames 10 and 40: no 49-frame window is whole
+            doc = json.loads(m["masks.rle.json"])
+            h, w = doc["size"]
+            for t in (10, 40):
+                doc["characters"][1]["rle"][t] = rle_codec.encode(np.zeros((h, w), bool))
+            m["masks.rle.json"] = json.dumps(doc).encode()
+        c = Candidate(key=f"{name}_0000", video_id=name, source=meta["source"], shard=shard, level="clip",
+                      clip_idx=0, start=meta["start"], end=meta["end"], status="kept", stats=dict(meta["stats"]),
+                      info=info, members=m)
+        shards.setdefault(shard, []).append(c)
+        planted[c.key] = {"members": m, "asd": asd}
+    for shard, cands in shards.items():
+        commit_shard(layout, shard, cands, [], run_info)
     return planted
 
 
@@ -312,3 +311,18 @@ def test_url_out_reads_committed_shards_only(s3, planted_out, exported, tmp_path
         assert clip["video"].read_bytes() == local[name]["video"].read_bytes()
         assert clip["af"] == local[name]["af"]
         assert all(torch.equal(a, b) for a, b in zip(clip["audio"], local[name]["audio"], strict=True))
+
+
+def test_votes_on_tracks_from_random_weights_bind_nothing():
+    """A make-tiny separator's tracks (or a make-tiny SyncNet's scores on them) say nothing about whose voice
+    is whose, even where a real asd model scored them: the clip is unbound, its speaking side still asd's."""
+    measured = {"asd": asd_meta((0.2, 0.7), FACE_SWAP), "separate": {"random_weights": False},
+                "sync": {"audio_source": "separated", "swapped": True, "binding_margin": -1, "random_weights": False}}
+    assert read_binding(measured, 0.1).state == "measured"
+    tiny_tracks = {**measured, "separate": {"random_weights": True}}
+    b = read_binding(tiny_tracks, 0.1)
+    assert (b.reason, b.votes, b.speaker_side) == ("binding_unknown", {"asd": None, "sync": None}, "right")
+    assert "RANDOM" in b.why
+    tiny_sync = {**measured, "sync": {**measured["sync"], "random_weights": True}}
+    b = read_binding(tiny_sync, 0.1)
+    assert (b.state, b.votes) == ("measured", {"asd": "swapped", "sync": None})

@@ -78,6 +78,10 @@ def _vote_sync(sync: dict[str, Any] | None) -> str | None:
     return "swapped" if sync["swapped"] else "identity"
 
 
+def _random(stage_meta: Any) -> bool:
+    return isinstance(stage_meta, dict) and bool(stage_meta.get("random_weights"))
+
+
 def read_binding(meta: dict[str, Any], both_min_fraction: float) -> Binding:
     """The binding and speaking side of one sample meta (``<key>.json``).
 
@@ -87,17 +91,22 @@ def read_binding(meta: dict[str, Any], both_min_fraction: float) -> Binding:
     the identity (the separated tracks as they are), for ``--keep-unbound``.
     """
     asd = meta.get("asd")
-    random_asd = isinstance(asd, dict) and bool(asd.get("random_weights"))
+    random_asd = _random(asd)
     if random_asd:
         asd = None  # a make-tiny model's scores are noise: no speaking side, no vote
-    votes = {"asd": _vote_asd(asd) if isinstance(asd, dict) else None, "sync": _vote_sync(meta.get("sync"))}
+    # both votes score the separated tracks: tracks from a random separator (or a random SyncNet's scores)
+    # are noise, whatever the asd model is
+    random_tracks = _random(meta.get("separate"))
+    votes = {"asd": _vote_asd(asd) if isinstance(asd, dict) and not random_tracks else None,
+             "sync": None if random_tracks or _random(meta.get("sync")) else _vote_sync(meta.get("sync"))}
     cast = [v for v in votes.values() if v is not None]
     if not isinstance(asd, dict):
         state, reason, why = "unknown", "no_asd", ("the asd stage ran on RANDOM weights (make-tiny)" if random_asd
                                                    else "no asd output in the sample meta (run the asd stage)")
     elif not cast:
         state, reason, why = ("unknown", "binding_unknown",
-                              "neither asd's track_face nor sync's cross matrix gives a binding")
+                              "the separated tracks come from RANDOM weights (make-tiny): nothing binds them"
+                              if random_tracks else "neither asd's track_face nor sync's cross matrix gives a binding")
     elif len(set(cast)) > 1:
         state, reason, why = ("contradicted", "binding_contradicted",
                               f"asd's track_face says {votes['asd']}, sync's cross matrix says {votes['sync']}")
