@@ -43,19 +43,14 @@ $(STAMP): pyproject.toml
 
 install: sysdeps $(STAMP)
 
-# random-initialised models of the real classes for the offline profile (plumbing, not quality);
-# configs/offline.yaml includes .mtcc/tiny/models.yaml
-TINY := .mtcc/tiny/models.yaml
-$(TINY): $(STAMP) $(wildcard stages/*.py)
-	$(VENV)/bin/mtcc models make-tiny .mtcc/tiny
-
 # paper-grade weights for configs/mtcc.yaml (needs internet, ~19 GB); copy models/ to the cluster and
 # run `mtcc models check models` there before a long run
 models: install
 	$(VENV)/bin/mtcc models fetch models
 	$(VENV)/bin/mtcc models check models
 
-demo: install $(TINY)
+# the offline profile makes its random-weight models on first use (~/.cache/mtcc/tiny, models: "@tiny")
+demo: install
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc sample-data $(DEMO_DIR)/videos
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc run configs/offline.yaml --input $(DEMO_DIR)/videos --output $(DEMO_DIR)/out
 

@@ -196,7 +196,8 @@ def include_models(raw: dict[str, Any]) -> dict[str, Any]:
     """Replace a top-level ``models: PATH`` by the weight settings of that models.yaml, laid over the
     stages the config lists (stages it does not list are not added). PATH is relative to the working
     directory (``~`` expanded; a folder means its models.yaml); paths inside models.yaml are relative to
-    its own folder. ``models: null`` (or no key) includes nothing."""
+    its own folder. ``models: "@tiny"`` is make-tiny's random models for this code, made on first use in
+    the user's cache (:mod:`mtcc.pipeline.tiny_cache`). ``models: null`` (or no key) includes nothing."""
     if not isinstance(raw, dict) or "models" not in raw:
         return raw
     ref = raw.pop("models")
@@ -205,8 +206,9 @@ def include_models(raw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(ref, (str, Path)):
         raise ConfigError(f"models: expected the path of a models.yaml (or of its folder), got {ref!r}")
     from .models_cli import load_models_file, models_path, stage_settings, weights_digest
+    from .tiny_cache import TINY_REF, tiny_models
 
-    p = models_path(ref)
+    p = tiny_models() if ref == TINY_REF else models_path(ref)
     doc = load_models_file(p)
     settings = stage_settings(doc, p.parent, str(p))
     stages = raw.get("stages")

@@ -347,9 +347,7 @@ def test_a_missing_models_file_says_how_to_get_one(tmp_path, monkeypatch):
     msg = str(e.value)
     assert str(tmp_path / "nowhere" / MODELS_FILE) in msg
     assert "mtcc models fetch" in msg and "mtcc models make-tiny" in msg
-    # the bundled profiles read theirs from the working directory too
-    with pytest.raises(ConfigError, match=re.escape(str(tmp_path / ".mtcc/tiny/models.yaml"))):
-        load_config(resolve_config("offline"))
+    # the paper profile reads its models folder from the working directory too
     with pytest.raises(ConfigError, match=re.escape(str(tmp_path / "models/models.yaml"))):
         load_config(resolve_config("mtcc"))
 
@@ -372,7 +370,7 @@ def test_config_hash_follows_the_weights(tmp_path, monkeypatch):
 
 def test_bundled_offline_profile_takes_its_weights_from_the_tiny_folder(tiny):
     raw = yaml.safe_load(resolve_config("offline").read_text())
-    assert raw["models"] == ".mtcc/tiny/models.yaml"
+    assert raw["models"] == "@tiny"
     assert all("model" not in (body or {}) and "allow_random_weights" not in (body or {})
                for body in raw["stages"].values())
     cfg = load_config(resolve_config("offline"), [f"models={tiny}"])
@@ -404,3 +402,41 @@ def test_fetch_verifies_light_asd_against_its_pinned_sha256(server, tmp_path, ca
     rc, out = run(["models", "fetch", str(bad), "--only", "asd", "--url", f"asd={base}/other.model"], capsys)
     assert rc == 1 and "sha256" in out, out
     assert not (bad / "light_asd" / "finetuning_TalkSet.model").exists()
+
+
+LOAD_OFFLINE = """
+from mtcc.pipeline.cli import resolve_config
+from mtcc.pipeline.config import load_config
+cfg = load_config(resolve_config("offline"))
+print(cfg.models.path)
+print(" ".join(s.name for s in cfg.stages if getattr(s, "allow_random_weights", False)))
+"""
+
+
+def test_offline_profile_runs_from_any_directory_making_its_tiny_models_once(tmp_path):
+    """`mtcc run offline` outside the repository: the random models are made on first use in the user's
+    cache (MTCC_CACHE here), once even when two processes start together, reused after, remade when a
+    first use was cut short."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "MTCC_CACHE": str(tmp_path / "cache")}
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", LOAD_OFFLINE], cwd=elsewhere, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    runs = [p.communicate() + (p.returncode,) for p in [start(), start()]]
+    assert all(rc == 0 for _, _, rc in runs), runs
+    assert sum("making the offline profile's random-weight models" in err for _, err, _ in runs) == 1
+    paths = {out.splitlines()[0] for out, _, _ in runs}
+    assert len(paths) == 1
+    models = Path(paths.pop())
+    assert models.parent.parent == tmp_path / "cache" / "tiny" and models.is_file()
+    assert {"separate", "sync", "asd", "masks", "audio_emb", "caption"} <= set(runs[0][0].splitlines()[1].split())
+    assert not list(elsewhere.iterdir())  # nothing written where it ran
+    before = models.stat().st_mtime_ns
+    out, err, rc = (lambda p: p.communicate() + (p.returncode,))(start())
+    assert rc == 0 and "making" not in err and models.stat().st_mtime_ns == before
+    models.unlink()  # a first use killed before it finished
+    out, err, rc = (lambda p: p.communicate() + (p.returncode,))(start())
+    assert rc == 0 and "making" in err and models.is_file()
