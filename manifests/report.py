@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 
 from mtcc.manifests.funnel import StageCount, funnel
 from mtcc.pipeline.shard import Layout
-from mtcc.stages.media import MediaError, ff_input, fsync_dir, fsync_file, is_remote, local_source, run_tool
+from mtcc.stages.media import (MediaError, ff_input, fsync_dir, fsync_file, is_remote_source, local_source,
+                               run_tool)
 
 from . import report_plots as plots
 
@@ -476,7 +477,7 @@ def rejected_card(row: dict[str, Any], idx: int, stage_dir: Path, warn: Callable
     source = row["source"] or ""
     if not source:
         card.placeholder = "no source recorded"
-    elif is_remote(source):
+    elif is_remote_source(source):
         card.placeholder = "remote source: not fetched for the report"
     elif not Path(local_source(source)).is_file():
         card.placeholder = "source file not found (moved or deleted since the build)"

@@ -29,7 +29,8 @@ from .executor import InProcessExecutor, RayExecutor, WorkspaceSpec, init_ray
 from .flow import CapacityLost, Flow
 from .inputs import discover, make_plan
 from .lock import RunLock
-from .remote import RemoteError, RemoteLock, RemoteOut, claim_staging, default_staging, is_remote, local_root
+from .remote import (RemoteError, RemoteLock, RemoteOut, claim_staging, default_staging, is_remote_out,
+                     local_root)
 from .shard import Layout, check_shard, commit_shard, remove_shard, remove_temporaries
 
 PIPELINE_VERSION = "0.1.0"
@@ -217,7 +218,7 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
     cache folder of this URL, and published shard by shard)."""
     t0 = time.monotonic()
     try:
-        remote = RemoteOut(str(out)) if is_remote(out) else None
+        remote = RemoteOut(str(out)) if is_remote_out(out) else None
     except RemoteError as e:
         raise BuildError(str(e)) from e
     if remote is not None:
@@ -449,7 +450,7 @@ def stage_names(out: str | Path) -> list[str]:
 
 
 def build_funnel(out: str | Path):
-    if is_remote(out):
+    if is_remote_out(out):
         with RemoteOut(str(out)).view() as view:
             return build_funnel(view.root)
     table = read_manifests(out)

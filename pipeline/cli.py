@@ -14,7 +14,7 @@ from mtcc.manifests import format_funnel
 from .config import ConfigError, load_config
 from .inputs import InputError
 from .lock import LockBusy
-from .remote import RemoteError, RemoteOut, is_remote, local_root
+from .remote import RemoteError, RemoteOut, is_remote_out, local_root
 from .shard import Layout, check_shard
 
 
@@ -80,7 +80,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .build import build_funnel
 
     try:
-        if is_remote(args.output):
+        if is_remote_out(args.output):
             remote = RemoteOut(args.output)
             states = remote.states(remote.planned_shards())
         else:
@@ -101,7 +101,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
-        if is_remote(args.output):
+        if is_remote_out(args.output):
             remote = RemoteOut(args.output)
             shards, check, uncommit = remote.planned_shards(), remote.verify_shard, remote.uncommit
         else:
@@ -141,7 +141,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("error: --samples must be >= 0", file=sys.stderr)
         return 2
     try:
-        if is_remote(args.output):
+        if is_remote_out(args.output):
             page = RemoteOut(args.output).write_report(samples=args.samples, warn=_warn)
         else:
             page = write_report(local_root(args.output), samples=args.samples, warn=_warn)

@@ -112,7 +112,9 @@ def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _format(err: ValidationError, model: type[BaseModel], prefix: str) -> list[str]:
+def validation_problems(err: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per error of validating ``model``, at its dotted place under ``prefix``; an unknown key
+    lists the keys allowed there."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
@@ -165,12 +167,12 @@ def build_config(raw: dict[str, Any]) -> PipelineConfig:
         try:
             stages.append(cls.model_validate(body or {}))
         except ValidationError as e:
-            problems.extend(_format(e, cls, f"stages.{name}"))
+            problems.extend(validation_problems(e, cls, f"stages.{name}"))
     top = {k: v for k, v in raw.items() if k != "stages"}
     try:
         cfg = PipelineConfig.model_validate({**top, "stages": []})
     except ValidationError as e:
-        problems.extend(_format(e, PipelineConfig, ""))
+        problems.extend(validation_problems(e, PipelineConfig, ""))
         cfg = None
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

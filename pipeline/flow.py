@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mtcc.stages.base import Candidate, Stage, out_of_memory_message
-from mtcc.stages.media import is_remote
+from mtcc.stages.media import is_remote_source
 from mtcc.stages.workspace import source_key
 
 from .executor import Ticket, WorkerLost
@@ -76,7 +76,7 @@ class Flow:
         self.finished[shard] = list(done)
         self.outstanding[shard] += len(cands)
         for c in cands:
-            if is_remote(c.source):
+            if is_remote_source(c.source):
                 self._source_keys[c.video_id] = source_key(c.source, c.info.get("fingerprint"))
             self._enqueue(0, c)
         if not cands:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtcc.stages.media import is_remote, local_source
+from mtcc.stages.media import is_remote_source, local_source
 from mtcc.stages.probe import NOT_UTF8_NAME
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp"}
@@ -59,7 +59,7 @@ def slug(text: str, max_len: int = 40) -> str:
 def _read_list(path: str) -> list[str]:
     import fsspec
 
-    base = os.path.dirname(local_source(path)) if not is_remote(path) else path.rsplit("/", 1)[0]
+    base = os.path.dirname(local_source(path)) if not is_remote_source(path) else path.rsplit("/", 1)[0]
     ext = Path(path.split("?")[0]).suffix.lower()
     entries: list[str] = []
     if ext == ".parquet":
@@ -82,10 +82,10 @@ def _read_list(path: str) -> list[str]:
                 entries = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
     out = []
     for e in entries:
-        if is_remote(e) or e.startswith("file://") or os.path.isabs(e):
+        if is_remote_source(e) or e.startswith("file://") or os.path.isabs(e):
             out.append(e)
         else:
-            out.append(os.path.join(base, e) if not is_remote(path) else f"{base}/{e}")
+            out.append(os.path.join(base, e) if not is_remote_source(path) else f"{base}/{e}")
     return out
 
 
@@ -113,7 +113,7 @@ def plan_source(source: str) -> str:
 
 
 def _canonical(source: str) -> str:
-    if is_remote(source):
+    if is_remote_source(source):
         return source
     return os.path.abspath(local_source(source))
 
@@ -122,7 +122,7 @@ def discover(inputs: list[str]) -> Discovery:
     disc = Discovery()
     raw: list[str] = []
     for item in inputs:
-        if is_remote(item):
+        if is_remote_source(item):
             ext = Path(item.split("?")[0]).suffix.lower()
             if ext in LIST_EXTS:
                 raw.extend(_read_list(item))
@@ -147,7 +147,7 @@ def discover(inputs: list[str]) -> Discovery:
     seen: dict[str, str] = {}
     for src in raw:
         canon = _canonical(src)
-        ident = canon if is_remote(canon) else os.path.realpath(canon)
+        ident = canon if is_remote_source(canon) else os.path.realpath(canon)
         if ident in seen:
             disc.warnings.append(f"input listed more than once, planned once: {canon}")
             continue
@@ -167,7 +167,7 @@ def fingerprint(source: str) -> tuple[int, str]:
     if source.startswith(NOT_UTF8_NAME):
         return -1, "unreadable:name-not-utf8"
     try:
-        if is_remote(source):
+        if is_remote_source(source):
             import fsspec
 
             # two exact range reads: a remote source's bytes cross the network once more, at its fetch

@@ -39,6 +39,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Literal
 from urllib.parse import urlsplit
 
+from mtcc.stages.hashing import file_digest
+
 from .config import ConfigError
 
 MODELS_FILE = "models.yaml"
@@ -345,18 +347,6 @@ def write_models_file(root: Path, doc: dict[str, Any], header: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return p
-
-
-# -- hashing ---------------------------------------------------------------------------------------------
-
-def file_digest(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-            n += len(chunk)
-    return n, h.hexdigest()
 
 
 def _gb(n: int) -> str:

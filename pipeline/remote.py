@@ -45,8 +45,9 @@ class RemoteError(RuntimeError):
     pass
 
 
-def is_remote(out: str | os.PathLike[str]) -> bool:
-    """True for an fsspec URL other than file://; a plain path (str or Path) is local."""
+def is_remote_out(out: str | os.PathLike[str]) -> bool:
+    """Whether OUT (the dataset root) is remote: an fsspec URL other than file:// or local://; a plain path
+    (str or Path) is local. Not :func:`mtcc.stages.media.is_remote_source`: OUT may be any fsspec URL."""
     if isinstance(out, os.PathLike):
         return False
     import fsspec

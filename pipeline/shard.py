@@ -7,7 +7,6 @@ them) and are renamed into place only after fsync.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -15,12 +14,13 @@ import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any, BinaryIO
+from typing import Any
 
 import pyarrow.parquet as pq
 
 from mtcc.manifests import status_counts, to_table
 from mtcc.stages.base import Candidate, Stage
+from mtcc.stages.hashing import sha256_file, sha256_stream
 from mtcc.stages.media import fsync_dir, fsync_file
 
 # DESIGN §1 member order; anything else a stage adds follows, sorted.
@@ -65,18 +65,6 @@ class Layout:
     @staticmethod
     def temp(path: Path) -> Path:
         return path.with_name(f".{path.name}.tmp")
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return sha256_stream(f)
-
-
-def sha256_stream(f: BinaryIO) -> str:
-    h = hashlib.sha256()
-    while block := f.read(8 << 20):
-        h.update(block)
-    return h.hexdigest()
 
 
 def _member_rank(name: str) -> tuple[int, str]:

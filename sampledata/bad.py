@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtcc.stages.media import BITEXACT, BITEXACT_FLAGS, NO_METADATA
+
 from . import broken
 from .scene import Person, Place, Scene, fixture_rng, render
 
@@ -55,7 +57,6 @@ RUN_OVERRIDES = [
     "stages.separate.enabled=false", "stages.sync.enabled=false", "stages.masks.enabled=false",
     "stages.audio_emb.enabled=false", "stages.caption.enabled=false", "stages.prescore.reject=false",
 ]
-BITEXACT = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact"]
 
 NEVER = ["error"]
 KEPT = {"status": ["kept"], "never": NEVER}
@@ -121,12 +122,12 @@ def encoders() -> frozenset[str]:
 def _remux(src: Path, dst: Path, tag: str, *extra: str) -> None:
     """A stream copy with its own comment: the same pictures and sound in different bytes, so no two
     cases are content duplicates of each other (that would turn one of them into a ``duplicate`` row)."""
-    _ff("-i", src, "-map", "0", "-c", "copy", "-map_metadata", "-1", "-metadata", f"comment=mtcc bad case {tag}",
-        *extra, *BITEXACT, dst)
+    _ff("-i", src, "-map", "0", "-c", "copy", *NO_METADATA, "-metadata", f"comment=mtcc bad case {tag}",
+        *extra, *BITEXACT_FLAGS, dst)
 
 
 def _recode(src: Path, dst: Path, *args: str) -> None:
-    _ff("-i", src, *args, "-map_metadata", "-1", *BITEXACT, dst)
+    _ff("-i", src, *args, *BITEXACT, dst)
 
 
 X264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-threads", "1"]
@@ -255,7 +256,7 @@ def _cases_and_jobs(root: Path, base: Path, seed: int) -> tuple[list[Case], list
          "digital silence for sound: probe has no reason to refuse it; prescore records no match but is "
          "told not to reject in a corpus run",
          lambda: _ff("-i", base, "-f", "lavfi", "-i", "anullsrc=r=44100:cl=stereo", "-map", "0:v", "-map", "1:a",
-                     "-c:v", "copy", "-c:a", "aac", "-t", f"{BASE_SECONDS}", "-map_metadata", "-1", *BITEXACT,
+                     "-c:v", "copy", "-c:a", "aac", "-t", f"{BASE_SECONDS}", *BITEXACT,
                      v / "audio_silent.mp4"))
     case("audio_shorter_than_video", vid("audio_shorter_than_video.mp4"), KEPT,
          "the audio stream ends after 1 s of a 3 s video (write pads the clip's sound with silence)",
@@ -272,7 +273,7 @@ def _cases_and_jobs(root: Path, base: Path, seed: int) -> tuple[list[Case], list
          lambda: _ff("-ss", "1.0", "-i", base, "-i", base, "-map", "0:v:0", "-map", "1:a:0",
                      "-vf", "select='eq(n\\,0)',scale=7680:4320:flags=bilinear,loop=loop=-1:size=1,fps=10",
                      *X264[:2], "-preset", "ultrafast", "-tune", "stillimage", "-crf", "30", "-threads", "2",
-                     "-c:a", "copy", "-t", "2.2", "-map_metadata", "-1", *BITEXACT, v / "frames_8k_static.mp4"))
+                     "-c:a", "copy", "-t", "2.2", *BITEXACT, v / "frames_8k_static.mp4"))
     case("permission_000", vid("permission_000.mp4"),
          {"if_root": KEPT, "if_not_root": UNREADABLE},
          "mode 000: root reads it anyway (a valid video, kept); anyone else gets `unreadable`",
@@ -372,8 +373,8 @@ def _cases_and_jobs(root: Path, base: Path, seed: int) -> tuple[list[Case], list
     case("cover_art_only", vid("cover_art_only.mp4"), rejected("no_video"),
          "AAC plus a still cover picture (attached_pic): a picture is not a video stream",
          lambda: _ff("-i", base, "-ss", "1.0", "-i", base, "-map", "0:a:0", "-map", "1:v:0", "-frames:v", "1",
-                     "-c:a", "copy", "-c:v", "png", "-disposition:v:0", "attached_pic", "-map_metadata", "-1",
-                     *BITEXACT, v / "cover_art_only.mp4"))
+                     "-c:a", "copy", "-c:v", "png", "-disposition:v:0", "attached_pic", *BITEXACT,
+                     v / "cover_art_only.mp4"))
     case("video_only", vid("video_only.mp4"), rejected("no_audio"), "H.264 only, no audio stream",
          lambda: _recode(base, v / "video_only.mp4", "-map", "0:v", "-c:v", "copy", "-an"))
     case("duration_0_2s", vid("duration_0_2s.mp4"), rejected("too_short"), "0.2 s long",

@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from mtcc.stages.media import BITEXACT_FLAGS, NO_METADATA
+
 from . import speech
 from .backgrounds import background
 from .faces import cutout
@@ -181,8 +183,7 @@ def ffmpeg_video_cmd(out: Path, width: int, height: int, fps: int, duration: flo
         cmd += ["-c:a", "aac", "-b:a", "128k", "-ar", str(rate), "-ac", str(channels)]
     else:
         cmd += ["-an"]
-    cmd += ["-t", f"{duration:.6f}", "-fflags", "+bitexact", "-flags:v", "+bitexact",
-            "-flags:a", "+bitexact", "-map_metadata", "-1", str(out)]
+    cmd += ["-t", f"{duration:.6f}", *BITEXACT_FLAGS, *NO_METADATA, str(out)]
     return cmd
 
 

@@ -30,7 +30,6 @@ random_weights. Rejections: ``missing_tracks`` (no ``spk{i}.flac``: the ``separa
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -42,6 +41,7 @@ from pydantic import Field, field_validator, model_validator
 from . import models
 from .audio_io import read_track
 from .base import Candidate, Rejection, Resources, Stage
+from .npy import npy_bytes
 
 HF_ID = "facebook/wav2vec2-base-960h"
 RATE = 16000
@@ -226,12 +226,6 @@ def clip_frames(cand: Candidate, n_samples: int, rate: int, fps: float) -> int:
     if cand.start is not None and cand.end is not None:
         return int(round((cand.end - cand.start) * fps))
     return int(round(n_samples / rate * fps))
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
 
 
 class AudioEmbeddings(Stage):

@@ -37,6 +37,12 @@ class CropGeometry:
     scale: float
     shift: float = 0.0
 
+    @classmethod
+    def from_crop_scale(cls, size: int, crop_scale: float) -> CropGeometry:
+        """The crop of syncnet_python's ``crop_video`` (its ``cs``) and clearvoice's ``cropScale``: side
+        ``(1 + crop_scale)`` x the box's longer side, centre ``crop_scale / 2`` x that side below the box centre."""
+        return cls(size, 1.0 + crop_scale, crop_scale / 2)
+
 
 SHARED_CROPS = CropGeometry(224, 1.4, 0.2)
 

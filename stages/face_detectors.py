@@ -24,7 +24,6 @@ Nothing is ever downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
@@ -35,6 +34,7 @@ from typing import Literal, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from .hashing import sha256_file
 from .models import packaged_file
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ Device = Literal["cpu", "cuda"]
 # with the detector file each ships
 INSIGHTFACE_PACKS: dict[str, str] = {"antelopev2": "scrfd_10g_bnkps.onnx", "buffalo_l": "det_10g.onnx"}
 INSIGHTFACE_PACK_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/{pack}.zip"
+MODEL_ID_HEX = 16  # sha256 hex digits in a model_id: enough to tell weights apart, short in manifests
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -84,16 +85,8 @@ class FaceDetector(Protocol):
 # helpers shared by both detectors
 
 
-def file_sha256(path: str | os.PathLike, prefix: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:prefix]
-
-
 def _model_id(path: Path) -> str:
-    return f"{path.resolve()}#sha256:{file_sha256(path)}"
+    return f"{path.resolve()}#sha256:{sha256_file(path)[:MODEL_ID_HEX]}"
 
 
 def _providers(device: Device) -> list[str]:

@@ -49,6 +49,7 @@ from . import rle as rle_codec
 from .base import Candidate, Rejection, Resources, Stage
 from .crops import clip_media
 from .geometry import LatentGeometry, letterbox_mask, route_index_mask
+from .npy import npy_bytes
 
 HF_ID = "facebook/sam2.1-hiera-large"
 PACKAGED_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
@@ -156,12 +157,6 @@ def route_windows(canvas: Callable[[int, int], np.ndarray], n_frames: int, geo: 
     recipe."""
     wins = geo.windows(n_frames)
     return np.stack([route_index_mask(canvas(s, e), geo) for s, e in wins]).astype(np.int8)
-
-
-def npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
 
 
 def masks_json(rles: list[list[dict[str, Any]]], track_ids: list[Any], size: tuple[int, int]) -> bytes:

@@ -10,8 +10,11 @@ import subprocess
 from fractions import Fraction
 from typing import Any
 
-# Flags that keep ffmpeg from writing its version string and metadata: reruns give identical bytes.
-BITEXACT = ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact"]
+# Flags that keep ffmpeg from writing its version string (BITEXACT_FLAGS) and the input's metadata
+# (NO_METADATA): reruns give identical bytes.
+BITEXACT_FLAGS = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact"]
+NO_METADATA = ["-map_metadata", "-1"]
+BITEXACT = [*NO_METADATA, *BITEXACT_FLAGS]
 
 
 class MediaError(RuntimeError):
@@ -74,7 +77,8 @@ def ffmpeg_version() -> str:
     return first.split(" Copyright")[0].strip()
 
 
-def is_remote(source: str) -> bool:
+def is_remote_source(source: str) -> bool:
+    """True for an input given as a URL other than file:// (fetched into the node's cache before reading)."""
     return "://" in source and not source.startswith("file://")
 
 

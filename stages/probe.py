@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from typing import Any, ClassVar
@@ -10,20 +9,13 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from .base import Candidate, Rejection, Resources, Stage
-from .media import MediaError, ffprobe, is_remote, local_source, parse_rate
+from .hashing import sha256_file
+from .media import MediaError, ffprobe, is_remote_source, local_source, parse_rate
 from .workspace import WorkspaceError
 
 # Prefix of a planned source whose file name is not valid UTF-8 (see mtcc.pipeline.inputs.plan_source):
 # the rest is the name with \x escapes, which is no path to open.
 NOT_UTF8_NAME = "not-utf8-name:"
-
-
-def file_sha256(path: str, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def truncated_box(path: str) -> str | None:
@@ -152,7 +144,7 @@ class Probe(Stage):
             return {"error": f"file name is not valid UTF-8: {name} (bytes shown as \\x escapes); rename it "
                              f"to UTF-8 (e.g. `convmv -f latin1 -t utf8`) to process it"}
         path = local_source(cand.source)
-        if not is_remote(cand.source):
+        if not is_remote_source(cand.source):
             if not os.path.exists(path):
                 if os.path.islink(path):
                     return {"error": f"broken symlink (its target is missing, or it loops): {cand.source}"}
@@ -177,7 +169,7 @@ class Probe(Stage):
                 if cut:
                     return {**stats, "error": f"truncated: {cut}: {cand.source}"}
                 if self.hash_content:
-                    cand.info["sha256"] = src.sha256 or file_sha256(local)
+                    cand.info["sha256"] = src.sha256 or sha256_file(local)
         except (MediaError, OSError, ValueError, WorkspaceError) as e:
             return {**stats, "error": str(e)}
 

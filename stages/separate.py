@@ -325,7 +325,7 @@ class SpeechSeparation(Stage):
 
     def _inputs(self, cand: Candidate) -> tuple[np.ndarray, np.ndarray, float]:
         media = clip_media(cand, self)
-        lips = lip_frames(np.asarray(media.crops(CropGeometry(CROP_SIZE, 1.0 + self.crop_scale, self.crop_scale / 2))))
+        lips = lip_frames(np.asarray(media.crops(CropGeometry.from_crop_scale(CROP_SIZE, self.crop_scale))))
         return media.mixture(), lips, float(cand.info["clip_faces"]["fps"])
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:

@@ -171,7 +171,7 @@ class SyncScores(Stage):
         if len(faces["characters"]) != 2:
             raise ValueError(f"sync needs exactly 2 characters, clip has {len(faces['characters'])}")
         media = clip_media(cand, self)
-        geom = CropGeometry(CROP_SIZE, 1.0 + self.crop_scale, self.crop_scale / 2)
+        geom = CropGeometry.from_crop_scale(CROP_SIZE, self.crop_scale)
         crops = np.asarray(media.crops(geom))[..., ::-1]  # RGB -> BGR (cv2.imread)
         if all(f"spk{k}.flac" in cand.members for k in range(2)):
             tracks = [read_track(cand.member(f"spk{k}.flac")) for k in range(2)]

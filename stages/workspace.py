@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .media import is_remote, local_source
+from .media import is_remote_source, local_source
 
 CHUNK = 8 << 20
 # how long a fetch waits for room held by sources other workers are reading, before it gives up
@@ -78,7 +78,7 @@ class NodeWorkspace:
     def source(self, source: str, fingerprint: str | None = None) -> Iterator[Fetched]:
         """A local path of ``source`` for the duration of the block: the file itself when local, else the
         node's copy (fetched now if no worker on this node has it yet)."""
-        if not is_remote(source):
+        if not is_remote_source(source):
             path = local_source(source)
             yield Fetched(path, None, -1)
             return

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mtcc.pipeline.config import ConfigError, apply_overrides
+from mtcc.pipeline.config import ConfigError, apply_overrides, validation_problems
 from mtcc.stages.geometry import LatentGeometry
 
 __all__ = ["ConfigError", "DataConfig", "LaunchConfig", "LossConfig", "ModelConfig", "OptimConfig", "RayLaunch",
@@ -151,29 +151,6 @@ class TrainConfig(_Strict):
         return json.loads(self.model_dump_json())
 
 
-def _format(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        where = ".".join(map(str, e["loc"]))
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key; allowed: {', '.join(_allowed(e['loc']))}")
-        else:
-            lines.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
-    return "invalid training config:\n  " + "\n  ".join(lines)
-
-
-def _allowed(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = TrainConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        else:
-            break
-    return sorted(model.model_fields)
-
-
 def build_train_config(raw: dict[str, Any] | None, overrides: list[str] | None = None) -> TrainConfig:
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError("training config must be a YAML mapping")
@@ -182,7 +159,7 @@ def build_train_config(raw: dict[str, Any] | None, overrides: list[str] | None =
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format(e)) from e
+        raise ConfigError("invalid training config:\n  " + "\n  ".join(validation_problems(e, TrainConfig))) from e
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None,

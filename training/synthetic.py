@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from mtcc.stages.geometry import LatentGeometry, letterbox_mask, route_index_mask
+from mtcc.stages.media import BITEXACT_FLAGS
+from mtcc.stages.npy import npy_bytes
 
 FRAME_CODE_BASE, FRAME_CODE_STEP = 16, 6
 CODE_BLOCK = 24  # px of the frame-index block at clip resolution
@@ -73,7 +75,7 @@ def encode_mp4(frames: np.ndarray, fps: int = 25) -> bytes:
                "-r", str(fps), "-i", "pipe:0", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
                "-t", f"{n / fps:.6f}", "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast",
                "-crf", "12", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ar", "16000", "-ac", "1", "-shortest",
-               "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", str(out)]
+               *BITEXACT_FLAGS, str(out)]
         subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
         return out.read_bytes()
 
@@ -91,12 +93,6 @@ def _flac(n: int) -> bytes:
 
     buf = io.BytesIO()
     sf.write(buf, np.zeros(n, np.float32), 16000, format="FLAC")
-    return buf.getvalue()
-
-
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
     return buf.getvalue()
 
 
@@ -120,7 +116,7 @@ def make_sample(key: str, index: int, frames: int, size: tuple[int, int], geo: L
         "mix.flac": _flac(frames * 640), "spk0.flac": _flac(frames * 640), "spk1.flac": _flac(frames * 640),
         "faces.json": json.dumps({"frames": frames, "characters": []}).encode(),
         "masks.rle.json": json.dumps(rle_doc, sort_keys=True, separators=(",", ":")).encode(),
-        "audio_emb.npy": _npy(emb),
+        "audio_emb.npy": npy_bytes(emb),
         "caption.txt": f"caption of {key}".encode(),
     }
     for k in range(2):
@@ -131,7 +127,7 @@ def make_sample(key: str, index: int, frames: int, size: tuple[int, int], geo: L
         for s, e in wins:
             canvas = np.stack([[letterbox_mask(masks[k, t], geo) for t in range(s, e)] for k in range(2)])
             rows.append(route_index_mask(canvas, geo))
-        members["route.npy"] = _npy(np.stack(rows).astype(np.int8))
+        members["route.npy"] = npy_bytes(np.stack(rows).astype(np.int8))
     matrix = [[0, 1], [1, 0]] if index % 3 == 2 else [[1, 0], [0, 1]]
     info: dict[str, Any] = {"masks": {"windows": [list(x) for x in wins], "geometry": geo.model_dump(), "size": [h, w]}}
     if a_ac:
