@@ -37,6 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtcc.manifests.funnel import StageCount, funnel
+from mtcc.manifests.members import members_except
+from mtcc.manifests.shard_tar import ShardTarError, read_samples
 from mtcc.pipeline.shard import Layout
 from mtcc.stages.media import (MediaError, ff_input, fsync_dir, fsync_file, is_remote_source, local_source,
                                run_tool)
@@ -46,8 +48,7 @@ from . import report_plots as plots
 DEFAULT_SAMPLES = 4
 MAX_LISTED_SHARDS = 200  # a plan can hold 100k shards: the page lists the first missing ones and counts the rest
 PLAN_STAGE = "plan"
-GALLERY_MEMBERS = ("mp4", "spk0.flac", "spk1.flac", "faces.json", "masks.rle.json", "ref0.jpg", "ref1.jpg",
-                   "caption.txt", "json")
+GALLERY_MEMBERS = members_except("mix.flac", "route.npy", "audio_emb.npy")
 FRAME_TIMEOUT_S = 120.0
 
 # (file stem, title, x label, manifest columns, level, integer-valued, config thresholds as
@@ -278,23 +279,18 @@ def read_some(tar_path: Path | str, keys: Iterable[str], members: Sequence[str] 
     found: dict[str, dict[str, bytes]] = {}
     with contextlib.ExitStack() as stack:
         if isinstance(tar_path, Path):
-            tar = stack.enter_context(tarfile.open(tar_path))
+            samples = read_samples(tar_path, select=lambda k: members if k in wanted else ())
         else:
             import fsspec
 
-            tar = stack.enter_context(tarfile.open(fileobj=stack.enter_context(fsspec.open(tar_path, "rb"))))
-        for info in tar:
-            key, _, ext = info.name.partition(".")
-            if key not in wanted:
+            samples = read_samples(stack.enter_context(fsspec.open(tar_path, "rb")), seek=True, where=tar_path,
+                                   select=lambda k: members if k in wanted else ())
+        stack.enter_context(contextlib.closing(samples))
+        for key, got in samples:
+            if key in wanted:
+                found.setdefault(key, {}).update(got)
                 if found.keys() == wanted:
                     break
-                continue
-            if not info.isfile() or "/" in info.name or not ext:
-                raise ReportError(f"{tar_path}: bad member {info.name!r}")
-            sample = found.setdefault(key, {})
-            if ext in members:
-                f = tar.extractfile(info)
-                sample[ext] = f.read() if f else b""
     return found
 
 
@@ -504,7 +500,7 @@ def gallery(layout: Layout, table: pa.Table, n: int, stage_dir: Path,
             # a remote OUT's tars stay remote: ``layout`` is only a local view of its metadata
             tar = f"{url}/shards/{layout.tar(shard).name}" if url else layout.tar(shard)
             samples.update(read_some(tar, keys))
-        except (OSError, tarfile.TarError, ReportError) as e:
+        except (OSError, tarfile.TarError, ShardTarError) as e:
             warn(f"report: cannot read {layout.tar(shard).name}: {e}")
     kept = [kept_card(r, samples.get(r["key"]), i, stage_dir, warn) for i, r in enumerate(kept_rows)]
     rejected = [rejected_card(r, i, stage_dir, warn) for i, r in enumerate(pick_rejected(table, n))]

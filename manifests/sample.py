@@ -2,52 +2,26 @@
 
 ``check_sample`` decodes every member and compares its shape, dtype and cross-member consistency (frame
 counts, clip resolution, track lengths) with what the schema promises a trainer. Members a profile does
-not produce (the spine profile writes no masks) are only checked when present, unless ``require`` names them.
+not produce (the spine profile writes no masks) are only checked when present, unless ``require`` names them
+(by default the members every sample has, ``members.REQUIRED``). Shards are read with
+:func:`mtcc.manifests.shard_tar.read_samples`.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import tarfile
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any, BinaryIO
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
+
+from .members import REQUIRED
 
 RATE = 16000
 FPS = 25
 EMB_LAYERS, EMB_DIM = 12, 768
-FULL_SAMPLE = ("mp4", "mix.flac", "spk0.flac", "spk1.flac", "faces.json", "masks.rle.json", "route.npy",
-               "audio_emb.npy", "ref0.jpg", "ref1.jpg", "caption.txt", "json")
-
-
-def read_samples(tar_path: Path | BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {member: bytes}) per sample of a shard tar, in tar order; member names are checked, never
-    used as paths. ``tar_path`` may be an open binary file (a URL opened with fsspec), read as a stream."""
-    if isinstance(tar_path, (str, os.PathLike)):
-        opened, where = tarfile.open(tar_path), str(tar_path)
-    else:
-        opened, where = tarfile.open(fileobj=tar_path, mode="r|"), str(getattr(tar_path, "path", "") or "tar")
-    with opened as tar:
-        key, members = None, {}
-        for info in tar:
-            if not info.isfile():
-                raise ValueError(f"{where}: unexpected non-file member {info.name!r}")
-            k, _, ext = info.name.partition(".")
-            if "/" in info.name or not ext:
-                raise ValueError(f"{where}: bad member name {info.name!r}")
-            if key is not None and k != key:
-                yield key, members
-                members = {}
-            key = k
-            f = tar.extractfile(info)
-            members[ext] = f.read() if f else b""
-        if key is not None:
-            yield key, members
 
 
 def _npy(data: bytes) -> np.ndarray:
@@ -70,8 +44,9 @@ def _mp4(data: bytes) -> dict[str, Any]:
     return {s["codec_type"]: s for s in streams}
 
 
-def check_sample(members: dict[str, bytes], require: Iterable[str] = ()) -> list[str]:
-    """Problems with one sample (empty when it matches the schema)."""
+def check_sample(members: dict[str, bytes], require: Iterable[str] = REQUIRED) -> list[str]:
+    """Problems with one sample (empty when it matches the schema); ``require`` names the members it must
+    have (the configured profile's, ``members.MEMBERS`` for a full build)."""
     problems = [f"missing member {m}" for m in require if m not in members]
     meta = json.loads(members["json"]) if "json" in members else {}
     frames = None

@@ -19,13 +19,12 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from mtcc.manifests import status_counts, to_table
+from mtcc.manifests.members import META_INFO, member_rank
+from mtcc.manifests.shard_tar import read_samples
 from mtcc.stages.base import Candidate, Stage
 from mtcc.stages.hashing import sha256_file, sha256_stream
 from mtcc.stages.media import fsync_dir, fsync_file
 
-# DESIGN §1 member order; anything else a stage adds follows, sorted.
-MEMBER_ORDER = ["mp4", "mix.flac", "spk0.flac", "spk1.flac", "faces.json", "masks.rle.json", "route.npy",
-                "audio_emb.npy", "ref0.jpg", "ref1.jpg", "caption.txt", "json"]
 FIXED_MTIME = 0
 COMMIT_VERSION = 1
 
@@ -67,18 +66,11 @@ class Layout:
         return path.with_name(f".{path.name}.tmp")
 
 
-def _member_rank(name: str) -> tuple[int, str]:
-    return (MEMBER_ORDER.index(name), name) if name in MEMBER_ORDER else (len(MEMBER_ORDER), name)
 
 
 def _safe_member(name: str) -> None:
     if not name or "/" in name or "\\" in name or name.startswith(".") or any(ord(ch) < 32 for ch in name):
         raise ValueError(f"unsafe tar member name {name!r}")
-
-
-# what model stages learned about a sample beyond their scalar stats (cross-sync and audio-character matrices,
-# speech segments, mask windows on the latent grid, model ids): carried into the sample's meta
-META_INFO = ("separate", "asd", "sync", "masks", "audio_emb", "caption")
 
 
 def sample_meta(c: Candidate, run_info: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +96,7 @@ def write_tar(path: Path, samples: Sequence[Candidate], run_info: dict[str, Any]
         for c in sorted(samples, key=lambda c: c.key):
             members = dict(c.members)
             members["json"] = json.dumps(sample_meta(c, run_info), sort_keys=True, default=str).encode()
-            for name in sorted(members, key=_member_rank):
+            for name in sorted(members, key=member_rank):
                 _safe_member(c.key)
                 _safe_member(name)
                 data = members[name]
@@ -183,9 +175,9 @@ def check_shard_at(fs: Any, layout: Layout, shard: int, config_hash: str | None 
             return f"{kind} checksum mismatch: {show(path)} (truncated or modified after commit)"
     if deep:
         try:
-            with fs.open(str(layout.tar(shard)), "rb") as f, tarfile.open(fileobj=f) as tar:
-                keys = {m.name.split(".", 1)[0] for m in tar.getmembers()}
-        except (tarfile.TarError, OSError) as e:
+            with fs.open(str(layout.tar(shard)), "rb") as f:
+                keys = {key for key, _ in read_samples(f, select=lambda _: (), seek=True)}
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
             return f"tar unreadable: {e}"
         if len(keys) != commit["samples"]:
             return f"tar holds {len(keys)} samples, commit says {commit['samples']}"

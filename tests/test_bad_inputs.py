@@ -56,7 +56,7 @@ def corpus_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bad_build(corpus_dir, tmp_path_factory, ray_local, tiny_overrides):
-    from mtcc.manifests.sample import read_samples
+    from mtcc.manifests.shard_tar import read_samples
     from mtcc.pipeline.build import build, read_manifests
     from mtcc.pipeline.cli import resolve_config
     from mtcc.pipeline.config import load_config

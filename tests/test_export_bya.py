@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 
+from mtcc.manifests.shard_tar import read_samples
 from mtcc.training.export.bya import export_bya
 from mtcc.training.export.bya_binding import IDENTITY, SWAP, mask_side, read_binding, slot_tracks, their_af_matrix
 from mtcc.training.export.bya_clip import ExportOptions, reader_windows
-from mtcc.manifests.sample import read_samples
 from mtcc.stages import rle as rle_codec
 
 pytestmark = pytest.mark.slow
@@ -102,7 +102,7 @@ EXPORTED = {k for k, v in PLANTS.items() if isinstance(v[3], list)}
 
 def plant(real_out: Path, out: Path) -> dict[str, dict]:
     """Shards 0 and 1 of ``out``: the real sample under the PLANTS keys, with the planted meta."""
-    from mtcc.pipeline import shard as shard_mod
+    from mtcc.manifests.members import META_INFO
     from mtcc.pipeline.shard import Layout, commit_shard
     from mtcc.stages.base import Candidate
 
@@ -115,7 +115,7 @@ def plant(real_out: Path, out: Path) -> dict[str, dict]:
     planted: dict[str, dict] = {}
     shards: dict[int, list[Candidate]] = {}
     for name, (shard, asd, sync_swapped, _) in PLANTS.items():
-        info = {k: meta[k] for k in (*shard_mod.META_INFO, "probe") if k in meta}
+        info = {k: meta[k] for k in (*META_INFO, "probe") if k in meta}
         info["sha256"] = meta["source_sha256"]
         # the planted measures stand for real ones: tracks from a real separator, scored by a real SyncNet
         info["separate"] = {**meta["separate"], "random_weights": False}

@@ -145,14 +145,16 @@ def test_kept_clips_carry_faces_and_reference_images(offline_build, sample_dir):
 def test_every_kept_sample_has_every_member_of_the_schema(offline_build):
     """DESIGN §1 read back from the shards: each member's presence, shape, dtype and agreement with the
     clip (frame counts, resolution, track lengths), for generated and real footage alike."""
-    from mtcc.manifests.sample import FULL_SAMPLE, check_sample, read_samples
+    from mtcc.manifests.members import MEMBERS
+    from mtcc.manifests.sample import check_sample
+    from mtcc.manifests.shard_tar import read_samples
 
     out, rows = offline_build
     kept = {r["key"] for r in rows if r["status"] == "kept"}
     seen = {}
     for tar in sorted((out / "shards").glob("*.tar")):
         for key, members in read_samples(tar):
-            seen[key] = check_sample(members, require=FULL_SAMPLE)
+            seen[key] = check_sample(members, require=MEMBERS)
     assert set(seen) == kept and len(kept) >= 5
     assert {k: p for k, p in seen.items() if p} == {}
     # and the check itself catches a broken sample
@@ -164,7 +166,7 @@ def test_every_kept_sample_has_every_member_of_the_schema(offline_build):
     np.save(buf2, emb[:, :-1])
     broken = {**members, "route.npy": buf.getvalue(), "audio_emb.npy": buf2.getvalue()}
     del broken["caption.txt"]
-    problems = " | ".join(check_sample(broken, require=FULL_SAMPLE))
+    problems = " | ".join(check_sample(broken, require=MEMBERS))
     assert "missing member caption.txt" in problems and "route.npy: int16" in problems
     assert "audio_emb.npy" in problems
 

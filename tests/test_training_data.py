@@ -110,7 +110,7 @@ def test_route_npy_is_used_at_the_shard_geometry_and_equals_the_recomputed_mask(
 
 def test_route_from_rle_matches_the_masks_stage_recipe(synth):
     """route_from_rle on a planted sample equals the route.npy row the writer computed independently."""
-    from mtcc.manifests.sample import read_samples
+    from mtcc.manifests.shard_tar import read_samples
 
     out, truth = synth
     import json
@@ -272,7 +272,7 @@ def test_random_window_mode_skip_short_and_resampled_stream(synth):
 
 def test_stats_names_and_small_decoders(synth):
     out, _ = synth
-    from mtcc.manifests.sample import read_samples
+    from mtcc.manifests.shard_tar import read_samples
 
     _, members = next(read_samples(out / "shards" / "mtcc-000000.tar"))
     assert mp4_size(members["mp4"]) == (192, 128)

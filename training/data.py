@@ -24,10 +24,10 @@ frame (its masks and audio rows likewise; ``valid_frames`` gives the real count)
 ``a_ac_known = False`` so a trainer can tell a measured binding from a default.
 
 Reading: each (rank, DataLoader worker) streams its shards (see :mod:`mtcc.training.shards`) with
-``tarfile`` over fsspec; tar members a trainer does not need (FLACs, faces.json) are skipped unread, and
-so is every member of a sample the split or the manifest filters exclude. Undecoded items pass through
-a shuffle buffer; only then is a window decoded: its frames alone, by decord, at the letterboxed size.
-Workers return video and refs as uint8 (4x less inter-process traffic); the conversion to
+:func:`mtcc.manifests.shard_tar.read_samples` over fsspec; tar members a trainer does not need (FLACs,
+faces.json) are skipped unread, and so is every member of a sample the split or the manifest filters
+exclude. Undecoded items pass through a shuffle buffer; only then is a window decoded: its frames alone,
+by decord, at the letterboxed size. Workers return video and refs as uint8 (4x less inter-process traffic); the conversion to
 ``video_dtype`` happens in the consuming process. Workers start from a forkserver by default (never a fork
 of a trainer that runs Ray, CUDA or thread pools: such forks can deadlock) and persist across epochs.
 A corrupt shard (unreadable tar, truncated tar, unreadable manifest) is skipped from the point of the error
@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mtcc.manifests.members import members_except
+from mtcc.manifests.shard_tar import read_samples
 from mtcc.stages.geometry import LatentGeometry, letterbox_mask, route_index_mask
 
 from .config import DataConfig
@@ -61,8 +63,7 @@ from .shards import ShardRef, assigned, choose_split, epoch_order, resolve_shard
 log = logging.getLogger("mtcc.training")
 
 # members a training item is built from; the rest of a sample is skipped in the tar without being read
-NEEDED = frozenset({"mp4", "audio_emb.npy", "route.npy", "masks.rle.json", "ref0.jpg", "ref1.jpg", "caption.txt",
-                    "json"})
+NEEDED = frozenset(members_except("mix.flac", "spk0.flac", "spk1.flac", "faces.json"))
 STATS = ("shards_read", "shards_failed", "samples_read", "samples_filtered", "samples_incomplete", "samples_failed",
          "windows", "windows_padded", "windows_skipped_short", "batches")
 _S = {name: i for i, name in enumerate(STATS)}
@@ -369,27 +370,15 @@ class ShardStream(IterableDataset):
                 log.warning("shard %s: sample %s unreadable (%s: %s); skipped", ref.url, key, type(e).__name__, e)
             return None
 
-        with fsspec.open(ref.url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            key: str | None = None
-            take = False
-            members: dict[str, bytes] = {}
-            for info in tar:
-                if not info.isfile() or "/" in info.name or "." not in info.name:
-                    raise ValueError(f"unexpected tar member {info.name!r}")
-                k, _, ext = info.name.partition(".")
-                if k != key:
-                    if key is not None and take and (s := finish(key, members)) is not None:
-                        yield s
-                    key, members = k, {}
-                    take = True
-                    if allowed is not None and k not in allowed:
-                        self._count("samples_filtered")
-                        take = False
-                if take and ext in NEEDED:
-                    fobj = tar.extractfile(info)
-                    members[ext] = fobj.read() if fobj is not None else b""
-            if key is not None and take and (s := finish(key, members)) is not None:
-                yield s
+        def select(key: str) -> frozenset[str]:
+            return NEEDED if allowed is None or key in allowed else frozenset()
+
+        with fsspec.open(ref.url, "rb") as f:
+            for key, members in read_samples(f, select=select, where=ref.url):
+                if allowed is not None and key not in allowed:
+                    self._count("samples_filtered")
+                elif (s := finish(key, members)) is not None:
+                    yield s
 
     def _sample(self, key: str, ref: ShardRef, members: dict[str, bytes]) -> Sample:
         need = [m for m in ("json", "mp4", "audio_emb.npy", "ref0.jpg", "ref1.jpg") if m not in members]

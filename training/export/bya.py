@@ -157,7 +157,7 @@ def _jobs(shards: list[Any], layout: BYALayout, options: ExportOptions, summary:
           tick: Callable[[], None]) -> Iterator[ClipJob]:
     import fsspec
 
-    from mtcc.manifests.sample import read_samples
+    from mtcc.manifests.shard_tar import read_samples
 
     wanted = options.model_dump()
     names: set[str] = set()

@@ -1,0 +1,34 @@
+"""What a sample is made of (DESIGN §1, README's member table): its tar members and the meta it carries.
+
+Every reader and writer of a shard names members from here: the shard writer orders a sample's members
+by ``MEMBERS`` (the order is part of the shards' bytes), the schema check requires them, and each consumer
+(report, training loader) takes the subset it reads with :func:`members_except`, so a misspelt or
+renamed member fails at import instead of silently never matching.
+"""
+
+from __future__ import annotations
+
+# tar order within a sample; a member a stage adds beyond these follows them, sorted by name
+MEMBERS = ("mp4", "mix.flac", "spk0.flac", "spk1.flac", "faces.json", "masks.rle.json", "route.npy",
+           "audio_emb.npy", "ref0.jpg", "ref1.jpg", "caption.txt", "json")
+
+# in every sample whatever the profile: the clip (cut) and its meta (commit); the rest depends on the
+# configured stages (the spine profile writes no masks, a silent source no FLACs)
+REQUIRED = ("mp4", "json")
+
+# what model stages learned about a sample beyond their scalar stats (cross-sync and audio-character matrices,
+# speech segments, mask windows on the latent grid, model ids), carried from ``Candidate.info`` into its json
+META_INFO = ("separate", "asd", "sync", "masks", "audio_emb", "caption")
+
+
+def members_except(*names: str) -> tuple[str, ...]:
+    """``MEMBERS`` without ``names`` (in tar order); every name must be a member."""
+    unknown = [n for n in names if n not in MEMBERS]
+    if unknown:
+        raise ValueError(f"not sample members: {', '.join(unknown)}")
+    return tuple(m for m in MEMBERS if m not in names)
+
+
+def member_rank(name: str) -> tuple[int, str]:
+    """Sort key putting a sample's members in tar order."""
+    return (MEMBERS.index(name), name) if name in MEMBERS else (len(MEMBERS), name)

@@ -1,0 +1,117 @@
+"""The shard tar reader (mtcc.manifests.shard_tar) and the sample member schema (mtcc.manifests.members)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from mtcc.manifests.members import MEMBERS, member_rank, members_except
+from mtcc.manifests.shard_tar import ShardTarError, read_samples
+from mtcc.pipeline.shard import write_tar
+from mtcc.stages.base import Candidate
+
+BIG = 1 << 20
+
+
+def make_tar(path: Path, entries: list[tuple[str, bytes | None]]) -> Path:
+    """A tar of (name, bytes) files; bytes None makes a folder."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+SAMPLES = [("a.mp4", b"A" * 10), ("a.audio_emb.npy", b"E" * BIG), ("a.json", b"{}"),
+           ("b.mp4", b"B" * 20), ("b.audio_emb.npy", b"F" * BIG), ("b.json", b'{"b": 1}')]
+
+
+class CountingFile(io.BytesIO):
+    """Counts the bytes read, to tell members skipped unread from members read and dropped."""
+
+    read_bytes = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        out = super().read(n)
+        self.read_bytes += len(out)
+        return out
+
+
+def test_samples_are_grouped_by_key_with_members_in_tar_order(tmp_path):
+    tar = make_tar(tmp_path / "s.tar", SAMPLES)
+    want = [("a", {"mp4": b"A" * 10, "audio_emb.npy": b"E" * BIG, "json": b"{}"}),
+            ("b", {"mp4": b"B" * 20, "audio_emb.npy": b"F" * BIG, "json": b'{"b": 1}'})]
+    got = list(read_samples(tar))
+    assert got == want and [list(m) for _, m in got] == [["mp4", "audio_emb.npy", "json"]] * 2
+    with open(tar, "rb") as f:
+        assert list(read_samples(f)) == want  # a stream
+    with open(tar, "rb") as f:
+        assert list(read_samples(f, seek=True)) == want
+
+
+@pytest.mark.parametrize("seek", [False, True])
+def test_unselected_members_and_samples_are_skipped_unread(tmp_path, seek):
+    data = make_tar(tmp_path / "s.tar", SAMPLES).read_bytes()
+    f = CountingFile(data)
+    got = list(read_samples(f, select=lambda k: {"mp4", "json"} if k == "a" else (), seek=seek))
+    assert got == [("a", {"mp4": b"A" * 10, "json": b"{}"}), ("b", {})]
+    if seek:  # seeking past the embeddings: only headers and the two small members are read
+        assert f.read_bytes < BIG // 4
+    else:
+        assert f.read_bytes >= 2 * BIG  # a stream reads through what it skips, but keeps none of it
+
+
+@pytest.mark.parametrize("mode", ["path", "stream", "seek"])
+def test_a_truncated_tar_raises_after_the_samples_before_the_damage(tmp_path, mode):
+    data = make_tar(tmp_path / "s.tar", SAMPLES).read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[:len(data) - BIG // 2 - 4096])  # inside b's embeddings
+    got = []
+    with pytest.raises((tarfile.TarError, EOFError)), open(cut, "rb") as f:
+        src = cut if mode == "path" else f
+        for key, members in read_samples(src, seek=mode == "seek"):
+            got.append(key)
+            members.clear()
+    assert got == ["a"]
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([("a.mp4", b"x"), ("a", None)], "unexpected non-file member 'a'"),
+    ([("a.mp4", b"x"), ("d/a.json", b"{}")], "bad member name 'd/a.json'"),
+    ([("a.mp4", b"x"), ("a", b"{}")], "bad member name 'a'"),
+    ([("a.", b"x")], "bad member name 'a.'"),
+])
+def test_a_member_no_sample_can_hold_is_an_error(tmp_path, entries, message):
+    tar = make_tar(tmp_path / "bad.tar", entries)
+    with pytest.raises(ShardTarError, match=message.replace(".", r"\.")):
+        list(read_samples(tar))
+    with pytest.raises(ValueError, match=f"{tar}: "):  # the training loader and the export catch ValueError
+        list(read_samples(tar, select=lambda _: ()))
+
+
+def test_written_shards_read_back_in_schema_order(tmp_path):
+    members = {name: name.encode() * 3 for name in reversed(MEMBERS) if name != "json"}
+    members["extra.bin"] = b"x"
+    cands = [Candidate(key=k, video_id=k, source=f"/in/{k}.mp4", shard=0, level="clip", members=dict(members))
+             for k in ("k1", "k0")]
+    assert write_tar(tmp_path / "s.tar", cands, {"config_hash": "h"}) == 2
+    got = list(read_samples(tmp_path / "s.tar"))
+    assert [k for k, _ in got] == ["k0", "k1"]
+    for _, m in got:
+        assert list(m) == [*MEMBERS, "extra.bin"]
+        assert {k: v for k, v in m.items() if k != "json"} == members
+
+
+def test_member_subsets_name_schema_members():
+    assert members_except("mix.flac", "route.npy") == tuple(m for m in MEMBERS if m not in ("mix.flac", "route.npy"))
+    with pytest.raises(ValueError, match="not sample members: mix.wav"):
+        members_except("mix.wav")
+    assert sorted(["json", "zz", "mp4", "aa"], key=member_rank) == ["mp4", "json", "aa", "zz"]
