@@ -66,8 +66,6 @@ class Layout:
         return path.with_name(f".{path.name}.tmp")
 
 
-
-
 def _safe_member(name: str) -> None:
     if not name or "/" in name or "\\" in name or name.startswith(".") or any(ord(ch) < 32 for ch in name):
         raise ValueError(f"unsafe tar member name {name!r}")
