@@ -175,8 +175,6 @@ def attach_members(out: list[Candidate], refs: list[Any]) -> None:
 def wire_bytes(cands: list[Candidate]) -> int:
     """What a list of candidates weighs on the wire between the driver and a worker (references count as
     their size on the wire, a few dozen bytes, not as the members they point to)."""
-    import pickle
-
     import dataclasses
     import pickle
 
