@@ -41,7 +41,7 @@ from pydantic import Field, field_validator, model_validator
 
 from . import models
 from .audio_io import read_track
-from .base import Candidate, Rejection, Resources, Stage
+from .base import TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
 
 HF_ID = "facebook/wav2vec2-base-960h"
 RATE = 16000
@@ -236,6 +236,8 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 
 class AudioEmbeddings(Stage):
     name: ClassVar[str] = "audio_emb"
+    requires: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("clip_faces", optional=True))
+    provides: ClassVar[tuple[Key, ...]] = (Member(MEMBER), Info("audio_emb"))
     stats_schema: ClassVar[dict[str, str]] = {
         "frames": "int64", "cnn_frames": "int64", "layers": "int64", "hidden": "int64",
         "rms_0": "float64", "rms_1": "float64", "random_weights": "bool",

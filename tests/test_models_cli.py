@@ -272,7 +272,8 @@ def _models_dir(d: Path, sync_model: str = "./syncnet/s.model", sha: str = "a" *
 
 
 def _profile(d: Path, models: str | None) -> Path:
-    body = {"stages": {"probe": {}, "clip": {}, "cut": {}, "sync": {"min_sync_c": 1.0}, "write": {}}}
+    # sync reads the face tracks of a clip: segment makes them
+    body = {"stages": {"probe": {}, "faces": {}, "segment": {}, "cut": {}, "sync": {"min_sync_c": 1.0}, "write": {}}}
     if models is not None:
         body = {"models": models, **body}
     p = d / "profile.yaml"
@@ -293,7 +294,8 @@ def test_include_merges_with_paths_relative_to_the_models_folder(tmp_path, monke
     sync = _sync(cfg)
     assert sync.model == str(tmp_path / "m" / "syncnet" / "s.model")
     assert sync.allow_random_weights is True and sync.min_sync_c == 1.0
-    assert [s.name for s in cfg.stages] == ["probe", "clip", "cut", "sync", "write"]  # 'separate' is not added
+    # 'separate' is not added
+    assert [s.name for s in cfg.stages] == ["probe", "faces", "segment", "cut", "sync", "write"]
     assert cfg.models.path == str(tmp_path / "m" / MODELS_FILE)
     assert cfg.dump()["models"]["path"] == cfg.models.path
 
