@@ -2,7 +2,8 @@
 
 The stage list is an ordered mapping ``stages: {probe: {...}, clip: {...}, write: {...}}``: the order
 in the file is the order of execution, and the names are looked up in ``mtcc.stages.STAGES`` (a config
-can name stages, never import code). Errors name the key and what is allowed.
+can name stages, never import code). Errors name the key and what is allowed. Each enabled stage's
+``requires`` must be made by a stage listed before it (``provides``, see :mod:`mtcc.stages.base`).
 
 A top-level ``models: PATH`` includes the weight settings of a models folder's ``models.yaml`` (written by
 ``mtcc models fetch`` or ``make-tiny``, see :mod:`mtcc.pipeline.models_cli`) into the listed stages, before

@@ -207,7 +207,8 @@ class Stage(BaseModel):
     # reads the input video itself (through the node's source cache); the last such stage in a profile is
     # where a video's cached copy can go
     reads_source: ClassVar[bool] = False
-    # reads the clip media the ``cut`` stage leaves in the node's workspace
+    # reads the clip media the ``cut`` stage leaves in the node's workspace (for the scheduler; such a
+    # stage also lists CLIP_MEDIA in ``requires``, and the maker in ``provides``)
     reads_clip_media: ClassVar[bool] = False
     # makes them
     makes_clip_media: ClassVar[bool] = False
@@ -215,12 +216,6 @@ class Stage(BaseModel):
     # when a config is loaded
     requires: ClassVar[tuple[Key, ...]] = ()
     provides: ClassVar[tuple[Key, ...]] = ()
-
-    @classmethod
-    def made(cls) -> tuple[Key, ...]:
-        """What this stage leaves: its declared ``provides``, its stats, and clips when it expands."""
-        stats = tuple(Stat(f"{cls.name}.{k}") for k in cls.stats_schema)
-        return cls.provides + stats + ((CLIPS,) if cls.expands else ())
 
     enabled: bool = True
     resources: Resources = Field(default_factory=Resources)
@@ -237,6 +232,12 @@ class Stage(BaseModel):
         if self._workspace is None:
             self._workspace = NodeWorkspace.scratch()  # a stage used on its own: a private one
         return self._workspace
+
+    @classmethod
+    def made(cls) -> tuple[Key, ...]:
+        """What this stage leaves: its declared ``provides``, its stats, and clips when it expands."""
+        stats = tuple(Stat(f"{cls.name}.{k}") for k in cls.stats_schema)
+        return cls.provides + stats + ((CLIPS,) if cls.expands else ())
 
     def setup(self) -> None:
         """Load models and other per-actor state. Called once per actor before any batch."""

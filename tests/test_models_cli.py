@@ -316,7 +316,9 @@ def test_hub_ids_and_absolute_paths_pass_as_written(tmp_path, monkeypatch):
     (tmp_path / "m" / MODELS_FILE).write_text(yaml.safe_dump(body))
     p = _profile(tmp_path, "m")
     raw = yaml.safe_load(p.read_text())
-    raw["stages"]["separate"] = {}
+    # separate before sync, which reads its tracks
+    raw["stages"] = {k: v for n, body in raw["stages"].items()
+                     for k, v in ([("separate", {})] if n == "sync" else []) + [(n, body)]}
     p.write_text(yaml.safe_dump(raw, sort_keys=False))
     cfg = load_config(p)
     assert _sync(cfg).model == "/abs/syncnet_v2.model"
