@@ -2,7 +2,8 @@
 
 The stage list is an ordered mapping ``stages: {probe: {...}, clip: {...}, write: {...}}``: the order
 in the file is the order of execution, and the names are looked up in ``mtcc.stages.STAGES`` (a config
-can name stages, never import code). Errors name the key and what is allowed.
+can name stages, never import code). Errors name the key and what is allowed. Each enabled stage's
+``requires`` must be made by a stage listed before it (``provides``, see :mod:`mtcc.stages.base`).
 
 A top-level ``models: PATH`` includes the weight settings of a models folder's ``models.yaml`` (written by
 ``mtcc models fetch`` or ``make-tiny``, see :mod:`mtcc.pipeline.models_cli`) into the listed stages, before
@@ -20,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mtcc.stages import RETIRED, STAGES, Stage
+from mtcc.stages.base import FROM_INPUT
 
 
 class ConfigError(ValueError):
@@ -181,17 +183,38 @@ def build_config(raw: dict[str, Any]) -> PipelineConfig:
     expanding = [s.name for s in active if s.expands]
     if len(expanding) != 1:
         raise ConfigError(f"stages: exactly one enabled stage must split videos into clips, found {expanding or 'none'}")
-    makers = [i for i, s in enumerate(active) if s.makes_clip_media]
-    for i, s in enumerate(active):
-        if s.reads_clip_media and not any(m < i for m in makers):
-            where = f"after '{active[makers[0]].name}'" if makers else "with a stage that cuts clip media (cut) before it"
-            raise ConfigError(f"stages.{s.name} reads the clip media the cut makes: list it {where}")
-    split = next(i for i, s in enumerate(active) if s.expands)
-    for m in makers:
-        if m < split:
-            raise ConfigError(f"stages.{active[m].name} cuts clips: list it after '{active[split].name}', which "
-                              f"makes them")
+    order = order_problems(active)
+    if order:
+        raise ConfigError("invalid stage order:\n  " + "\n  ".join(order))
     return cfg.model_copy(update={"stages": stages})
+
+
+def order_problems(active: list[Stage]) -> list[str]:
+    """Each enabled stage's ``requires`` against what the stages listed before it ``provide`` (see
+    :class:`mtcc.stages.base.Key`): one line per reader and the stage it must follow, or per input that
+    no enabled stage makes."""
+    makers: dict[tuple[str, str], list[int]] = {}
+    for i, s in enumerate(active):
+        for key in s.made():
+            makers.setdefault(key.ident, []).append(i)
+    given = {k.ident for k in FROM_INPUT}
+    late: dict[tuple[str, str], list[str]] = {}  # (reader, maker listed after it) -> what it needs
+    missing: dict[tuple[str, str], list[str]] = {}  # (reader, how to fix) -> what it needs
+    for i, s in enumerate(active):
+        for need in s.requires:
+            at = [m for m in makers.get(need.ident, []) if m != i]
+            if need.ident in given or need.if_earlier or any(m < i for m in at):
+                continue
+            if at:
+                late.setdefault((s.name, active[at[0]].name), []).append(str(need))
+            elif not need.optional:
+                known = [n for n, cls in STAGES.items() if any(k.ident == need.ident for k in cls.made())]
+                fix = f"list {' or '.join(map(repr, known))} before it" if known else "no stage makes it"
+                missing.setdefault((s.name, fix), []).append(str(need))
+    return [f"stages.{reader} needs {', '.join(needs)}, made by no enabled stage: {fix}"
+            for (reader, fix), needs in missing.items()] + [
+        f"stages.{reader} needs {', '.join(needs)} (made by {maker}): list it after '{maker}'"
+        for (reader, maker), needs in late.items()]
 
 
 def include_models(raw: dict[str, Any]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from pydantic import Field
 
 from . import models
 from .audio_io import read_track
-from .base import Candidate, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
 
 RATE = 16000
 FPS = 25
@@ -199,6 +199,9 @@ def frame_gate(speech: list[tuple[float, float]] | None, n_frames: int) -> np.nd
 
 class ActiveSpeakers(Stage):
     name: ClassVar[str] = "asd"
+    # without the separated tracks it scores the mixture only (no track_face)
+    requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"), *(Member(t, optional=True) for t in TRACKS))
+    provides: ClassVar[tuple[Key, ...]] = (Info("asd"),)
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "speaking_0": "float64", "speaking_1": "float64", "both_speaking": "float64", "turns": "int64",

@@ -40,7 +40,7 @@ from pydantic import Field, field_validator, model_validator
 
 from . import models
 from .audio_io import read_track
-from .base import Candidate, Rejection, Resources, Stage
+from .base import TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
 from .npy import npy_bytes
 
 HF_ID = "facebook/wav2vec2-base-960h"
@@ -230,6 +230,8 @@ def clip_frames(cand: Candidate, n_samples: int, rate: int, fps: float) -> int:
 
 class AudioEmbeddings(Stage):
     name: ClassVar[str] = "audio_emb"
+    requires: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("clip_faces", optional=True))
+    provides: ClassVar[tuple[Key, ...]] = (Member(MEMBER), Info("audio_emb"))
     stats_schema: ClassVar[dict[str, str]] = {
         "frames": "int64", "cnn_frames": "int64", "layers": "int64", "hidden": "int64",
         "rms_0": "float64", "rms_1": "float64", "random_weights": "bool",

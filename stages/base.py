@@ -6,6 +6,10 @@ loads models once per actor; ``process(batch)`` fills stats and decides per cand
 
 Stats and decisions are kept apart (compute, then decide against thresholds) so the manifest carries
 the numbers and a user can re-apply other thresholds later without recomputing.
+
+Stages hand each other facts through the candidate (``info`` entries, members, stats), so each declares
+what it reads (``requires``) and what it leaves (``provides``): a profile that lists a reader before the
+stage that makes its input is refused when the config is loaded, not hours into a run.
 """
 
 from __future__ import annotations
@@ -25,6 +29,65 @@ Level = Literal["video", "clip"]
 # Stat column types a stage may declare; the manifest schema is built from them so that every shard's
 # Parquet file has the same columns whatever its content.
 STAT_TYPES = ("float64", "int64", "bool", "string")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One fact a candidate carries from stage to stage. ``optional``: the reader does without it when no
+    enabled stage makes it; when one does, it must still be listed first. ``if_earlier``: taken only when a
+    stage listed earlier made it, and a maker listed later is no error (a cheap gate placed before an
+    expensive stage on purpose)."""
+
+    name: str
+    optional: bool = False
+    if_earlier: bool = False
+    kind: ClassVar[str] = ""
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        return self.kind, self.name
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r}"
+
+
+class Info(Key):
+    """An entry of ``Candidate.info``."""
+
+    kind: ClassVar[str] = "info"
+
+
+class Member(Key):
+    """A sample file in ``Candidate.members``."""
+
+    kind: ClassVar[str] = "member"
+
+
+class Stat(Key):
+    """A recorded stat, ``"<stage>.<stat>"``; every stage provides its ``stats_schema`` without saying so."""
+
+    kind: ClassVar[str] = "stat"
+
+
+class Clips(Key):
+    """Clip candidates (a start and an end in the video): made by the stage that ``expands``."""
+
+    kind: ClassVar[str] = "clips"
+
+    def __str__(self) -> str:
+        return "clip candidates"
+
+
+CLIPS = Clips("clips")
+# the clip's media the ``cut`` stage leaves in the node's workspace, described by ``info['media']`` and
+# backed by its ``mp4`` / ``mix.flac`` members
+CLIP_MEDIA = Info("media")
+# the separated speech of the two characters (the ``separate`` stage)
+TRACKS = ("spk0.flac", "spk1.flac")
+# the reference image of each character (plain from the cut, cut out of its mask by masks)
+REFS = ("ref0.jpg", "ref1.jpg")
+# what the build itself puts on every video candidate, from the input listing
+FROM_INPUT: tuple[Key, ...] = (Info("fingerprint"),)
 
 
 class Resources(BaseModel):
@@ -65,7 +128,7 @@ class MemberRef:
         return ray.get(self.ref)[self.name]
 
 
-Member = bytes | PendingMember | MemberRef
+MemberData = bytes | PendingMember | MemberRef
 
 
 @dataclass
@@ -92,7 +155,7 @@ class Candidate:
     message: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-    members: dict[str, Member] = field(default_factory=dict)
+    members: dict[str, MemberData] = field(default_factory=dict)
     # members fetched from the object store by this worker; never sent anywhere
     _fetched: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
@@ -144,10 +207,15 @@ class Stage(BaseModel):
     # reads the input video itself (through the node's source cache); the last such stage in a profile is
     # where a video's cached copy can go
     reads_source: ClassVar[bool] = False
-    # reads the clip media the ``cut`` stage leaves in the node's workspace
+    # reads the clip media the ``cut`` stage leaves in the node's workspace (for the scheduler; such a
+    # stage also lists CLIP_MEDIA in ``requires``, and the maker in ``provides``)
     reads_clip_media: ClassVar[bool] = False
     # makes them
     makes_clip_media: ClassVar[bool] = False
+    # what it reads from earlier stages and what it leaves for later ones (see ``Key``); checked in order
+    # when a config is loaded
+    requires: ClassVar[tuple[Key, ...]] = ()
+    provides: ClassVar[tuple[Key, ...]] = ()
 
     enabled: bool = True
     resources: Resources = Field(default_factory=Resources)
@@ -164,6 +232,12 @@ class Stage(BaseModel):
         if self._workspace is None:
             self._workspace = NodeWorkspace.scratch()  # a stage used on its own: a private one
         return self._workspace
+
+    @classmethod
+    def made(cls) -> tuple[Key, ...]:
+        """What this stage leaves: its declared ``provides``, its stats, and clips when it expands."""
+        stats = tuple(Stat(f"{cls.name}.{k}") for k in cls.stats_schema)
+        return cls.provides + stats + ((CLIPS,) if cls.expands else ())
 
     def setup(self) -> None:
         """Load models and other per-actor state. Called once per actor before any batch."""

@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from . import models
-from .base import Candidate, Resources, Stage
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Resources, Stage
 from .crops import ClipMedia, clip_media
 
 HF_ID = "Qwen/Qwen2-VL-7B-Instruct"
@@ -109,6 +109,8 @@ def greedy_config(checkpoint: Any, max_new_tokens: int, pad_id: int | None, eos_
 
 class ClipCaption(Stage):
     name: ClassVar[str] = "caption"
+    requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("probe", optional=True))
+    provides: ClassVar[tuple[Key, ...]] = (Member("caption.txt"), Info("caption"))
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "n_frames": "int64", "visual_tokens": "int64", "prompt_tokens": "int64", "new_tokens": "int64",

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from .base import Candidate, Resources, Stage
+from .base import Candidate, Info, Key, Resources, Stage
 
 
 def clip_key(video_id: str, clip_idx: int) -> str:
@@ -32,6 +32,7 @@ def make_clip(parent: Candidate, stage: str, clip_idx: int, start: float, end: f
 
 class WholeVideoClip(Stage):
     name: ClassVar[str] = "clip"
+    requires: ClassVar[tuple[Key, ...]] = (Info("probe"),)  # the clip's length
     stats_schema: ClassVar[dict[str, str]] = {"n_clips": "int64"}
     expands: ClassVar[bool] = True
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Candidate, Resources, Stage
+from .base import CLIPS, CLIP_MEDIA, REFS, Candidate, Info, Key, Member, Resources, Stage
 from .crops import SHARED_CROPS, ClipMedia, clip_boxes, crop_characters, media_info
 from .media import BITEXACT, MediaError, ff_input, require_tool
 
@@ -59,6 +59,11 @@ def reference_jpeg(img: np.ndarray, box: np.ndarray, margin: float) -> bytes:
 
 class ClipCut(Stage):
     name: ClassVar[str] = "cut"
+    requires: ClassVar[tuple[Key, ...]] = (CLIPS, Info("probe"), Info("clip_faces", optional=True),
+                                           Info("fingerprint", optional=True))
+    # the references only for a clip with face tracks, mix.flac only for a video with sound
+    provides: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Member("mp4"), Member("mix.flac"),
+                                           *(Member(r) for r in REFS))
     stats_schema: ClassVar[dict[str, str]] = {"frames": "int64", "frames_piped": "int64", "mp4_bytes": "int64",
                                               "flac_bytes": "int64"}
     reads_source: ClassVar[bool] = True

@@ -13,11 +13,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Candidate, Rejection, Resources, Stage
+from .base import Candidate, Info, Key, Rejection, Resources, Stage
 
 
 class FaceDistance(Stage):
     name: ClassVar[str] = "distance"
+    requires: ClassVar[tuple[Key, ...]] = (Info("clip_faces"),)
     stats_schema: ClassVar[dict[str, str]] = {"ratio": "float64", "size_ratio": "float64", "face_px": "float64"}
 
     size: Literal["width", "sqrt_area"] = Field(

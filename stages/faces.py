@@ -23,7 +23,7 @@ from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 
 from . import models
-from .base import Candidate, Resources, Stage
+from .base import Candidate, Info, Key, Resources, Stage
 from .layout import SeamCollector
 from .shots import ShotDetector, ShotSettings
 from .tracking import Track, associate, fill_and_smooth, iou_matrix
@@ -45,6 +45,8 @@ def faces_change(a: Detection, b: Detection, iou_min: float) -> bool:
 
 class FaceTrack(Stage):
     name: ClassVar[str] = "faces"
+    requires: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("fingerprint", optional=True))
+    provides: ClassVar[tuple[Key, ...]] = (Info("frame_clock"), Info("shots"), Info("seams"), Info("faces"))
     stats_schema: ClassVar[dict[str, str]] = {
         "n_shots": "int64", "longest_shot_s": "float64", "frames_decoded": "int64",
         "n_tracks": "int64", "frames_sampled": "int64", "frames_refined": "int64", "frames_redecoded": "int64",

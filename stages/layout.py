@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Candidate, Rejection, Resources, Stage
+from .base import Candidate, Info, Key, Rejection, Resources, Stage
 
 EDGE_LEVEL = 16.0  # grey levels (0..255) across a column/row that count as an edge
 PEAK_FLOOR = 0.3  # mean coverage below this is not kept as a seam candidate
@@ -114,6 +114,7 @@ def separating_fraction(axis: str, at: float, boxes0: np.ndarray, boxes1: np.nda
 
 class PanelLayout(Stage):
     name: ClassVar[str] = "layout"
+    requires: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("frame_clock"), Info("seams"), Info("clip_faces"))
     stats_schema: ClassVar[dict[str, str]] = {
         "seam_strength": "float64", "seam_axis": "string", "seam_position": "float64", "separated": "float64",
         "split_screen": "bool",

@@ -46,7 +46,7 @@ from pydantic import Field, field_validator
 
 from . import models, sam2_model
 from . import rle as rle_codec
-from .base import Candidate, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, REFS, Candidate, Info, Key, Member, Rejection, Resources, Stage
 from .crops import clip_media
 from .geometry import LatentGeometry, letterbox_mask, route_index_mask
 from .npy import npy_bytes
@@ -306,6 +306,9 @@ class ClipFrames:
 
 class CharacterMasks(Stage):
     name: ClassVar[str] = "masks"
+    requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"))
+    provides: ClassVar[tuple[Key, ...]] = (Member("masks.rle.json"), Member("route.npy"), *(Member(r) for r in REFS),
+                                           Info("masks"))
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "area_0": "float64", "area_1": "float64", "empty_0": "float64", "empty_1": "float64",

@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import Field
 
 from .audio_io import read_track
-from .base import Candidate, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
 from .crops import CropGeometry, clip_media
 
 RATE = 16000
@@ -162,6 +162,11 @@ def lip_sync(motion: np.ndarray, activity: np.ndarray, *, max_lag: int = 15,
 
 class MouthPrescore(Stage):
     name: ClassVar[str] = "prescore"
+    # a gate before the separation on purpose: the separated tracks only when a stage listed earlier made them
+    requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"), Info("probe", optional=True),
+                                           Info("frame_clock", optional=True),
+                                           *(Member(t, if_earlier=True) for t in TRACKS))
+    provides: ClassVar[tuple[Key, ...]] = (Info("prescore"),)
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "corr_0": "float64", "corr_1": "float64", "offset_0": "int64", "offset_1": "int64",

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from .base import Candidate, Rejection, Resources, Stage
+from .base import Candidate, Info, Key, Rejection, Resources, Stage
 from .hashing import sha256_file
 from .media import MediaError, ffprobe, is_remote_source, local_source, parse_rate
 from .workspace import WorkspaceError
@@ -102,6 +102,8 @@ class Probe(Stage):
     """Reads container facts and rejects files that cannot yield a usable clip."""
 
     name: ClassVar[str] = "probe"
+    requires: ClassVar[tuple[Key, ...]] = (Info("fingerprint", optional=True),)
+    provides: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("sha256"))
     reads_source: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "duration": "float64",

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from .base import Candidate, Resources, Stage
+from .base import Candidate, Info, Key, Resources, Stage
 from .clip import make_clip
 from .tracking import interpolate
 from .video import FrameClock
@@ -62,6 +62,9 @@ def on_frames(wins: list[tuple[float, float]], clock: FrameClock, t0: float,
 
 class TwoFaceSegments(Stage):
     name: ClassVar[str] = "segment"
+    requires: ClassVar[tuple[Key, ...]] = (Info("faces"), Info("probe"), Info("frame_clock", optional=True),
+                                           Info("shots", optional=True))
+    provides: ClassVar[tuple[Key, ...]] = (Info("clip_faces"),)
     stats_schema: ClassVar[dict[str, str]] = {"n_clips": "int64", "segment_seconds": "float64"}
     expands: ClassVar[bool] = True
 

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from . import models
 from .audio_io import flac_bytes
-from .base import Candidate, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
 from .crops import CropGeometry, clip_media
 
 RATE = 16000
@@ -283,6 +283,8 @@ def rms_dbfs(rms: float) -> float:
 
 class SpeechSeparation(Stage):
     name: ClassVar[str] = "separate"
+    requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"))
+    provides: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("separate"))
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "rms_0": "float64", "rms_1": "float64", "mix_rms": "float64",

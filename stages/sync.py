@@ -32,7 +32,7 @@ from pydantic import Field
 
 from . import models
 from .audio_io import flac_bytes, read_track
-from .base import Candidate, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage, Stat
 from .crops import CropGeometry, clip_media
 from .sync_math import VSHIFT, binding, cross_matrix
 
@@ -122,6 +122,13 @@ class _Clip:
 
 class SyncScores(Stage):
     name: ClassVar[str] = "sync"
+    # without the separated tracks it scores the mixture; who is silent comes from asd, else separate
+    # (see speaking_flags); the tracks it shifts it does not make
+    requires: ClassVar[tuple[Key, ...]] = (
+        CLIP_MEDIA, Info("clip_faces"), *(Member(t, optional=True) for t in TRACKS),
+        *(Stat(s, optional=True) for s in ("asd.silent_0", "asd.silent_1", "asd.random_weights",
+                                           "separate.silent_0", "separate.silent_1")))
+    provides: ClassVar[tuple[Key, ...]] = (Info("sync"),)
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "sync_c_0": "float64", "sync_c_1": "float64",

@@ -12,11 +12,14 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from .base import Candidate, Resources, Stage
+from .base import Candidate, Info, Key, Member, Resources, Stage
 
 
 class ClipWriter(Stage):
     name: ClassVar[str] = "write"
+    requires: ClassVar[tuple[Key, ...]] = (Member("mp4"), Member("mix.flac", optional=True),
+                                           Info("media", optional=True), Info("clip_faces", optional=True))
+    provides: ClassVar[tuple[Key, ...]] = (Member("faces.json"),)
     reads_clip_media: ClassVar[bool] = True  # packs the members the cut made
     stats_schema: ClassVar[dict[str, str]] = {"frames": "int64", "mp4_bytes": "int64", "flac_bytes": "int64"}
 

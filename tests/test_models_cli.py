@@ -272,7 +272,8 @@ def _models_dir(d: Path, sync_model: str = "./syncnet/s.model", sha: str = "a" *
 
 
 def _profile(d: Path, models: str | None) -> Path:
-    body = {"stages": {"probe": {}, "clip": {}, "cut": {}, "sync": {"min_sync_c": 1.0}, "write": {}}}
+    # sync reads the face tracks of a clip: segment makes them
+    body = {"stages": {"probe": {}, "faces": {}, "segment": {}, "cut": {}, "sync": {"min_sync_c": 1.0}, "write": {}}}
     if models is not None:
         body = {"models": models, **body}
     p = d / "profile.yaml"
@@ -293,7 +294,8 @@ def test_include_merges_with_paths_relative_to_the_models_folder(tmp_path, monke
     sync = _sync(cfg)
     assert sync.model == str(tmp_path / "m" / "syncnet" / "s.model")
     assert sync.allow_random_weights is True and sync.min_sync_c == 1.0
-    assert [s.name for s in cfg.stages] == ["probe", "clip", "cut", "sync", "write"]  # 'separate' is not added
+    # 'separate' is not added
+    assert [s.name for s in cfg.stages] == ["probe", "faces", "segment", "cut", "sync", "write"]
     assert cfg.models.path == str(tmp_path / "m" / MODELS_FILE)
     assert cfg.dump()["models"]["path"] == cfg.models.path
 
@@ -314,7 +316,9 @@ def test_hub_ids_and_absolute_paths_pass_as_written(tmp_path, monkeypatch):
     (tmp_path / "m" / MODELS_FILE).write_text(yaml.safe_dump(body))
     p = _profile(tmp_path, "m")
     raw = yaml.safe_load(p.read_text())
-    raw["stages"]["separate"] = {}
+    # separate before sync, which reads its tracks
+    raw["stages"] = {k: v for n, body in raw["stages"].items()
+                     for k, v in ([("separate", {})] if n == "sync" else []) + [(n, body)]}
     p.write_text(yaml.safe_dump(raw, sort_keys=False))
     cfg = load_config(p)
     assert _sync(cfg).model == "/abs/syncnet_v2.model"
