@@ -247,16 +247,21 @@ def include_models(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def read_yaml(p: Path, what: str) -> Any:
+    """A config file's YAML, safely loaded (an empty file is ``{}``); ConfigError names the file."""
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"{what} not found: {p}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """A config file, with its ``models:`` include merged in, then the ``--set`` overrides applied
     (``--set models=PATH`` replaces the file's include, ``--set models=null`` drops it)."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except FileNotFoundError as e:
-        raise ConfigError(f"config file not found: {p}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    raw = read_yaml(p, "config file")
     rest = []
     for item in overrides or []:
         key, sep, text = item.partition("=")

@@ -100,12 +100,7 @@ def bf16_supported(device: str) -> bool:
 
 
 def _mismatch(net: Any, state: dict[str, Any]) -> str:
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    return models.key_mismatch(missing, unexpected, shapes)
+    return models.state_mismatch(net.state_dict(), state)
 
 
 def mfcc_rows(audio: np.ndarray, n_frames: int) -> np.ndarray:

@@ -119,6 +119,16 @@ def key_mismatch(missing: list[str], unexpected: list[str], shapes: list[str]) -
     return "; ".join(p for p in parts if p)
 
 
+def state_mismatch(own: dict[str, Any], state: dict[str, Any], may_miss: tuple[str, ...] = ()) -> str:
+    """``key_mismatch`` of a checkpoint's state dict against a model's (tensors, or anything with a
+    ``shape``); keys ending in one of ``may_miss`` may be absent (values the model derives itself)."""
+    missing = [k for k in own if k not in state and not (may_miss and k.endswith(may_miss))]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    return key_mismatch(missing, unexpected, shapes)
+
+
 def load_state_dict(path: Path) -> dict[str, Any]:
     """A checkpoint's state dict, loaded without executing pickled code (``weights_only=True``);
     unwraps the usual ``{"model": ...}`` / ``{"state_dict": ...}`` containers."""

@@ -180,11 +180,7 @@ def quiet_progress() -> None:
 def compare_state(own: dict[str, Any], state: dict[str, Any], *, ckpt: Path, config: Path | str,
                   how_to_get: str) -> None:
     """Raise ``WeightsError`` unless ``state`` has exactly ``own``'s keys, each with its shape."""
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problem = models.key_mismatch(missing, unexpected, shapes)
+    problem = models.state_mismatch(own, state)
     if problem:
         raise models.WeightsError(
             f"stage 'masks': checkpoint {ckpt} does not fit the SAM2 model built from {config} "

@@ -126,11 +126,7 @@ def _strict_state(net: Any, state: dict[str, Any], ckpt: Path) -> dict[str, Any]
     missing (they keep their built values)."""
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
     own = net.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith(DERIVED_KEYS)]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problem = models.key_mismatch(missing, unexpected, shapes)
+    problem = models.state_mismatch(own, state, may_miss=tuple(DERIVED_KEYS))
     if problem:
         raise models.WeightsError(
             f"stage 'separate': {ckpt} does not fit the AV_MossFormer2_TSE_16K network built from "

@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mtcc.pipeline.config import ConfigError, apply_overrides, validation_problems
+from mtcc.pipeline.config import ConfigError, apply_overrides, read_yaml, validation_problems
 from mtcc.stages.geometry import LatentGeometry
 
 __all__ = ["ConfigError", "DataConfig", "LaunchConfig", "LossConfig", "ModelConfig", "OptimConfig", "RayLaunch",
@@ -169,12 +168,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     raw: Any = {}
     if path is not None:
         p = Path(path)
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except FileNotFoundError as e:
-            raise ConfigError(f"training config not found: {p}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        raw = read_yaml(p, "training config")
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: a training config is a YAML mapping (data, model, loss, optim, run, launch)")
     cfg = build_train_config(raw, overrides)
