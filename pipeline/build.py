@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 from mtcc.manifests import funnel
 from mtcc.stages.base import Candidate
 from mtcc.stages.media import ffmpeg_version, fsync_dir, fsync_file
+from mtcc.stages.model_stage import ModelStage, WeightsStage
 
 from .config import PipelineConfig
-from .executor import InProcessExecutor, RayExecutor, WorkspaceSpec, init_ray
+from .executor import Executor, InProcessExecutor, RayExecutor, WorkspaceSpec, init_ray
 from .flow import CapacityLost, Flow
 from .inputs import discover, make_plan
 from .lock import RunLock
@@ -165,14 +166,13 @@ def random_weight_stages(cfg: PipelineConfig) -> list[str]:
     given real weights over a tiny profile, `--set stages.asd.model=...`, is not named)."""
     from mtcc.stages.models import random_marker
 
-    def random(s: Any) -> bool:
-        spec = getattr(s, "model", None)
-        if not isinstance(spec, str) or not spec:
+    def random(s: ModelStage) -> bool:
+        if not s.model:
             return True  # whatever the stage falls back to, the config allowed random weights for it
-        path = Path(spec).expanduser()
+        path = Path(s.model).expanduser()
         return path.exists() and random_marker(path) is not None
 
-    return [s.name for s in cfg.active_stages if getattr(s, "allow_random_weights", False) and random(s)]
+    return [s.name for s in cfg.active_stages if isinstance(s, ModelStage) and s.allow_random_weights and random(s)]
 
 
 def model_ids(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
@@ -180,11 +180,10 @@ def model_ids(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
     (``org/name@rev``); every sample's meta carries this so a dataset says which models made it."""
     out: dict[str, dict[str, Any]] = {}
     for s in cfg.active_stages:
-        spec = getattr(s, "model", None)
-        if isinstance(spec, str) and spec:
-            repo, _, rev = spec.partition("@")
+        if isinstance(s, WeightsStage) and s.model:
+            repo, _, rev = s.model.partition("@")
             out[s.name] = {"model": repo, "revision": rev or None,
-                           "allow_random_weights": bool(getattr(s, "allow_random_weights", False))}
+                           "allow_random_weights": isinstance(s, ModelStage) and s.allow_random_weights}
     return out
 
 
@@ -364,7 +363,7 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
     t_start = time.monotonic()
     if runner == "ray":
         init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
-        executor: Any = RayExecutor(stages, work)
+        executor: Executor = RayExecutor(stages, work)
     elif runner == "inprocess":
         executor = InProcessExecutor(stages, work)
     else:
@@ -418,7 +417,7 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
                     break
             except CapacityLost as e:
                 lost = str(e)
-            if not lost and time.monotonic() >= next_health and hasattr(executor, "capacity_lost"):
+            if not lost and time.monotonic() >= next_health :
                 next_health = time.monotonic() + HEALTH_EVERY_S
                 lost = executor.capacity_lost()
             if lost:
@@ -431,7 +430,7 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
         executor.shutdown()
         bar.close()
     result.stage_timing = {k: vars(v) for k, v in flow.timing.items()}
-    result.driver_bytes = getattr(executor, "driver_bytes", None)
+    result.driver_bytes = executor.driver_bytes
     log(f"{len(result.shards_built)} shards built from {n_inputs} inputs")
 
 

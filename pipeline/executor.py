@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from mtcc.stages import STAGES, Stage
 from mtcc.stages.base import Candidate, MemberRef, PendingMember
@@ -58,13 +58,50 @@ class WorkspaceSpec:
         return NodeWorkspace(self.root, self.source_bytes)
 
 
-class InProcessExecutor:
+class Executor(Protocol):
+    """Where the flow sends stage batches. Each stage's ``setup`` has run (once per actor) when the executor
+    is made; a stage that cannot set up raises ``StageSetupError`` there."""
+
+    name: ClassVar[str]
+    # what crossed between the driver and the workers (bytes, by kind); None where nothing crosses
+    driver_bytes: dict[str, int] | None
+
+    def free_slots(self, stage_idx: int) -> int:
+        """How many more batches stage ``stage_idx`` takes now."""
+        ...
+
+    def submit(self, ticket: Ticket) -> None:
+        ...
+
+    def wait(self, timeout: float) -> list[tuple[Ticket, list[Candidate] | BaseException]]:
+        """The batches done since the last call (at most ``timeout`` seconds spent waiting for one): each
+        ticket with its candidates, or what failed it (``WorkerLost`` when its worker died)."""
+        ...
+
+    def capacity_lost(self) -> str | None:
+        """Why the stages' workers can no longer all run (a lost node), or None."""
+        ...
+
+    def evict(self, sources: list[str], clips: list[str]) -> None:
+        """These sources and clips are through: the workers may drop the files they keep of them."""
+        ...
+
+    def resolve(self, cands: list[Candidate]) -> None:
+        """Turn the members of ``cands`` held elsewhere into bytes (the commit writes them)."""
+        ...
+
+    def shutdown(self) -> None:
+        ...
+
+
+class InProcessExecutor(Executor):
     """Runs each batch synchronously in the driver: the same stage code, no Ray."""
 
     name = "inprocess"
 
     def __init__(self, stages: list[Stage], workspace: WorkspaceSpec | None = None):
         self.stages = stages
+        self.driver_bytes = None  # the driver is the worker
         self._done: deque[tuple[Ticket, list[Candidate] | BaseException]] = deque()
         self.workspace = workspace.open() if workspace is not None else None
         if self.workspace is not None:
@@ -239,7 +276,7 @@ def _restarted() -> bool:
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """One actor pool per stage, sized and placed by each stage's declared resources. Each actor has
     at most two batches queued, so it never waits on the driver between batches."""
 
@@ -253,7 +290,7 @@ class RayExecutor:
         self.stages = stages
         # what crosses between the driver and the workers: candidates both ways, member bytes among what the
         # driver receives (none, by design), and the members the commit fetches (each once)
-        self.driver_bytes = {"sent": 0, "received": 0, "member_bytes_received": 0, "member_bytes_resolved": 0}
+        self.driver_bytes: dict[str, int] = {"sent": 0, "received": 0, "member_bytes_received": 0, "member_bytes_resolved": 0}
         remote_cls = ray.remote(_StageActor)
         self._check_fits()
         self.pools: list[list[Any]] = []

@@ -13,7 +13,7 @@ from mtcc.stages.base import Candidate, Stage, out_of_memory_message
 from mtcc.stages.media import is_remote_source
 from mtcc.stages.workspace import source_key
 
-from .executor import Ticket, WorkerLost
+from .executor import Executor, Ticket, WorkerLost
 
 
 class CapacityLost(RuntimeError):
@@ -30,7 +30,7 @@ class StageTiming:
 @dataclass
 class Flow:
     stages: list[Stage]
-    executor: object
+    executor: Executor
     on_shard_done: Callable[[int, list[Candidate]], None]
     max_batch_retries: int = 2
     flush_seconds: float = 2.0
@@ -140,7 +140,7 @@ class Flow:
         if isinstance(err, WorkerLost):
             # a lost node is not the batch's fault: retrying on actors that cannot restart would end in
             # rejecting good candidates as errors; stop, and let the build name the unfinished shards
-            lost = getattr(self.executor, "capacity_lost", lambda: None)()
+            lost = self.executor.capacity_lost()
             if lost:
                 raise CapacityLost(lost)
         if isinstance(err, WorkerLost) and err.transient and ticket.waits < self.max_unavailable_waits:
@@ -179,7 +179,7 @@ class Flow:
         due = [t for when, t in self._retries if when <= now]
         if not due:
             return
-        lost = getattr(self.executor, "capacity_lost", lambda: None)()
+        lost = self.executor.capacity_lost()
         if lost:
             raise CapacityLost(lost)
         self._retries = [(when, t) for when, t in self._retries if when > now]

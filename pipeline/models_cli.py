@@ -356,17 +356,12 @@ def _gb(n: int) -> str:
 # -- make-tiny -------------------------------------------------------------------------------------------
 
 def make_tiny(root: Path) -> dict[str, dict[str, Any]]:
-    """Random-initialised models of the real classes, for every stage class that has a ``make_tiny``, in
-    the layout the real weights use. Returns per stage its settings (absolute paths). Stages whose class
-    has no maker (yet) are skipped."""
+    """Random-initialised models of the real classes, for every model stage (``ModelStage.make_tiny``), in
+    the layout the real weights use. Returns per stage its settings (absolute paths)."""
     from mtcc.stages import STAGES
+    from mtcc.stages.model_stage import ModelStage
 
-    made = {}
-    for name, cls in STAGES.items():
-        maker = getattr(cls, "make_tiny", None)
-        if maker is not None:
-            made[name] = maker(Path(root))
-    return made
+    return {name: cls.make_tiny(Path(root)) for name, cls in STAGES.items() if issubclass(cls, ModelStage)}
 
 
 def _relative_to(root: Path, value: Any) -> Any:

@@ -52,7 +52,8 @@ from pydantic import Field
 
 from . import models
 from .audio_io import read_track
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources
+from .model_stage import ModelStage
 
 RATE = 16000
 FPS = 25
@@ -192,7 +193,7 @@ def frame_gate(speech: list[tuple[float, float]] | None, n_frames: int) -> np.nd
     return on
 
 
-class ActiveSpeakers(Stage):
+class ActiveSpeakers(ModelStage):
     name: ClassVar[str] = "asd"
     # without the separated tracks it scores the mixture only (no track_face)
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"), *(Member(t, optional=True) for t in TRACKS))
@@ -207,8 +208,6 @@ class ActiveSpeakers(Stage):
 
     model: models.OptionalModelSpec = Field(None, description=f"Light-ASD state-dict file ({MODEL_FILE}) or a folder "
                                                               f"holding it")
-    allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
-    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="bfloat16 runs the encoders ~2.5x faster on CPUs with bf16 support (AVX512, AMX) and on "
                             "GPUs; logits move by up to ~0.1 (decisions on the shared real footage unchanged). auto: "
@@ -243,9 +242,9 @@ class ActiveSpeakers(Stage):
             path = found[0]
         return path
 
-    def setup(self) -> None:
+    def load(self) -> None:
         path = self._weights_path()
-        self._random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        self.admit(path)
         self._net = load_network(path, self.device)
         self._bf16 = self.dtype == "bfloat16" or (self.dtype == "auto" and bf16_supported(self.device))
         if self.speech_gate:
@@ -258,7 +257,7 @@ class ActiveSpeakers(Stage):
 
     def check_model(self) -> str:
         path = self._weights_path()
-        random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        random = self.admit(path)
         load_network(path, "cpu")
         return f"Light-ASD state dict {path.name}: keys and shapes match{' (random weights)' if random else ''}"
 
@@ -344,19 +343,13 @@ class ActiveSpeakers(Stage):
 
     # -- stage ----------------------------------------------------------------------------------------
     def process(self, batch: list[Candidate]) -> list[Candidate]:
-        if not hasattr(self, "_net"):
-            self.setup()
         for cand in batch:
             if len(cand.info["clip_faces"]["characters"]) != 2:
                 raise ValueError(f"asd needs exactly 2 characters, clip has "
                                  f"{len(cand.info['clip_faces']['characters'])}")
         clips = [self._inputs(c) for c in batch]
         for cand, clip, logits in zip(batch, clips, self.score(clips)):
-            stats = self.summarise(cand, logits, clip)
-            self.record(cand, stats)
-            rejection = self.decide(stats)
-            if rejection is not None:
-                cand.reject(self.name, rejection.reason, rejection.message)
+            self.settle(cand, self.summarise(cand, logits, clip))
         return batch
 
     def masks(self, logits: np.ndarray, speech: list[tuple[float, float]] | None = None) -> list[np.ndarray]:
@@ -385,7 +378,7 @@ class ActiveSpeakers(Stage):
         if separated:
             track_face = [[round(float(logits[1 + i, j].mean()), 4) for j in range(2)] for i in range(2)]
         cand.info["asd"] = {
-            "model": self.model, "random_weights": bool(self._random), "fps": FPS,
+            "model": self.model, "random_weights": self.is_random, "fps": FPS,
             "dtype": "bfloat16" if self._bf16 else "float32",
             "speaking_fraction": [round(f, 4) for f in frac],
             "intervals": [[[round(a / FPS, 3), round(b / FPS, 3)] for a, b in runs(m)] for m in masks],
@@ -403,7 +396,7 @@ class ActiveSpeakers(Stage):
             "logit_mean_0": round(float(mix[0].mean()), 4), "logit_mean_1": round(float(mix[1].mean()), 4),
             "track_face_margin": (round(track_face[0][0] + track_face[1][1] - track_face[0][1] - track_face[1][0], 4)
                                   if track_face else None),
-            "random_weights": bool(self._random),
+            "random_weights": self.is_random,
         }
 
     def decide(self, stats: dict[str, Any]) -> Rejection | None:

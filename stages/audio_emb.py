@@ -40,7 +40,8 @@ from pydantic import Field, field_validator, model_validator
 
 from . import models
 from .audio_io import read_track
-from .base import TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
+from .base import TRACKS, Candidate, Info, Key, Member, Rejection, Resources
+from .model_stage import ModelStage
 from .npy import npy_bytes
 
 HF_ID = "facebook/wav2vec2-base-960h"
@@ -228,7 +229,7 @@ def clip_frames(cand: Candidate, n_samples: int, rate: int, fps: float) -> int:
     return int(round(n_samples / rate * fps))
 
 
-class AudioEmbeddings(Stage):
+class AudioEmbeddings(ModelStage):
     name: ClassVar[str] = "audio_emb"
     requires: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("clip_faces", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Member(MEMBER), Info("audio_emb"))
@@ -238,8 +239,6 @@ class AudioEmbeddings(Stage):
     }
 
     model: models.ModelSpec = Field(HF_ID, description="Wav2Vec2 directory in save_pretrained layout, or the Hugging Face id")
-    allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
-    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
     dtype: str = Field("float32", description="model dtype: float32, or float16/bfloat16 on a GPU")
     fps: float = Field(25.0, gt=0, description="embedding rows per second: the clip's frame rate")
     align_corners: bool = Field(True, description="linear resampling of the CNN rows with aligned end points "
@@ -272,7 +271,7 @@ class AudioEmbeddings(Stage):
 
     def check_model(self) -> str:
         path = self._resolve()
-        random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        random = self.admit(path)
         config = read_config(path)
         if not (path / "preprocessor_config.json").is_file():
             raise models.WeightsError(f"stage 'audio_emb': {path / 'preprocessor_config.json'} not found (the input "
@@ -282,13 +281,13 @@ class AudioEmbeddings(Stage):
         return (f"Wav2Vec2 {config.num_hidden_layers} layers x {config.hidden_size} at {path} ({files}: {n} tensors, "
                 f"{params / 1e6:.1f} M parameters match){'; RANDOM weights' if random else ''}")
 
-    def setup(self) -> None:
+    def load(self) -> None:
         import torch
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
         models.quiet_transformers()
         path = self._resolve()
-        self._random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        self.admit(path)
         config = read_config(path)
         check_keys(path, config)
         net, info = Wav2Vec2Model.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
@@ -358,8 +357,6 @@ class AudioEmbeddings(Stage):
         return tracks, frames
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:
-        if not hasattr(self, "_net"):
-            self.setup()
         todo: list[tuple[Candidate, int, int]] = []  # candidate, first track, characters
         tracks: list[np.ndarray] = []
         frames: list[int] = []
@@ -378,12 +375,12 @@ class AudioEmbeddings(Stage):
             cand.members[MEMBER] = npy_bytes(arr)
             c, t, layers, hidden = arr.shape
             stats: dict[str, Any] = {"frames": t, "cnn_frames": int(rows[first]), "layers": layers, "hidden": hidden,
-                                     "random_weights": bool(self._random)}
+                                     "random_weights": self.is_random}
             for k in range(min(c, 2)):
                 stats[f"rms_{k}"] = round(float(np.sqrt(np.mean(arr[k].astype(np.float64) ** 2))), 6)
             cand.info[self.name] = {
                 "model": self.model, "revision": self._revision, "fps": self.fps, "shape": list(arr.shape),
-                "dtype": "float16", "layers": "hidden_states[1:]", "random_weights": bool(self._random),
+                "dtype": "float16", "layers": "hidden_states[1:]", "random_weights": self.is_random,
                 "alignment": f"cnn features linearly interpolated to frames (align_corners={self.align_corners}) "
                              f"before the transformer",
             }

@@ -2,7 +2,8 @@
 
 A stage is a pydantic model: its fields are its config (validated, unknown keys refused), its class
 variables say what it is (name, the stats it records, whether it splits a video into clips). ``setup()``
-loads models once per actor; ``process(batch)`` fills stats and decides per candidate.
+runs the stage's ``load()`` once per actor; ``process(batch)`` fills stats and decides per candidate.
+Stages that run weights build on ``mtcc.stages.model_stage``.
 
 Stats and decisions are kept apart (compute, then decide against thresholds) so the manifest carries
 the numbers and a user can re-apply other thresholds later without recomputing.
@@ -221,6 +222,7 @@ class Stage(BaseModel):
     resources: Resources = Field(default_factory=Resources)
 
     _workspace: NodeWorkspace | None = PrivateAttr(None)
+    _loaded: bool = PrivateAttr(False)
 
     def attach(self, workspace: NodeWorkspace) -> None:
         """Share the node's workspace (fetched sources, clip media) with this stage; builds do this for
@@ -240,15 +242,14 @@ class Stage(BaseModel):
         return cls.provides + stats + ((CLIPS,) if cls.expands else ())
 
     def setup(self) -> None:
-        """Load models and other per-actor state. Called once per actor before any batch."""
+        """Run ``load`` once per actor: the executors call this before the first batch, ``run_batch`` before
+        each (a stage used on its own). A failed load is tried again by the next call."""
+        if not self._loaded:
+            self.load()
+            self._loaded = True
 
-    def check_model(self) -> str:
-        """Validate this stage's configured weights before a long run (``mtcc models check``): every file
-        present and loadable into the real class, without running it. Raises ``WeightsError`` naming what
-        is wrong and how to fix it; returns a one-line description of what was checked. Model stages
-        override this with a cheap check (headers, key sets on a meta-device model); the default loads."""
-        self.setup()
-        return "loaded"
+    def load(self) -> None:
+        """Load models and other per-actor state (through ``setup``, never more than once)."""
 
     # -- one-at-a-time stages implement these two --------------------------------------------------
     def compute(self, cand: Candidate) -> dict[str, Any]:
@@ -261,17 +262,22 @@ class Stage(BaseModel):
     def process(self, batch: list[Candidate]) -> list[Candidate]:
         out: list[Candidate] = []
         for cand in batch:
-            stats = self.compute(cand)
-            self.record(cand, stats)
-            rejection = self.decide(stats)
-            if rejection is not None:
-                cand.reject(self.name, rejection.reason, rejection.message)
+            self.settle(cand, self.compute(cand))
             out.append(cand)
         return out
 
     def record(self, cand: Candidate, stats: dict[str, Any]) -> None:
         for k, v in stats.items():
             cand.stats[f"{self.name}.{k}"] = v
+
+    def settle(self, cand: Candidate, stats: dict[str, Any]) -> Rejection | None:
+        """Record ``stats`` on ``cand``, then decide against the thresholds: a rejection rejects ``cand`` and
+        is returned (a batched ``process`` ends each candidate with this, as the one-at-a-time path does)."""
+        self.record(cand, stats)
+        rejection = self.decide(stats)
+        if rejection is not None:
+            cand.reject(self.name, rejection.reason, rejection.message)
+        return rejection
 
     def run_batch(self, batch: list[Candidate]) -> list[Candidate]:
         """``process`` with failure isolation: an exception for one candidate rejects that candidate
@@ -283,7 +289,7 @@ class Stage(BaseModel):
         for c in todo:
             c.stage = self.name
         try:
-            return done + self._finish(self.process(todo))
+            return done + self._finish(self._loaded_process(todo))
         except Exception:  # noqa: BLE001 - a failing batch is retried item by item to find the culprit
             if len(todo) == 1:
                 self._reject_error(todo[0])
@@ -291,11 +297,17 @@ class Stage(BaseModel):
         out = list(done)
         for c in todo:
             try:
-                out.extend(self._finish(self.process([c])))
+                out.extend(self._finish(self._loaded_process([c])))
             except Exception:  # noqa: BLE001 - becomes a manifest row with the exception text
                 self._reject_error(c)
                 out.append(c)
         return out
+
+    def _loaded_process(self, batch: list[Candidate]) -> list[Candidate]:
+        # a load that fails (random weights refused, a missing file) rejects the batch's candidates with the
+        # reason, as a failing process does
+        self.setup()
+        return self.process(batch)
 
     def _finish(self, cands: list[Candidate]) -> list[Candidate]:
         for c in cands:

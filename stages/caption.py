@@ -32,8 +32,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from . import models
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Resources, Stage
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Resources
 from .crops import ClipMedia, clip_media
+from .model_stage import ModelStage
 
 HF_ID = "Qwen/Qwen2-VL-7B-Instruct"
 PROMPT = "Please describe the video in detail."
@@ -107,7 +108,7 @@ def greedy_config(checkpoint: Any, max_new_tokens: int, pad_id: int | None, eos_
 
 # -- the stage ----------------------------------------------------------------------------------------------
 
-class ClipCaption(Stage):
+class ClipCaption(ModelStage):
     name: ClassVar[str] = "caption"
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("probe", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Member("caption.txt"), Info("caption"))
@@ -119,7 +120,6 @@ class ClipCaption(Stage):
 
     model: models.ModelSpec = Field(HF_ID, description="Qwen2-VL checkpoint directory (save_pretrained model + processor, "
                                           "tokenizer and chat template) or the Hugging Face id")
-    allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
     backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: needs vLLM installed")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
                         description="auto: CUDA when the actor sees a GPU, else CPU")
@@ -181,7 +181,7 @@ class ClipCaption(Stage):
         messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": self.prompt}]}]
         self._prompt_text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def setup(self) -> None:
+    def load(self) -> None:
         from transformers import AutoProcessor
 
         models.quiet_transformers()
@@ -191,7 +191,7 @@ class ClipCaption(Stage):
             except ImportError as e:
                 raise ImportError(f"stage 'caption': stages.caption.backend is 'vllm' but {VLLM_HOW}") from e
         path = self._resolve()
-        self._random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        self.admit(path)
         self._path = path
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         self.adopt_processor(processor)
@@ -277,8 +277,6 @@ class ClipCaption(Stage):
         return results
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:
-        if not hasattr(self, "_processor"):
-            self.setup()
         sampled = [self.frames(c) for c in batch]
         # clips of a similar visual length share a generate call: less padding; the order is fixed
         order = sorted(range(len(batch)), key=lambda i: (sampled[i][1].shape[0] * sampled[i][1].shape[1]
@@ -293,7 +291,7 @@ class ClipCaption(Stage):
             t, h, w = r["grid"]
             stats = {"n_frames": len(frames), "visual_tokens": int(t * h * w // self._merge ** 2),
                      "prompt_tokens": r["prompt_tokens"], "new_tokens": r["new_tokens"],
-                     "caption_chars": len(r["text"]), "random_weights": bool(self._random)}
+                     "caption_chars": len(r["text"]), "random_weights": self.is_random}
             cand.members["caption.txt"] = r["text"].encode("utf-8")
             cand.info["caption"] = {"model": self.model, "backend": self.backend, "fps": self.fps,
                                     "frames": [round(float(x), 4) for x in times], "grid": [t, h, w]}
@@ -310,7 +308,7 @@ class ClipCaption(Stage):
         from transformers.core_model_loading import revert_weight_conversion
 
         path = self._resolve()
-        models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        self.admit(path)
 
         def need(names: tuple[str, ...], what: str) -> Path:
             for n in names:

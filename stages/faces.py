@@ -23,8 +23,9 @@ from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 
 from . import models
-from .base import Candidate, Info, Key, Resources, Stage
+from .base import Candidate, Info, Key, Resources
 from .layout import SeamCollector
+from .model_stage import WeightsStage
 from .shots import ShotDetector, ShotSettings
 from .tracking import Track, associate, fill_and_smooth, iou_matrix
 from .video import VideoFrames, open_frames, reduced_size
@@ -43,7 +44,7 @@ def faces_change(a: Detection, b: Detection, iou_min: float) -> bool:
     return bool((ious[rows, cols] < iou_min).any())
 
 
-class FaceTrack(Stage):
+class FaceTrack(WeightsStage):
     name: ClassVar[str] = "faces"
     requires: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("fingerprint", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Info("frame_clock"), Info("shots"), Info("seams"), Info("faces"))
@@ -72,7 +73,7 @@ class FaceTrack(Stage):
     refine_bounds: bool = True
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0))
 
-    def setup(self) -> None:
+    def load(self) -> None:
         from .face_detectors import load_detector
 
         self._detector = load_detector(self.detector, model=self.model, score_threshold=self.score_threshold,

@@ -46,9 +46,10 @@ from pydantic import Field, field_validator
 
 from . import models, sam2_model
 from . import rle as rle_codec
-from .base import CLIP_MEDIA, REFS, Candidate, Info, Key, Member, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, REFS, Candidate, Info, Key, Member, Rejection, Resources
 from .crops import clip_media
 from .geometry import LatentGeometry, letterbox_mask, route_index_mask
+from .model_stage import ModelStage
 from .npy import npy_bytes
 
 HF_ID = "facebook/sam2.1-hiera-large"
@@ -304,7 +305,7 @@ class ClipFrames:
     full: dict[int, np.ndarray]  # clip-resolution RGB of the frames asked for
 
 
-class CharacterMasks(Stage):
+class CharacterMasks(ModelStage):
     name: ClassVar[str] = "masks"
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"))
     provides: ClassVar[tuple[Key, ...]] = (Member("masks.rle.json"), Member("route.npy"), *(Member(r) for r in REFS),
@@ -320,8 +321,6 @@ class CharacterMasks(Stage):
                                           "optionally its YAML config, a .pt file, or a Hugging Face id")
     config: str = Field(PACKAGED_CONFIG, description="SAM2 YAML used when the model directory has none: a path "
                                                      "inside the sam2 package (configs/...) or a local YAML file")
-    allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
-    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
     geometry: LatentGeometry = Field(default_factory=LatentGeometry,
                                      description="the video model's clip and latent sizes (route.npy)")
     drift_min_cover: float = Field(0.3, ge=0, description="a mask covering less of its tracked face box than this "
@@ -386,16 +385,16 @@ class CharacterMasks(Stage):
                 f"the checkpoint's SAM2 config there. {HOW_TO_GET}")
         return path, (yamls[0] if yamls else self._config_file()), pts[0]
 
-    def setup(self) -> None:
+    def load(self) -> None:
         path, cfg, ckpt = self._files()
-        self._random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        self.admit(path)
         data = sam2_model.read_config(cfg)
         self._model = sam2_model.load_predictor(data, cfg, ckpt, device=self.device, how_to_get=HOW_TO_GET)
         self._config_used = str(cfg)
 
     def check_model(self) -> str:
         path, cfg, ckpt = self._files()
-        random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        random = self.admit(path)
         data = sam2_model.read_config(cfg)
         own = sam2_model.build_model(data, cfg, "cpu").state_dict()
         sam2_model.compare_state(own, sam2_model.checkpoint_shapes(ckpt), ckpt=ckpt, config=cfg,
@@ -473,7 +472,7 @@ class CharacterMasks(Stage):
             members[f"ref{c['index']}.jpg"] = jpeg_bytes(ref, self.jpeg_quality)
         stats = mask_stats(rles, out.covers)
         stats["reprompts"] = int(reprompts)
-        stats["random_weights"] = bool(self._random)
+        stats["random_weights"] = self.is_random
         info = {
             "windows": [list(wn) for wn in self.geometry.windows(n)],
             "geometry": self.geometry.model_dump(),
@@ -484,21 +483,16 @@ class CharacterMasks(Stage):
             "model": self.model,
             "config": Path(self._config_used).name,
             "image_size": int(self._model.image_size),
-            "random_weights": bool(self._random),
+            "random_weights": self.is_random,
         }
         return {"stats": stats, "members": members, "info": info}
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:
-        if not hasattr(self, "_model"):
-            self.setup()
         for cand in batch:
             res = self._clip(cand)
             cand.members.update(res["members"])
             cand.info["masks"] = res["info"]
-            self.record(cand, res["stats"])
-            rejection = self.decide(res["stats"])
-            if rejection is not None:
-                cand.reject(self.name, rejection.reason, rejection.message)
+            self.settle(cand, res["stats"])
         return batch
 
     def decide(self, stats: dict[str, Any]) -> Rejection | None:

@@ -37,8 +37,9 @@ from pydantic import Field
 
 from . import models
 from .audio_io import flac_bytes
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources
 from .crops import CropGeometry, clip_media
+from .model_stage import ModelStage
 
 RATE = 16000
 VIDEO_FPS = 25  # the AV model's visual frame rate
@@ -277,7 +278,7 @@ def rms_dbfs(rms: float) -> float:
     return 20.0 * math.log10(max(rms, 1e-10))
 
 
-class SpeechSeparation(Stage):
+class SpeechSeparation(ModelStage):
     name: ClassVar[str] = "separate"
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"))
     provides: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("separate"))
@@ -291,8 +292,6 @@ class SpeechSeparation(Stage):
 
     model: models.ModelSpec = Field(HF_ID, description="clearvoice checkpoint directory (last_best_checkpoint + the .pt it "
                                           "names, {'model': state_dict}) or the Hugging Face id")
-    allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
-    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
     window_seconds: float = Field(3.0, gt=0, description="decode window (the model's 3 s)")
     overlap: float = Field(0.4, ge=0, lt=1, description="fraction of a window shared with the next "
                                                         "(clearvoice decodes with a 0.6-window stride)")
@@ -306,11 +305,11 @@ class SpeechSeparation(Stage):
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=2))
 
 
-    def setup(self) -> None:
+    def load(self) -> None:
         path = models.resolve(self.model, stage=self.name, key="model",
                               expected=f"a clearvoice checkpoint directory ({BEST_FILE} + the .pt it names)",
                               how_to_get=HOW_TO_GET)
-        self._random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        self.admit(path)
         self._net = load_network(path, self.device)
 
     def _forward(self, audio: np.ndarray, visual: np.ndarray) -> np.ndarray:
@@ -329,8 +328,6 @@ class SpeechSeparation(Stage):
     def process(self, batch: list[Candidate]) -> list[Candidate]:
         from .vad import speech_segments
 
-        if not hasattr(self, "_net"):
-            self.setup()
         inputs = [self._inputs(c) for c in batch]
         window = max(1, int(round(self.window_seconds * RATE)))
         hop = max(1, int(round(window * (1.0 - self.overlap))))
@@ -344,7 +341,7 @@ class SpeechSeparation(Stage):
             stats["mix_rms"] = round(math.sqrt(mix_e), 6)
             stats["residual_ratio"] = round(float(np.mean(resid ** 2)) / mix_e, 6) if mix_e > 0 else 0.0
             stats["n_windows"] = len(plan_windows(len(mix), window, hop))
-            stats["random_weights"] = bool(self._random)
+            stats["random_weights"] = self.is_random
             for k, track in enumerate(spk):
                 rms = float(np.sqrt(np.mean(track.astype(np.float64) ** 2))) if len(track) else 0.0
                 speech = vads[k].speech_s if vads else 0.0
@@ -353,13 +350,10 @@ class SpeechSeparation(Stage):
                 stats[f"silent_{k}"] = bool(speech < self.min_speech_seconds or rms_dbfs(rms) < self.silence_dbfs)
                 cand.members[f"spk{k}.flac"] = flac_bytes(track)
             cand.info["separate"] = {
-                "model": self.model, "random_weights": bool(self._random), "rate": RATE,
+                "model": self.model, "random_weights": self.is_random, "rate": RATE,
                 "speech": [[list(s) for s in v.segments] for v in vads],
             }
-            self.record(cand, stats)
-            rejection = self.decide(stats)
-            if rejection is not None:
-                cand.reject(self.name, rejection.reason, rejection.message)
+            self.settle(cand, stats)
         return batch
 
     def decide(self, stats: dict[str, Any]) -> Rejection | None:

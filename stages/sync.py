@@ -32,8 +32,9 @@ from pydantic import Field
 
 from . import models
 from .audio_io import flac_bytes, read_track
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage, Stat
+from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stat
 from .crops import CropGeometry, clip_media
+from .model_stage import ModelStage
 from .sync_math import VSHIFT, binding, cross_matrix
 
 RATE = 16000
@@ -120,7 +121,7 @@ class _Clip:
     windows: int
 
 
-class SyncScores(Stage):
+class SyncScores(ModelStage):
     name: ClassVar[str] = "sync"
     # without the separated tracks it scores the mixture; who is silent comes from asd, else separate
     # (see speaking_flags); the tracks it shifts it does not make
@@ -144,8 +145,6 @@ class SyncScores(Stage):
     }
 
     model: models.OptionalModelSpec = Field(None, description=f"SyncNet v2 state-dict file ({MODEL_FILE} from syncnet_python)")
-    allow_random_weights: bool = Field(False, description="accept a model made by `mtcc models make-tiny`")
-    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
     batch_windows: int = Field(32, ge=1, description="5-frame windows (clips x characters x windows) per forward")
     crop_scale: float = Field(0.4, ge=0, description="syncnet_python's crop_video cs: crop side = (1 + cs) x face "
                                                      "box side, centred cs/2 x side below the box centre")
@@ -162,14 +161,14 @@ class SyncScores(Stage):
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=4))
 
 
-    def setup(self) -> None:
+    def load(self) -> None:
         path = models.resolve(self.model, stage=self.name, key="model",
                               expected=f"the SyncNet v2 state-dict file {MODEL_FILE}", how_to_get=HOW_TO_GET)
         if path.is_dir():
             if not (path / MODEL_FILE).is_file():
                 raise models.WeightsError(f"stage 'sync': {path} is a directory without {MODEL_FILE}. {HOW_TO_GET}")
             path = path / MODEL_FILE
-        self._random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        self.admit(path)
         self._net = load_network(path, self.device)
 
     # -- inputs ---------------------------------------------------------------------------------------
@@ -232,8 +231,6 @@ class SyncScores(Stage):
 
     # -- stage ----------------------------------------------------------------------------------------
     def process(self, batch: list[Candidate]) -> list[Candidate]:
-        if not hasattr(self, "_net"):
-            self.setup()
         prepared = [self._inputs(c) for c in batch]
         clips = [p[0] for p in prepared]
         v_embs, a_embs = self._embed(clips)
@@ -244,16 +241,12 @@ class SyncScores(Stage):
             stats = self.stats_from(m, b, silent, windows=clip.windows, source=source)
             stats["silent_source"] = silent_source
             cand.info["sync"] = {
-                "model": self.model, "random_weights": bool(self._random), "audio_source": source,
+                "model": self.model, "random_weights": self.is_random, "audio_source": source,
                 "vshift": VSHIFT, "windows": clip.windows, "cross": m, "a_ac": b["a_ac"],
                 "binding_margin": b["margin"], "swapped": b["swapped"],
                 "axes": "cross[x][i][j]: audio track i x face (character) j",
             }
-            self.record(cand, stats)
-            rejection = self.decide(stats)
-            if rejection is not None:
-                cand.reject(self.name, rejection.reason, rejection.message)
-            elif self.shift_audio_to_zero and clip.tracks is not None:
+            if self.settle(cand, stats) is None and self.shift_audio_to_zero and clip.tracks is not None:
                 shifts = [0 if silent[k] else int(stats[f"offset_{k}"]) for k in range(2)]
                 for k in range(2):
                     if shifts[k]:
@@ -275,7 +268,7 @@ class SyncScores(Stage):
             "cross_offset_01": int(m["offset"][0][1]), "cross_offset_10": int(m["offset"][1][0]),
             "binding_margin": float(b["margin"]), "swapped": bool(b["swapped"]),
             "silent_0": silent[0], "silent_1": silent[1], "n_speaking": len(speaking),
-            "windows": int(windows), "audio_source": source, "random_weights": bool(getattr(self, "_random", False)),
+            "windows": int(windows), "audio_source": source, "random_weights": self.is_random,
         }
 
     def decide(self, stats: dict[str, Any]) -> Rejection | None:

@@ -144,7 +144,7 @@ def test_saved_copy_and_resaved_model_reload_through_the_seam_identically(tiny, 
     copied = ClipCaption(model="copy", allow_random_weights=True, max_new_tokens=NEW)
     assert copied.model == str(tmp_path / "copy")
     monkeypatch.chdir("/")
-    assert captions(copied.process(fresh(clips))) == captions(captioned)
+    assert captions(copied.run_batch(fresh(clips))) == captions(captioned)
 
     # what the stage loaded, saved again (sharded this time, as the 7B checkpoint is) and reloaded
     resaved = tmp_path / "resaved"
@@ -156,7 +156,7 @@ def test_saved_copy_and_resaved_model_reload_through_the_seam_identically(tiny, 
     assert n_shards > 1
     again = ClipCaption(model=str(resaved), allow_random_weights=True, max_new_tokens=NEW)
     assert f"in {n_shards} safetensors file(s)" in again.check_model()
-    assert captions(again.process(fresh(clips))) == captions(captioned)
+    assert captions(again.run_batch(fresh(clips))) == captions(captioned)
 
 
 # -- frames -------------------------------------------------------------------------------------------------
@@ -214,8 +214,8 @@ def test_batched_generation_matches_one_clip_at_a_time(tiny, varied):
     captions of the four clips differ from each other, so a caption landing on the wrong clip would show."""
     single = ClipCaption(**tiny, max_new_tokens=NEW, batch_size=1)
     batched = ClipCaption(**tiny, max_new_tokens=NEW, batch_size=4)
-    one = single.process(fresh(varied))
-    many = batched.process(fresh(varied))
+    one = single.run_batch(fresh(varied))
+    many = batched.run_batch(fresh(varied))
     assert captions(many) == captions(one)
     assert len(set(captions(one))) == len(varied)
     assert [c.stats["caption.prompt_tokens"] for c in many] == [c.stats["caption.prompt_tokens"] for c in one]
