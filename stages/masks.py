@@ -33,11 +33,8 @@ characters' masks overlap) are rejected unless ``reject`` is off.
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,7 +45,9 @@ from . import models, sam2_model
 from . import rle as rle_codec
 from .base import CLIP_MEDIA, REFS, Candidate, Info, Key, Member, Rejection, Resources
 from .crops import clip_media
-from .geometry import LatentGeometry, letterbox_mask, route_index_mask
+from .geometry import LatentGeometry
+from .mask_outputs import cutout, jpeg_bytes, mask_stats, masks_json, route_windows
+from .mask_tracking import FrameMasks, best_frame, prompt_frame, track
 from .model_stage import ModelStage
 from .npy import npy_bytes
 
@@ -56,7 +55,6 @@ HF_ID = "facebook/sam2.1-hiera-large"
 PACKAGED_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
 TINY_BASE = ("configs", "sam2.1", "sam2.1_hiera_t.yaml")
 TINY_NAME = "sam2.1_hiera_mtcc_tiny"
-FPS = 25
 HOW_TO_GET = (f"Get the weights on a machine with internet: `hf download {HF_ID} --local-dir DIR` "
               f"(DIR then holds sam2.1_hiera_l.yaml and sam2.1_hiera_large.pt) and set stages.masks.model to DIR "
               f"(or to the hub id {HF_ID} where the hub or its local cache is reachable); "
@@ -90,209 +88,6 @@ TINY_CHANGES: dict[str, Any] = {
     "model.memory_encoder.fuser.layer.dim": 32,
     "model.memory_encoder.fuser.num_layers": 1,
 }
-
-
-# -- pure pieces ----------------------------------------------------------------------------------------
-
-def box_area(boxes: np.ndarray) -> np.ndarray:
-    b = np.asarray(boxes, np.float64)
-    return np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
-
-
-def prompt_frame(boxes: np.ndarray, scores: np.ndarray) -> int:
-    """The frame where the weakest character is best seen: argmax over frames of min over characters of
-    score x box area (``boxes`` ``[C, T, 4]``, ``scores`` ``[C, T]``); the first such frame on ties."""
-    quality = np.asarray(scores, np.float64) * box_area(boxes)
-    return int(np.argmax(quality.min(axis=0)))
-
-
-def best_frame(boxes: np.ndarray, scores: np.ndarray) -> int:
-    """One character's best frame (score x box area), as the plain references pick it."""
-    return int(np.argmax(np.asarray(scores, np.float64) * box_area(boxes)))
-
-
-def face_cover(mask: np.ndarray, box: np.ndarray) -> float:
-    """Fraction of the face box's in-frame pixels that the mask covers; NaN when the box has none (a
-    face off screen says nothing about drift)."""
-    h, w = mask.shape
-    x0, y0, x1, y1 = (float(v) for v in box)
-    xa, ya = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
-    xb, yb = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
-    if xb <= xa or yb <= ya:
-        return float("nan")
-    return float(mask[ya:yb, xa:xb].mean())
-
-
-def drifted(covers: np.ndarray, min_cover: float) -> np.ndarray:
-    """Frames (bool ``[T]``) where any character's mask covers less than ``min_cover`` of its face box."""
-    c = np.asarray(covers, np.float64)
-    with np.errstate(invalid="ignore"):
-        return np.any(c < min_cover, axis=0)
-
-
-def mask_stats(rles: list[list[dict[str, Any]]], covers: np.ndarray) -> dict[str, Any]:
-    """Per character ``k``: ``area_k`` (mean fraction of the frame), ``empty_k`` (fraction of frames with an
-    empty mask), ``stability_k`` (mean IoU of consecutive frames; two empty frames count as stable),
-    ``face_cover_k`` (mean coverage of the face box over frames where it is on screen); ``overlap``: the
-    largest, over character pairs, mean IoU between two characters' masks of a frame."""
-    stats: dict[str, Any] = {}
-    n_frames = len(rles[0]) if rles else 0
-    for k, seq in enumerate(rles):
-        h, w = seq[0]["size"]
-        areas = rle_codec.area(seq) / float(h * w)
-        stab = [rle_codec.iou(seq[f], seq[f + 1], empty=1.0) for f in range(len(seq) - 1)]
-        cov = np.asarray(covers[k], np.float64)
-        stats[f"area_{k}"] = round(float(areas.mean()), 6)
-        stats[f"empty_{k}"] = round(float(np.mean(areas == 0)), 6)
-        stats[f"stability_{k}"] = round(float(np.mean(stab)) if stab else 1.0, 6)
-        stats[f"face_cover_{k}"] = round(float(np.nanmean(cov)), 6) if np.isfinite(cov).any() else 0.0
-    pair = [float(np.mean([rle_codec.iou(rles[a][f], rles[b][f]) for f in range(n_frames)]))
-            for a in range(len(rles)) for b in range(a + 1, len(rles))]
-    stats["overlap"] = round(max(pair), 6) if pair else 0.0
-    return stats
-
-
-def route_windows(canvas: Callable[[int, int], np.ndarray], n_frames: int, geo: LatentGeometry) -> np.ndarray:
-    """int8 ``[W, *geo.grid]``: for each window of ``geo.windows(n_frames)``, the letterboxed masks
-    ``canvas(start, end)`` (``[C, end-start, geo.height, geo.width]``, 0/1) reduced by the trainer's
-    recipe."""
-    wins = geo.windows(n_frames)
-    return np.stack([route_index_mask(canvas(s, e), geo) for s, e in wins]).astype(np.int8)
-
-
-def masks_json(rles: list[list[dict[str, Any]]], track_ids: list[Any], size: tuple[int, int]) -> bytes:
-    """``masks.rle.json``: ``{"size": [h, w], "fps": 25, "frames": T, "characters": [{"index", "track_id",
-    "rle": [per frame {"size", "counts"}]}]}``, compact, keys sorted (byte-identical reruns)."""
-    doc = {
-        "size": [int(size[0]), int(size[1])],
-        "fps": FPS,
-        "frames": len(rles[0]) if rles else 0,
-        "characters": [{"index": k, "track_id": tid, "rle": seq} for k, (tid, seq) in enumerate(zip(track_ids, rles))],
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
-def ref_window(box: np.ndarray, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) of the reference crop: a square of ``margin`` x the box's longer side around its
-    centre, cut at the frame's edges (as the plain references are)."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * margin / 2
-    return (max(0, int(cx - half)), max(0, int(cy - half)), min(width, int(cx + half)), min(height, int(cy + half)))
-
-
-def cutout(frame: np.ndarray, mask: np.ndarray, box: np.ndarray, margin: float,
-           background: tuple[int, int, int]) -> np.ndarray:
-    """The reference crop of ``frame`` (uint8 RGB at the mask's resolution) with every pixel outside
-    ``mask`` set to ``background``."""
-    h, w = mask.shape
-    xa, ya, xb, yb = ref_window(box, margin, w, h)
-    crop = frame[ya:yb, xa:xb].copy()
-    crop[~mask[ya:yb, xa:xb].astype(bool)] = np.asarray(background, np.uint8)
-    return crop
-
-
-def jpeg_bytes(img: np.ndarray, quality: int) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-# -- per-frame results ------------------------------------------------------------------------------------
-
-@dataclass
-class FrameMasks:
-    """What is kept of each produced frame: RLE per character, face-box coverage, the letterboxed canvas
-    masks bit-packed (480x720 -> 43 kB per character). Re-produced frames overwrite their entry."""
-
-    boxes: np.ndarray  # [C, T, 4] tracked face boxes at clip resolution
-    geo: LatentGeometry
-    size: tuple[int, int]  # (h, w)
-    rles: list[dict[int, dict[str, Any]]] = field(default_factory=list)
-    covers: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    packed: dict[int, np.ndarray] = field(default_factory=dict)
-    order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    reverse: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    produced: int = 0
-
-    def __post_init__(self) -> None:
-        c, t = self.boxes.shape[:2]
-        self.rles = [{} for _ in range(c)]
-        self.covers = np.full((c, t), np.nan)
-        self.order = np.full(t, -1, np.int64)
-        self.reverse = np.zeros(t, bool)
-
-    def put(self, frame: int, masks: np.ndarray, reverse: bool) -> None:
-        """``masks``: bool ``[C, h, w]`` at clip resolution."""
-        canv = []
-        for k, m in enumerate(masks):
-            self.rles[k][frame] = rle_codec.encode(m)
-            self.covers[k, frame] = face_cover(m, self.boxes[k, frame])
-            canv.append(np.packbits(letterbox_mask(m, self.geo), axis=None))
-        self.packed[frame] = np.stack(canv)
-        self.order[frame] = self.produced
-        self.reverse[frame] = reverse
-        self.produced += 1
-
-    @property
-    def n_frames(self) -> int:
-        return len(self.order)
-
-    def complete(self) -> bool:
-        return bool((self.order >= 0).all())
-
-    def rle_lists(self) -> list[list[dict[str, Any]]]:
-        return [[seq[f] for f in range(self.n_frames)] for seq in self.rles]
-
-    def canvas(self, start: int, end: int) -> np.ndarray:
-        n = self.geo.height * self.geo.width
-        out = np.stack([np.unpackbits(self.packed[f], axis=1, count=n) for f in range(start, end)], axis=1)
-        return out.reshape(out.shape[0], end - start, self.geo.height, self.geo.width)
-
-
-# -- tracking -----------------------------------------------------------------------------------------------
-
-def track(model: Any, state: dict[str, Any], out: FrameMasks, landmarks: np.ndarray, first: int, *,
-          min_cover: float, max_reprompts: int) -> tuple[list[int], int]:
-    """Prompt every character on frame ``first``, propagate forward then backward, re-prompt on drift.
-    Results go to ``out``; returns the prompt frames and the number of re-prompts."""
-    def prompt(frame: int) -> None:
-        masks = None
-        for k in range(out.boxes.shape[0]):
-            pts = np.asarray(landmarks[k][frame], np.float64).reshape(-1, 2)
-            pts = pts[np.isfinite(pts).all(axis=1)]
-            _, _, masks = model.add_new_points_or_box(
-                state, frame_idx=frame, obj_id=k, box=out.boxes[k, frame].astype(np.float32),
-                points=pts.astype(np.float32) if len(pts) else None,
-                labels=np.ones(len(pts), np.int32) if len(pts) else None)
-        # the last call returns every object's mask on this frame; propagation from frame 0 backwards
-        # yields nothing, so the prompt frame's result is recorded here
-        out.put(frame, (masks[:, 0] > 0).cpu().numpy(), False)
-
-    def propagate(start: int, reverse: bool) -> None:
-        for f, _, logits in model.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
-            out.put(int(f), (logits[:, 0] > 0).cpu().numpy(), reverse)
-
-    prompts = [first]
-    prompt(first)
-    propagate(first, False)
-    propagate(first, True)
-    reprompts = 0
-    while reprompts < max_reprompts:
-        bad = drifted(out.covers, min_cover)
-        bad[prompts] = False  # a prompt frame re-prompted with the same input gives the same mask
-        if not bad.any():
-            break
-        candidates = np.flatnonzero(bad)
-        d = int(candidates[np.argmin(out.order[candidates])])
-        direction = bool(out.reverse[d])
-        sam2_model.forget_frame(state, d)
-        prompts.append(d)
-        reprompts += 1
-        prompt(d)
-        propagate(d, direction)
-    return prompts, reprompts
 
 
 # -- the stage ------------------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ from mtcc.stages import rle as rle_codec
 from mtcc.stages.base import Candidate
 from mtcc.stages.geometry import LatentGeometry, letterbox_mask, route_index_mask
 from mtcc.stages.cut import even_size as clip_size
-from mtcc.stages.masks import (CharacterMasks, FrameMasks, cutout, drifted, face_cover, mask_stats,
-                               masks_json, prompt_frame, ref_window, route_windows, track)
+from mtcc.stages.mask_outputs import cutout, mask_stats, masks_json, ref_window, route_windows
+from mtcc.stages.mask_tracking import FrameMasks, drifted, face_cover, prompt_frame, track
+from mtcc.stages.masks import CharacterMasks
 
 GEO = LatentGeometry()
 # sam2 without its optional CUDA extension warns that it skips mask hole filling (tests drive sam2 directly)
