@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from mtcc.pipeline.executor import Executor, InProcessExecutor, RayExecutor, Ticket
+from mtcc.pipeline.executor import Executor, InProcessExecutor, RayExecutor, StageSetupError, Ticket
 from mtcc.stages import STAGES
 from mtcc.stages.base import Candidate, Stage
 from mtcc.stages.model_stage import ModelStage, WeightsStage
@@ -69,8 +69,6 @@ def test_a_failed_load_rejects_the_candidates_and_the_next_batch_tries_again():
 
 
 def test_an_executor_refuses_a_stage_that_cannot_load():
-    from mtcc.pipeline.executor import StageSetupError
-
     with pytest.raises(StageSetupError, match="stage 'loads' failed to set up: load 1 failed"):
         InProcessExecutor([Loads(fail=1)])
 
