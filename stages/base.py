@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from .weights import Weights
 from .workspace import NodeWorkspace
 
 Status = Literal["pending", "kept", "rejected", "expanded"]
@@ -216,6 +217,9 @@ class Stage(BaseModel):
     # when a config is loaded
     requires: ClassVar[tuple[Key, ...]] = ()
     provides: ClassVar[tuple[Key, ...]] = ()
+    # the downloads `mtcc models fetch` can place for it (see :mod:`mtcc.stages.weights`); none for a stage
+    # without model weights
+    weights: ClassVar[tuple[Weights, ...]] = ()
 
     enabled: bool = True
     resources: Resources = Field(default_factory=Resources)

@@ -21,10 +21,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtcc.pipeline import models_cli
 from mtcc.pipeline.cli import main, resolve_config
 from mtcc.pipeline.config import ConfigError, config_from_dump, load_config
-from mtcc.pipeline.models_cli import MODELS_FILE, ModelsError, extract_members, file_digest, load_models_file
+from mtcc.pipeline.models.archive import extract_members
+from mtcc.pipeline.models.download import download_url
+from mtcc.pipeline.models.modelsfile import MODELS_FILE, load_models_file, write_models_file
+from mtcc.pipeline.models.pins import ModelsError, Pin, every_entry, pinned_table
+from mtcc.stages.hashing import file_digest
 from mtcc.stages import STAGES
 
 DEAD = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
@@ -69,7 +72,7 @@ def _sync_only(tiny: Path, dst: Path) -> Path:
     doc = load_models_file(tiny / MODELS_FILE)
     doc["stages"] = {"sync": doc["stages"]["sync"]}
     doc["files"] = {k: v for k, v in doc["files"].items() if k.startswith("sync/")}
-    models_cli.write_models_file(dst, doc, "test copy")
+    write_models_file(dst, doc, "test copy")
     return dst / "sync" / "syncnet_v2_random.model"
 
 
@@ -116,7 +119,7 @@ def test_fetch_offline_fails_fast_and_prints_every_layout(tmp_path):
     assert p.returncode == 3, out
     assert wall < 15, wall
     assert "Nothing was downloaded" in out and "127.0.0.1:9" in out
-    for e in models_cli.PINNED:
+    for e in pinned_table():
         assert f"{e.stage}: {e.title}" in out
         for pin in e.files:
             assert str(target / e.folder / pin.path) in out
@@ -206,11 +209,11 @@ def test_download_never_leaves_a_partial_file(server, tmp_path, monkeypatch):
     (www / "w.bin").write_bytes(b"x" * 5000)
     dest = tmp_path / "d" / "w.bin"
     with pytest.raises(ModelsError, match="pins"):
-        models_cli.download_url(f"{base}/w.bin", dest, models_cli.Pin("w.bin", bytes=4000), out=lambda s: None)
+        download_url(f"{base}/w.bin", dest, Pin("w.bin", bytes=4000), out=lambda s: None)
     with pytest.raises(ModelsError, match="sha256"):
-        models_cli.download_url(f"{base}/w.bin", dest, models_cli.Pin("w.bin", sha256="0" * 64), out=lambda s: None)
+        download_url(f"{base}/w.bin", dest, Pin("w.bin", sha256="0" * 64), out=lambda s: None)
     assert list(dest.parent.iterdir()) == []
-    n, sha = models_cli.download_url(f"{base}/w.bin", dest, None, out=lambda s: None)
+    n, sha = download_url(f"{base}/w.bin", dest, None, out=lambda s: None)
     assert n == 5000 and dest.read_bytes() == b"x" * 5000
 
 
@@ -243,12 +246,12 @@ def test_unzip_refuses_a_member_bigger_than_it_declares(tmp_path):
 
 
 def test_pinned_table_is_well_formed():
-    stages = [e.stage for e in models_cli.PINNED]
+    stages = [e.stage for e in pinned_table()]
     assert len(stages) == len(set(stages)) and set(stages) <= set(STAGES)
     assert {"faces", "separate", "asd", "sync", "masks", "audio_emb", "caption"} == set(stages)
-    folders = [e.folder for e in models_cli.PINNED]
+    folders = [e.folder for e in pinned_table()]
     assert len(folders) == len(set(folders))
-    for e in [*models_cli.PINNED, *models_cli.FACE_PACKS.values()]:
+    for e in every_entry():
         assert ".." not in Path(e.folder).parts and not Path(e.folder).is_absolute()
         assert e.settings["model"].startswith(f"./{e.folder}")
         assert e.revision is None or re.fullmatch(r"[0-9a-f]{40}", e.revision)
