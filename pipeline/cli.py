@@ -188,7 +188,8 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def make_tiny(root: Path) -> dict[str, dict]:
-    """Random-initialised models of the real classes (see :func:`mtcc.pipeline.models.tiny.make_tiny`); per stage its settings."""
+    """Random-initialised models of the real classes (see :func:`mtcc.pipeline.models.tiny.make_tiny`); per
+    stage its settings."""
     from .models.tiny import make_tiny as make
 
     return make(root)

@@ -261,6 +261,18 @@ def test_pinned_table_is_well_formed():
             assert pin.bytes is None or pin.source
 
 
+def test_faces_pack_picks_among_the_packs_the_faces_stage_declares(tmp_path, capsys):
+    assert [w.pack for w in STAGES["faces"].weights] == ["antelopev2", "buffalo_l"]  # the default first
+    rc, out = run(["models", "fetch", str(tmp_path), "--dry-run", "--only", "faces", "--faces-pack", "buffalo_l"],
+                  capsys)
+    assert rc == 0, out
+    assert str(tmp_path / "insightface" / "buffalo_l" / "det_10g.onnx") in out and "antelopev2" not in out
+    with pytest.raises(ModelsError, match="choose one of antelopev2, buffalo_l"):
+        pinned_table({"faces": "retinaface"})
+    with pytest.raises(ModelsError, match="no stage offers packs"):
+        pinned_table({"probe": "x"})
+
+
 # -- the models: include ---------------------------------------------------------------------------------
 
 def _models_dir(d: Path, sync_model: str = "./syncnet/s.model", sha: str = "a" * 64, extra: dict | None = None) -> Path:
@@ -338,6 +350,9 @@ def test_hub_ids_and_absolute_paths_pass_as_written(tmp_path, monkeypatch):
     ({"synk": {"model": "./s"}}, {}, "stages.synk: unknown stage"),
     ({}, {"thresholds": {}}, "thresholds: unknown key"),
     ({}, {"files": {"../x": {"bytes": 1, "sha256": "a" * 64}}}, "must stay inside"),
+    ({}, {"files": {"x": {"bytes": 1, "sha256": "ABC"}}}, "files.x.sha256: expected 64 lowercase hex digits"),
+    ({}, {"files": {"x": {"bytes": -1, "sha256": "a" * 64}}}, "files.x.bytes: expected a non-negative integer"),
+    ({"sync": None}, {}, "stages.sync: expected a mapping of weight settings"),
 ])
 def test_include_refuses_what_a_models_file_may_not_say(tmp_path, monkeypatch, stages, top, expect):
     monkeypatch.chdir(tmp_path)

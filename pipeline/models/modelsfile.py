@@ -130,8 +130,8 @@ _MAPPINGS = {(): f"a mapping with {', '.join(TOP_KEYS)}", ("stages",): "a mappin
              ("stages", "*"): "a mapping of weight settings",
              ("files",): "a mapping of relative path -> {bytes, sha256}",
              ("files", "*"): "{bytes: int, sha256: hex, pinned: bool}", ("sources",): "a mapping"}
-_EXPECTED = {"bool_type": "bool", "string_type": "str", "int_type": "int", "greater_than_equal": "a non-negative integer",
-             "string_pattern_mismatch": "64 lowercase hex digits"}
+_EXPECTED = {"bool_type": "bool", "string_type": "str", "int_type": "int",
+             "greater_than_equal": "a non-negative integer", "string_pattern_mismatch": "64 lowercase hex digits"}
 
 
 def _phrase(err: dict[str, Any], loc: list[str]) -> str:
