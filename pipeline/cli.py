@@ -188,32 +188,35 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def make_tiny(root: Path) -> dict[str, dict]:
-    """Random-initialised models of the real classes (see ``models_cli.make_tiny``); per stage its settings."""
-    from .models_cli import make_tiny as make
+    """Random-initialised models of the real classes (see :func:`mtcc.pipeline.models.tiny.make_tiny`); per
+    stage its settings."""
+    from .models.tiny import make_tiny as make
 
     return make(root)
 
 
 def cmd_models_make_tiny(args: argparse.Namespace) -> int:
-    from .models_cli import write_tiny
+    from .models.tiny import write_tiny
 
     write_tiny(Path(args.dir))
     return 0
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
-    from .models_cli import ModelsError, fetch, parse_urls, split_stages
+    from .models.fetch import fetch, parse_urls, split_stages
+    from .models.pins import ModelsError
 
     try:
-        return fetch(args.dir, only=split_stages(args.only), faces_pack=args.faces_pack, urls=parse_urls(args.url),
-                     timeout=args.timeout, dry_run=args.dry_run)
+        return fetch(args.dir, only=split_stages(args.only), packs={"faces": args.faces_pack},
+                     urls=parse_urls(args.url), timeout=args.timeout, dry_run=args.dry_run)
     except ModelsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:
-    from .models_cli import check, split_stages
+    from .models.check import check
+    from .models.fetch import split_stages
 
     return check(args.dir, quick=args.quick, only=split_stages(args.only))
 

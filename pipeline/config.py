@@ -6,7 +6,7 @@ can name stages, never import code). Errors name the key and what is allowed. Ea
 ``requires`` must be made by a stage listed before it (``provides``, see :mod:`mtcc.stages.base`).
 
 A top-level ``models: PATH`` includes the weight settings of a models folder's ``models.yaml`` (written by
-``mtcc models fetch`` or ``make-tiny``, see :mod:`mtcc.pipeline.models_cli`) into the listed stages, before
+``mtcc models fetch`` or ``make-tiny``, see :mod:`mtcc.pipeline.models`) into the listed stages, before
 ``--set`` overrides; the config hash then also covers the recorded content of those weights.
 """
 
@@ -230,7 +230,7 @@ def include_models(raw: dict[str, Any]) -> dict[str, Any]:
         return raw
     if not isinstance(ref, (str, Path)):
         raise ConfigError(f"models: expected the path of a models.yaml (or of its folder), got {ref!r}")
-    from .models_cli import load_models_file, models_path, stage_settings, weights_digest
+    from .models.modelsfile import load_models_file, models_path, stage_settings, weights_digest
     from .tiny_cache import TINY_REF, tiny_models
 
     p = tiny_models() if ref == TINY_REF else models_path(ref)

@@ -19,8 +19,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from .models.modelsfile import MODELS_FILE
+
 TINY_REF = "@tiny"
-MODELS_FILE = "models.yaml"
 # libraries whose model classes make-tiny saves: their versions decide the bytes it writes
 LIBRARIES = ("torch", "transformers", "sam2", "clearvoice", "syncnet-python")
 
@@ -39,7 +40,7 @@ def code_digest() -> str:
 
     h = hashlib.sha256()
     sources = sorted(Path(mtcc.stages.__path__[0]).glob("*.py"))
-    sources.append(Path(mtcc.pipeline.__path__[0]) / "models_cli.py")
+    sources += sorted((Path(mtcc.pipeline.__path__[0]) / "models").glob("*.py"))
     for f in sources:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     for lib in LIBRARIES:
@@ -57,7 +58,7 @@ def _say(line: str) -> None:
 
 def tiny_models(out: Callable[[str], None] = _say) -> Path:
     """The models.yaml of this code's tiny models, made first if the cache has none."""
-    from .models_cli import write_tiny
+    from .models.tiny import write_tiny
 
     root = cache_root() / "tiny" / code_digest()
     target = root / MODELS_FILE

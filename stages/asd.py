@@ -54,6 +54,7 @@ from . import models
 from .audio_io import read_track
 from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources
 from .model_stage import ModelStage
+from .weights import Pin, Weights
 
 RATE = 16000
 FPS = 25
@@ -195,6 +196,14 @@ def frame_gate(speech: list[tuple[float, float]] | None, n_frames: int) -> np.nd
 
 class ActiveSpeakers(ModelStage):
     name: ClassVar[str] = "asd"
+    weights: ClassVar[tuple[Weights, ...]] = (Weights(
+        title="Light-ASD active speaker detector, fine-tuned on TalkSet (CVPR 2023, MIT licence)",
+        kind="url", folder="light_asd",
+        url=MODEL_URL,
+        files=(Pin(MODEL_FILE, bytes=4_175_289,
+                   sha256="efc375833887eefa9d209dc92810e18519b04c3c73ea35a549f2a7f40b7d94d5",
+                   source="the authors' repository Junhua-Liao/Light-ASD at commit ed38c232, weight/"),),
+        settings={"model": f"./light_asd/{MODEL_FILE}"}),)
     # without the separated tracks it scores the mixture only (no track_face)
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"), *(Member(t, optional=True) for t in TRACKS))
     provides: ClassVar[tuple[Key, ...]] = (Info("asd"),)

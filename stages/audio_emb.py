@@ -43,6 +43,7 @@ from .audio_io import read_track
 from .base import TRACKS, Candidate, Info, Key, Member, Rejection, Resources
 from .model_stage import ModelStage
 from .npy import npy_bytes
+from .weights import Pin, Weights
 
 HF_ID = "facebook/wav2vec2-base-960h"
 RATE = 16000
@@ -229,8 +230,22 @@ def clip_frames(cand: Candidate, n_samples: int, rate: int, fps: float) -> int:
     return int(round(n_samples / rate * fps))
 
 
+_W2V_SOURCE = "HF LFS/blob metadata of facebook/wav2vec2-base-960h@22aad52d, recorded alike in several public manifests"
+
+
 class AudioEmbeddings(ModelStage):
     name: ClassVar[str] = "audio_emb"
+    weights: ClassVar[tuple[Weights, ...]] = (Weights(
+        title="Wav2Vec2 base 960h (all 12 transformer layers)",
+        kind="hf", folder="wav2vec2-base-960h", repo=HF_ID,
+        revision="22aad52d435eb6dbaf354bdad9b0da84ce7d6156",
+        files=(Pin("config.json", bytes=1596,
+                   sha256="d3ec255c063d9f95057b553b19c20135b259875834a4fe9deb218a6be25b4cf3", source=_W2V_SOURCE),
+               Pin("preprocessor_config.json", bytes=159,
+                   sha256="b225d617c025463b9e157e06afea8b90dc7078fc70b013c533328423e0486b4a", source=_W2V_SOURCE),
+               Pin("model.safetensors", bytes=377_607_901,
+                   sha256="8aa76ab2243c81747a1f832954586bc566090c83a0ac167df6f31f0fa917d74a", source=_W2V_SOURCE)),
+        settings={"model": "./wav2vec2-base-960h"}),)
     requires: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("clip_faces", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Member(MEMBER), Info("audio_emb"))
     stats_schema: ClassVar[dict[str, str]] = {

@@ -35,6 +35,7 @@ from . import models
 from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Resources
 from .crops import ClipMedia, clip_media
 from .model_stage import ModelStage
+from .weights import Pin, Weights
 
 HF_ID = "Qwen/Qwen2-VL-7B-Instruct"
 PROMPT = "Please describe the video in detail."
@@ -108,8 +109,20 @@ def greedy_config(checkpoint: Any, max_new_tokens: int, pad_id: int | None, eos_
 
 # -- the stage ----------------------------------------------------------------------------------------------
 
+_QWEN_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json",
+               *(f"model-{i:05d}-of-00005.safetensors" for i in range(1, 6)),
+               "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "preprocessor_config.json")
+
+
 class ClipCaption(ModelStage):
     name: ClassVar[str] = "caption"
+    weights: ClassVar[tuple[Weights, ...]] = (Weights(
+        title="Qwen2-VL-7B-Instruct (captions)",
+        kind="hf", folder="Qwen2-VL-7B-Instruct", repo=HF_ID,
+        revision="eed13092ef92e448dd6875b2a00151bd3f7db0ac",
+        files=(*(Pin(n) for n in _QWEN_FILES), Pin("chat_template.json", optional=True)),
+        settings={"model": "./Qwen2-VL-7B-Instruct"},
+        note="about 16.6 GB; the shards' sizes and sha256 are checked against the hub's own LFS metadata"),)
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("probe", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Member("caption.txt"), Info("caption"))
     reads_clip_media: ClassVar[bool] = True

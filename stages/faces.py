@@ -24,11 +24,13 @@ from scipy.optimize import linear_sum_assignment
 
 from . import models
 from .base import Candidate, Info, Key, Resources
+from .face_detectors import INSIGHTFACE_PACK_URL, INSIGHTFACE_PACKS
 from .layout import SeamCollector
 from .model_stage import WeightsStage
 from .shots import ShotDetector, ShotSettings
 from .tracking import Track, associate, fill_and_smooth, iou_matrix
 from .video import VideoFrames, open_frames, reduced_size
+from .weights import Pin, Weights
 
 Detection = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [N,4], landmarks [N,5,2], scores [N] (source px)
 
@@ -44,8 +46,22 @@ def faces_change(a: Detection, b: Detection, iou_min: float) -> bool:
     return bool((ious[rows, cols] < iou_min).any())
 
 
+def _insightface_pack(pack: str, title: str, note: str = "") -> Weights:
+    return Weights(
+        title=title, kind="url", folder=f"insightface/{pack}", url=INSIGHTFACE_PACK_URL.format(pack=pack), archive=True,
+        files=(Pin(INSIGHTFACE_PACKS[pack]),), settings={"detector": "insightface", "model": f"./insightface/{pack}"},
+        note=note, pack=pack)
+
+
 class FaceTrack(WeightsStage):
     name: ClassVar[str] = "faces"
+    weights: ClassVar[tuple[Weights, ...]] = (
+        _insightface_pack(
+            "antelopev2", "insightface antelopev2 pack: SCRFD-10GF detector with 5 keypoints (the paper's)", note=(
+            "insightface's v0.7 release has answered 404 for antelopev2.zip since early 2024 (deepinsight/"
+            "insightface#2517); if it still does, pass --url faces=<a copy you trust> or --faces-pack buffalo_l "
+            "(det_10g.onnx, same SCRFD family), or place the file by hand")),
+        _insightface_pack("buffalo_l", "insightface buffalo_l pack: SCRFD-10GF detector with 5 keypoints"))
     requires: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("fingerprint", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Info("frame_clock"), Info("shots"), Info("seams"), Info("faces"))
     stats_schema: ClassVar[dict[str, str]] = {

@@ -50,6 +50,7 @@ from .mask_outputs import cutout, jpeg_bytes, mask_stats, masks_json, route_wind
 from .mask_tracking import FrameMasks, best_frame, prompt_frame, track
 from .model_stage import ModelStage
 from .npy import npy_bytes
+from .weights import Pin, Weights
 
 HF_ID = "facebook/sam2.1-hiera-large"
 PACKAGED_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
@@ -100,8 +101,21 @@ class ClipFrames:
     full: dict[int, np.ndarray]  # clip-resolution RGB of the frames asked for
 
 
+_SAM2_SOURCE = ("HF LFS metadata of facebook/sam2.1-hiera-large@665f8e2a as recorded in public download manifests; "
+                "the same sha256 is published for dl.fbaipublicfiles.com/segment_anything_2/092824/"
+                "sam2.1_hiera_large.pt")
+
+
 class CharacterMasks(ModelStage):
     name: ClassVar[str] = "masks"
+    weights: ClassVar[tuple[Weights, ...]] = (Weights(
+        title="SAM 2.1 Hiera-Large (video predictor checkpoint + its config)",
+        kind="hf", folder="sam2.1-hiera-large", repo=HF_ID,
+        revision="665f8e2ad61cf5f53d65644ff27c8ee525124610",
+        files=(Pin("sam2.1_hiera_large.pt", bytes=898_083_611,
+                   sha256="2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", source=_SAM2_SOURCE),
+               Pin("sam2.1_hiera_l.yaml")),
+        settings={"model": "./sam2.1-hiera-large"}),)
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"))
     provides: ClassVar[tuple[Key, ...]] = (Member("masks.rle.json"), Member("route.npy"), *(Member(r) for r in REFS),
                                            Info("masks"))

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr
 
 from . import models
 from .base import Stage
+from .weights import Weights
 
 DEVICE = r"^(cpu|cuda(:[0-9]+)?)$"
 
@@ -29,6 +30,9 @@ DEVICE = r"^(cpu|cuda(:[0-9]+)?)$"
 class WeightsStage(Stage):
     """A stage that runs the weights its config names. Subclasses redeclare ``model`` with their default and
     a description of what the weights are."""
+
+    # the downloads `mtcc models fetch` can place for it (see :mod:`mtcc.stages.weights`)
+    weights: ClassVar[tuple[Weights, ...]] = ()
 
     model: models.OptionalModelSpec = Field(None, description="the stage's weights: a local file or folder, or a "
                                                               "Hugging Face id")

@@ -40,6 +40,7 @@ from .audio_io import flac_bytes
 from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources
 from .crops import CropGeometry, clip_media
 from .model_stage import ModelStage
+from .weights import Pin, Weights
 
 RATE = 16000
 VIDEO_FPS = 25  # the AV model's visual frame rate
@@ -280,6 +281,14 @@ def rms_dbfs(rms: float) -> float:
 
 class SpeechSeparation(ModelStage):
     name: ClassVar[str] = "separate"
+    weights: ClassVar[tuple[Weights, ...]] = (Weights(
+        title="clearvoice AV-MossFormer2 target speaker extraction, 16 kHz",
+        kind="hf", folder="AV_MossFormer2_TSE_16K", repo=HF_ID, revision=None,
+        files=(Pin(BEST_FILE),
+               Pin("last_best_checkpoint.pt", bytes=734_561_014,
+                   source="size reported from the HF API in a public design note; no sha256 published")),
+        settings={"model": "./AV_MossFormer2_TSE_16K"},
+        note="the repo also holds last_best_checkpoint_old.pt (a second ~700 MB copy); it is not fetched"),)
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"))
     provides: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("separate"))
     reads_clip_media: ClassVar[bool] = True

@@ -36,6 +36,7 @@ from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, R
 from .crops import CropGeometry, clip_media
 from .model_stage import ModelStage
 from .sync_math import VSHIFT, binding, cross_matrix
+from .weights import Pin, Weights
 
 RATE = 16000
 FPS = 25
@@ -123,6 +124,13 @@ class _Clip:
 
 class SyncScores(ModelStage):
     name: ClassVar[str] = "sync"
+    weights: ClassVar[tuple[Weights, ...]] = (Weights(
+        title="SyncNet v2 (syncnet_python release weights)",
+        kind="url", folder="syncnet", url="http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",
+        files=(Pin(MODEL_FILE),),
+        settings={"model": f"./syncnet/{MODEL_FILE}"},
+        note="the URL syncnet_python's download_model.sh uses (plain http: the sha256 recorded at first fetch "
+             "is what protects later runs)"),)
     # without the separated tracks it scores the mixture; who is silent comes from asd, else separate
     # (see speaking_flags); the tracks it shifts it does not make
     requires: ClassVar[tuple[Key, ...]] = (

@@ -37,7 +37,7 @@ def tiny_overrides(tmp_path_factory) -> list[str]:
     """Random-initialised models of the real classes (``mtcc models make-tiny``) in the session's own
     folder, included the way the offline profile includes its "@tiny" cache: as the --set that points
     ``models:`` at their models.yaml (only the stages the profile lists get their settings)."""
-    from mtcc.pipeline.models_cli import write_tiny
+    from mtcc.pipeline.models.tiny import write_tiny
 
     return [f"models={write_tiny(tmp_path_factory.mktemp('tiny'), out=lambda s: None)}"]
 

@@ -21,10 +21,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtcc.pipeline import models_cli
 from mtcc.pipeline.cli import main, resolve_config
 from mtcc.pipeline.config import ConfigError, config_from_dump, load_config
-from mtcc.pipeline.models_cli import MODELS_FILE, ModelsError, extract_members, file_digest, load_models_file
+from mtcc.pipeline.models.archive import extract_members
+from mtcc.pipeline.models.download import download_url
+from mtcc.pipeline.models.modelsfile import MODELS_FILE, load_models_file, write_models_file
+from mtcc.pipeline.models.pins import ModelsError, Pin, every_entry, pinned_table
+from mtcc.stages.hashing import file_digest
 from mtcc.stages import STAGES
 
 DEAD = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
@@ -69,7 +72,7 @@ def _sync_only(tiny: Path, dst: Path) -> Path:
     doc = load_models_file(tiny / MODELS_FILE)
     doc["stages"] = {"sync": doc["stages"]["sync"]}
     doc["files"] = {k: v for k, v in doc["files"].items() if k.startswith("sync/")}
-    models_cli.write_models_file(dst, doc, "test copy")
+    write_models_file(dst, doc, "test copy")
     return dst / "sync" / "syncnet_v2_random.model"
 
 
@@ -116,7 +119,7 @@ def test_fetch_offline_fails_fast_and_prints_every_layout(tmp_path):
     assert p.returncode == 3, out
     assert wall < 15, wall
     assert "Nothing was downloaded" in out and "127.0.0.1:9" in out
-    for e in models_cli.PINNED:
+    for e in pinned_table():
         assert f"{e.stage}: {e.title}" in out
         for pin in e.files:
             assert str(target / e.folder / pin.path) in out
@@ -206,11 +209,11 @@ def test_download_never_leaves_a_partial_file(server, tmp_path, monkeypatch):
     (www / "w.bin").write_bytes(b"x" * 5000)
     dest = tmp_path / "d" / "w.bin"
     with pytest.raises(ModelsError, match="pins"):
-        models_cli.download_url(f"{base}/w.bin", dest, models_cli.Pin("w.bin", bytes=4000), out=lambda s: None)
+        download_url(f"{base}/w.bin", dest, Pin("w.bin", bytes=4000), out=lambda s: None)
     with pytest.raises(ModelsError, match="sha256"):
-        models_cli.download_url(f"{base}/w.bin", dest, models_cli.Pin("w.bin", sha256="0" * 64), out=lambda s: None)
+        download_url(f"{base}/w.bin", dest, Pin("w.bin", sha256="0" * 64), out=lambda s: None)
     assert list(dest.parent.iterdir()) == []
-    n, sha = models_cli.download_url(f"{base}/w.bin", dest, None, out=lambda s: None)
+    n, sha = download_url(f"{base}/w.bin", dest, None, out=lambda s: None)
     assert n == 5000 and dest.read_bytes() == b"x" * 5000
 
 
@@ -243,12 +246,12 @@ def test_unzip_refuses_a_member_bigger_than_it_declares(tmp_path):
 
 
 def test_pinned_table_is_well_formed():
-    stages = [e.stage for e in models_cli.PINNED]
+    stages = [e.stage for e in pinned_table()]
     assert len(stages) == len(set(stages)) and set(stages) <= set(STAGES)
     assert {"faces", "separate", "asd", "sync", "masks", "audio_emb", "caption"} == set(stages)
-    folders = [e.folder for e in models_cli.PINNED]
+    folders = [e.folder for e in pinned_table()]
     assert len(folders) == len(set(folders))
-    for e in [*models_cli.PINNED, *models_cli.FACE_PACKS.values()]:
+    for e in every_entry():
         assert ".." not in Path(e.folder).parts and not Path(e.folder).is_absolute()
         assert e.settings["model"].startswith(f"./{e.folder}")
         assert e.revision is None or re.fullmatch(r"[0-9a-f]{40}", e.revision)
@@ -256,6 +259,18 @@ def test_pinned_table_is_well_formed():
         for pin in e.files:
             assert pin.sha256 is None or (re.fullmatch(r"[0-9a-f]{64}", pin.sha256) and pin.source)
             assert pin.bytes is None or pin.source
+
+
+def test_faces_pack_picks_among_the_packs_the_faces_stage_declares(tmp_path, capsys):
+    assert [w.pack for w in STAGES["faces"].weights] == ["antelopev2", "buffalo_l"]  # the default first
+    rc, out = run(["models", "fetch", str(tmp_path), "--dry-run", "--only", "faces", "--faces-pack", "buffalo_l"],
+                  capsys)
+    assert rc == 0, out
+    assert str(tmp_path / "insightface" / "buffalo_l" / "det_10g.onnx") in out and "antelopev2" not in out
+    with pytest.raises(ModelsError, match="choose one of antelopev2, buffalo_l"):
+        pinned_table({"faces": "retinaface"})
+    with pytest.raises(ModelsError, match="no stage offers packs"):
+        pinned_table({"probe": "x"})
 
 
 # -- the models: include ---------------------------------------------------------------------------------
@@ -335,6 +350,9 @@ def test_hub_ids_and_absolute_paths_pass_as_written(tmp_path, monkeypatch):
     ({"synk": {"model": "./s"}}, {}, "stages.synk: unknown stage"),
     ({}, {"thresholds": {}}, "thresholds: unknown key"),
     ({}, {"files": {"../x": {"bytes": 1, "sha256": "a" * 64}}}, "must stay inside"),
+    ({}, {"files": {"x": {"bytes": 1, "sha256": "ABC"}}}, "files.x.sha256: expected 64 lowercase hex digits"),
+    ({}, {"files": {"x": {"bytes": -1, "sha256": "a" * 64}}}, "files.x.bytes: expected a non-negative integer"),
+    ({"sync": None}, {}, "stages.sync: expected a mapping of weight settings"),
 ])
 def test_include_refuses_what_a_models_file_may_not_say(tmp_path, monkeypatch, stages, top, expect):
     monkeypatch.chdir(tmp_path)
