@@ -62,6 +62,6 @@ def write_tiny(root: Path, out: Out = print) -> Path:
 
 def _stage_names() -> list[str]:
     """The stages that have real weights to stand in for."""
-    from mtcc.stages import STAGES
+    from .pins import every_entry
 
-    return [n for n, cls in STAGES.items() if cls.weights]
+    return list(dict.fromkeys(e.stage for e in every_entry()))
