@@ -230,7 +230,7 @@ class ActiveSpeakers(Stage):
     min_speaking_fraction: float = Field(0.1, ge=0, le=1, description="a character speaking on fewer of the clip's "
                                                                       "frames is silent; all silent: no_speaker")
     no_speaker: Literal["reject", "keep"] = Field("reject", description="what to do with clips where nobody speaks")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
 
     def _weights_path(self) -> Path:
         path = models.resolve(self.model, stage=self.name, key="model",

@@ -125,7 +125,7 @@ class PanelLayout(Stage):
     min_separated: float = Field(0.9, gt=0, le=1, description="share of clip frames on which the border keeps the two "
                                                               "characters on opposite sides")
     tolerance: float = Field(0.02, ge=0, description="box overlap across the border allowed, fraction of the frame")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.05, batch_size=32))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.05, candidates_per_call=32))
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
         from .video import FrameClock

@@ -339,7 +339,7 @@ class CharacterMasks(Stage):
                                                                               "in ref{i}.jpg")
     jpeg_quality: int = Field(95, ge=1, le=100)
     batch_frames: int = Field(32, ge=1, description="frames per decode batch")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=2))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=2))
 
 
     @field_validator("config")

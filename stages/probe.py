@@ -129,7 +129,7 @@ class Probe(Stage):
     require_audio: bool = True
     min_audio_rate: int = Field(8000, ge=1, description="Hz; separation runs at 16 kHz")
     hash_content: bool = Field(True, description="sha256 of the whole source, recorded in every sample's meta")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.5, batch_size=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.5, candidates_per_call=4))
 
     @model_validator(mode="after")
     def _ranges(self) -> Probe:

@@ -159,7 +159,7 @@ class SyncScores(Stage):
                               "character speaks, or ignore the silence flags (random-weight separators)")
     shift_audio_to_zero: bool = Field(False, description="shift each separated track of a kept clip by its "
                                                          "offset (LatentSync aligns audio to offset 0)")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
 
 
     def setup(self) -> None:
