@@ -52,7 +52,7 @@ from pydantic import Field
 
 from . import models
 from .audio_io import read_track
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, Stage, StatView, TRACKS
 
 RATE = 16000
 FPS = 25
@@ -204,6 +204,10 @@ class ActiveSpeakers(Stage):
         "logit_mean_0": "float64", "logit_mean_1": "float64",
         "track_face_margin": "float64", "random_weights": "bool",
     }
+    report_views: ClassVar[tuple[StatView, ...]] = (
+        StatView(("speaking_0", "speaking_1"), "speaking 0/1"), StatView(("both_speaking",), "both speaking"),
+        StatView(("turns",), "turns"),
+    )
 
     model: models.OptionalModelSpec = Field(None, description=f"Light-ASD state-dict file ({MODEL_FILE}) or a folder "
                                                               f"holding it")

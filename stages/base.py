@@ -122,6 +122,24 @@ class Resources(BaseModel):
 
 
 @dataclass(frozen=True)
+class StatView:
+    """How the dataset report shows one of a stage's stats, or one per character (pooled in the histogram,
+    "a / b" on a gallery card). ``plot``: the histogram's file stem, None for a card-only stat; ``thresholds``:
+    (label, config field, sign) drawn as dashed lines, the field this stage's own or ``"<stage>.<field>"``
+    when another stage's setting decides on the stat; ``level``: the candidates the stat is recorded on."""
+
+    stats: tuple[str, ...]
+    label: str
+    plot: str | None = None
+    title: str = ""
+    unit: str = ""
+    integer: bool = False
+    level: Level = "clip"
+    thresholds: tuple[tuple[str, str, int], ...] = ()
+    card: bool = True
+
+
+@dataclass(frozen=True)
 class PendingMember:
     """Placeholder a stage worker leaves for a member it returns apart from the candidate (see
     ``mtcc.pipeline.executor``): ``slot`` is the candidate's position in the batch it came in with."""
@@ -234,6 +252,8 @@ class Stage(BaseModel):
     # when a config is loaded
     requires: ClassVar[tuple[Key, ...]] = ()
     provides: ClassVar[tuple[Key, ...]] = ()
+    # what the dataset report shows of the stats (histograms, gallery card scores), in this order
+    report_views: ClassVar[tuple[StatView, ...]] = ()
     # settings renamed since an earlier release (old key -> new field), refused naming the new one
     renamed: ClassVar[dict[str, str]] = {}
 

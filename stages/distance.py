@@ -13,13 +13,20 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Candidate, Info, Key, Rejection, Resources, Stage
+from .base import Candidate, Info, Key, Rejection, Resources, Stage, StatView
 
 
 class FaceDistance(Stage):
     name: ClassVar[str] = "distance"
     requires: ClassVar[tuple[Key, ...]] = (Info("clip_faces"),)
     stats_schema: ClassVar[dict[str, str]] = {"ratio": "float64", "size_ratio": "float64", "face_px": "float64"}
+    report_views: ClassVar[tuple[StatView, ...]] = (
+        StatView(("face_px",), "face px", plot="face_size", title="Face size (mean box width, source px)",
+                 unit="pixels", thresholds=(("min_face_px", "segment.min_face_px", 1),)),
+        StatView(("ratio",), "distance ratio", plot="distance_ratio",
+                 title="Distance ratio (face size / centre distance)", unit="ratio",
+                 thresholds=(("min_ratio", "min_ratio", 1),)),
+    )
 
     size: Literal["width", "sqrt_area"] = Field(
         "width", description="face size: mean of the two box widths, or of sqrt(box area)")

@@ -46,7 +46,7 @@ from pydantic import Field, field_validator
 
 from . import models, sam2_model
 from . import rle as rle_codec
-from .base import CLIP_MEDIA, REFS, Candidate, Info, Key, Member, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, REFS, Rejection, Resources, Stage, StatView
 from .crops import clip_media
 from .geometry import LatentGeometry, letterbox_mask, route_index_mask
 from .npy import npy_bytes
@@ -315,6 +315,11 @@ class CharacterMasks(Stage):
         "stability_0": "float64", "stability_1": "float64", "overlap": "float64",
         "face_cover_0": "float64", "face_cover_1": "float64", "reprompts": "int64", "random_weights": "bool",
     }
+    report_views: ClassVar[tuple[StatView, ...]] = (
+        StatView(("area_0", "area_1"), "mask area 0/1", plot="mask_area", title="Mask area (both characters)",
+                 unit="fraction of the frame", thresholds=(("min_area", "min_area", 1),)),
+        StatView(("overlap",), "mask overlap"),
+    )
 
     model: models.ModelSpec = Field(HF_ID, description="SAM2 checkpoint: a directory with one .pt ({'model': state_dict}) and "
                                           "optionally its YAML config, a .pt file, or a Hugging Face id")

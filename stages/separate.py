@@ -37,7 +37,7 @@ from pydantic import Field
 
 from . import models
 from .audio_io import flac_bytes
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, Stage, StatView, TRACKS
 from .crops import CropGeometry, clip_media
 
 RATE = 16000
@@ -288,6 +288,7 @@ class SpeechSeparation(Stage):
         "silent_0": "bool", "silent_1": "bool",
         "residual_ratio": "float64", "n_windows": "int64", "random_weights": "bool",
     }
+    report_views: ClassVar[tuple[StatView, ...]] = (StatView(("speech_s_0", "speech_s_1"), "speech s 0/1"),)
 
     model: models.ModelSpec = Field(HF_ID, description="clearvoice checkpoint directory (last_best_checkpoint + the .pt it "
                                           "names, {'model': state_dict}) or the Hugging Face id")
