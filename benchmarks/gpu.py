@@ -9,14 +9,14 @@ media per second, peak GPU memory, and GPU utilisation sampled from NVML during 
 stops at the first out-of-memory.
 
 What "batch" means is each stage's own GPU batching knob (what a profile sets):
-  * separate: windows (clips x characters x 3 s windows) per forward (``stages.separate.batch_size``);
+  * separate: windows (clips x characters x 3 s windows) per forward (``stages.separate.forward_batch``);
   * asd: windows of the visual encoder (characters x ``encode_frames`` frames) per forward
     (``stages.asd.batch_windows``); its audio encoder and sequence model run per clip;
   * sync: 5-frame windows per forward, video and audio alike (``stages.sync.batch_windows``);
   * masks: clips per call, run one after another: SAM2's video predictor tracks one clip (both
     characters in one inference state) at a time, so there is no batch dimension to sweep;
-  * audio_emb: tracks (2 per clip) per forward (``stages.audio_emb.batch_size``);
-  * caption: clips per ``generate`` call (``stages.caption.batch_size``), ``--new-tokens`` new tokens
+  * audio_emb: tracks (2 per clip) per forward (``stages.audio_emb.forward_batch``);
+  * caption: clips per ``generate`` call (``stages.caption.forward_batch``), ``--new-tokens`` new tokens
     forced per clip (min = max new tokens), greedy, the checkpoint's repetition penalty.
 Each measurement processes enough clips to fill the batch at least twice (the last forward of a call may
 be partial, as it is in the stage).
@@ -93,16 +93,16 @@ SWEEPS_FULL: dict[str, list[int]] = {
 }
 SWEEPS_TINY: dict[str, list[int]] = {s: [1, 2] for s in MODEL_STAGES}
 BATCH_UNITS = {
-    "separate": "windows per forward (stages.separate.batch_size)",
+    "separate": "windows per forward (stages.separate.forward_batch)",
     "asd": "visual-encoder windows per forward (stages.asd.batch_windows)",
     "sync": "5-frame windows per forward (stages.sync.batch_windows)",
     "masks": "clips per call, tracked one after another (no batch dimension in SAM2's video predictor)",
-    "audio_emb": "tracks per forward, 2 per clip (stages.audio_emb.batch_size)",
-    "caption": "clips per generate call (stages.caption.batch_size)",
+    "audio_emb": "tracks per forward, 2 per clip (stages.audio_emb.forward_batch)",
+    "caption": "clips per generate call (stages.caption.forward_batch)",
 }
 # a profile's stage settings that say where weights are, where to run or how to batch: the benchmark sets
 # those itself; everything else (windows, crop scales, frame sampling, dtypes) is taken as the profile has it
-NOT_FROM_PROFILE = {"model", "config", "device", "allow_random_weights", "resources", "batch_size", "batch_windows",
+NOT_FROM_PROFILE = {"model", "config", "device", "allow_random_weights", "resources", "forward_batch", "batch_windows",
                     "max_new_tokens", "backend", "vllm_args", "enabled", "max_reprompts"}
 
 FPS = 25
@@ -485,10 +485,10 @@ def bench_separate(device: Any, tiny: bool, clip: ClipShape, settings: dict[str,
     lips = rng.standard_normal((chars, clip.frames, sep.LIP_SIZE, sep.LIP_SIZE)).astype(np.float32)
 
     def run(batch: int) -> Work:
-        stage.batch_size = batch
+        stage.forward_batch = batch
         n = max(1, math.ceil(2 * batch / per_clip))
         _, calls = sep.separate_tracks(stage._forward, [mix] * n, [lips] * n, [float(FPS)] * n,
-                                       window=window, hop=hop, batch_size=batch)
+                                       window=window, hop=hop, forward_batch=batch)
         return Work(n, n * clip.seconds, calls, {"items": n * per_clip})
 
     info = {"model": "clearvoice AV_MossFormer2_TSE_16K (av_mossformer2)" + (" reduced" if tiny else ""),
@@ -629,7 +629,7 @@ def bench_audio_emb(device: Any, tiny: bool, clip: ClipShape, settings: dict[str
     track = _speechlike(rng, clip.samples)
 
     def run(batch: int) -> Work:
-        stage.batch_size = batch
+        stage.forward_batch = batch
         n = batch  # 2 tracks per clip: two forwards' worth
         tracks = [track] * (2 * n)
         stage.embed_tracks(tracks, [n_frames] * len(tracks))

@@ -75,8 +75,8 @@ def _media_s(c: Any) -> float:
 
 
 def _batch_fields(stage: Any) -> dict[str, int]:
-    """The model-side batch sizes a stage declares (``batch_size``, ``batch_frames``, ``batch_windows``)."""
-    out = {"candidates_per_call": stage.resources.batch_size}
+    """The model-side batch sizes a stage declares (``forward_batch``, ``batch_frames``, ``batch_windows``)."""
+    out = {"candidates_per_call": stage.resources.candidates_per_call}
     for name in type(stage).model_fields:
         if name.startswith("batch") and isinstance(getattr(stage, name), int):
             out[name] = getattr(stage, name)
@@ -130,7 +130,7 @@ def run_stages_inprocess(cfg: Any, inputs: list[str], audit: DecodeAudit,
             rest = [c for c in cands if not c.pending]
             r = runs[s.name]
             audit.stage = s.name
-            bs = s.resources.batch_size
+            bs = s.resources.candidates_per_call
             _peak_rss_reset()
             out: list[Any] = []
             t0 = time.monotonic()

@@ -84,7 +84,7 @@ def main() -> int:
     sync()
     t0 = time.perf_counter()
     _, calls = sep.separate_tracks(forward, [mix], [lips], [float(sep.VIDEO_FPS)], window=window, hop=hop,
-                                   batch_size=args.batch_size)
+                                   forward_batch=args.batch_size)
     sync()
     wall = time.perf_counter() - t0
     windows = len(sep.plan_windows(n, window, hop))

@@ -123,6 +123,9 @@ def validation_problems(err: ValidationError, model: type[BaseModel], prefix: st
         where = ".".join([prefix, *map(str, loc)]) if prefix else ".".join(map(str, loc))
         if e["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key; allowed: {', '.join(_allowed(model, loc))}")
+        elif isinstance(e.get("input"), dict):
+            # a whole section refused (a renamed key): echoing the section back would bury the message
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
     return lines

@@ -95,7 +95,7 @@ class Flow:
     def _submit_ready(self) -> None:
         now = time.monotonic()
         for i, stage in enumerate(self.stages):
-            q, bs = self.queues[i], stage.resources.batch_size
+            q, bs = self.queues[i], stage.resources.candidates_per_call
             while q and self.executor.free_slots(i) > 0:
                 room = self.max_clips_in_flight - len(self._media_held) if stage.makes_clip_media else bs
                 if room <= 0:
@@ -162,7 +162,7 @@ class Flow:
             elif isinstance(err, WorkerLost):
                 msg = (f"stage '{stage.name}' lost its worker on {c.source} ({c.key}) after {ticket.attempt + 1} "
                        f"attempts: {err}; if this input exhausts memory, lower stages.{stage.name}.resources."
-                       f"batch_size or give the stage more memory")
+                       f"candidates_per_call or give the stage more memory")
             else:
                 msg = f"stage '{stage.name}' failed on {c.source} ({c.key}): {str(err).strip().splitlines()[-1]}"
             c.stage = stage.name

@@ -52,7 +52,7 @@ from pydantic import Field
 
 from . import models
 from .audio_io import read_track
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources
+from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, StatView
 from .model_stage import ModelStage
 from .weights import Pin, Weights
 
@@ -214,6 +214,10 @@ class ActiveSpeakers(ModelStage):
         "logit_mean_0": "float64", "logit_mean_1": "float64",
         "track_face_margin": "float64", "random_weights": "bool",
     }
+    report_views: ClassVar[tuple[StatView, ...]] = (
+        StatView(("speaking_0", "speaking_1"), "speaking 0/1"), StatView(("both_speaking",), "both speaking"),
+        StatView(("turns",), "turns"),
+    )
 
     model: models.OptionalModelSpec = Field(None, description=f"Light-ASD state-dict file ({MODEL_FILE}) or a folder "
                                                               f"holding it")
@@ -238,7 +242,7 @@ class ActiveSpeakers(ModelStage):
     min_speaking_fraction: float = Field(0.1, ge=0, le=1, description="a character speaking on fewer of the clip's "
                                                                       "frames is silent; all silent: no_speaker")
     no_speaker: Literal["reject", "keep"] = Field("reject", description="what to do with clips where nobody speaks")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
 
     def _weights_path(self) -> Path:
         path = models.resolve(self.model, stage=self.name, key="model",

@@ -258,10 +258,11 @@ class AudioEmbeddings(ModelStage):
     fps: float = Field(25.0, gt=0, description="embedding rows per second: the clip's frame rate")
     align_corners: bool = Field(True, description="linear resampling of the CNN rows with aligned end points "
                                                   "(the Hallo family's choice, which Bind-Your-Avatar reads)")
-    batch_size: int = Field(8, ge=1, description="tracks of equal length per model forward")
+    renamed: ClassVar[dict[str, str]] = {"batch_size": "forward_batch"}
+    forward_batch: int = Field(8, ge=1, description="tracks of equal length per model forward")
     max_mismatch_frames: float = Field(2.0, ge=0, description="a track whose length differs from the clip's by "
                                                               "more frames than this is rejected")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
 
 
     @field_validator("dtype")
@@ -338,8 +339,8 @@ class AudioEmbeddings(ModelStage):
         rows = [0] * len(tracks)
         dtype = getattr(torch, self.dtype)
         for (_, n), idx in sorted(groups.items()):
-            for b0 in range(0, len(idx), self.batch_size):
-                chunk = idx[b0: b0 + self.batch_size]
+            for b0 in range(0, len(idx), self.forward_batch):
+                chunk = idx[b0: b0 + self.forward_batch]
                 x = torch.from_numpy(self._normalise([tracks[i] for i in chunk])).to(self.device, dtype)
                 with torch.inference_mode():
                     e, cnn = embed(self._net, x, n, align_corners=self.align_corners)

@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from .workspace import NodeWorkspace
 
@@ -91,17 +91,53 @@ REFS = ("ref0.jpg", "ref1.jpg")
 FROM_INPUT: tuple[Key, ...] = (Info("fingerprint"),)
 
 
+def refuse_renamed(model: type[BaseModel], data: Any) -> Any:
+    """Refuse a key of ``model.renamed`` (old name -> new name) naming the new one and what it counts: a
+    config written for an earlier release must not run with a setting silently dropped or misread."""
+    renamed: dict[str, str] = getattr(model, "renamed", {})
+    old = [k for k in renamed if isinstance(data, dict) and k in data]
+    if old:
+        raise ValueError("; ".join(
+            f"'{k}' was renamed to '{renamed[k]}' ({model.model_fields[renamed[k]].description})" for k in old))
+    return data
+
+
 class Resources(BaseModel):
     """What one actor of a stage asks the scheduler for."""
 
     model_config = ConfigDict(extra="forbid")
+    # ``batch_size`` counted candidates here and model inputs in a stage's own settings
+    renamed: ClassVar[dict[str, str]] = {"batch_size": "candidates_per_call"}
 
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
-    batch_size: int = Field(1, ge=1, description="candidates per process() call")
+    candidates_per_call: int = Field(1, ge=1, description="candidates per process() call")
     concurrency: int = Field(1, ge=1, description="actors in this stage's pool")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads of the stage's model; default: "
                                                         "Ray's share (num_cpus rounded, at least 1)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return refuse_renamed(cls, data)
+
+
+@dataclass(frozen=True)
+class StatView:
+    """How the dataset report shows one of a stage's stats, or one per character (pooled in the histogram,
+    "a / b" on a gallery card). ``plot``: the histogram's file stem, None for a card-only stat; ``thresholds``:
+    (label, config field, sign) drawn as dashed lines, the field this stage's own or ``"<stage>.<field>"``
+    when another stage's setting decides on the stat; ``level``: the candidates the stat is recorded on."""
+
+    stats: tuple[str, ...]
+    label: str
+    plot: str | None = None
+    title: str = ""
+    unit: str = ""
+    integer: bool = False
+    level: Level = "clip"
+    thresholds: tuple[tuple[str, str, int], ...] = ()
+    card: bool = True
 
 
 @dataclass(frozen=True)
@@ -217,12 +253,21 @@ class Stage(BaseModel):
     # when a config is loaded
     requires: ClassVar[tuple[Key, ...]] = ()
     provides: ClassVar[tuple[Key, ...]] = ()
+    # what the dataset report shows of the stats (histograms, gallery card scores), in this order
+    report_views: ClassVar[tuple[StatView, ...]] = ()
+    # settings renamed since an earlier release (old key -> new field), refused naming the new one
+    renamed: ClassVar[dict[str, str]] = {}
 
     enabled: bool = True
     resources: Resources = Field(default_factory=Resources)
 
     _workspace: NodeWorkspace | None = PrivateAttr(None)
     _loaded: bool = PrivateAttr(False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return refuse_renamed(cls, data)
 
     def attach(self, workspace: NodeWorkspace) -> None:
         """Share the node's workspace (fetched sources, clip media) with this stage; builds do this for
@@ -346,8 +391,8 @@ def is_out_of_memory(err: BaseException | None) -> bool:
 
 def out_of_memory_message(stage: str, source: str, key: str, detail: str) -> str:
     return (f"out of memory: stage '{stage}' on {source} ({key}): {detail}; this input alone exhausts the "
-            f"memory of the stage's worker: lower stages.{stage}.resources.batch_size (or the stage's own batch "
-            f"settings), or give the stage more memory / a larger GPU share")
+            f"memory of the stage's worker: lower stages.{stage}.resources.candidates_per_call (or the stage's "
+            f"own forward_batch or batch settings), or give the stage more memory / a larger GPU share")
 
 
 def free_accelerator_memory() -> None:

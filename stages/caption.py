@@ -12,7 +12,7 @@ processor would pad. Every needed frame is decoded once, at about the size the p
 larger than the source. The processor gets these frames as they are (its own frame sampling is off).
 
 Prompt: the checkpoint's chat template with one user turn holding the video and ``prompt``, then the
-assistant header. Clips are captioned ``batch_size`` at a time in one ``generate`` call, prompts
+assistant header. Clips are captioned ``forward_batch`` at a time in one ``generate`` call, prompts
 left-padded, greedy decoding; only the new tokens are decoded, up to the first end-of-turn token.
 
 Member ``caption.txt`` (UTF-8, stripped). Stats: frames fed, visual tokens, prompt and new token counts,
@@ -148,10 +148,11 @@ class ClipCaption(ModelStage):
                                                                    "(qwen-vl-utils' video default)")
     prompt: str = Field(PROMPT, min_length=1)
     max_new_tokens: int = Field(512, ge=1)
-    batch_size: int = Field(4, ge=1, description="clips per generate call")
+    renamed: ClassVar[dict[str, str]] = {"batch_size": "forward_batch"}
+    forward_batch: int = Field(4, ge=1, description="clips per generate call")
     vllm_args: dict[str, Any] = Field(default_factory=dict, description="extra vllm.LLM engine arguments "
                                       "(e.g. max_model_len, gpu_memory_utilization, tensor_parallel_size)")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
 
 
     @model_validator(mode="after")
@@ -295,8 +296,8 @@ class ClipCaption(ModelStage):
         order = sorted(range(len(batch)), key=lambda i: (sampled[i][1].shape[0] * sampled[i][1].shape[1]
                                                          * sampled[i][1].shape[2], i))
         results: dict[int, dict[str, Any]] = {}
-        for b0 in range(0, len(order), self.batch_size):
-            chunk = order[b0: b0 + self.batch_size]
+        for b0 in range(0, len(order), self.forward_batch):
+            chunk = order[b0: b0 + self.forward_batch]
             results.update(zip(chunk, self._generate([sampled[i][1] for i in chunk])))
         for i, cand in enumerate(batch):
             times, frames = sampled[i]

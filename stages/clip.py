@@ -37,7 +37,7 @@ class WholeVideoClip(Stage):
     expands: ClassVar[bool] = True
 
     max_seconds: float = Field(20.0, gt=0, description="clips longer than this are cut at this length")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, batch_size=16))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, candidates_per_call=16))
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:
         out: list[Candidate] = []

@@ -79,7 +79,7 @@ class ClipCut(Stage):
                                                            "1 fps frame samples land on key frames")
     ref_margin: float = Field(1.6, ge=1.0, description="reference crop side / face box side")
     timeout_s: float = Field(600.0, gt=0, description="one clip's ffmpeg run")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=1))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=1))
 
     def _args(self, src: str, start: float, dur: float, n: int, has_audio: bool, pipe: bool,
               mp4: Path, flac: Path) -> list[str]:

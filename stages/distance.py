@@ -13,18 +13,25 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Candidate, Info, Key, Rejection, Resources, Stage
+from .base import Candidate, Info, Key, Rejection, Resources, Stage, StatView
 
 
 class FaceDistance(Stage):
     name: ClassVar[str] = "distance"
     requires: ClassVar[tuple[Key, ...]] = (Info("clip_faces"),)
     stats_schema: ClassVar[dict[str, str]] = {"ratio": "float64", "size_ratio": "float64", "face_px": "float64"}
+    report_views: ClassVar[tuple[StatView, ...]] = (
+        StatView(("face_px",), "face px", plot="face_size", title="Face size (mean box width, source px)",
+                 unit="pixels", thresholds=(("min_face_px", "segment.min_face_px", 1),)),
+        StatView(("ratio",), "distance ratio", plot="distance_ratio",
+                 title="Distance ratio (face size / centre distance)", unit="ratio",
+                 thresholds=(("min_ratio", "min_ratio", 1),)),
+    )
 
     size: Literal["width", "sqrt_area"] = Field(
         "width", description="face size: mean of the two box widths, or of sqrt(box area)")
     min_ratio: float = Field(0.15, ge=0, description="face size / distance between face centres, clip mean")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, batch_size=32))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, candidates_per_call=32))
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
         chars = cand.info["clip_faces"]["characters"]

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Candidate, Info, Key, Rejection, Resources, Stage
+from .base import Candidate, Info, Key, Rejection, Resources, Stage, StatView
 
 EDGE_LEVEL = 16.0  # grey levels (0..255) across a column/row that count as an edge
 PEAK_FLOOR = 0.3  # mean coverage below this is not kept as a seam candidate
@@ -119,13 +119,14 @@ class PanelLayout(Stage):
         "seam_strength": "float64", "seam_axis": "string", "seam_position": "float64", "separated": "float64",
         "split_screen": "bool",
     }
+    report_views: ClassVar[tuple[StatView, ...]] = (StatView(("split_screen",), "split screen"),)
 
     split_screen: Literal["reject", "keep"] = Field("reject", description="what to do with panel composites")
     min_strength: float = Field(0.85, gt=0, le=1, description="mean edge coverage of a border across the frame")
     min_separated: float = Field(0.9, gt=0, le=1, description="share of clip frames on which the border keeps the two "
                                                               "characters on opposite sides")
     tolerance: float = Field(0.02, ge=0, description="box overlap across the border allowed, fraction of the frame")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.05, batch_size=32))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.05, candidates_per_call=32))
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
         from .video import FrameClock

@@ -43,7 +43,7 @@ from pydantic import Field, field_validator
 
 from . import models, sam2_model
 from . import rle as rle_codec
-from .base import CLIP_MEDIA, REFS, Candidate, Info, Key, Member, Rejection, Resources
+from .base import CLIP_MEDIA, REFS, Candidate, Info, Key, Member, Rejection, Resources, StatView
 from .crops import clip_media
 from .geometry import LatentGeometry
 from .mask_outputs import cutout, jpeg_bytes, mask_stats, masks_json, route_windows
@@ -125,6 +125,11 @@ class CharacterMasks(ModelStage):
         "stability_0": "float64", "stability_1": "float64", "overlap": "float64",
         "face_cover_0": "float64", "face_cover_1": "float64", "reprompts": "int64", "random_weights": "bool",
     }
+    report_views: ClassVar[tuple[StatView, ...]] = (
+        StatView(("area_0", "area_1"), "mask area 0/1", plot="mask_area", title="Mask area (both characters)",
+                 unit="fraction of the frame", thresholds=(("min_area", "min_area", 1),)),
+        StatView(("overlap",), "mask overlap"),
+    )
 
     model: models.ModelSpec = Field(HF_ID, description="SAM2 checkpoint: a directory with one .pt ({'model': state_dict}) and "
                                           "optionally its YAML config, a .pt file, or a Hugging Face id")
@@ -147,7 +152,7 @@ class CharacterMasks(ModelStage):
                                                                               "in ref{i}.jpg")
     jpeg_quality: int = Field(95, ge=1, le=100)
     batch_frames: int = Field(32, ge=1, description="frames per decode batch")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=2))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=2))
 
 
     @field_validator("config")

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from .base import Candidate, Info, Key, Rejection, Resources, Stage
+from .base import Candidate, Info, Key, Rejection, Resources, Stage, StatView
 from .hashing import sha256_file
 from .media import MediaError, ffprobe, is_remote_source, local_source, parse_rate
 from .workspace import WorkspaceError
@@ -119,6 +119,11 @@ class Probe(Stage):
         "audio_channels": "int64",
         "size_bytes": "int64",
     }
+    report_views: ClassVar[tuple[StatView, ...]] = (
+        StatView(("duration",), "duration", plot="duration_video", title="Input video duration", unit="seconds",
+                 level="video", card=False,
+                 thresholds=(("min_duration", "min_duration", 1), ("max_duration", "max_duration", 1))),
+    )
 
     min_duration: float = Field(2.0, ge=0, description="seconds; 49 frames at 25 fps need 1.96 s")
     max_duration: float = Field(6 * 3600.0, gt=0)
@@ -129,7 +134,7 @@ class Probe(Stage):
     require_audio: bool = True
     min_audio_rate: int = Field(8000, ge=1, description="Hz; separation runs at 16 kHz")
     hash_content: bool = Field(True, description="sha256 of the whole source, recorded in every sample's meta")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.5, batch_size=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.5, candidates_per_call=4))
 
     @model_validator(mode="after")
     def _ranges(self) -> Probe:

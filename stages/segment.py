@@ -74,7 +74,7 @@ class TwoFaceSegments(Stage):
     min_frames: int = Field(49, ge=1, description="at out_fps; Bind-Your-Avatar trains on 49-frame clips")
     max_seconds: float = Field(10.0, gt=0)
     edge_trim_frames: int = Field(0, ge=0, description="source frames dropped at each end of a run")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.25, batch_size=8))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.25, candidates_per_call=8))
 
     def _clip_faces(self, tracks: list[dict[str, Any]], clock: FrameClock, t0: float, start: float,
                     end: float) -> dict[str, Any]:

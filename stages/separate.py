@@ -17,7 +17,7 @@ Inputs, as the model was trained (clearvoice's video path, reproduced on our own
 Long clips run in windows of ``window_seconds`` (3 s, the decode window clearvoice uses) that overlap by
 ``overlap``; the last window ends at the clip's end; window outputs are cross-faded (weighted overlap-add,
 linear ramps over each overlap, normalised by the summed weights). Every (clip, character, window) of a
-batch with the same shape goes through one forward, ``batch_size`` at a time.
+batch with the same shape goes through one forward, ``forward_batch`` at a time.
 
 Members: ``spk{i}.flac`` (16 kHz mono PCM16 FLAC, exactly the clip's length). Stats per character i: RMS,
 Silero-VAD speech seconds, a "silent" flag; the residual energy of ``mix - sum(spk)`` relative to the mix.
@@ -37,7 +37,7 @@ from pydantic import Field
 
 from . import models
 from .audio_io import flac_bytes
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources
+from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, StatView
 from .crops import CropGeometry, clip_media
 from .model_stage import ModelStage
 from .weights import Pin, Weights
@@ -206,7 +206,7 @@ Forward = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def separate_tracks(forward: Forward, mixes: list[np.ndarray], lips: list[np.ndarray], fps: list[float], *,
-                    window: int, hop: int, batch_size: int) -> tuple[list[np.ndarray], int]:
+                    window: int, hop: int, forward_batch: int) -> tuple[list[np.ndarray], int]:
     """Target-speaker extraction for several clips at once.
 
     ``mixes[i]``: clip i's mixture (16 kHz float); ``lips[i]``: ``[C, T, 112, 112]`` normalised lip frames
@@ -247,8 +247,8 @@ def separate_tracks(forward: Forward, mixes: list[np.ndarray], lips: list[np.nda
     calls = 0
     for key in sorted(groups):
         todo = groups[key]
-        for b0 in range(0, len(todo), batch_size):
-            chunk = todo[b0: b0 + batch_size]
+        for b0 in range(0, len(todo), forward_batch):
+            chunk = todo[b0: b0 + forward_batch]
             audio = np.stack([mixes[i][s: s + ln] / (peaks[i] or 1.0) for i, _, s, ln in chunk]).astype(np.float32)
             visual = np.stack([visual_slice(i, k, s, ln) for i, k, s, ln in chunk]).astype(np.float32)
             est = np.asarray(forward(audio, visual), np.float64)
@@ -298,20 +298,22 @@ class SpeechSeparation(ModelStage):
         "silent_0": "bool", "silent_1": "bool",
         "residual_ratio": "float64", "n_windows": "int64", "random_weights": "bool",
     }
+    report_views: ClassVar[tuple[StatView, ...]] = (StatView(("speech_s_0", "speech_s_1"), "speech s 0/1"),)
 
     model: models.ModelSpec = Field(HF_ID, description="clearvoice checkpoint directory (last_best_checkpoint + the .pt it "
                                           "names, {'model': state_dict}) or the Hugging Face id")
     window_seconds: float = Field(3.0, gt=0, description="decode window (the model's 3 s)")
     overlap: float = Field(0.4, ge=0, lt=1, description="fraction of a window shared with the next "
                                                         "(clearvoice decodes with a 0.6-window stride)")
-    batch_size: int = Field(4, ge=1, description="windows (characters x windows x clips) per model forward")
+    renamed: ClassVar[dict[str, str]] = {"batch_size": "forward_batch"}
+    forward_batch: int = Field(4, ge=1, description="windows (characters x windows x clips) per model forward")
     crop_scale: float = Field(0.4, ge=0, description="clearvoice's cropScale: crop side = (1 + s) x face box "
                                                      "side, centred s/2 x side below the box centre")
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero VAD speech probability on each track")
     min_speech_seconds: float = Field(0.3, ge=0, description="less VAD speech than this: the character is silent")
     silence_dbfs: float = Field(-50.0, description="a track quieter than this (RMS, dBFS) is silent")
     reject_silent: bool = Field(False, description="reject clips where a character is silent")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=2))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=2))
 
 
     def load(self) -> None:
@@ -341,7 +343,7 @@ class SpeechSeparation(ModelStage):
         window = max(1, int(round(self.window_seconds * RATE)))
         hop = max(1, int(round(window * (1.0 - self.overlap))))
         tracks, _ = separate_tracks(self._forward, [m for m, _, _ in inputs], [lp for _, lp, _ in inputs],
-                                    [f for _, _, f in inputs], window=window, hop=hop, batch_size=self.batch_size)
+                                    [f for _, _, f in inputs], window=window, hop=hop, forward_batch=self.forward_batch)
         for cand, (mix, _, _), spk in zip(batch, inputs, tracks):
             vads = speech_segments(spk, RATE, threshold=self.vad_threshold) if spk.shape[1] else []
             stats: dict[str, Any] = {}

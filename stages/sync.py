@@ -32,7 +32,7 @@ from pydantic import Field
 
 from . import models
 from .audio_io import flac_bytes, read_track
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stat
+from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stat, StatView
 from .crops import CropGeometry, clip_media
 from .model_stage import ModelStage
 from .sync_math import VSHIFT, binding, cross_matrix
@@ -151,6 +151,15 @@ class SyncScores(ModelStage):
         "silent_0": "bool", "silent_1": "bool", "n_speaking": "int64",
         "windows": "int64", "audio_source": "string", "random_weights": "bool", "silent_source": "string",
     }
+    report_views: ClassVar[tuple[StatView, ...]] = (
+        StatView(("sync_c_0", "sync_c_1"), "Sync-C 0/1", plot="sync_c", title="Sync-C (both characters)",
+                 unit="confidence", thresholds=(("min_sync_c (mean)", "min_sync_c", 1),)),
+        StatView(("sync_d_0", "sync_d_1"), "Sync-D 0/1", plot="sync_d", title="Sync-D (both characters)",
+                 unit="distance"),
+        StatView(("offset_0", "offset_1"), "offset 0/1", plot="offset", title="AV offset (both characters)",
+                 unit="frames at 25 fps", integer=True,
+                 thresholds=(("-max_abs_offset", "max_abs_offset", -1), ("+max_abs_offset", "max_abs_offset", 1))),
+    )
 
     model: models.OptionalModelSpec = Field(None, description=f"SyncNet v2 state-dict file ({MODEL_FILE} from syncnet_python)")
     batch_windows: int = Field(32, ge=1, description="5-frame windows (clips x characters x windows) per forward")
@@ -166,7 +175,7 @@ class SyncScores(ModelStage):
                               "character speaks, or ignore the silence flags (random-weight separators)")
     shift_audio_to_zero: bool = Field(False, description="shift each separated track of a kept clip by its "
                                                          "offset (LatentSync aligns audio to offset 0)")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, batch_size=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
 
 
     def load(self) -> None:

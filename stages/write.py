@@ -23,7 +23,7 @@ class ClipWriter(Stage):
     reads_clip_media: ClassVar[bool] = True  # packs the members the cut made
     stats_schema: ClassVar[dict[str, str]] = {"frames": "int64", "mp4_bytes": "int64", "flac_bytes": "int64"}
 
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, batch_size=8))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, candidates_per_call=8))
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
         if "mp4" not in cand.members:

@@ -224,7 +224,7 @@ def test_batching_gives_the_same_arrays_as_one_clip_at_a_time(stage, clips, batc
     out = stage.run_batch(fresh(clips[:2]) + [short])
     assert [c.status for c in out] == ["pending"] * 3
     assert sorted(calls) == [((2, 33920), 53), ((4, 42667), 67)]
-    monkeypatch.setattr(stage, "batch_size", 1)
+    monkeypatch.setattr(stage, "forward_batch", 1)
     calls.clear()
     single = [stage.run_batch(fresh([c]))[0] for c in clips[:2]] + [stage.run_batch([synthetic(2.12, key="short")])[0]]
     assert len(calls) == 6

@@ -64,7 +64,7 @@ def fresh(cands: list[Candidate]) -> list[Candidate]:
 
 @pytest.fixture(scope="module")
 def stage(tiny) -> ClipCaption:
-    s = ClipCaption(**tiny, max_new_tokens=NEW, batch_size=4)
+    s = ClipCaption(**tiny, max_new_tokens=NEW, forward_batch=4)
     s.setup()
     return s
 
@@ -212,8 +212,8 @@ def test_batched_generation_matches_one_clip_at_a_time(tiny, varied):
     """Float32 on CPU, greedy: padding changes only which (masked) positions exist, so the batched
     captions are expected to equal the single ones exactly (measured: they do for this fixture). The
     captions of the four clips differ from each other, so a caption landing on the wrong clip would show."""
-    single = ClipCaption(**tiny, max_new_tokens=NEW, batch_size=1)
-    batched = ClipCaption(**tiny, max_new_tokens=NEW, batch_size=4)
+    single = ClipCaption(**tiny, max_new_tokens=NEW, forward_batch=1)
+    batched = ClipCaption(**tiny, max_new_tokens=NEW, forward_batch=4)
     one = single.run_batch(fresh(varied))
     many = batched.run_batch(fresh(varied))
     assert captions(many) == captions(one)

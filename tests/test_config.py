@@ -43,6 +43,23 @@ def test_unknown_nested_key_lists_nested_fields():
     assert "num_gpus" in str(e.value)
 
 
+def test_old_batch_size_is_refused_naming_what_replaced_it():
+    # batch_size meant candidates per call in `resources` and items per model forward in a stage's own
+    # settings: a config still using it is refused at load, naming the new key of that place
+    with pytest.raises(ConfigError) as e:
+        offline("stages.probe.resources.batch_size=8", "stages.separate.batch_size=4", "stages.caption.batch_size=2",
+                "stages.audio_emb.batch_size=8")
+    msg = str(e.value)
+    assert "stages.probe.resources" in msg and "'batch_size' was renamed to 'candidates_per_call'" in msg
+    assert "candidates per process() call" in msg
+    for stage in ("separate", "caption", "audio_emb"):
+        assert f"stages.{stage}: " in msg
+    assert msg.count("'batch_size' was renamed to 'forward_batch'") == 3 and "per model forward" in msg
+    cfg = offline("stages.probe.resources.candidates_per_call=8", "stages.separate.forward_batch=3")
+    stages = {s.name: s for s in cfg.stages}
+    assert stages["probe"].resources.candidates_per_call == 8 and stages["separate"].forward_batch == 3
+
+
 def test_bad_value_and_literal_choices():
     with pytest.raises(ConfigError) as e:
         offline("stages.probe.min_fps=-1", "stages.cut.preset=fastest")

@@ -51,7 +51,7 @@ def run(stages, keys, executor=None):
 
 
 def test_exception_rejects_only_its_candidate_with_stage_and_file():
-    stages = [Halves(resources={"batch_size": 4}), Threshold(limit=0.5, resources={"batch_size": 4})]
+    stages = [Halves(resources={"candidates_per_call": 4}), Threshold(limit=0.5, resources={"candidates_per_call": 4})]
     out = run(stages, ["a", "boom", "bad"])
     assert out["boom"].status == "rejected" and out["boom"].reason == "error"
     assert "halves" in out["boom"].message and "/x/boom.mp4" in out["boom"].message
@@ -86,7 +86,7 @@ class DyingExecutor(InProcessExecutor):
 
 
 def test_worker_loss_is_retried_split_and_rejected_never_dropped():
-    stages = [Halves(resources={"batch_size": 8}), Threshold(limit=5, resources={"batch_size": 8})]
+    stages = [Halves(resources={"candidates_per_call": 8}), Threshold(limit=5, resources={"candidates_per_call": 8})]
     ex = DyingExecutor(stages)
     out = run(stages, ["a", "poison", "b"], ex)
     assert out["poison"].reason == "error" and "lost its worker" in out["poison"].message
@@ -121,7 +121,7 @@ def _clips(durations: dict[str, float]) -> list[Candidate]:
 
 def test_a_clip_that_exhausts_memory_is_rejected_as_out_of_memory_and_its_neighbours_go_on():
     for backend in ("numpy", "torch"):
-        stage = FrameBuffer(backend=backend, resources={"batch_size": 3})
+        stage = FrameBuffer(backend=backend, resources={"candidates_per_call": 3})
         # 2**30 s of video at 1 MiB/s: a petabyte, which no machine can allocate
         out = {c.key: c for c in stage.run_batch(_clips({"a": 2.0, "huge": float(1 << 30), "b": 3.0}))}
         assert out["a"].status == out["b"].status == "pending", backend  # kept going
@@ -129,14 +129,14 @@ def test_a_clip_that_exhausts_memory_is_rejected_as_out_of_memory_and_its_neighb
         huge = out["huge"]
         assert huge.status == "rejected" and huge.reason == "error", backend
         assert huge.message.startswith("out of memory: stage 'frames' on /x/huge.mp4 (huge)"), huge.message
-        assert "stages.frames.resources.batch_size" in huge.message
+        assert "stages.frames.resources.candidates_per_call" in huge.message
     # a plain failure (a negative size) is an error, not called out of memory
     bad = FrameBuffer(bytes_per_second=-1).run_batch(_clips({"neg": 1.0}))[0]
     assert bad.reason == "error" and not bad.message.startswith("out of memory"), bad.message
 
 
 def test_a_worker_killed_for_memory_names_out_of_memory():
-    stages = [Halves(resources={"batch_size": 8}), Threshold(limit=5, resources={"batch_size": 8})]
+    stages = [Halves(resources={"candidates_per_call": 8}), Threshold(limit=5, resources={"candidates_per_call": 8})]
 
     class OomExecutor(DyingExecutor):
         error = "OutOfMemoryError: Task was killed due to the node running low on memory"
@@ -183,7 +183,7 @@ class UsesMedia(Stage):
 def test_the_cut_waits_while_max_clips_in_flight_are_held():
     """The stage that makes clip media (files on a node's disk) runs ahead of the stages that consume them
     only by ``max_clips_in_flight`` clips; without the bound it would cut all twenty at once."""
-    stages = [Many(), MakesMedia(resources={"batch_size": 4}), UsesMedia(resources={"batch_size": 1})]
+    stages = [Many(), MakesMedia(resources={"candidates_per_call": 4}), UsesMedia(resources={"candidates_per_call": 1})]
     for limit, want in ((3, 3), (100, 20)):
         HELD[:] = [0]
         shards: dict[int, list[Candidate]] = {}

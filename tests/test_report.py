@@ -312,7 +312,8 @@ def test_hostile_file_name_is_escaped_everywhere(built, tmp_path):
     write_report(out, samples=3)
     raw = (out / "report" / "index.html").read_text()
     assert "<img src=x" not in raw and "<script" not in raw
-    assert "&lt;img src=x onerror=alert(&#x27;x&#x27;)&gt;&lt;script&gt;" in raw and "&quot;q&quot; &amp;.mp4" in raw
+    # Jinja2's autoescape writes quotes as numeric references
+    assert "&lt;img src=x onerror=alert(&#39;x&#39;)&gt;&lt;script&gt;" in raw and "&#34;q&#34; &amp;.mp4" in raw
     facts = open_page(out / "report" / "index.html", tmp_path / "hostile.png", tmp_path)
     assert facts["problems"] == []  # an injected onerror/alert would show up as a failed load or a dialog
     assert facts["scripts"] == 0 and "x" not in [i["src"] for i in facts["images"]]
@@ -396,6 +397,25 @@ def test_gallery_choice_is_deterministic_and_spread():
             for k, r in [("b", "x"), ("a", "x"), ("c", "y"), ("d", "x"), ("e", "z")]]
     table = pa.Table.from_pylist(rows)
     assert [r["key"] for r in pick_rejected(table, 4)] == ["a", "c", "e", "b"]
+
+
+def test_stats_shown_are_the_ones_the_configured_stages_declare():
+    from mtcc.manifests.report_views import stat_views
+    from mtcc.stages import STAGES
+
+    for name, cls in STAGES.items():  # a view names stats its stage records
+        for v in cls.report_views:
+            assert set(v.stats) <= set(cls.stats_schema), (name, v)
+    cfg = load_config(resolve_config("offline"), ["models=null"])
+    views = stat_views(["plan", *[s.name for s in cfg.stages]])
+    # every histogram of the page, from the stages, video-level first, then in the config's stage order
+    assert [v.view.plot for v in views if v.view.plot] == [p for p in PLOTS if p not in ("funnel", "rejections",
+                                                                                           "throughput")]
+    labels = [v.view.label for v in views if v.view.card]
+    assert {"speaking 0/1", "turns", "Sync-C 0/1", "mask area 0/1", "speech s 0/1", "duration"} <= set(labels)
+    # a profile without a stage shows none of its stats
+    spine = stat_views(["plan", *[s.name for s in load_config(resolve_config("spine")).stages]])
+    assert [v.view.plot for v in spine if v.view.plot] == ["duration_video", "duration_clip"]
 
 
 def test_report_cli_refuses_a_missing_folder(tmp_path, capsys):

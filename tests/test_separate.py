@@ -49,7 +49,7 @@ def fresh(cands: list[Candidate]) -> list[Candidate]:
 
 @pytest.fixture(scope="module")
 def stage(tiny) -> SpeechSeparation:
-    s = SpeechSeparation(**tiny, window_seconds=1.0, batch_size=16)
+    s = SpeechSeparation(**tiny, window_seconds=1.0, forward_batch=16)
     s.setup()
     return s
 
@@ -130,7 +130,7 @@ def test_windows_stitch_back_exactly(n):
     rng = np.random.default_rng(n)
     mix = (rng.standard_normal(n) * 0.2).astype(np.float32)
     lips = np.zeros((2, int(np.ceil(n / RATE * 25)), 112, 112), np.float32)
-    out, calls = sep.separate_tracks(lambda a, v: a, [mix], [lips], [25.0], window=RATE, hop=9600, batch_size=3)
+    out, calls = sep.separate_tracks(lambda a, v: a, [mix], [lips], [25.0], window=RATE, hop=9600, forward_batch=3)
     assert out[0].shape == (2, n)
     np.testing.assert_allclose(out[0][0], mix, atol=1e-6)
     np.testing.assert_allclose(out[0][1], mix, atol=1e-6)
@@ -153,7 +153,7 @@ def test_visual_windows_follow_audio_time(fps):
         return visual[:, idx, 0, 0]
 
     mix = np.full(n, 0.5, np.float32)  # peak 0.5: outputs are scaled by it
-    out, _ = sep.separate_tracks(playback, [mix], [lips], [fps], window=3 * RATE, hop=int(1.8 * RATE), batch_size=8)
+    out, _ = sep.separate_tracks(playback, [mix], [lips], [fps], window=3 * RATE, hop=int(1.8 * RATE), forward_batch=8)
     t = np.arange(n) / RATE
     err = np.abs(out[0][0] / 0.5 - t)
     assert err.max() <= 1.5 / 25 + 0.5 / fps + 1e-6, float(err.max())  # window start and fps rounding
@@ -193,11 +193,11 @@ def test_separation_writes_a_track_per_character_of_the_clip_length(batched):
 
 
 def test_batching_gives_the_same_tracks_as_one_clip_at_a_time(stage, clips, batched):
-    stage.batch_size = 1
+    stage.forward_batch = 1
     try:
         single = [stage.run_batch(fresh([c]))[0] for c in clips[:2]]
     finally:
-        stage.batch_size = 16
+        stage.forward_batch = 16
     for a, b in zip(batched, single):
         for k in (0, 1):
             ya, yb = decode(a.members[f"spk{k}.flac"])[0], decode(b.members[f"spk{k}.flac"])[0]
