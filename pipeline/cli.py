@@ -156,7 +156,7 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     from mtcc.sampledata import generate, generate_long
 
     if args.bad:
-        from mtcc.sampledata.bad import generate_bad
+        from mtcc.sampledata.bad.corpus import generate_bad
 
         if args.long:
             print("error: --bad and --long are separate corpora; pass one", file=sys.stderr)
