@@ -1,5 +1,6 @@
-"""Decoders of sample members for the training loader: each reads only what one training window needs
-(``.npy`` arrays viewed in place, the MP4's size from its header, the window's frames alone)."""
+"""Decoders of a sample's members for the training loader: ``.npy`` arrays viewed in place, the MP4's frame
+size read from its header, a window's frames alone at the letterboxed size, reference JPEGs, and routing
+masks recomputed from ``masks.rle.json``."""
 
 from __future__ import annotations
 
