@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+
 def _fmt_bytes(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
 

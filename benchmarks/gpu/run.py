@@ -30,6 +30,7 @@ from .stages import (
 )
 from .timing import best, free_memory, sweep
 
+
 def reproject(path: str, keep_items: list[str], json_path: str | None) -> int:
     """A previous run's per-stage numbers projected again with other keep rates (no model is run)."""
     try:

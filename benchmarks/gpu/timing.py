@@ -13,6 +13,7 @@ from typing import Any
 
 from .utilisation import UtilSampler
 
+
 @dataclass
 class Work:
     """What one call of a stage's path processed."""

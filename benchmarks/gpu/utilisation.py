@@ -10,6 +10,7 @@ import sys
 import threading
 from typing import Any
 
+
 class UtilSampler:
     """GPU utilisation (%) every ``period`` s while the ``with`` block runs: NVML through ``pynvml``
     (nvidia-ml-py) when importable, else ``nvidia-smi -lms``. On a CPU device it samples nothing."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from .case import Case, Corpus
 
+
 def expectation(case: Case, euid: int | None = None) -> dict[str, Any]:
     """The outcome ``case`` promises to a run by user ``euid`` (default: this process's)."""
     if "if_root" in case.expect:

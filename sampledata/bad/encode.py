@@ -11,6 +11,7 @@ from mtcc.stages.media import BITEXACT, BITEXACT_FLAGS, NO_METADATA
 
 from .. import broken
 
+
 def ff(*args: str | Path) -> None:
     cmd = ["ffmpeg", "-nostdin", "-y", "-hide_banner", "-loglevel", "error", *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, check=False)
