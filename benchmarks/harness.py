@@ -2,7 +2,7 @@
 
     mtcc bench                         # offline profile, sample videos, CPU
     mtcc bench --copies 3 --json bench.json
-    mtcc bench --gpu                   # adds the GPU mode (benchmarks/gpu.py) when CUDA is present
+    mtcc bench --gpu                   # instead: the model stages at full size on a GPU (benchmarks/gpu/)
 
 What one run does, in this order (inputs are generated: the sample videos with ground truth, ``--copies``
 seeds of them, so nothing is deduplicated):

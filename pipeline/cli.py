@@ -156,7 +156,7 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     from mtcc.sampledata import generate, generate_long
 
     if args.bad:
-        from mtcc.sampledata.bad import generate_bad
+        from mtcc.sampledata.bad.corpus import generate_bad
 
         if args.long:
             print("error: --bad and --long are separate corpora; pass one", file=sys.stderr)
@@ -229,7 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.gpu:
-        from mtcc.benchmarks.gpu import main as gpu_main
+        from mtcc.benchmarks.gpu.run import main as gpu_main
 
         return gpu_main(args)
     from mtcc.benchmarks.harness import bench, format_report, long_url
@@ -402,7 +402,7 @@ def parser() -> argparse.ArgumentParser:
                                                      "utilisation, projected hours of video per GPU-hour")
     b.add_argument("--keep", action="append", default=[], metavar="STAGE=RATE",
                    help="GPU mode: fraction of the clip seconds entering STAGE that it passes on (for the "
-                        "projection; repeatable; defaults in benchmarks/gpu.py KEEP)")
+                        "projection; repeatable; defaults in benchmarks/gpu/projection.py KEEP)")
     b.add_argument("--device", default="cuda", help="GPU mode: torch device (default cuda; cpu with --scale tiny "
                                                     "for a plumbing run)")
     b.add_argument("--scale", choices=("full", "tiny"), default="full",

@@ -27,9 +27,10 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -206,16 +207,12 @@ def _dynamic_centerface(path: Path) -> tuple[bytes, bool]:
     return m.SerializeToString(), True
 
 
-class CenterFaceDetector:
-    """CenterFace (stride-4 heatmap + log-scale + sub-pixel offset + 5 landmarks) on onnxruntime.
+class _OnnxDetector(ABC):
+    """What both detectors share: the model file and its id, the decision thresholds, the input size and one
+    onnxruntime session on the chosen device. A subclass says where its model file is (``_locate``), which
+    input sizes it takes (``_check_input_size``) and what graph the session runs (``_graph``)."""
 
-    Input: RGB, raw 0..255 float (no mean/std: the first graph node is a plain Conv and the reference
-    implementations feed ``blobFromImage(scalefactor=1, mean=0)`` RGB), NCHW, H and W multiples of 32.
-    All frames of one ``detect`` call go through the network in chunks of ``max_batch``.
-    """
-
-    name = "centerface"
-    STRIDE = 4
+    name: str
 
     def __init__(
         self,
@@ -226,29 +223,63 @@ class CenterFaceDetector:
         input_size: int = 640,
         device: Device = "cpu",
         threads: int = 0,
-        max_batch: int = 16,
     ):
-        path = Path(model) if model is not None else default_centerface_path()
-        if not path.is_file():
-            raise FileNotFoundError(f"CenterFace model file not found: {path}")
-        if input_size < 32:
-            raise ValueError(f"input_size must be >= 32, got {input_size}")
+        path = self._locate(model)
+        self._check_input_size(input_size)
         self.path = path
         self.model_id = _model_id(path)
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
         self.input_size = int(input_size)
+        self.session = _session(self._graph(path), device, threads)
+        self.providers = self.session.get_providers()
+
+    @abstractmethod
+    def _locate(self, model: str | os.PathLike | None) -> Path: ...
+
+    @abstractmethod
+    def _check_input_size(self, input_size: int) -> None: ...
+
+    def _graph(self, path: Path) -> bytes | str:
+        return str(path)
+
+
+class CenterFaceDetector(_OnnxDetector):
+    """CenterFace (stride-4 heatmap + log-scale + sub-pixel offset + 5 landmarks) on onnxruntime.
+
+    Input: RGB, raw 0..255 float (no mean/std: the first graph node is a plain Conv and the reference
+    implementations feed ``blobFromImage(scalefactor=1, mean=0)`` RGB), NCHW, H and W multiples of 32.
+    All frames of one ``detect`` call go through the network in chunks of ``max_batch``; the other
+    keywords are :class:`_OnnxDetector`'s.
+    """
+
+    name = "centerface"
+    STRIDE = 4
+
+    def __init__(self, model: str | os.PathLike | None = None, *, max_batch: int = 16, **settings: Any):
         self.max_batch = int(max_batch)
-        data, dynamic = _dynamic_centerface(path)
-        self.session = _session(data, device, threads)
+        super().__init__(model, **settings)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_names = [o.name for o in self.session.get_outputs()]
         if len(self.output_names) != 4:
-            raise ValueError(f"{path}: CenterFace has 4 outputs (heatmap, scale, offset, landmarks), "
+            raise ValueError(f"{self.path}: CenterFace has 4 outputs (heatmap, scale, offset, landmarks), "
                              f"found {len(self.output_names)}")
-        self.fixed_shape = None if dynamic else tuple(int(d) for d in inp.shape)
-        self.providers = self.session.get_providers()
+        self.fixed_shape = None if self._dynamic else tuple(int(d) for d in inp.shape)
+
+    def _locate(self, model: str | os.PathLike | None) -> Path:
+        path = Path(model) if model is not None else default_centerface_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"CenterFace model file not found: {path}")
+        return path
+
+    def _check_input_size(self, input_size: int) -> None:
+        if input_size < 32:
+            raise ValueError(f"input_size must be >= 32, got {input_size}")
+
+    def _graph(self, path: Path) -> bytes:
+        data, self._dynamic = _dynamic_centerface(path)
+        return data
 
     # -- geometry
     def _geometry(self, h: int, w: int):
@@ -352,34 +383,18 @@ def find_scrfd_model(model: str | os.PathLike | None) -> Path:
     )
 
 
-class InsightFaceDetector:
+class InsightFaceDetector(_OnnxDetector):
     """SCRFD run through insightface's own ``SCRFD`` class on a session built here (forced providers).
     SCRFD's ONNX exports have batch 1, so a batch is a loop over frames on the one session; each frame
     is letterboxed into ``input_size x input_size`` by insightface (BGR in, it swaps to RGB)."""
 
     name = "insightface"
 
-    def __init__(
-        self,
-        model: str | os.PathLike | None = None,
-        *,
-        score_threshold: float = 0.5,
-        nms_iou: float = 0.4,
-        input_size: int = 640,
-        device: Device = "cpu",
-        threads: int = 0,
-    ):
-        path = find_scrfd_model(model)
-        if input_size < 32 or input_size % 32:
-            raise ValueError(f"input_size for SCRFD must be a multiple of 32, got {input_size}")
+    def __init__(self, model: str | os.PathLike | None = None, **settings: Any):
+        super().__init__(model, **settings)
         from insightface.model_zoo.scrfd import SCRFD
 
-        self.path = path
-        self.model_id = _model_id(path)
-        self.score_threshold = float(score_threshold)
-        self.nms_iou = float(nms_iou)
-        self.input_size = int(input_size)
-        self.session = _session(str(path), device, threads)
+        path = self.path
         kwargs = {}
         if "static_shape_sessions" in inspect.signature(SCRFD.__init__).parameters:
             # newer insightface builds extra fixed-shape sessions per resolution; keep to ours
@@ -392,7 +407,13 @@ class InsightFaceDetector:
         static = getattr(self.model, "static_input_size", None)
         if static is not None and tuple(static) != (self.input_size, self.input_size):
             log.warning("%s has a fixed input size %s; input_size=%d is ignored", path, static, self.input_size)
-        self.providers = self.session.get_providers()
+
+    def _locate(self, model: str | os.PathLike | None) -> Path:
+        return find_scrfd_model(model)
+
+    def _check_input_size(self, input_size: int) -> None:
+        if input_size < 32 or input_size % 32:
+            raise ValueError(f"input_size for SCRFD must be a multiple of 32, got {input_size}")
 
     def detect(self, frames: np.ndarray) -> list[FaceDetections]:
         frames = _check_frames(frames)

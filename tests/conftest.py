@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -126,6 +127,56 @@ def clips_through_stages(video: Path, max_seconds: float, cut: bool = True) -> l
         stage.setup()
         batch = stage.run_batch(batch)
     return [c for c in batch if c.level == "clip"]
+
+
+def tiny_fixture(stage_cls):
+    """A module-scoped ``tiny`` fixture: ``stage_cls.make_tiny`` written once into a temporary folder, its
+    settings (model path, allow_random_weights) returned."""
+
+    @pytest.fixture(scope="module")
+    def tiny(tmp_path_factory) -> dict:
+        return stage_cls.make_tiny(tmp_path_factory.mktemp("models"))
+
+    return tiny
+
+
+def ready(stage):
+    """``stage`` after its one-time setup (models loaded)."""
+    stage.setup()
+    return stage
+
+
+def run_pending(stage, cands: list) -> list:
+    """``stage.run_batch`` on fresh copies of ``cands``, every candidate still pending after it."""
+    out = stage.run_batch(fresh(cands))
+    assert [c.status for c in out] == ["pending"] * len(cands), [c.message for c in out]
+    return out
+
+
+def talk_clips(sample_dir: Path, max_seconds: float, count: int) -> list:
+    """two_talk.mp4 through the real probe -> faces -> segment -> cut in clips of at most ``max_seconds``:
+    ``count`` of them, every one still pending."""
+    out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=max_seconds)
+    assert len(out) == count and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
+    return out
+
+
+def fresh(cands: list) -> list:
+    """Copies of module-scoped candidates that a stage may annotate (stats, info, members) without the
+    next test seeing it."""
+    from mtcc.stages.base import Candidate
+
+    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": copy.deepcopy(c.info),
+                         "members": dict(c.members)}) for c in cands]
+
+
+def weights_error(stage) -> str:
+    """The message of the ``WeightsError`` that ``stage.setup()`` raises (the test fails if none is)."""
+    from mtcc.stages.models import WeightsError
+
+    with pytest.raises(WeightsError) as e:
+        stage.setup()
+    return str(e.value)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import clips_through_stages
+from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture
 
 from mtcc.stages import audio_emb as ae
 from mtcc.stages import models
@@ -42,16 +42,12 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    return AudioEmbeddings.make_tiny(tmp_path_factory.mktemp("models"))
+tiny = tiny_fixture(AudioEmbeddings)
 
 
 @pytest.fixture(scope="module")
 def stage(tiny) -> AudioEmbeddings:
-    s = AudioEmbeddings(**tiny)
-    s.setup()
-    return s
+    return ready(AudioEmbeddings(**tiny))
 
 
 def _voices_by_character(sample_dir: Path, name: str) -> list[np.ndarray]:
@@ -72,15 +68,9 @@ def with_tracks(cand: Candidate, voices: list[np.ndarray]) -> Candidate:
 def clips(sample_dir) -> list[Candidate]:
     """two_talk.mp4 through the real probe -> faces -> segment -> cut (three 2.667 s clips of 67 frames at
     25 fps), each carrying the true voices of its characters as its separated tracks."""
-    out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.7)
-    assert len(out) == 3 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
+    out = talk_clips(sample_dir, 2.7, 3)
     voices = _voices_by_character(sample_dir, "two_talk")
     return [with_tracks(c, voices) for c in out]
-
-
-def fresh(cands: list[Candidate]) -> list[Candidate]:
-    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": dict(c.info), "members": dict(c.members)})
-            for c in cands]
 
 
 def synthetic(seconds: float, key: str = "syn", seed: int = 0, start: float = 0.0) -> Candidate:
@@ -100,9 +90,7 @@ def load(cand: Candidate) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def batched(stage, clips) -> list[Candidate]:
-    out = stage.run_batch(fresh(clips[:2]))
-    assert [c.status for c in out] == ["pending", "pending"], [c.message for c in out]
-    return out
+    return run_pending(stage, clips[:2])
 
 
 # -- one row per frame ------------------------------------------------------------------------------------

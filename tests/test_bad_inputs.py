@@ -14,7 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from mtcc.sampledata.bad import Case, case_list, check, encoders, expect_path, expectation, load_corpus, tree_state
+from mtcc.sampledata.bad.case import Case, expect_path
+from mtcc.sampledata.bad.check import check, expectation, tree_state
+from mtcc.sampledata.bad.corpus import case_list, load_corpus
+from mtcc.sampledata.bad.encode import encoders
 
 REPO = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from mtcc.benchmarks import gpu
+from mtcc.benchmarks.gpu import plan, projection
 from mtcc.pipeline.cli import main as cli_main
 
 MODEL_STAGES = ("separate", "asd", "sync", "masks", "audio_emb", "caption")
@@ -63,7 +63,7 @@ def test_every_model_stage_swept(bench_json):
 def test_projection_is_the_formula(bench_json):
     doc, _ = bench_json
     assert doc["keep"]["sync"] == 0.5  # the --keep of the measuring run
-    assert doc["keep"]["segment"] == gpu.KEEP["segment"]
+    assert doc["keep"]["segment"] == projection.KEEP["segment"]
     want = hours_per_gpu_hour(doc, doc["keep"])
     got = doc["projection"]["raw_video_hours_per_gpu_hour"]
     assert got == pytest.approx(want, rel=1e-12)
@@ -86,7 +86,7 @@ def test_keep_override_changes_projection(bench_json, tmp_path):
     mid = tmp_path / "mid.json"
     assert cli_main(["bench", "--gpu", "--reproject", str(path), "--keep", "masks=0.25", "--json", str(mid)]) == 0
     new = json.loads(mid.read_text())
-    keep = dict(doc["keep"], masks=0.25, sync=gpu.KEEP["sync"])  # a reprojection starts from the defaults
+    keep = dict(doc["keep"], masks=0.25, sync=projection.KEEP["sync"])  # a reprojection starts from the defaults
     assert new["keep"] == keep
     assert new["projection"]["raw_video_hours_per_gpu_hour"] == pytest.approx(hours_per_gpu_hour(doc, keep), rel=1e-12)
     assert not math.isclose(new["projection"]["raw_video_hours_per_gpu_hour"], old)
@@ -96,20 +96,20 @@ def test_project_known_answer():
     order = ["probe", "segment", "separate", "sync", "caption", "write"]
     keep = {"probe": 1.0, "segment": 0.5, "separate": 1.0, "sync": 0.25, "caption": 1.0, "write": 1.0}
     # reach: separate 0.5, sync 0.5, caption 0.125 -> 0.5*2 + 0.5*4 + 0.125*8 = 4 GPU s per raw s
-    p = gpu.project({"separate": 2.0, "sync": 4.0, "caption": 8.0}, keep, order)
+    p = projection.project({"separate": 2.0, "sync": 4.0, "caption": 8.0}, keep, order)
     assert p["gpu_s_per_raw_s"] == pytest.approx(4.0)
     assert p["raw_video_hours_per_gpu_hour"] == pytest.approx(0.25)
     assert p["reach"] == {"separate": 0.5, "sync": 0.5, "caption": 0.125}
 
 
 def test_bad_arguments_refused(bench_json):
-    order = list(gpu.DEFAULT_ORDER)
+    order = list(plan.DEFAULT_ORDER)
     for bad in (["nosuch=0.5"], ["sync"], ["sync=1.5"], ["sync=x"]):
-        with pytest.raises(gpu.BenchError):
-            gpu.parse_keep(bad, order)
-    with pytest.raises(gpu.BenchError):
-        gpu.parse_batches(["caption=0,2"], gpu.SWEEPS_FULL)
-    assert gpu.parse_batches(["caption=4,2", "8"], gpu.SWEEPS_FULL)["sync"] == [8]
-    assert gpu.parse_batches(["caption=4,2"], gpu.SWEEPS_FULL)["caption"] == [2, 4]
+        with pytest.raises(plan.BenchError):
+            projection.parse_keep(bad, order)
+    with pytest.raises(plan.BenchError):
+        plan.parse_batches(["caption=0,2"], plan.SWEEPS_FULL)
+    assert plan.parse_batches(["caption=4,2", "8"], plan.SWEEPS_FULL)["sync"] == [8]
+    assert plan.parse_batches(["caption=4,2"], plan.SWEEPS_FULL)["caption"] == [2, 4]
     _, path = bench_json
     assert cli_main(["bench", "--gpu", "--reproject", str(path), "--keep", "sync=2"]) == 2

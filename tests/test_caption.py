@@ -9,7 +9,6 @@ own clip, and that the inputs (frame count, times, sizes) are those the settings
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import clips_through_stages
+from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture
 
 from mtcc.stages import models
 from mtcc.stages.base import Candidate
@@ -29,17 +28,13 @@ from mtcc.stages.probe import Probe
 NEW = 12  # new tokens per caption: enough to tell captions apart, little CPU time
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    return ClipCaption.make_tiny(tmp_path_factory.mktemp("models"))
+tiny = tiny_fixture(ClipCaption)
 
 
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> list[Candidate]:
     """two_talk.mp4 (640x360, 25 fps, 8 s) through probe -> faces -> segment -> cut: three 2.667 s clips."""
-    out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.7)
-    assert len(out) == 3 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
-    return out
+    return talk_clips(sample_dir, 2.7, 3)
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +52,14 @@ def varied(sample_dir) -> list[Candidate]:
     return out
 
 
-def fresh(cands: list[Candidate]) -> list[Candidate]:
-    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": copy.deepcopy(c.info), "members": dict(c.members)})
-            for c in cands]
-
-
 @pytest.fixture(scope="module")
 def stage(tiny) -> ClipCaption:
-    s = ClipCaption(**tiny, max_new_tokens=NEW, forward_batch=4)
-    s.setup()
-    return s
+    return ready(ClipCaption(**tiny, max_new_tokens=NEW, forward_batch=4))
 
 
 @pytest.fixture(scope="module")
 def captioned(stage, clips) -> list[Candidate]:
-    out = stage.run_batch(fresh(clips))
-    assert [c.status for c in out] == ["pending"] * 3, [c.message for c in out]
-    return out
+    return run_pending(stage, clips)
 
 
 def captions(cands: list[Candidate]) -> list[str]:

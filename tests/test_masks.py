@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import clips_through_stages
+from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture
 from PIL import Image
 
 from mtcc.stages import models, sam2_model
@@ -37,37 +37,26 @@ pytestmark = pytest.mark.filterwarnings("ignore:(?s).*Skipping the post-processi
 
 # -- fixtures -------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    return CharacterMasks.make_tiny(tmp_path_factory.mktemp("models"))
+tiny = tiny_fixture(CharacterMasks)
 
 
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> list[Candidate]:
     """two_talk.mp4 (640x360) through the real probe -> faces -> segment -> cut: three 67-frame clips."""
-    out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.7)
-    assert len(out) == 3 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
+    out = talk_clips(sample_dir, 2.7, 3)
     assert [c.info["clip_faces"]["frames"] for c in out] == [67, 67, 67]
     return out
 
 
-def fresh(cands: list[Candidate]) -> list[Candidate]:
-    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": dict(c.info), "members": dict(c.members)}) for c in cands]
-
-
 @pytest.fixture(scope="module")
 def stage(tiny) -> CharacterMasks:
-    s = CharacterMasks(**tiny, reject=False)
-    s.setup()
-    return s
+    return ready(CharacterMasks(**tiny, reject=False))
 
 
 @pytest.fixture(scope="module")
 def done(stage, clips) -> list[Candidate]:
     """Two clips in one process() call."""
-    out = stage.run_batch(fresh(clips[:2]))
-    assert [c.status for c in out] == ["pending", "pending"], [c.message for c in out]
-    return out
+    return run_pending(stage, clips[:2])
 
 
 def encoder_calls(stage: CharacterMasks, cands: list[Candidate]) -> tuple[list[Candidate], int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import clips_through_stages
+from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture, weights_error
 import soundfile as sf
 
 from mtcc.stages import models
@@ -29,37 +29,25 @@ RATE = 16000
 
 # -- fixtures -------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    return SpeechSeparation.make_tiny(tmp_path_factory.mktemp("models"))
+tiny = tiny_fixture(SpeechSeparation)
 
 
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> list[Candidate]:
     """two_talk.mp4 through the real probe -> faces -> segment -> cut; windows of at most 2.7 s give
     three 2.667 s clips (not a multiple of any window used below)."""
-    out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.7)
-    assert len(out) == 3 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
-    return out
-
-
-def fresh(cands: list[Candidate]) -> list[Candidate]:
-    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": dict(c.info), "members": dict(c.members)}) for c in cands]
+    return talk_clips(sample_dir, 2.7, 3)
 
 
 @pytest.fixture(scope="module")
 def stage(tiny) -> SpeechSeparation:
-    s = SpeechSeparation(**tiny, window_seconds=1.0, forward_batch=16)
-    s.setup()
-    return s
+    return ready(SpeechSeparation(**tiny, window_seconds=1.0, forward_batch=16))
 
 
 @pytest.fixture(scope="module")
 def batched(stage, clips) -> list[Candidate]:
     """Two clips in one process() call: 2 clips x 2 characters x 4 one-second windows, one forward."""
-    out = stage.run_batch(fresh(clips[:2]))
-    assert [c.status for c in out] == ["pending", "pending"], [c.message for c in out]
-    return out
+    return run_pending(stage, clips[:2])
 
 
 def decode(flac: bytes) -> tuple[np.ndarray, int, int]:
@@ -237,22 +225,18 @@ def test_tiny_model_reads_its_reduced_settings_back(stage, tiny):
 
 
 def test_random_weights_are_refused_unless_allowed(tiny):
-    s = SpeechSeparation(model=tiny["model"])
-    with pytest.raises(models.WeightsError, match="RANDOM weights") as e:
-        s.setup()
-    assert "allow_random_weights" in str(e.value)
+    msg = weights_error(SpeechSeparation(model=tiny["model"]))
+    assert "RANDOM weights" in msg and "allow_random_weights" in msg
 
 
 def test_missing_weights_name_the_path_and_how_to_get_them(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(models.WeightsError) as e:
-        SpeechSeparation(model=str(missing)).setup()
-    assert str(missing) in str(e.value) and "hf download alibabasglab/AV_MossFormer2_TSE_16K" in str(e.value)
+    msg = weights_error(SpeechSeparation(model=str(missing)))
+    assert str(missing) in msg and "hf download alibabasglab/AV_MossFormer2_TSE_16K" in msg
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(models.WeightsError) as e:
-        SpeechSeparation(model=str(empty)).setup()
-    assert str(empty / "last_best_checkpoint") in str(e.value) and "hf download" in str(e.value)
+    msg = weights_error(SpeechSeparation(model=str(empty)))
+    assert str(empty / "last_best_checkpoint") in msg and "hf download" in msg
     (empty / "last_best_checkpoint").write_text("gone.pt\n")
     with pytest.raises(models.WeightsError, match="gone.pt"):
         SpeechSeparation(model=str(empty)).setup()

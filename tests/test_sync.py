@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import clips_through_stages
+from conftest import talk_clips, tiny_fixture, weights_error
 import soundfile as sf
 import torch
 
@@ -124,17 +124,13 @@ def test_mfcc_on_the_scale_syncnet_python_reads(tmp_path):
 
 # -- the stage: fixtures ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    return SyncScores.make_tiny(tmp_path_factory.mktemp("models"))
+tiny = tiny_fixture(SyncScores)
 
 
 @pytest.fixture(scope="module")
 def clips(sample_dir) -> list[Candidate]:
     """two_talk.mp4 through the real probe -> faces -> segment -> cut, in 2 s clips."""
-    out = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=2.0)
-    assert len(out) == 4 and all(c.pending for c in out), [(c.key, c.status, c.message) for c in out]
-    return out
+    return talk_clips(sample_dir, 2.0, 4)
 
 
 def flac(x: np.ndarray) -> bytes:
@@ -261,17 +257,13 @@ def test_mixture_fallback_scores_both_faces_on_the_mixture(tiny, clips):
 
 
 def test_random_weights_refused_unless_allowed(tiny):
-    s = SyncScores(model=tiny["model"])
-    with pytest.raises(models.WeightsError, match="RANDOM") as e:
-        s.setup()
-    assert "allow_random_weights" in str(e.value)
+    msg = weights_error(SyncScores(model=tiny["model"]))
+    assert "RANDOM" in msg and "allow_random_weights" in msg
 
 
 def test_missing_weights_name_the_path_and_how_to_get_them(tmp_path):
     missing = tmp_path / "nowhere" / "syncnet_v2.model"
-    with pytest.raises(models.WeightsError) as e:
-        SyncScores(model=str(missing)).setup()
-    msg = str(e.value)
+    msg = weights_error(SyncScores(model=str(missing)))
     assert str(missing) in msg and "syncnet_v2.model" in msg and "syncnet_python" in msg
     assert "robots.ox.ac.uk" in msg
     with pytest.raises(models.WeightsError, match="stages.sync.model"):

@@ -15,7 +15,8 @@ import torch
 
 from mtcc.stages.geometry import LatentGeometry
 from mtcc.training import loader
-from mtcc.training.data import STATS, decode_video, mp4_size, npy_view, route_from_rle
+from mtcc.training.decode import decode_video, mp4_size, npy_view, route_from_rle
+from mtcc.training.stream import STATS
 from mtcc.training.filters import FilterError, parse_condition, parse_filters
 from mtcc.training.synthetic import CODE_BLOCK, FRAME_CODE_BASE, FRAME_CODE_STEP, write_shards
 
@@ -203,12 +204,12 @@ def test_corrupt_shards_are_skipped_logged_and_counted(synth, tmp_path, caplog):
 
 
 def test_manifest_filter_selects_samples_without_decoding_the_others(synth, monkeypatch):
-    from mtcc.training import data
+    from mtcc.training import stream
 
     out, truth = synth
     decoded: list[str] = []
-    real = data.decode_item
-    monkeypatch.setattr(data, "decode_item", lambda s, w, c: decoded.append(s.key) or real(s, w, c))
+    real = stream.decode_item
+    monkeypatch.setattr(stream, "decode_item", lambda s, w, c: decoded.append(s.key) or real(s, w, c))
     ld = loader(str(out), geometry=SMALL, num_workers=0, filters=["sync.sync_c_mean >= 4"], ref_size=16)
     keys = {k for k, _ in items_of(collect(ld))}
     want = {k for k, t in truth.items() if t.sync_c >= 4}

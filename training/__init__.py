@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "loader": "data", "Loader": "data", "STATS": "data",
+    "loader": "data", "Loader": "data", "STATS": "stream",
     "DataConfig": "config", "TrainConfig": "config", "ModelConfig": "config", "load_train_config": "config",
     "EmbeddingRouter": "model", "RouterOutput": "model",
     "router_loss": "losses", "iou_counts": "losses",

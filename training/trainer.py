@@ -33,7 +33,8 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from .config import OptimConfig, TrainConfig
-from .data import Loader, to_unit
+from .data import Loader
+from .items import to_unit
 from .losses import iou_counts, iou_from_counts, router_loss
 from .model import EmbeddingRouter
 
