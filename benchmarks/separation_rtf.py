@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from mtcc.stages import separate as sep
+from mtcc.stages.windows import window_starts
 
 
 def main() -> int:
@@ -87,7 +88,7 @@ def main() -> int:
                                    forward_batch=args.batch_size)
     sync()
     wall = time.perf_counter() - t0
-    windows = len(sep.plan_windows(n, window, hop))
+    windows = len(window_starts(n, window, hop))
     print(json.dumps({
         "model": "AV_MossFormer2_TSE_16K" + (" (reduced)" if args.tiny else ""), "weights": "random",
         "params_m": round(params / 1e6, 2), "device": args.device, "torch_threads": torch.get_num_threads(),

@@ -55,6 +55,7 @@ from .audio_io import read_track
 from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, StatView
 from .model_stage import ModelStage
 from .weights import Pin, Weights
+from .windows import window_starts
 
 RATE = 16000
 FPS = 25
@@ -116,14 +117,6 @@ def mfcc_rows(audio: np.ndarray, n_frames: int) -> np.ndarray:
     if len(m) < want:
         m = np.concatenate([m, np.repeat(m[-1:] if len(m) else np.zeros((1, 13)), want - len(m), axis=0)])
     return np.ascontiguousarray(m[:want], np.float32)
-
-
-def plan_windows(n: int, window: int) -> list[int]:
-    """Window starts covering ``n`` frames with windows of ``window`` frames; the last ends at ``n``. One
-    window of the whole track when it is not longer than ``window``."""
-    if n <= window:
-        return [0]
-    return list(range(0, n - window, window)) + [n - window]
 
 
 # -- post-processing ---------------------------------------------------------------------------------------
@@ -321,7 +314,7 @@ class ActiveSpeakers(ModelStage):
 
         w = self.encode_frames
         jobs = [(i, k, s, min(w, clip.faces.shape[1])) for i, clip in enumerate(clips)
-                for k in range(clip.faces.shape[0]) for s in plan_windows(clip.faces.shape[1], w)]
+                for k in range(clip.faces.shape[0]) for s in window_starts(clip.faces.shape[1], w)]
         emb = [torch.zeros((*c.faces.shape[:2], EMBED)) for c in clips]
         hits = [torch.zeros((*c.faces.shape[:2], 1)) for c in clips]
         by_length: dict[int, list[tuple[int, int, int, int]]] = {}

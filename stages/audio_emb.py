@@ -219,7 +219,7 @@ def receptive_field(config: Any) -> int:
     return n
 
 
-def clip_frames(cand: Candidate, n_samples: int, rate: int, fps: float) -> int:
+def video_frame_count(cand: Candidate, n_samples: int, rate: int, fps: float) -> int:
     """The clip's frame count at ``fps``: the face tracks' count when they are at ``fps``, else the clip's
     duration (the track's when the candidate has no times)."""
     faces = cand.info.get("clip_faces")
@@ -359,7 +359,7 @@ class AudioEmbeddings(ModelStage):
         rate = int(self._fe.sampling_rate)
         tracks = [read_track(cand.member(n), rate) for n in names]
         lengths = {len(t) for t in tracks}
-        frames = clip_frames(cand, max(lengths), rate, self.fps)
+        frames = video_frame_count(cand, max(lengths), rate, self.fps)
         if frames < 1:
             return Rejection("no_frames", f"clip of {frames} frames at {self.fps:g} fps")
         for n, t in zip(names, tracks):

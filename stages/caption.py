@@ -76,7 +76,7 @@ def target_size(height: int, width: int, *, min_pixels: int, max_pixels: int,
     return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
-def clip_frames(media: ClipMedia, times: np.ndarray, *, min_pixels: int, max_pixels: int,
+def caption_frames(media: ClipMedia, times: np.ndarray, *, min_pixels: int, max_pixels: int,
                 factor: int = PATCH * MERGE, threads: int = 1) -> np.ndarray:
     """uint8 RGB ``[len(times), H, W, 3]``: the clip's frames at ``times`` (clip seconds), read from the
     clip's own mp4, each frame decoded once, at the width the processor will resize to (the clip's, if
@@ -244,7 +244,7 @@ class ClipCaption(ModelStage):
         times = frame_times(end - start, self.fps, min_frames=self.min_frames, max_frames=self.max_frames,
                             temporal=getattr(self, "_temporal", TEMPORAL))
         threads = self.resources.threads or max(1, int(round(self.resources.num_cpus)))
-        frames = clip_frames(clip_media(cand, self), times, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+        frames = caption_frames(clip_media(cand, self), times, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
                              factor=getattr(self, "_factor", PATCH * MERGE), threads=threads)
         return times, frames
 

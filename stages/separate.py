@@ -41,6 +41,7 @@ from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, R
 from .crops import CropGeometry, clip_media
 from .model_stage import ModelStage
 from .weights import Pin, Weights
+from .windows import window_starts
 
 RATE = 16000
 VIDEO_FPS = 25  # the AV model's visual frame rate
@@ -167,15 +168,6 @@ def load_network(path: Path, device: str = "cpu") -> Any:
 
 # -- windows, visual track, overlap-add ----------------------------------------------------------------
 
-def plan_windows(n: int, window: int, hop: int) -> list[int]:
-    """Window starts over ``n`` samples: every ``hop`` while a full window fits before the end, then one
-    ending exactly at ``n`` (clearvoice's decode schedule). One window of the whole clip if ``n <= window``."""
-    if n <= window:
-        return [0]
-    starts = list(range(0, n - window, hop))
-    return starts + [n - window]
-
-
 def window_weights(starts: list[int], length: int, n: int) -> list[np.ndarray]:
     """Cross-fade weights per window: linear ramps over each overlap with a neighbour, 1 elsewhere."""
     out = []
@@ -219,7 +211,7 @@ def separate_tracks(forward: Forward, mixes: list[np.ndarray], lips: list[np.nda
         peak = float(np.max(np.abs(mix))) if n else 0.0
         peaks.append(peak)
         visual25.append(np.stack([visual_at_25fps(lp[k], fps[i], n) for k in range(len(lp))]))
-        starts = plan_windows(n, window, hop)
+        starts = window_starts(n, window, hop)
         length = min(n, window)
         plans.append((starts, length))
         for k in range(len(lp)):
@@ -351,7 +343,7 @@ class SpeechSeparation(ModelStage):
             resid = mix.astype(np.float64) - spk.astype(np.float64).sum(0)
             stats["mix_rms"] = round(math.sqrt(mix_e), 6)
             stats["residual_ratio"] = round(float(np.mean(resid ** 2)) / mix_e, 6) if mix_e > 0 else 0.0
-            stats["n_windows"] = len(plan_windows(len(mix), window, hop))
+            stats["n_windows"] = len(window_starts(len(mix), window, hop))
             stats["random_weights"] = self.is_random
             for k, track in enumerate(spk):
                 rms = float(np.sqrt(np.mean(track.astype(np.float64) ** 2))) if len(track) else 0.0

@@ -102,7 +102,7 @@ def test_one_row_per_clip_frame_at_any_length_and_rate(stage, seconds, fps, rows
     (the CNN's 50 rows/s are resampled before it), and each of the 12 layers gives one row per frame."""
     cand = synthetic(seconds)
     tracks = [read_track(cand.members[f"spk{k}.flac"]) for k in (0, 1)]
-    n = ae.clip_frames(cand, len(tracks[0]), RATE, fps)
+    n = ae.video_frame_count(cand, len(tracks[0]), RATE, fps)
     assert n == rows
     seen = []
     hook = stage._net.feature_projection.register_forward_hook(lambda m, a, o: seen.append(tuple(a[0].shape)))

@@ -23,6 +23,7 @@ from mtcc.stages.base import Candidate
 from mtcc.stages.media import ff_input, run_tool
 from mtcc.stages.separate import SpeechSeparation
 from mtcc.stages.vad import speech_segments
+from mtcc.stages.windows import window_starts
 
 RATE = 16000
 
@@ -122,7 +123,7 @@ def test_windows_stitch_back_exactly(n):
     assert out[0].shape == (2, n)
     np.testing.assert_allclose(out[0][0], mix, atol=1e-6)
     np.testing.assert_allclose(out[0][1], mix, atol=1e-6)
-    starts = sep.plan_windows(n, RATE, 9600)
+    starts = window_starts(n, RATE, 9600)
     assert starts[0] == 0 and starts[-1] + min(n, RATE) == n
     assert calls == -(-2 * len(starts) // 3)
 

@@ -57,7 +57,7 @@ def shard_geometry(meta: dict[str, Any]) -> LatentGeometry | None:
         return None
 
 
-def plan_windows(sample: Sample, geo: LatentGeometry) -> list[Window]:
+def training_windows(sample: Sample, geo: LatentGeometry) -> list[Window]:
     """Every training window of a sample in the loader's geometry (the rules: :mod:`mtcc.training.data`)."""
     m = sample.members
     if shard_geometry(sample.meta) == geo and "route.npy" in m and (sample.meta.get("masks") or {}).get("windows"):

@@ -30,7 +30,7 @@ from mtcc.manifests.shard_tar import read_samples
 
 from .config import DataConfig
 from .filters import Condition, passing_keys
-from .items import Sample, SampleIncomplete, Window, collate, decode_item, plan_windows
+from .items import Sample, SampleIncomplete, Window, collate, decode_item, training_windows
 from .shards import ShardRef, assigned, epoch_order
 
 log = logging.getLogger("mtcc.training")
@@ -190,7 +190,7 @@ class ShardStream(IterableDataset):
 
     def _windows(self, sample: Sample) -> list[Window]:
         try:
-            wins = plan_windows(sample, self.geo)
+            wins = training_windows(sample, self.geo)
         except SampleIncomplete as e:
             self._count("samples_incomplete")
             log.warning("shard %s: sample %s lacks %s; skipped", sample.shard, sample.key, e)

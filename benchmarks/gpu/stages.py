@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mtcc.stages.cut import even_size
+from mtcc.stages.windows import window_starts
 
 from .plan import BenchError
 from .timing import Work
@@ -100,7 +101,7 @@ def bench_separate(device: Any, tiny: bool, clip: ClipShape, settings: dict[str,
     window = max(1, round(stage.window_seconds * sep.RATE))
     hop = max(1, round(window * (1.0 - stage.overlap)))
     chars = 2
-    per_clip = chars * len(sep.plan_windows(clip.samples, window, hop))
+    per_clip = chars * len(window_starts(clip.samples, window, hop))
     mix = _speechlike(rng, clip.samples)
     lips = rng.standard_normal((chars, clip.frames, sep.LIP_SIZE, sep.LIP_SIZE)).astype(np.float32)
 
@@ -131,7 +132,7 @@ def bench_asd(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, Any]
     stage._bf16 = stage.dtype == "bfloat16" or (stage.dtype == "auto" and asd_stage.bf16_supported(str(device)))
     faces = rng.integers(0, 256, (2, clip.frames, asd_stage.FACE_SIZE, asd_stage.FACE_SIZE), dtype=np.uint8)
     mfcc = asd_stage.mfcc_rows(_speechlike(rng, clip.samples), clip.frames)  # CPU work of _inputs, not timed
-    per_clip = 2 * len(asd_stage.plan_windows(clip.frames, stage.encode_frames))
+    per_clip = 2 * len(window_starts(clip.frames, stage.encode_frames))
 
     def run(batch: int) -> Work:
         stage.batch_windows = batch
@@ -318,7 +319,7 @@ def bench_caption(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, 
                            temporal=stage._temporal)
     fh, fw = cp.target_size(clip.source[0], clip.source[1], min_pixels=stage.min_pixels, max_pixels=stage.max_pixels,
                             factor=stage._factor)
-    # clip_frames decodes at the processor's target width (aspect kept), so frames arrive at about this size
+    # caption_frames decodes at the processor's target width (aspect kept), so frames arrive at about this size
     video = rng.integers(0, 256, (len(times), fh, fw, 3), dtype=np.uint8)
 
     def run(batch: int) -> Work:
