@@ -16,10 +16,6 @@ MEMBERS = ("mp4", "mix.flac", "spk0.flac", "spk1.flac", "faces.json", "masks.rle
 # configured stages (the spine profile writes no masks, a silent source no FLACs)
 REQUIRED = ("mp4", "json")
 
-# what model stages learned about a sample beyond their scalar stats (cross-sync and audio-character matrices,
-# speech segments, mask windows on the latent grid, model ids), carried from ``Candidate.info`` into its json
-META_INFO = ("separate", "asd", "sync", "masks", "audio_emb", "caption")
-
 
 def members_except(*names: str) -> tuple[str, ...]:
     """``MEMBERS`` without ``names`` (in tar order); every name must be a member."""

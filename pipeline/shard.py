@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from mtcc.manifests import status_counts, to_table
-from mtcc.manifests.members import META_INFO, member_rank
+from mtcc.manifests.members import member_rank
 from mtcc.manifests.shard_tar import read_samples
 from mtcc.stages.base import Candidate, Stage
 from mtcc.stages.hashing import sha256_file, sha256_stream
@@ -71,7 +71,9 @@ def _safe_member(name: str) -> None:
         raise ValueError(f"unsafe tar member name {name!r}")
 
 
-def sample_meta(c: Candidate, run_info: dict[str, Any]) -> dict[str, Any]:
+def sample_meta(c: Candidate, run_info: dict[str, Any], meta_info: Sequence[str] = ()) -> dict[str, Any]:
+    """The sample's json: where it comes from, its stats, the ``Candidate.info`` entries named by
+    ``meta_info`` (what its stages declare as sample meta) and the run's info."""
     return {
         "key": c.key,
         "source": c.source,
@@ -82,18 +84,20 @@ def sample_meta(c: Candidate, run_info: dict[str, Any]) -> dict[str, Any]:
         # stages that ran on random-initialised weights (offline profile): this sample is plumbing only
         "random_weights": sorted(k.split(".")[0] for k, v in c.stats.items() if k.endswith(".random_weights") and v),
         "stats": c.stats,
-        **{k: c.info[k] for k in META_INFO if k in c.info},
+        **{k: c.info[k] for k in meta_info if k in c.info},
         **run_info,
     }
 
 
-def write_tar(path: Path, samples: Sequence[Candidate], run_info: dict[str, Any]) -> int:
-    """Deterministic tar: samples by key, members in schema order, fixed mtime/uid/gid/mode."""
+def write_tar(path: Path, samples: Sequence[Candidate], run_info: dict[str, Any],
+              meta_info: Sequence[str] = ()) -> int:
+    """Deterministic tar: samples by key, members in schema order, fixed mtime/uid/gid/mode; ``meta_info``
+    as for :func:`sample_meta`."""
     n = 0
     with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for c in sorted(samples, key=lambda c: c.key):
             members = dict(c.members)
-            members["json"] = json.dumps(sample_meta(c, run_info), sort_keys=True, default=str).encode()
+            members["json"] = json.dumps(sample_meta(c, run_info, meta_info), sort_keys=True, default=str).encode()
             for name in sorted(members, key=member_rank):
                 _safe_member(c.key)
                 _safe_member(name)
@@ -122,7 +126,7 @@ def commit_shard(layout: Layout, shard: int, cands: list[Candidate], stages: Seq
     for c in cands:
         c.members = c.members if c.status == "kept" else {}
     tmp_tar = layout.temp(tar_path)
-    n = write_tar(tmp_tar, kept, run_info)
+    n = write_tar(tmp_tar, kept, run_info, [k for s in stages for k in s.sample_meta()])
     table = to_table(cands, stages)
     tmp_man = layout.temp(man_path)
     pq.write_table(table, tmp_man, compression="zstd")

@@ -26,10 +26,13 @@ STAGES: dict[str, type[Stage]] = {
                 ClipCaption, ClipWriter)
 }
 
+# the Candidate.info entries the stages carry into a sample's json (each stage declares its own)
+SAMPLE_META: tuple[str, ...] = tuple(k for cls in STAGES.values() for k in cls.sample_meta())
+
 # stage names earlier versions knew, and where their settings went
 RETIRED: dict[str, str] = {
     "shots": "cut detection now runs on the faces stage's one decode of the video: move its settings under "
              "stages.faces.shots (detector, threshold, min_shot_seconds; decode_width is analysis_width)",
 }
 
-__all__ = ["RETIRED", "STAGES", "Candidate", "Rejection", "Resources", "Stage"]
+__all__ = ["RETIRED", "SAMPLE_META", "STAGES", "Candidate", "Rejection", "Resources", "Stage"]

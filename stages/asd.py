@@ -199,7 +199,7 @@ class ActiveSpeakers(ModelStage):
         settings={"model": f"./light_asd/{MODEL_FILE}"}),)
     # without the separated tracks it scores the mixture only (no track_face)
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"), *(Member(t, optional=True) for t in TRACKS))
-    provides: ClassVar[tuple[Key, ...]] = (Info("asd"),)
+    provides: ClassVar[tuple[Key, ...]] = (Info("asd", sample_meta=True),)
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "speaking_0": "float64", "speaking_1": "float64", "both_speaking": "float64", "turns": "int64",

@@ -247,7 +247,7 @@ class AudioEmbeddings(ModelStage):
                    sha256="8aa76ab2243c81747a1f832954586bc566090c83a0ac167df6f31f0fa917d74a", source=_W2V_SOURCE)),
         settings={"model": "./wav2vec2-base-960h"}),)
     requires: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("clip_faces", optional=True))
-    provides: ClassVar[tuple[Key, ...]] = (Member(MEMBER), Info("audio_emb"))
+    provides: ClassVar[tuple[Key, ...]] = (Member(MEMBER), Info("audio_emb", sample_meta=True))
     stats_schema: ClassVar[dict[str, str]] = {
         "frames": "int64", "cnn_frames": "int64", "layers": "int64", "hidden": "int64",
         "rms_0": "float64", "rms_1": "float64", "random_weights": "bool",

@@ -52,9 +52,12 @@ class Key:
         return f"{self.kind} {self.name!r}"
 
 
+@dataclass(frozen=True)
 class Info(Key):
-    """An entry of ``Candidate.info``."""
+    """An entry of ``Candidate.info``. ``sample_meta``: what the stage learned beyond its scalar stats
+    (matrices, segments, model ids) that the sample's json carries, under the entry's name."""
 
+    sample_meta: bool = False
     kind: ClassVar[str] = "info"
 
 
@@ -285,6 +288,11 @@ class Stage(BaseModel):
         """What this stage leaves: its declared ``provides``, its stats, and clips when it expands."""
         stats = tuple(Stat(f"{cls.name}.{k}") for k in cls.stats_schema)
         return cls.provides + stats + ((CLIPS,) if cls.expands else ())
+
+    @classmethod
+    def sample_meta(cls) -> tuple[str, ...]:
+        """The ``Candidate.info`` entries this stage provides that go into the sample's json."""
+        return tuple(k.name for k in cls.provides if isinstance(k, Info) and k.sample_meta)
 
     def setup(self) -> None:
         """Run ``load`` once per actor: the executors call this before the first batch, ``run_batch`` before

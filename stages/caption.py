@@ -124,7 +124,7 @@ class ClipCaption(ModelStage):
         settings={"model": "./Qwen2-VL-7B-Instruct"},
         note="about 16.6 GB; the shards' sizes and sha256 are checked against the hub's own LFS metadata"),)
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("probe", optional=True))
-    provides: ClassVar[tuple[Key, ...]] = (Member("caption.txt"), Info("caption"))
+    provides: ClassVar[tuple[Key, ...]] = (Member("caption.txt"), Info("caption", sample_meta=True))
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "n_frames": "int64", "visual_tokens": "int64", "prompt_tokens": "int64", "new_tokens": "int64",

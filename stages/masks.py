@@ -118,7 +118,7 @@ class CharacterMasks(ModelStage):
         settings={"model": "./sam2.1-hiera-large"}),)
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"))
     provides: ClassVar[tuple[Key, ...]] = (Member("masks.rle.json"), Member("route.npy"), *(Member(r) for r in REFS),
-                                           Info("masks"))
+                                           Info("masks", sample_meta=True))
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "area_0": "float64", "area_1": "float64", "empty_0": "float64", "empty_1": "float64",

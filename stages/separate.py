@@ -282,7 +282,7 @@ class SpeechSeparation(ModelStage):
         settings={"model": "./AV_MossFormer2_TSE_16K"},
         note="the repo also holds last_best_checkpoint_old.pt (a second ~700 MB copy); it is not fetched"),)
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"))
-    provides: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("separate"))
+    provides: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("separate", sample_meta=True))
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "rms_0": "float64", "rms_1": "float64", "mix_rms": "float64",

@@ -137,7 +137,7 @@ class SyncScores(ModelStage):
         CLIP_MEDIA, Info("clip_faces"), *(Member(t, optional=True) for t in TRACKS),
         *(Stat(s, optional=True) for s in ("asd.silent_0", "asd.silent_1", "asd.random_weights",
                                            "separate.silent_0", "separate.silent_1")))
-    provides: ClassVar[tuple[Key, ...]] = (Info("sync"),)
+    provides: ClassVar[tuple[Key, ...]] = (Info("sync", sample_meta=True),)
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "sync_c_0": "float64", "sync_c_1": "float64",

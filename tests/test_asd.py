@@ -189,7 +189,7 @@ def test_outputs_follow_the_export_contract(asd, pair_clips):
     json.dumps(meta)
     from mtcc.pipeline.shard import sample_meta
 
-    assert sample_meta(c, {})["asd"] == meta
+    assert sample_meta(c, {}, ActiveSpeakers.sample_meta())["asd"] == meta
 
 
 def test_sync_takes_single_speaker_from_asd():

@@ -102,7 +102,7 @@ EXPORTED = {k for k, v in PLANTS.items() if isinstance(v[3], list)}
 
 def plant(real_out: Path, out: Path) -> dict[str, dict]:
     """Shards 0 and 1 of ``out``: the real sample under the PLANTS keys, with the planted meta."""
-    from mtcc.manifests.members import META_INFO
+    from mtcc.stages import SAMPLE_META, STAGES
     from mtcc.pipeline.shard import Layout, commit_shard
     from mtcc.stages.base import Candidate
 
@@ -115,7 +115,7 @@ def plant(real_out: Path, out: Path) -> dict[str, dict]:
     planted: dict[str, dict] = {}
     shards: dict[int, list[Candidate]] = {}
     for name, (shard, asd, sync_swapped, _) in PLANTS.items():
-        info = {k: meta[k] for k in (*META_INFO, "probe") if k in meta}
+        info = {k: meta[k] for k in (*SAMPLE_META, "probe") if k in meta}
         info["sha256"] = meta["source_sha256"]
         # the planted measures stand for real ones: tracks from a real separator, scored by a real SyncNet
         info["separate"] = {**meta["separate"], "random_weights": False}
@@ -141,7 +141,8 @@ def plant(real_out: Path, out: Path) -> dict[str, dict]:
         shards.setdefault(shard, []).append(c)
         planted[c.key] = {"members": m, "asd": asd}
     for shard, cands in shards.items():
-        commit_shard(layout, shard, cands, [], run_info)
+        # the stages whose meta the planted samples carry: the real classes, so their json keeps it
+        commit_shard(layout, shard, cands, [cls for cls in STAGES.values() if cls.sample_meta()], run_info)
     return planted
 
 

@@ -136,8 +136,9 @@ def make_sample(key: str, index: int, frames: int, size: tuple[int, int], geo: L
     return members, info, truth
 
 
-_SYNC = SimpleNamespace(name="sync", stats_schema={"sync_c_mean": "float64", "swapped": "bool"})
-_MASKS = SimpleNamespace(name="masks", stats_schema={"overlap": "float64"})
+_SYNC = SimpleNamespace(name="sync", stats_schema={"sync_c_mean": "float64", "swapped": "bool"},
+                        sample_meta=lambda: ("sync",))
+_MASKS = SimpleNamespace(name="masks", stats_schema={"overlap": "float64"}, sample_meta=lambda: ("masks",))
 
 
 def write_shards(out: str | Path, n_shards: int, per_shard: int, *, frames: int | list[int] = 30,
@@ -179,5 +180,5 @@ def write_shards(out: str | Path, n_shards: int, per_shard: int, *, frames: int 
         if commit:
             commit_shard(layout, shard, cands, [_SYNC, _MASKS], run_info)
         else:
-            write_tar(layout.tar(shard), [c for c in cands if c.status == "kept"], run_info)
+            write_tar(layout.tar(shard), [c for c in cands if c.status == "kept"], run_info, ("sync", "masks"))
     return truth
