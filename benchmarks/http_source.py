@@ -18,12 +18,16 @@ CHUNK = 1 << 20
 
 
 class CountingServer:
-    """``with CountingServer(folder) as srv: srv.url("a.mp4")``; ``srv.sent[name]``: body bytes sent."""
+    """``with CountingServer(folder) as srv: srv.url("a.mp4")``; ``srv.sent[name]``: body bytes sent.
+    ``swap={name: (n, path)}``: after ``n`` HEAD requests for ``name`` it serves the file at ``path`` instead
+    (an object replaced between a build's planning, which asks its size once, and its fetch)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, swap: dict[str, tuple[int, Path]] | None = None):
         self.root = Path(root).resolve()
+        self.swap = dict(swap or {})
         self.sent: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        self.heads: Counter[str] = Counter()  # HEAD requests by name (what swap counts)
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -64,6 +68,11 @@ class CountingServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return None
+                with server._lock:
+                    server.heads[name] += self.command == "HEAD"
+                    after, other = server.swap.get(name, (None, None))
+                    if after is not None and server.heads[name] > after:
+                        return Path(other)
                 return p
 
             def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
@@ -102,7 +111,7 @@ class CountingServer:
                 self.send_header("Content-Length", str(n))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
-                name = str(p.relative_to(server.root))
+                name = unquote(self.path.split("?", 1)[0].lstrip("/"))
                 with server._lock:
                     server.requests[name] += 1
                 with open(p, "rb") as f:

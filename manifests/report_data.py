@@ -212,9 +212,9 @@ def read_some(tar_path: Path | str, keys: Iterable[str], members: Sequence[str] 
         if isinstance(tar_path, Path):
             samples = read_samples(tar_path, select=lambda k: members if k in wanted else ())
         else:
-            import fsspec
+            from mtcc.stages.remote_io import open_read
 
-            samples = read_samples(stack.enter_context(fsspec.open(tar_path, "rb")), seek=True, where=tar_path,
+            samples = read_samples(stack.enter_context(open_read(tar_path)), seek=True, where=tar_path,
                                    select=lambda k: members if k in wanted else ())
         stack.enter_context(contextlib.closing(samples))
         for key, got in samples:

@@ -20,6 +20,11 @@ _ENV.filters["fmt"] = fmt
 _ENV.filters["basename"] = lambda p: PurePath(p).name
 
 
+def remote_io_kinds(rio: dict[str, Any]) -> str:
+    """'fetch.throttled 4, plan.short_read 1' from a run's remote I/O summary (``last_run.json``)."""
+    return ", ".join(f"{k} {v}" for k, v in (rio.get("retries_by_kind") or {}).items()) or "none"
+
+
 def render_html(ctx: dict[str, Any]) -> str:
     """The page for what ``report._render`` gathered: the numbers are derived here, the markup is the
     template's."""
@@ -38,6 +43,10 @@ def render_html(ctx: dict[str, Any]) -> str:
     if lr:
         cards.append(("last run", f"{fmt(lr.get('wall_s'))} s, {len(lr.get('built') or [])} built, "
                                   f"{len(lr.get('failed') or {})} failed"))
+        rio = lr.get("remote_io") or {}
+        if rio.get("retries") or rio.get("gave_up"):
+            cards.append(("remote I/O retries", f"{rio.get('retries', 0)} ({remote_io_kinds(rio)}), "
+                                                f"{rio.get('gave_up', 0)} given up"))
     counts = ctx["counts"]
     hists = ctx["histograms"]
     timing = ctx["timing"]

@@ -24,6 +24,7 @@ from mtcc.manifests import funnel
 from mtcc.stages.base import Candidate
 from mtcc.stages.media import ffmpeg_version, fsync_dir, fsync_file
 from mtcc.stages.model_stage import ModelStage, WeightsStage
+from mtcc.stages.remote_io import IOCounts, RemoteIO
 
 from .config import PipelineConfig
 from .executor import Executor, InProcessExecutor, RayExecutor, WorkspaceSpec, init_ray
@@ -55,6 +56,8 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
     # bytes of candidates between the driver and the workers before commit (Ray runner; None in-process)
     driver_bytes: dict[str, int] | None = None
+    # what the run's remote reads and writes went through (retries by kind, calls given up), all processes
+    remote_io: dict[str, Any] = field(default_factory=dict)
 
 
 def versions() -> dict[str, str]:
@@ -106,13 +109,14 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard: int,
-                      warn: Callable[[str], None], name: str | None = None) -> pa.Table:
+                      warn: Callable[[str], None], name: str | None = None, rio: RemoteIO | None = None) -> pa.Table:
     sources: list[str] | None = None
+    rio = rio or RemoteIO()
     name = name or str(layout.root)
     if layout.plan.exists():
         plan = pq.read_table(layout.plan)
         if inputs:
-            disc = discover(inputs)
+            disc = discover(inputs, rio)
             planned = set(plan.column("source").to_pylist())
             now = set(disc.sources)
             if planned != now:
@@ -131,13 +135,13 @@ def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard
     else:
         if not inputs:
             raise BuildError(f"{name} has no plan yet: pass --input")
-        disc = discover(inputs)
+        disc = discover(inputs, rio)
         for w in disc.warnings:
             warn(w)
         if not disc.sources:
             raise BuildError(f"no videos found in {', '.join(inputs)} (extensions: .mp4 .mkv .avi .mov .webm ...)")
         sources = disc.sources
-    plan = make_plan(sources, videos_per_shard)
+    plan = make_plan(sources, videos_per_shard, rio)
     plan = plan.replace_schema_metadata({"videos_per_shard": str(videos_per_shard)})
     tmp = layout.temp(layout.plan)
     pq.write_table(plan, tmp)
@@ -158,7 +162,7 @@ def workspace_spec(cfg: PipelineConfig, layout: Layout) -> WorkspaceSpec:
     else:
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         root = cache / "mtcc" / "work" / hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
-    return WorkspaceSpec(str(root.absolute()), int(cfg.run.source_cache_gb * 2**30))
+    return WorkspaceSpec(str(root.absolute()), int(cfg.run.source_cache_gb * 2**30), cfg.run.remote)
 
 
 def random_weight_stages(cfg: PipelineConfig) -> list[str]:
@@ -199,7 +203,7 @@ def shard_candidates(rows: list[dict[str, Any]], sources: dict[str, str]) -> tup
     todo, done = [], []
     for r in rows:
         c = Candidate(key=r["video_id"], video_id=r["video_id"], source=r["source"], shard=r["shard"],
-                      info={"fingerprint": r["fingerprint"]})
+                      info={"fingerprint": r["fingerprint"], "source_bytes": r["size"]})
         if r["duplicate_of"]:
             c.reject(PLAN_STAGE, "duplicate",
                      f"same content as {sources.get(r['duplicate_of'])} ({r['duplicate_of']}); planned once")
@@ -216,8 +220,9 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
     """Build (or resume) OUT: a local folder, or any fsspec URL (then built in ``staging``, by default a
     cache folder of this URL, and published shard by shard)."""
     t0 = time.monotonic()
+    rio = RemoteIO(cfg.run.remote)  # the driver's: planning's reads and every write to a remote OUT
     try:
-        remote = RemoteOut(str(out)) if is_remote_out(out) else None
+        remote = RemoteOut(str(out), rio) if is_remote_out(out) else None
     except RemoteError as e:
         raise BuildError(str(e)) from e
     if remote is not None:
@@ -241,7 +246,7 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
                     log(f"taking over the stale lock on {remote.url} of pid {held.get('pid')} on {held.get('host')}")
                 remote.pull_plan(layout, log)
             result = _build_locked(cfg, inputs, layout, remote, remote_lock, name, runner=runner, address=address,
-                                   force=force, progress=progress, log=log)
+                                   force=force, progress=progress, log=log, rio=rio)
     except RemoteError as e:
         raise BuildError(str(e)) from e
     result.wall_s = time.monotonic() - t0
@@ -250,10 +255,10 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
 
 def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: Layout, remote: RemoteOut | None,
                   remote_lock: RemoteLock | None, name: str, *, runner: str, address: str | None, force: bool,
-                  progress: bool, log: Callable[[str], None]) -> BuildResult:
+                  progress: bool, log: Callable[[str], None], rio: RemoteIO) -> BuildResult:
     t0 = time.monotonic()
     _check_config(layout, cfg, force, name)
-    plan = load_or_make_plan(layout, inputs, cfg.run.videos_per_shard, log, name)
+    plan = load_or_make_plan(layout, inputs, cfg.run.videos_per_shard, log, name, rio)
     _save_config(layout, cfg)  # only once the plan is settled: a refused run changes nothing
     if remote is not None:
         remote.publish_plan(layout, log)
@@ -277,15 +282,21 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: Layout,
                 log(f"shard {s:06d}: {problem}; rebuilding it")
             remove_shard(layout, s)
             todo.append(s)
+    workers_io = []
     if todo:
-        _run_shards(cfg, plan, layout, todo, result, runner=runner, address=address, progress=progress, log=log,
-                    publish=publish)
+        workers_io = _run_shards(cfg, plan, layout, todo, result, runner=runner, address=address,
+                                 progress=progress, log=log, publish=publish)
     result.wall_s = time.monotonic() - t0
+    result.remote_io = IOCounts.merge([rio.counts.snapshot(), *workers_io])
+    if result.remote_io["retries"] or result.remote_io["gave_up"]:
+        log(f"remote I/O: {result.remote_io['retries']} retries, {result.remote_io['gave_up']} call(s) given up "
+            f"({', '.join(f'{k} {v}' for k, v in result.remote_io['retries_by_kind'].items())})")
     last_run = layout.root / "report" / "last_run.json"
     _write_json_atomic(last_run, {
         "runner": runner, "wall_s": round(result.wall_s, 3), "startup_s": round(result.startup_s, 3),
         "built": result.shards_built,
         "skipped": result.shards_skipped, "failed": result.shards_failed, "stage_timing": result.stage_timing,
+        "remote_io": result.remote_io,
     })
     # --- report refresh (mtcc.manifests.report): still under the run lock, so it sees this run's
     # commits; a report is a view, never a reason to fail a build that committed its shards
@@ -308,9 +319,10 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: Layout,
 
 def _publisher(layout: Layout, remote: RemoteOut, lock: RemoteLock, result: BuildResult,
                log: Callable[[str], None]) -> Callable[[int], bool]:
-    """``publish(shard)``: upload a shard committed in staging; False (the shard recorded as failed) when
-    the upload or the lock check fails. The shard stays committed in staging: the next run publishes it
-    without building it again."""
+    """``publish(shard)``: upload a shard committed in staging. When the upload fails for good (OUT
+    unreachable once the retry policy is spent) or the lock was taken over, the shard is recorded as failed
+    and the error raised: the build stops, since every later shard would fail the same way. The shard stays
+    committed in staging, and OUT holds no commit of it: the next run publishes it without building it."""
 
     def publish(shard: int) -> bool:
         try:
@@ -319,7 +331,7 @@ def _publisher(layout: Layout, remote: RemoteOut, lock: RemoteLock, result: Buil
         except RemoteError as e:
             result.shards_failed[shard] = f"publish failed: {e}"
             log(f"shard {shard:06d}: publish to {remote.url} failed ({e}); the next run publishes it from staging")
-            return False
+            raise
         return True
 
     return publish
@@ -355,7 +367,9 @@ def _remote_todo(cfg: PipelineConfig, layout: Layout, remote: RemoteOut, publish
 
 def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[int], result: BuildResult, *,
                 runner: str, address: str | None, progress: bool, log: Callable[[str], None],
-                publish: Callable[[int], bool] | None = None) -> None:
+                publish: Callable[[int], bool] | None = None) -> list[dict[str, dict[str, int]]]:
+    """Stream the shards ``todo`` through the stages and commit (and publish) each; what the workers' remote
+    reads went through, one snapshot per worker."""
     stages = cfg.active_stages
     run_info = {"config_hash": cfg.config_hash(), "pipeline_version": PIPELINE_VERSION, "versions": versions(),
                 "profile": cfg.profile, "models": model_ids(cfg)}
@@ -416,22 +430,27 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
                 if not flow.step(timeout=0.5) and not pending and flow.open_shards == 0:
                     break
             except CapacityLost as e:
-                lost = str(e)
+                lost = f"{e}; rerun when the cluster is back"
+            except RemoteError as e:  # a publish failed for good (see _publisher): OUT takes nothing more
+                lost = f"OUT stopped taking shards ({e}); rerun the same command to resume"
             if not lost and time.monotonic() >= next_health :
                 next_health = time.monotonic() + HEALTH_EVERY_S
                 lost = executor.capacity_lost()
+                lost = lost and f"{lost}; rerun when the cluster is back"
             if lost:
                 # nothing of an unfinished shard was committed: name them all, the rerun redoes them
                 for s in [*flow.outstanding, *pending]:
-                    result.shards_failed[s] = f"{lost}; rerun when the cluster is back"
+                    result.shards_failed[s] = lost
                 log(f"stopping: {lost}; {len(result.shards_failed)} shard(s) not built")
                 break
+        workers_io = executor.io_counts()
     finally:
         executor.shutdown()
         bar.close()
     result.stage_timing = {k: vars(v) for k, v in flow.timing.items()}
     result.driver_bytes = executor.driver_bytes
     log(f"{len(result.shards_built)} shards built from {n_inputs} inputs")
+    return workers_io
 
 
 def read_manifests(out: str | Path) -> pa.Table | None:
@@ -448,9 +467,9 @@ def stage_names(out: str | Path) -> list[str]:
     return [PLAN_STAGE] + [n for n in cfg["stage_order"] if stages[n].get("enabled", True)]
 
 
-def build_funnel(out: str | Path):
+def build_funnel(out: str | Path, rio: RemoteIO | None = None):
     if is_remote_out(out):
-        with RemoteOut(str(out)).view() as view:
+        with RemoteOut(str(out), rio).view() as view:
             return build_funnel(view.root)
     table = read_manifests(out)
     if table is None:

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from mtcc.manifests import format_funnel
+from mtcc.stages.remote_io import RemoteIO
 
 from .config import ConfigError, load_config
 from .inputs import InputError
@@ -47,11 +48,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         res = build(cfg, args.input, args.output, runner=args.runner, address=args.address, force=args.force,
                     progress=not args.no_progress, staging=args.staging)
-        funnel = build_funnel(args.output)
     except (BuildError, LockBusy, InputError, StageSetupError, RemoteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_funnel(funnel))
+    try:
+        print(format_funnel(build_funnel(args.output, RemoteIO(cfg.run.remote))))
+    except RemoteError as e:  # OUT stopped answering: the build's own outcome is what the exit code says
+        print(f"warning: funnel not shown: {e}", file=sys.stderr)
     print(f"\n{len(res.shards_built)} shards built, {len(res.shards_skipped)} already committed, "
           f"{len(res.shards_failed)} failed, of {res.shards_total}; {res.wall_s:.1f}s")
     print(f"shards:    {res.out}/shards\nmanifests: {res.out}/manifests")
@@ -76,6 +79,19 @@ def _local_states(out: Path) -> dict[int, tuple[str, dict | None]]:
     return states
 
 
+def _last_run(out: str) -> dict:
+    """OUT's report/last_run.json ({} when the last run wrote none)."""
+    if is_remote_out(out):
+        data = RemoteOut(out).read("report/last_run.json")
+    else:
+        p = local_root(out) / "report" / "last_run.json"
+        data = p.read_bytes() if p.exists() else None
+    try:
+        return json.loads(data) if data else {}
+    except ValueError:
+        return {}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .build import build_funnel
 
@@ -91,7 +107,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 line += f"  samples={c['samples']} candidates={c['candidates']}"
             print(line)
         done = sum(state == "committed" for state, _ in states.values())
-        print(f"\n{done}/{len(states)} shards committed\n")
+        print(f"\n{done}/{len(states)} shards committed")
+        rio = _last_run(args.output).get("remote_io") or {}
+        if rio:
+            from mtcc.manifests.report_html import remote_io_kinds
+
+            print(f"last run's remote I/O: {rio.get('retries', 0)} retries ({remote_io_kinds(rio)}), "
+                  f"{rio.get('gave_up', 0)} call(s) given up")
+        print()
         print(format_funnel(build_funnel(args.output)))
     except RemoteError as e:
         print(f"error: {e}", file=sys.stderr)

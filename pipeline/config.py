@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mtcc.stages import RETIRED, STAGES, Stage
 from mtcc.stages.base import FROM_INPUT
+from mtcc.stages.remote_io import RetryPolicy
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,9 @@ class RunSettings(BaseModel):
                                                    "~/.cache/mtcc/work/<hash of OUT>); emptied at the start and "
                                                    "end of every run")
     source_cache_gb: float = Field(50.0, gt=0, description="most GiB of remote sources one node keeps at once")
+    remote: RetryPolicy = Field(default_factory=RetryPolicy,
+                                description="retries of every remote read and write (plan, source fetch, a "
+                                            "remote OUT) on throttling, server errors, timeouts and cut bodies")
 
 
 class RayConfig(BaseModel):

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 from mtcc.stages import STAGES, Stage
 from mtcc.stages.base import Candidate, MemberRef, PendingMember
+from mtcc.stages.remote_io import RemoteIO, RetryPolicy
 from mtcc.stages.workspace import NodeWorkspace
 
 
@@ -53,9 +54,10 @@ class WorkspaceSpec:
 
     root: str
     source_bytes: int
+    remote: RetryPolicy = field(default_factory=RetryPolicy)  # how its fetches ride out a flaky store
 
     def open(self) -> NodeWorkspace:
-        return NodeWorkspace(self.root, self.source_bytes)
+        return NodeWorkspace(self.root, self.source_bytes, RemoteIO(self.remote))
 
 
 class Executor(Protocol):
@@ -88,6 +90,10 @@ class Executor(Protocol):
 
     def resolve(self, cands: list[Candidate]) -> None:
         """Turn the members of ``cands`` held elsewhere into bytes (the commit writes them)."""
+        ...
+
+    def io_counts(self) -> list[dict[str, dict[str, int]]]:
+        """What the workers' remote reads went through (retries, calls given up), one snapshot per worker."""
         ...
 
     def shutdown(self) -> None:
@@ -137,6 +143,9 @@ class InProcessExecutor(Executor):
 
     def resolve(self, cands: list[Candidate]) -> None:
         """Members are bytes already: nothing travels in one process."""
+
+    def io_counts(self) -> list[dict[str, dict[str, int]]]:
+        return [self.workspace.remote.counts.snapshot()] if self.workspace is not None else []
 
     def shutdown(self) -> None:
         if self.workspace is not None:
@@ -260,6 +269,9 @@ class _StageActor:
     def evict(self, sources: list[str], clips: list[str]) -> None:
         self.workspace.evict_sources(sources)
         self.workspace.evict_clips(clips)
+
+    def io_counts(self) -> dict[str, dict[str, int]]:
+        return self.workspace.remote.counts.snapshot()
 
     def cleanup(self) -> None:
         self.workspace.clear()
@@ -394,6 +406,20 @@ class RayExecutor(Executor):
                 if isinstance(v, MemberRef):
                     c.members[name] = got[v.ref.hex()][name]
                     self.driver_bytes["member_bytes_resolved"] += len(c.members[name])
+
+    def io_counts(self) -> list[dict[str, dict[str, int]]]:
+        """Asked of the actors of the stages that read sources (the others make no remote calls); an actor
+        that does not answer in time is left out."""
+        refs = [a.io_counts.remote() for stage, actors in zip(self.stages, self.pools) if stage.reads_source
+                for a in actors]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=10)
+        out = []
+        for ref in ready:
+            try:
+                out.append(self.ray.get(ref))
+            except self.ray.exceptions.RayError:
+                continue  # a dead actor's counts are lost with it; the build's are not worth failing for
+        return out
 
     def shutdown(self) -> None:
         # each node's workspace goes with the run (an actor that is gone leaves its node's to the next run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import re
 import stat
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from mtcc.stages.media import is_remote_source, local_source
 from mtcc.stages.probe import NOT_UTF8_NAME
+from mtcc.stages.remote_io import RemoteIO, describe, fingerprint_digest
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp"}
 LIST_EXTS = {".txt", ".lst", ".csv", ".parquet"}
@@ -56,30 +58,34 @@ def slug(text: str, max_len: int = 40) -> str:
     return out or "video"
 
 
-def _read_list(path: str) -> list[str]:
+def _read_list(path: str, rio: RemoteIO) -> list[str]:
     import fsspec
 
     base = os.path.dirname(local_source(path)) if not is_remote_source(path) else path.rsplit("/", 1)[0]
     ext = Path(path.split("?")[0]).suffix.lower()
+    if is_remote_source(path):
+        fs, p = fsspec.core.url_to_fs(path)
+        data = rio.call("plan", f"list {path}", fs.cat_file, p)
+    else:
+        data = Path(local_source(path)).read_bytes()
     entries: list[str] = []
     if ext == ".parquet":
-        with fsspec.open(path, "rb") as f:
-            table = pq.read_table(f)
+        table = pq.read_table(io.BytesIO(data))
         col = "path" if "path" in table.column_names else table.column_names[0]
         entries = [str(v) for v in table.column(col).to_pylist() if v]
     else:
         # a name in the list that is not UTF-8 comes through as the same bytes (surrogates) and gets its
         # own 'unreadable' row (plan_source), instead of one byte failing the whole list
-        with fsspec.open(path, "rt", encoding="utf-8", errors="surrogateescape") as f:
-            if ext == ".csv":
-                rows = list(csv.reader(f))
-                if rows and "path" in rows[0]:
-                    i = rows[0].index("path")
-                    entries = [r[i] for r in rows[1:] if len(r) > i and r[i].strip()]
-                else:
-                    entries = [r[0] for r in rows if r and r[0].strip()]
+        text = data.decode("utf-8", errors="surrogateescape")
+        if ext == ".csv":
+            rows = list(csv.reader(io.StringIO(text, newline="")))
+            if rows and "path" in rows[0]:
+                i = rows[0].index("path")
+                entries = [r[i] for r in rows[1:] if len(r) > i and r[i].strip()]
             else:
-                entries = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+                entries = [r[0] for r in rows if r and r[0].strip()]
+        else:
+            entries = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     out = []
     for e in entries:
         if is_remote_source(e) or e.startswith("file://") or os.path.isabs(e):
@@ -118,14 +124,15 @@ def _canonical(source: str) -> str:
     return os.path.abspath(local_source(source))
 
 
-def discover(inputs: list[str]) -> Discovery:
+def discover(inputs: list[str], rio: RemoteIO | None = None) -> Discovery:
     disc = Discovery()
+    rio = rio or RemoteIO()
     raw: list[str] = []
     for item in inputs:
         if is_remote_source(item):
             ext = Path(item.split("?")[0]).suffix.lower()
             if ext in LIST_EXTS:
-                raw.extend(_read_list(item))
+                raw.extend(_read_list(item, rio))
             elif ext in VIDEO_EXTS:
                 raw.append(item)
             else:
@@ -133,13 +140,14 @@ def discover(inputs: list[str]) -> Discovery:
 
                 fs, root = fsspec.core.url_to_fs(item)
                 proto = item.split("://", 1)[0]
-                raw.extend(f"{proto}://{p}" for p in sorted(fs.find(root)) if Path(p).suffix.lower() in VIDEO_EXTS)
+                found = rio.call("plan", f"listing {item}", fs.find, root)
+                raw.extend(f"{proto}://{p}" for p in sorted(found) if Path(p).suffix.lower() in VIDEO_EXTS)
             continue
         path = local_source(item)
         if os.path.isdir(path):
             raw.extend(_walk(path))
         elif os.path.isfile(path) and Path(path).suffix.lower() in LIST_EXTS:
-            raw.extend(_read_list(path))
+            raw.extend(_read_list(path, rio))
         elif os.path.exists(path) or os.path.islink(path):
             raw.append(path)
         else:
@@ -160,46 +168,59 @@ def discover(inputs: list[str]) -> Discovery:
     return disc
 
 
-def fingerprint(source: str) -> tuple[int, str]:
+def fingerprint(source: str, rio: RemoteIO | None = None) -> tuple[int, str]:
     """(size, digest of size + first and last MiB, 16 KiB for a remote source): cheap enough to plan
-    thousands of files, and it tells copies apart from re-encodes. Unreadable inputs get size -1 and a description instead; so do
-    FIFOs, devices and directories, which are never opened for reading (a FIFO would block the plan)."""
+    thousands of files, and it tells copies apart from re-encodes. Unreadable inputs get size -1 and a
+    description instead; so do FIFOs, devices and directories, which are never opened for reading (a FIFO
+    would block the plan), and remote sources that stay unreachable under ``rio``'s retry policy (their
+    row then says why: ``unreachable:404 Not Found``)."""
     if source.startswith(NOT_UTF8_NAME):
         return -1, "unreadable:name-not-utf8"
+    if is_remote_source(source):
+        return _remote_fingerprint(source, rio or RemoteIO())
     try:
-        if is_remote_source(source):
-            import fsspec
-
-            # two exact range reads: a remote source's bytes cross the network once more, at its fetch
-            fs, p = fsspec.core.url_to_fs(source)
-            size = int(fs.size(p))
-            n = min(REMOTE_FINGERPRINT_BYTES, size)
-            head = fs.cat_file(p, start=0, end=n)
-            tail = fs.cat_file(p, start=max(0, size - n), end=size)
-        else:
-            if not stat.S_ISREG(os.stat(source).st_mode):
+        if not stat.S_ISREG(os.stat(source).st_mode):
+            return -1, "unreadable:not-a-regular-file"
+        # non-blocking, and checked again on the open file: it may have been swapped since the stat
+        with open(os.open(source, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
                 return -1, "unreadable:not-a-regular-file"
-            # non-blocking, and checked again on the open file: it may have been swapped since the stat
-            with open(os.open(source, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
-                st = os.fstat(f.fileno())
-                if not stat.S_ISREG(st.st_mode):
-                    return -1, "unreadable:not-a-regular-file"
-                size = st.st_size
-                head = f.read(FINGERPRINT_BYTES)
-                f.seek(max(0, size - FINGERPRINT_BYTES))
-                tail = f.read(FINGERPRINT_BYTES)
+            size = st.st_size
+            head = f.read(FINGERPRINT_BYTES)
+            f.seek(max(0, size - FINGERPRINT_BYTES))
+            tail = f.read(FINGERPRINT_BYTES)
     except (OSError, ValueError) as e:
         return -1, f"unreadable:{type(e).__name__}"
-    h = hashlib.sha256(str(size).encode() + b"\0" + head + b"\0" + tail).hexdigest()
-    return size, h
+    return size, fingerprint_digest(size, head, tail)
 
 
-def make_plan(sources: list[str], videos_per_shard: int) -> pa.Table:
+def _remote_fingerprint(source: str, rio: RemoteIO) -> tuple[int, str]:
+    import fsspec
+
+    try:
+        fs, p = fsspec.core.url_to_fs(source)
+    except (ImportError, ValueError) as e:
+        return -1, f"unreadable:{type(e).__name__}"
+    try:
+        # two exact range reads, each retried on its own: a remote source's bytes cross the network once
+        # more, at its fetch
+        size = int(rio.call("plan", f"size of {source}", fs.size, p))
+        n = min(REMOTE_FINGERPRINT_BYTES, size)
+        head = rio.read_range(fs, p, 0, n, "plan", f"first bytes of {source}")
+        tail = rio.read_range(fs, p, max(0, size - n), size, "plan", f"last bytes of {source}")
+    except Exception as e:  # noqa: BLE001 - a store fails in its own types: the row says why, the plan goes on
+        return -1, f"unreachable:{describe(e)}"
+    return size, fingerprint_digest(size, head, tail)
+
+
+def make_plan(sources: list[str], videos_per_shard: int, rio: RemoteIO | None = None) -> pa.Table:
     rows = {name: [] for name in PLAN_SCHEMA.names}
     by_content: dict[str, str] = {}
     used_ids: set[str] = set()
+    rio = rio or RemoteIO()
     for i, src in enumerate(sources):
-        size, fp = fingerprint(src)
+        size, fp = fingerprint(src, rio)
         stem = Path(src.split("?")[0]).stem
         digest = hashlib.sha256(f"{src}\0{fp}".encode()).hexdigest()
         n = 12

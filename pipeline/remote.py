@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mtcc.stages.remote_io import RemoteIO, describe
+
 from .lock import LockBusy
 from .shard import Layout, check_shard_at, remove_shard
 
@@ -43,6 +45,11 @@ SHARD_DIRS = ("commits", "shards", "manifests")  # commits first: removing a sha
 
 class RemoteError(RuntimeError):
     pass
+
+
+class OutUnreachable(RemoteError):
+    """OUT did not take a write (or answer a read) within the retry policy: the build stops, nothing of the
+    shard in hand is committed on OUT, and the next run publishes it from staging."""
 
 
 def is_remote_out(out: str | os.PathLike[str]) -> bool:
@@ -96,11 +103,13 @@ def _package_for(protocol: str) -> str:
 
 
 class RemoteOut:
-    """OUT at an fsspec URL: its paths follow the local Layout, its writes the publish order above."""
+    """OUT at an fsspec URL: its paths follow the local Layout, its writes the publish order above. Every call
+    goes through ``rio`` (retries on throttling, server errors, resets; see mtcc.stages.remote_io)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, rio: RemoteIO | None = None):
         import fsspec
 
+        self.rio = rio or RemoteIO()
         self.url = url.rstrip("/")
         protocol, _ = fsspec.core.split_protocol(self.url)
         try:
@@ -124,21 +133,24 @@ class RemoteOut:
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            return fn(*args)
+            return self.rio.call("out", f"{what} on {self.url}", fn, *args)
         # a store fails in its own exception types (botocore, aiohttp, google.api_core, ...): whatever it
-        # raises becomes one error that names OUT and the operation
+        # raises, once the retry policy gives up or the failure cannot pass, becomes one error that names
+        # OUT and the operation
         except Exception as e:  # noqa: BLE001
-            raise RemoteError(f"{what} failed on {self.url}: {type(e).__name__}: {e}") from e
+            raise OutUnreachable(f"{what} failed on {self.url}: {describe(e)}") from e
 
     def read(self, rel: str) -> bytes | None:
         """The object's bytes, None when it is absent."""
-        path = self.path(rel)
+        return self._read_path(self.path(rel))
+
+    def _read_path(self, path: str) -> bytes | None:
         try:
-            return self.fs.cat_file(path)
+            return self.rio.call("out", f"reading {self.show(path)}", self.fs.cat_file, path)
         except FileNotFoundError:
             return None
         except Exception as e:  # noqa: BLE001 - see _call
-            raise RemoteError(f"reading {self.show(path)} failed: {type(e).__name__}: {e}") from e
+            raise OutUnreachable(f"reading {self.show(path)} failed: {describe(e)}") from e
 
     def write(self, rel: str, data: bytes) -> None:
         path = self.path(rel)
@@ -152,12 +164,13 @@ class RemoteOut:
         self.fs.invalidate_cache()
         out: dict[str, int] = {}
         for d in SHARD_DIRS:
+            where = self.show(self.path(d))
             try:
-                entries = self.fs.ls(self.path(d), detail=True)
+                entries = self.rio.call("out", f"listing {where}", self.fs.ls, self.path(d), detail=True)
             except FileNotFoundError:
                 continue
             except Exception as e:  # noqa: BLE001 - see _call
-                raise RemoteError(f"listing {self.show(self.path(d))} failed: {type(e).__name__}: {e}") from e
+                raise OutUnreachable(f"listing {where} failed: {describe(e)}") from e
             out.update({e["name"].rstrip("/"): int(e.get("size") or 0) for e in entries if e.get("type") == "file"})
         return out
 
@@ -177,9 +190,11 @@ class RemoteOut:
         out: dict[int, dict[str, Any] | str] = {}
         for path, shard in paths.items():
             data = raw.get(path)
+            if isinstance(data, BaseException) or data is None:
+                data = self._read_path(path)  # that one alone again, under the retry policy
             try:
-                if isinstance(data, BaseException) or data is None:
-                    raise OSError(str(data))
+                if data is None:
+                    raise OSError("it vanished while being read")
                 out[shard] = json.loads(data)
             except (OSError, ValueError) as e:
                 out[shard] = f"commit file unreadable: {e}"
@@ -207,7 +222,7 @@ class RemoteOut:
     def verify_shard(self, shard: int, config_hash: str | None = None) -> str | None:
         """The deep check of ``mtcc verify``: sha256 of the tar and manifest against the commit, tar readable."""
         try:
-            return check_shard_at(self.fs, self.layout, shard, config_hash, deep=True, show=self.show)
+            return check_shard_at(self.fs, self.layout, shard, config_hash, deep=True, show=self.show, rio=self.rio)
         except Exception as e:  # noqa: BLE001 - see _call; one unreadable shard must not hide the others
             return f"unreadable on {self.url}: {type(e).__name__}: {e}"
 
@@ -227,7 +242,7 @@ class RemoteOut:
     def remove_shard(self, shard: int) -> None:
         """Delete a shard's objects, its commit first (readers then ignore the rest at once)."""
         for path in self.shard_objects(shard):
-            if self.fs.exists(path):
+            if self._call(f"looking for {self.show(path)}", self.fs.exists, path):
                 self._call(f"deleting {self.show(path)}", self.fs.rm_file, path)
 
     def remove_all_shards(self) -> int:
@@ -341,7 +356,8 @@ class RemoteOut:
             keep = {self.path(f"report/{p.relative_to(report).as_posix()}") for p in files}
             for sub in ("plots", "gallery"):
                 try:
-                    old = self.fs.ls(self.path(f"report/{sub}"), detail=False)
+                    old = self.rio.call("out", f"listing report/{sub} of {self.url}", self.fs.ls,
+                                        self.path(f"report/{sub}"), detail=False)
                 except FileNotFoundError:
                     continue
                 for path in old:

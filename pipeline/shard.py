@@ -24,6 +24,7 @@ from mtcc.manifests.shard_tar import read_samples
 from mtcc.stages.base import Candidate, Stage
 from mtcc.stages.hashing import sha256_file, sha256_stream
 from mtcc.stages.media import fsync_dir, fsync_file
+from mtcc.stages.remote_io import RemoteIO
 
 FIXED_MTIME = 0
 COMMIT_VERSION = 1
@@ -156,28 +157,39 @@ def check_shard(layout: Layout, shard: int, config_hash: str | None = None, deep
 
 
 def check_shard_at(fs: Any, layout: Layout, shard: int, config_hash: str | None = None, deep: bool = False,
-                   show: Callable[[str], str] = str) -> str | None:
+                   show: Callable[[str], str] = str, rio: RemoteIO | None = None) -> str | None:
     """check_shard on any fsspec filesystem (``layout.root`` a path of ``fs``); ``show`` turns a path into
-    what a message names (a URL for a remote OUT)."""
+    what a message names (a URL for a remote OUT); ``rio``: the retry policy of a remote store's reads."""
+    if rio is None:
+        exists, cat, open_ = fs.exists, fs.cat_file, (lambda p: fs.open(p, "rb"))
+    else:
+        def exists(p: str) -> bool:
+            return rio.call("read", f"looking for {show(p)}", fs.exists, p)
+
+        def cat(p: str) -> bytes:
+            return rio.call("read", f"reading {show(p)}", fs.cat_file, p)
+
+        def open_(p: str) -> Any:
+            return rio.open(fs, p, "read")
     com = str(layout.commit(shard))
-    if not fs.exists(com):
+    if not exists(com):
         return "not committed"
     try:
-        commit = json.loads(fs.cat_file(com))
+        commit = json.loads(cat(com))
     except (OSError, ValueError) as e:
         return f"commit file unreadable: {e}"
     if config_hash is not None and commit.get("config_hash") != config_hash:
         return f"built with config {commit.get('config_hash')}, current config is {config_hash}"
     for kind, path in (("tar", str(layout.tar(shard))), ("manifest", str(layout.manifest(shard)))):
-        if not fs.exists(path):
+        if not exists(path):
             return f"{kind} missing: {show(path)}"
-        with fs.open(path, "rb") as f:
+        with open_(path) as f:
             digest = sha256_stream(f)
         if digest != commit[kind]["sha256"]:
             return f"{kind} checksum mismatch: {show(path)} (truncated or modified after commit)"
     if deep:
         try:
-            with fs.open(str(layout.tar(shard)), "rb") as f:
+            with open_(str(layout.tar(shard))) as f:
                 keys = {key for key, _ in read_samples(f, select=lambda _: (), seek=True)}
         except (tarfile.TarError, OSError, EOFError, ValueError) as e:
             return f"tar unreadable: {e}"

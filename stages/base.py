@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import sys
 import traceback
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from .workspace import NodeWorkspace
+from .workspace import Fetched, NodeWorkspace
 
 Status = Literal["pending", "kept", "rejected", "expanded"]
 Level = Literal["video", "clip"]
@@ -91,7 +92,7 @@ TRACKS = ("spk0.flac", "spk1.flac")
 # the reference image of each character (plain from the cut, cut out of its mask by masks)
 REFS = ("ref0.jpg", "ref1.jpg")
 # what the build itself puts on every video candidate, from the input listing
-FROM_INPUT: tuple[Key, ...] = (Info("fingerprint"),)
+FROM_INPUT: tuple[Key, ...] = (Info("fingerprint"), Info("source_bytes"))
 
 
 def refuse_renamed(model: type[BaseModel], data: Any) -> Any:
@@ -282,6 +283,11 @@ class Stage(BaseModel):
         if self._workspace is None:
             self._workspace = NodeWorkspace.scratch()  # a stage used on its own: a private one
         return self._workspace
+
+    def source(self, cand: Candidate) -> AbstractContextManager[Fetched]:
+        """A local path of ``cand``'s input video for the block (the node's checked copy of a remote one:
+        see :meth:`NodeWorkspace.source`); for stages that read the source (``reads_source``)."""
+        return self.workspace.source(cand.source, cand.info.get("fingerprint"), cand.info.get("source_bytes"))
 
     @classmethod
     def made(cls) -> tuple[Key, ...]:

@@ -60,7 +60,7 @@ def reference_jpeg(img: np.ndarray, box: np.ndarray, margin: float) -> bytes:
 class ClipCut(Stage):
     name: ClassVar[str] = "cut"
     requires: ClassVar[tuple[Key, ...]] = (CLIPS, Info("probe"), Info("clip_faces", optional=True),
-                                           Info("fingerprint", optional=True))
+                                           Info("fingerprint", optional=True), Info("source_bytes", optional=True))
     # the references only for a clip with face tracks, mix.flac only for a video with sound
     provides: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Member("mp4"), Member("mix.flac"),
                                            *(Member(r) for r in REFS))
@@ -127,7 +127,7 @@ class ClipCut(Stage):
         scale = (w / int(probe["width"]), h / int(probe["height"]))
         what = f"{cand.source} [{start:.2f}s, +{dur:.2f}s]"
         with tempfile.TemporaryDirectory(prefix="mtcc-cut-") as tmp, \
-                self.workspace.source(cand.source, cand.info.get("fingerprint")) as src:
+                self.source(cand) as src:
             mp4, flac = Path(tmp) / "clip.mp4", Path(tmp) / "mix.flac"
             args = self._args(src.path, start, dur, n, has_audio, faces is not None, mp4, flac)
             crops, refs, piped = self._run(args, what, faces, (w, h), scale, n, Path(tmp))

@@ -62,7 +62,7 @@ class FaceTrack(WeightsStage):
             "insightface#2517); if it still does, pass --url faces=<a copy you trust> or --faces-pack buffalo_l "
             "(det_10g.onnx, same SCRFD family), or place the file by hand")),
         _insightface_pack("buffalo_l", "insightface buffalo_l pack: SCRFD-10GF detector with 5 keypoints"))
-    requires: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("fingerprint", optional=True))
+    requires: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("fingerprint", optional=True), Info("source_bytes", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Info("frame_clock"), Info("shots"), Info("seams"), Info("faces"))
     stats_schema: ClassVar[dict[str, str]] = {
         "n_shots": "int64", "longest_shot_s": "float64", "frames_decoded": "int64",
@@ -97,7 +97,7 @@ class FaceTrack(WeightsStage):
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
         probe = cand.info["probe"]
-        with self.workspace.source(cand.source, cand.info.get("fingerprint")) as src:
+        with self.source(cand) as src:
             video = open_frames(src.path, probe, self.decode_width)
             scan = _Scan(self, video)
             for idx, frames in video.batches(None, self.chunk_frames):

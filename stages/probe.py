@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from .base import Candidate, Info, Key, Rejection, Resources, Stage, StatView
 from .hashing import sha256_file
 from .media import MediaError, ffprobe, is_remote_source, local_source, parse_rate
-from .workspace import WorkspaceError
+from .workspace import SourceChanged, SourceUnreachable, WorkspaceError
 
 # Prefix of a planned source whose file name is not valid UTF-8 (see mtcc.pipeline.inputs.plan_source):
 # the rest is the name with \x escapes, which is no path to open.
@@ -102,7 +102,7 @@ class Probe(Stage):
     """Reads container facts and rejects files that cannot yield a usable clip."""
 
     name: ClassVar[str] = "probe"
-    requires: ClassVar[tuple[Key, ...]] = (Info("fingerprint", optional=True),)
+    requires: ClassVar[tuple[Key, ...]] = (Info("fingerprint", optional=True), Info("source_bytes", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("sha256"))
     reads_source: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
@@ -166,7 +166,7 @@ class Probe(Stage):
         try:
             # a remote source is fetched into the node's cache here, its sha256 computed on the way; the
             # later stages on this node read that copy
-            with self.workspace.source(cand.source, cand.info.get("fingerprint")) as src:
+            with self.source(cand) as src:
                 local = src.path
                 stats["size_bytes"] = os.path.getsize(local)
                 if stats["size_bytes"] == 0:
@@ -177,6 +177,10 @@ class Probe(Stage):
                     return {**stats, "error": f"truncated: {cut}: {cand.source}"}
                 if self.hash_content:
                     cand.info["sha256"] = src.sha256 or sha256_file(local)
+        except SourceUnreachable as e:
+            return {**stats, "error": str(e), "error_reason": "unreachable"}
+        except SourceChanged as e:
+            return {**stats, "error": str(e), "error_reason": "source_changed"}
         except (MediaError, OSError, ValueError, WorkspaceError) as e:
             return {**stats, "error": str(e)}
 
@@ -214,6 +218,11 @@ class Probe(Stage):
         return stats
 
     def decide(self, stats: dict[str, Any]) -> Rejection | None:
+        if stats.get("error_reason") == "unreachable":
+            return Rejection("unreachable", f"{stats['error']}; check the URL and the workers' credentials for "
+                                            f"its store (the remote I/O retry policy is run.remote)")
+        if stats.get("error_reason") == "source_changed":
+            return Rejection("source_changed", stats["error"])
         if "error" in stats:
             return Rejection("unreadable", f"{stats['error']}; check the file is a complete video (re-download or remux it)")
         if not stats["has_video"]:

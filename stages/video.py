@@ -272,8 +272,10 @@ def open_frames(path: str, probe: dict, width: int | None, threads: int = 1) -> 
         return VideoFrames(path, clock.fps, clock.n_frames, w, h, src_w / w, src_h / h, reader,
                            threads, float(probe.get("video_start") or 0.0), clock)
     except decord.DECORDError:
-        # displayed size for the pipe: ffmpeg applies the rotation itself
-        w, h = (w, h) if coded_size(probe) == (int(probe["width"]), int(probe["height"])) else (h, w)
+        # the pipe decodes at the displayed size (ffmpeg applies the rotation itself): ``width`` is the
+        # displayed width, as for an unrotated source
+        disp_w, disp_h = int(probe["width"]), int(probe["height"])
+        w, h = (disp_w, disp_h) if width is None or width >= disp_w else reduced_size(disp_w, disp_h, width)
         clock = _packet_clock(path, float(probe.get("fps") or probe.get("fps_real") or 25.0))
         return VideoFrames(path, clock.fps, clock.n_frames, w, h, int(probe["width"]) / w, int(probe["height"]) / h,
                            None, threads, float(probe.get("video_start") or 0.0), clock)

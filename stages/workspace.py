@@ -30,14 +30,34 @@ from pathlib import Path
 from typing import Any
 
 from .media import is_remote_source, local_source
+from .remote_io import RemoteIO, describe, file_fingerprint
 
-CHUNK = 8 << 20
+# bytes at each end of a remote source that the plan's fingerprint digests (pipeline/inputs.py)
+REMOTE_FINGERPRINT_BYTES = 16 << 10
 # how long a fetch waits for room held by sources other workers are reading, before it gives up
 ROOM_WAIT_S = 600.0
 
 
 class WorkspaceError(RuntimeError):
     """A source cannot be fetched into the node-local cache (too large for it, or the fetch failed)."""
+
+
+class SourceUnreachable(WorkspaceError):
+    """The store will not give the source: not there (404), forbidden (403), or still failing once the
+    retry policy is spent. ``status`` says which, as the manifest row shows it."""
+
+    def __init__(self, message: str, status: str):
+        super().__init__(message)
+        self.status = status
+
+
+class SourceChanged(WorkspaceError):
+    """The source is no longer the object that was planned (another size, other first or last bytes)."""
+
+
+def planned(fingerprint: str | None) -> bool:
+    """Whether a plan fingerprint describes content (not an unreadable or unreachable source)."""
+    return bool(fingerprint) and not fingerprint.startswith(("unreadable", "unreachable"))
 
 
 @dataclass(frozen=True)
@@ -50,14 +70,15 @@ class Fetched:
 def source_key(source: str, fingerprint: str | None = None) -> str:
     """The cache name of a source: its planned content fingerprint (size + head + tail digest) when known,
     so the same content is never fetched twice, else a digest of its URL."""
-    basis = fingerprint if fingerprint and not fingerprint.startswith("unreadable") else source
+    basis = fingerprint if planned(fingerprint) else source
     return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
 
 class NodeWorkspace:
-    def __init__(self, root: str | os.PathLike, source_bytes: int = 50 << 30):
+    def __init__(self, root: str | os.PathLike, source_bytes: int = 50 << 30, remote: RemoteIO | None = None):
         self.root = Path(root)
         self.source_bytes = int(source_bytes)
+        self.remote = remote or RemoteIO()
         self.sources = self.root / "sources"
         self.clips = self.root / "clips"
         self.fetched_bytes = 0  # bytes this process pulled over the network (benchmarks)
@@ -75,9 +96,10 @@ class NodeWorkspace:
 
     # -- sources --------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def source(self, source: str, fingerprint: str | None = None) -> Iterator[Fetched]:
+    def source(self, source: str, fingerprint: str | None = None, size: int | None = None) -> Iterator[Fetched]:
         """A local path of ``source`` for the duration of the block: the file itself when local, else the
-        node's copy (fetched now if no worker on this node has it yet)."""
+        node's copy (fetched now if no worker on this node has it yet). ``fingerprint`` and ``size`` are what
+        the plan saw: a copy that does not match them is fetched once more, then refused (``SourceChanged``)."""
         if not is_remote_source(source):
             path = local_source(source)
             yield Fetched(path, None, -1)
@@ -90,7 +112,7 @@ class NodeWorkspace:
             while True:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch per node: the others wait for it
                 if not (data.exists() and meta.exists()):
-                    self._fetch(source, key)
+                    self._fetch(source, key, fingerprint, size)
                 # readers share the lock, so eviction cannot take the file while it is read; flock's
                 # downgrade is not atomic, so an eviction may slip in between: then fetch again
                 fcntl.flock(lock, fcntl.LOCK_SH)
@@ -105,34 +127,58 @@ class NodeWorkspace:
     def _data(self, key: str) -> Path:
         return self.sources / f"{key}.data"
 
-    def _fetch(self, source: str, key: str) -> None:
+    def _fetch(self, source: str, key: str, fingerprint: str | None, planned_size: int | None) -> None:
         import fsspec
 
+        rio = self.remote
         try:
             fs, path = fsspec.core.url_to_fs(source)
-            size = int(fs.size(path) or 0)
-        except (OSError, ValueError) as e:
-            raise WorkspaceError(f"cannot reach {source}: {type(e).__name__}: {e}") from e
+            size = int(rio.call("fetch", f"size of {source}", fs.size, path) or 0)
+        except Exception as e:  # noqa: BLE001 - a store fails in its own types; the manifest row names the status
+            raise SourceUnreachable(f"cannot reach {source}: {describe(e)}", describe(e)) from e
+        if planned_size is not None and planned_size >= 0 and size != planned_size:
+            raise SourceChanged(f"{source} changed since the plan was made: {size} bytes now, {planned_size} "
+                                f"planned; plan it again (a new --output) to take the new content")
         if size > self.source_bytes:
             raise WorkspaceError(
                 f"{source} is {size / 2**30:.2f} GiB, more than the node-local source cache holds "
                 f"(run.source_cache_gb = {self.source_bytes / 2**30:g}); raise run.source_cache_gb")
         self._make_room(size, keep=key)
         part = self.sources / f".{key}.part"
+        # a copy whose ends do not match the planned fingerprint is fetched once more: a body damaged on the
+        # way reads differently the second time, a replaced object the same
+        for attempt in (1, 2):
+            digest, n = self._download(source, fs, path, size, part)
+            if not planned(fingerprint) or file_fingerprint(str(part), REMOTE_FINGERPRINT_BYTES) == fingerprint:
+                break
+            if attempt == 2:
+                part.unlink(missing_ok=True)
+                raise SourceChanged(f"{source} changed since the plan was made: its first and last bytes differ "
+                                    f"from the planned fingerprint; plan it again (a new --output) to take the "
+                                    f"new content")
+        os.replace(part, self._data(key))
+        (self.sources / f"{key}.json").write_text(json.dumps({"source": source, "sha256": digest, "bytes": n}))
+
+    def _download(self, source: str, fs: Any, path: str, size: int, part: Path) -> tuple[str, int]:
+        """Fetch ``size`` bytes into ``part`` range by range (each retried on its own); (sha256, bytes)."""
+        rio = self.remote
+        step = rio.policy.range_bytes
         h = hashlib.sha256()
         n = 0
         try:
-            with fs.open(path, "rb", block_size=CHUNK, cache_type="none") as src, open(part, "wb") as out:
-                while block := src.read(CHUNK):
+            with open(part, "wb") as out:
+                for start in range(0, size, step):
+                    end = min(size, start + step)
+                    block = rio.read_range(fs, path, start, end, "fetch", f"bytes {start}-{end} of {source}")
                     h.update(block)
                     out.write(block)
                     n += len(block)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - see _fetch
             part.unlink(missing_ok=True)
-            raise WorkspaceError(f"fetching {source} failed after {n} bytes: {type(e).__name__}: {e}") from e
+            raise SourceUnreachable(f"fetching {source} failed after {n} of {size} bytes: {describe(e)}",
+                                    describe(e)) from e
         self.fetched_bytes += n
-        os.replace(part, self._data(key))
-        (self.sources / f"{key}.json").write_text(json.dumps({"source": source, "sha256": h.hexdigest(), "bytes": n}))
+        return h.hexdigest(), n
 
     def _entries(self) -> list[tuple[float, str, int]]:
         """(last use, key, bytes) of every cached source."""

@@ -18,6 +18,7 @@ from mtcc.benchmarks.http_source import CountingServer
 from mtcc.pipeline.build import build, read_manifests
 from mtcc.pipeline.cli import resolve_config
 from mtcc.pipeline.config import load_config
+from mtcc.pipeline.inputs import fingerprint
 from mtcc.stages.workspace import NodeWorkspace, WorkspaceError
 
 MODEL_STAGES = ("separate", "sync", "masks", "audio_emb", "caption")
@@ -40,9 +41,11 @@ def test_concurrent_workers_fetch_a_source_once(served, tmp_path):
     seen: list[tuple[str, str | None]] = []
     with CountingServer(served) as srv:
         url = srv.url("two_talk.mp4")
+        planned_fp = fingerprint(url)[1]
+        srv.sent.clear()  # what the plan read is not the fetch's
 
         def read() -> None:
-            with ws.source(url, "fp-two-talk") as f:
+            with ws.source(url, planned_fp) as f:
                 seen.append((Path(f.path).read_bytes()[:64].hex(), f.sha256))
 
         workers = [threading.Thread(target=read) for _ in range(4)]
@@ -60,20 +63,22 @@ def test_cache_stays_within_its_budget_and_never_evicts_a_source_in_use(served, 
     ws = NodeWorkspace(tmp_path / "w", source_bytes=max(sizes.values()) + 1000)  # room for one at a time
     with CountingServer(served) as srv:
         a, b = srv.url("two_talk.mp4"), srv.url("scene_events.mp4")
-        with ws.source(a, "fa"):
+        fa, fb = fingerprint(a)[1], fingerprint(b)[1]
+        srv.sent.clear()
+        with ws.source(a, fa):
             pass
-        with ws.source(b, "fb"):  # a is not in use: it makes room
+        with ws.source(b, fb):  # a is not in use: it makes room
             assert ws.source_usage() == sizes["scene_events.mp4"]
-            ws.evict_sources([ws_key(b, "fb")])  # b is being read: eviction leaves it
+            ws.evict_sources([ws_key(b, fb)])  # b is being read: eviction leaves it
             assert ws.source_usage() == sizes["scene_events.mp4"]
-        ws.evict_sources([ws_key(b, "fb")])  # now it goes
+        ws.evict_sources([ws_key(b, fb)])  # now it goes
         assert ws.source_usage() == 0
-        with ws.source(a, "fa"):  # evicted, so fetched again: the budget is a bound, not a hint
+        with ws.source(a, fa):  # evicted, so fetched again: the budget is a bound, not a hint
             pass
         assert srv.sent["two_talk.mp4"] == 2 * sizes["two_talk.mp4"]
     small = NodeWorkspace(tmp_path / "small", source_bytes=1000)
     with CountingServer(served) as srv, pytest.raises(WorkspaceError, match="run.source_cache_gb"):
-        with small.source(srv.url("two_talk.mp4"), "fa"):
+        with small.source(srv.url("two_talk.mp4"), fingerprint(srv.url("two_talk.mp4"))[1]):
             pass
 
 

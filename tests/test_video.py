@@ -207,3 +207,75 @@ def test_face_boxes_of_variable_rate_footage_sit_at_their_times(cross_vfr, sampl
             assert best > 0.5, (clip.key, best)
         covered += clip.end - clip.start
     assert covered > 0.8 * truth["duration"]  # the clips span the video's real length, not 5/7 of it
+
+
+# -- phone footage: stored sideways, shown upright ----------------------------------------------------------
+
+# per display rotation: how the picture is stored (the turn that the display matrix undoes) and the tag
+STORED_SIDEWAYS = {90: "transpose=clock", 180: "hflip,vflip", 270: "transpose=cclock"}
+
+
+def _upright_frame(path, t: float) -> np.ndarray:
+    """The picture a player shows at ``t`` s (ffmpeg applies the display matrix, as players do)."""
+    out = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-ss", str(t), "-i", str(path), "-frames:v", "1",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    p = probe(path)
+    return np.frombuffer(out, np.uint8).reshape(p["height"], p["width"], 3)
+
+
+@pytest.fixture(scope="module")
+def phone_build(real_dir, light_asd_weights, tiny_overrides, tmp_path_factory):
+    """The real same-scene fixture as it is and stored sideways with each display rotation that turns it
+    upright again, built together (offline profile, real Light-ASD, the stages after asd off)."""
+    from mtcc.pipeline.build import build
+    from mtcc.pipeline.cli import resolve_config
+    from mtcc.pipeline.config import load_config
+
+    base = tmp_path_factory.mktemp("phone")
+    videos = base / "videos"
+    videos.mkdir()
+    src = real_dir / "same_scene_pair_16fps.mp4"
+    (videos / "rot000.mp4").write_bytes(src.read_bytes())
+    for rot, turn in STORED_SIDEWAYS.items():
+        stored = base / f"stored{rot}.mp4"
+        _ff("-i", src, "-vf", turn, "-c:v", "libx264", "-preset", "veryfast", "-crf", "16", "-c:a", "copy", stored)
+        _ff("-i", stored, "-c", "copy", "-metadata:s:v:0", f"rotate={rot}", videos / f"rot{rot:03d}.mp4")
+    cfg = load_config(resolve_config("offline"), [
+        *tiny_overrides, f"stages.asd.model={light_asd_weights}", "stages.asd.allow_random_weights=false",
+        *[f"stages.{s}.enabled=false" for s in ("separate", "sync", "masks", "audio_emb", "caption")]])
+    res = build(cfg, [str(videos)], base / "out", runner="inprocess", progress=False)
+    assert not res.shards_failed, res.shards_failed
+    from mtcc.manifests.shard_tar import read_samples
+
+    samples: dict[str, list[tuple[float, dict]]] = {}
+    for tar in sorted((base / "out" / "shards").glob("*.tar")):
+        for key, members in read_samples(tar):
+            meta = json.loads(members["json"])
+            samples.setdefault(meta["source"].rsplit("/", 1)[-1], []).append((meta["start"], members))
+    return videos, {k: sorted(v, key=lambda s: s[0]) for k, v in samples.items()}
+
+
+def test_sideways_stored_real_footage_is_kept_with_the_same_speakers_and_an_upright_clip(phone_build, tmp_path):
+    videos, samples = phone_build
+    for rot in STORED_SIDEWAYS:  # players show every copy upright, as the original
+        shown = _upright_frame(videos / f"rot{rot:03d}.mp4", 3.0).astype(int)
+        assert np.abs(shown - _upright_frame(videos / "rot000.mp4", 3.0).astype(int)).mean() < 4, rot
+    original = samples["rot000.mp4"]
+    assert len(original) == 2  # the fixture's two conversation clips
+    speaking = [json.loads(m["json"])["asd"]["speaking_fraction"] for _, m in original]
+    # who speaks: the left character in the first clip, the right one in the second
+    assert speaking[0][0] > 0.5 > speaking[0][1] and speaking[1][1] > 0.5 > speaking[1][0]
+    for rot in STORED_SIDEWAYS:
+        turned = samples.get(f"rot{rot:03d}.mp4", [])
+        assert [round(s, 2) for s, _ in turned] == [round(s, 2) for s, _ in original], rot  # every clip kept
+        for (_, got), (_, want) in zip(turned, original):
+            asd, ref = json.loads(got["json"])["asd"], json.loads(want["json"])["asd"]
+            assert np.allclose(asd["speaking_fraction"], ref["speaking_fraction"], atol=0.05), (rot, asd, ref)
+            clip = tmp_path / f"clip{rot}.mp4"
+            clip.write_bytes(got["mp4"])
+            p = probe(clip)
+            assert (p["width"], p["height"], p["rotation"]) == (1152, 768, 0), (rot, p)  # upright, untagged
+            plain = tmp_path / "plain.mp4"
+            plain.write_bytes(want["mp4"])
+            diff = np.abs(_upright_frame(clip, 1.0).astype(int) - _upright_frame(plain, 1.0).astype(int)).mean()
+            assert diff < 4, (rot, diff)

@@ -82,13 +82,14 @@ class Loader:
         self._dl: DataLoader | None = None
 
     def _check_filters(self) -> None:
-        import fsspec
         import pyarrow.parquet as pq
+
+        from mtcc.stages.remote_io import open_read
 
         with_manifest = [s for s in self.shards if s.manifest is not None]
         if not with_manifest:
             raise ValueError("data.filters need manifests, and none of the shards is inside an MTCC output")
-        with fsspec.open(with_manifest[0].manifest, "rb") as f:
+        with open_read(with_manifest[0].manifest) as f:
             check_columns(self.conditions, pq.read_schema(f))
 
     def set_epoch(self, epoch: int) -> None:

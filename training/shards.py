@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mtcc.stages.remote_io import RemoteIO
+
 log = logging.getLogger("mtcc.training")
 
 SHARD_RE = re.compile(r"^mtcc-(\d+)\.tar$")
@@ -65,15 +67,19 @@ def _expand(spec: str) -> list[str]:
     return [spec]
 
 
-def _tars_of(spec: str) -> list[tuple[object, str]]:
+def _tars_of(spec: str, rio: RemoteIO) -> list[tuple[object, str]]:
     fs, path = _fs(spec)
+
+    def call(fn, arg: str):  # listings of a store ride out its throttling like every other remote read
+        return rio.call("read", f"{fn.__name__} {arg}", fn, arg)
+
     if any(ch in path for ch in "*?["):
-        return [(fs, p) for p in sorted(fs.glob(path)) if p.endswith(".tar") and _visible(p)]
-    if fs.isdir(path):
+        return [(fs, p) for p in sorted(call(fs.glob, path)) if p.endswith(".tar") and _visible(p)]
+    if call(fs.isdir, path):
         shards = path.rstrip("/") + "/shards"
-        where = shards if fs.isdir(shards) else path
-        return [(fs, p) for p in sorted(fs.glob(where.rstrip("/") + "/*.tar")) if _visible(p)]
-    if not fs.exists(path):
+        where = shards if call(fs.isdir, shards) else path
+        return [(fs, p) for p in sorted(call(fs.glob, where.rstrip("/") + "/*.tar")) if _visible(p)]
+    if not call(fs.exists, path):
         raise FileNotFoundError(f"shard source {spec!r} does not exist")
     return [(fs, path)]
 
@@ -86,11 +92,12 @@ def resolve_shards(specs: Iterable[str], committed_only: bool = True) -> list[Sh
         raise ValueError("no shards given: set data.shards (or pass --shards): an MTCC output folder, tar paths "
                          "or URLs, or a brace pattern such as out/shards/mtcc-{000000..000009}.tar")
     found: dict[str, ShardRef] = {}
+    rio = RemoteIO()
     commits_cache: dict[str, set[str] | None] = {}
     uncommitted: list[str] = []
     for spec in specs:
         for one in _expand(spec):
-            for fs, path in _tars_of(one):
+            for fs, path in _tars_of(one, rio):
                 url = _url(fs, path)
                 if url in found:
                     continue
@@ -105,8 +112,9 @@ def resolve_shards(specs: Iterable[str], committed_only: bool = True) -> list[Sh
                     if committed_only:
                         if root not in commits_cache:
                             cdir = f"{root}/commits"
-                            commits_cache[root] = ({p.rsplit("/", 1)[-1] for p in fs.ls(cdir, detail=False)}
-                                                   if fs.isdir(cdir) else set())
+                            listed = rio.call("read", f"listing {cdir}", lambda d=cdir: fs.ls(d, detail=False)
+                                              if fs.isdir(d) else [])
+                            commits_cache[root] = {p.rsplit("/", 1)[-1] for p in listed}
                         if f"{shard_id:06d}.json" not in commits_cache[root]:
                             uncommitted.append(url)
                             continue

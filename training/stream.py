@@ -27,6 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mtcc.manifests.members import members_except
 from mtcc.manifests.shard_tar import read_samples
+from mtcc.stages.remote_io import open_read
 
 from .config import DataConfig
 from .filters import Condition, passing_keys
@@ -141,17 +142,14 @@ class ShardStream(IterableDataset):
             return None
         if ref.manifest is None:
             raise ValueError("filters need the shard's manifest, and this tar is not inside an MTCC output")
-        import fsspec
         import pyarrow.parquet as pq
 
         cols = sorted({"key", "status", *(c.column for c in self.conditions)})
-        with fsspec.open(ref.manifest, "rb") as f:
+        with open_read(ref.manifest) as f:
             table = pq.read_table(f, columns=cols)
         return passing_keys(table, self.conditions)
 
     def _read(self, ref: ShardRef, allowed: set[str] | None) -> Iterator[Sample]:
-        import fsspec
-
         def finish(key: str, members: dict[str, bytes]) -> Sample | None:
             try:
                 return self._sample(key, ref, members)
@@ -166,7 +164,7 @@ class ShardStream(IterableDataset):
         def select(key: str) -> frozenset[str]:
             return NEEDED if allowed is None or key in allowed else frozenset()
 
-        with fsspec.open(ref.url, "rb") as f:
+        with open_read(ref.url) as f:  # a shard at a URL: ranged reads, each retried on its own
             for key, members in read_samples(f, select=select, where=ref.url):
                 if allowed is not None and key not in allowed:
                     self._count("samples_filtered")

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtcc.stages.remote_io import open_read
+
 from .bya_clip import NEEDED, ClipJob, ClipResult, ExportOptions, convert
 from .bya_layout import (BYALayout, LayoutError, check_name, is_complete, json_bytes, remove_temporaries, write_atomic,
                          write_if_changed)
@@ -141,13 +143,11 @@ def _committed_shards(out: str | Path) -> list[Any]:
 
 def _shard_total(ref: Any) -> int | None:
     """Samples in a committed shard, from its commit file (for the progress bar)."""
-    import fsspec
-
     if ref.manifest is None or ref.shard_id is None:
         return None
     root = ref.manifest.rsplit("/manifests/", 1)[0]
     try:
-        with fsspec.open(f"{root}/commits/{ref.shard_id:06d}.json", "rb") as f:
+        with open_read(f"{root}/commits/{ref.shard_id:06d}.json") as f:
             return int(json.load(f)["samples"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -155,15 +155,13 @@ def _shard_total(ref: Any) -> int | None:
 
 def _jobs(shards: list[Any], layout: BYALayout, options: ExportOptions, summary: ExportSummary, done: set[str],
           tick: Callable[[], None]) -> Iterator[ClipJob]:
-    import fsspec
-
     from mtcc.manifests.shard_tar import read_samples
 
     wanted = options.model_dump()
     names: set[str] = set()
     for ref in shards:
         try:
-            with fsspec.open(ref.url, "rb") as f:
+            with open_read(ref.url) as f:
                 for key, members in read_samples(f):
                     try:
                         name = check_name(key)
