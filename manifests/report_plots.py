@@ -120,6 +120,36 @@ def throughput_png(stages: Sequence[str], seconds_per_candidate: Sequence[float]
     return _png(fig)
 
 
+def pools_png(timeline: Sequence[dict]) -> bytes:
+    """Two panels over the run's time: actors per stage (steps), and each stage's intake of media seconds
+    per wall second between two rebalances (the slope of what it took in)."""
+    fig = _figure(7.5, 5.2)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    from matplotlib import colormaps
+
+    for ax in (top, bottom):  # up to fourteen stages: twenty colours, none repeated
+        ax.set_prop_cycle(color=colormaps["tab20"].colors)
+    t = np.asarray([p["t"] for p in timeline], np.float64)
+    stages = list(dict.fromkeys(k for p in timeline for k in p["actors"]))
+    for name in stages:
+        top.step(t, [p["actors"].get(name, 0) for p in timeline], where="post", label=name)
+    top.set_ylabel("actors")
+    top.yaxis.set_major_locator(MaxNLocator(integer=True))
+    top.set_title("Pools over the run")
+    top.legend(fontsize=6, ncol=4, loc="upper right")
+    ticks = [p for p in timeline if p.get("media")]
+    for name in stages:
+        pts = [(p["t"], p["media"][name]) for p in ticks if name in p["media"]]
+        if len(pts) >= 2:
+            tt = np.asarray([a for a, _ in pts])
+            mm = np.asarray([b for _, b in pts])
+            rate = np.diff(mm) / np.maximum(np.diff(tt), 1e-6)
+            bottom.step(tt[1:], rate, where="pre", label=name)
+    bottom.set_ylabel("media s / wall s")
+    bottom.set_xlabel("seconds since the pools started")
+    return _png(fig)
+
+
 def waveforms_png(tracks: Sequence[np.ndarray], rate: int) -> bytes:
     """One small row per separated track, in its character's colour."""
     fig = _figure(3.2, 1.3, fit=False)

@@ -21,14 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtcc.manifests import funnel
-from mtcc.stages.base import Candidate
+from mtcc.stages.base import Candidate, MemberLost
 from mtcc.stages.media import ffmpeg_version, fsync_dir, fsync_file
 from mtcc.stages.model_stage import ModelStage, WeightsStage
 from mtcc.stages.remote_io import IOCounts, RemoteIO
 
 from .config import PipelineConfig
-from .executor import Executor, InProcessExecutor, RayExecutor, WorkspaceSpec, init_ray
-from .flow import CapacityLost, Flow
+from .executor import Executor, InProcessExecutor, WorkspaceSpec, init_ray
+from .flow import CapacityLost, Flow, ShardLost
 from .inputs import discover, make_plan
 from .lock import RunLock
 from .remote import (RemoteError, RemoteLock, RemoteOut, claim_staging, default_staging, is_remote_out,
@@ -58,6 +58,9 @@ class BuildResult:
     driver_bytes: dict[str, int] | None = None
     # what the run's remote reads and writes went through (retries by kind, calls given up), all processes
     remote_io: dict[str, Any] = field(default_factory=dict)
+    # the Ray pools over time (sizes, changes, the share of the cluster they held); empty in-process
+    pools: dict[str, Any] = field(default_factory=dict)
+    redone: list[int] = field(default_factory=list)  # shards made again after their members were lost
 
 
 def versions() -> dict[str, str]:
@@ -296,7 +299,7 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: Layout,
         "runner": runner, "wall_s": round(result.wall_s, 3), "startup_s": round(result.startup_s, 3),
         "built": result.shards_built,
         "skipped": result.shards_skipped, "failed": result.shards_failed, "stage_timing": result.stage_timing,
-        "remote_io": result.remote_io,
+        "remote_io": result.remote_io, "pools": result.pools, "redone": result.redone,
     })
     # --- report refresh (mtcc.manifests.report): still under the run lock, so it sees this run's
     # commits; a report is a view, never a reason to fail a build that committed its shards
@@ -376,8 +379,11 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
     work = workspace_spec(cfg, layout)
     t_start = time.monotonic()
     if runner == "ray":
+        from .ray_executor import RayExecutor
+
         init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
-        executor: Executor = RayExecutor(stages, work)
+        executor: Executor = RayExecutor(stages, work, log=log)
+        log(f"pools: {' '.join(f'{k}={v}' for k, v in executor.pool_sizes().items())}")
     elif runner == "inprocess":
         executor = InProcessExecutor(stages, work)
     else:
@@ -398,11 +404,14 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
 
     def on_progress(n: int) -> None:
         counts["candidates"] += n
-        bar.set_postfix(counts, refresh=False)
+        bar.set_postfix_str(progress_text(counts, flow, executor), refresh=False)
 
     def on_done(shard: int, cands: list[Candidate]) -> None:
         try:
-            executor.resolve([c for c in cands if c.status == "kept"])
+            try:
+                executor.resolve([c for c in cands if c.status == "kept"])
+            except MemberLost as e:
+                raise ShardLost({shard}, str(e)) from e
             commit = commit_shard(layout, shard, cands, stages, run_info)
         except OSError as e:
             result.shards_failed[shard] = f"commit failed: {e}"
@@ -413,18 +422,26 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
             return
         result.shards_built.append(shard)
         counts["samples"] += commit["samples"]
-        bar.set_postfix(counts, refresh=False)
+        bar.set_postfix_str(progress_text(counts, flow, executor), refresh=False)
         bar.update(1)
 
+    def on_redo(shard: int, why: str) -> None:
+        result.redone.append(shard)
+        log(f"shard {shard:06d}: {why}; making it again from its inputs")
+
     flow = Flow(stages, executor, on_done, cfg.run.max_batch_retries, on_progress=on_progress,
-                max_clips_in_flight=cfg.run.max_clips_in_flight)
+                max_clips_in_flight=cfg.run.max_clips_in_flight,
+                replan=lambda shard: shard_candidates(rows[shard], sources), on_redo=on_redo)
     pending = list(todo)
     next_health = time.monotonic() + HEALTH_EVERY_S
+    rebalance = getattr(executor, "rebalance", None)
+    next_rebalance = time.monotonic() + cfg.run.rebalance_s
     try:
         while True:
             while pending and flow.open_shards < cfg.run.max_shards_in_flight:
                 s = pending.pop(0)
                 flow.add_shard(s, *shard_candidates(rows[s], sources))
+            flow.more_coming = bool(pending)
             lost = None
             try:
                 if not flow.step(timeout=0.5) and not pending and flow.open_shards == 0:
@@ -433,10 +450,14 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
                 lost = f"{e}; rerun when the cluster is back"
             except RemoteError as e:  # a publish failed for good (see _publisher): OUT takes nothing more
                 lost = f"OUT stopped taking shards ({e}); rerun the same command to resume"
-            if not lost and time.monotonic() >= next_health :
+            if not lost and time.monotonic() >= next_health:
                 next_health = time.monotonic() + HEALTH_EVERY_S
                 lost = executor.capacity_lost()
                 lost = lost and f"{lost}; rerun when the cluster is back"
+                bar.set_postfix_str(progress_text(counts, flow, executor), refresh=True)
+            if not lost and rebalance is not None and time.monotonic() >= next_rebalance:
+                next_rebalance = time.monotonic() + cfg.run.rebalance_s
+                rebalance(flow.loads())
             if lost:
                 # nothing of an unfinished shard was committed: name them all, the rerun redoes them
                 for s in [*flow.outstanding, *pending]:
@@ -444,6 +465,8 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
                 log(f"stopping: {lost}; {len(result.shards_failed)} shard(s) not built")
                 break
         workers_io = executor.io_counts()
+        summary = getattr(executor, "pools_summary", None)
+        result.pools = summary() if summary is not None else {}
     finally:
         executor.shutdown()
         bar.close()
@@ -451,6 +474,19 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
     result.driver_bytes = executor.driver_bytes
     log(f"{len(result.shards_built)} shards built from {n_inputs} inputs")
     return workers_io
+
+
+def progress_text(counts: dict[str, int], flow: Flow, executor: Executor) -> str:
+    """The progress line's tail: candidates through, samples committed, then per stage with work its pool
+    (Ray), what waits for it and how many seconds of media it took in (``faces 3a q5 120s``)."""
+    sizes = getattr(executor, "pool_sizes", lambda: {})()
+    parts = [f"{counts['candidates']} cand", f"{counts['samples']} samples"]
+    for load_name, load in flow.loads().items():
+        if load.done and not load.queued and not load.inflight:
+            continue
+        pool = f"{sizes[load_name]}a " if load_name in sizes else ""
+        parts.append(f"{load_name} {pool}q{load.queued + load.inflight} {load.media_in:.0f}s")
+    return " | ".join(parts)
 
 
 def read_manifests(out: str | Path) -> pa.Table | None:

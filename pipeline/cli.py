@@ -251,6 +251,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.plan:
+        from mtcc.benchmarks.cluster_plan import format_plan, plan_cluster
+
+        try:
+            doc = plan_cluster(args.config or "mtcc", args.cluster, args.measured, args.keep, args.corpus_hours)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(format_plan(doc))
+        if args.json:
+            Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        return 0
     if args.gpu:
         from mtcc.benchmarks.gpu.run import main as gpu_main
 
@@ -258,11 +270,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mtcc.benchmarks.harness import bench, format_report, long_url
 
     if args.long_url:
-        doc = long_url(args.long_url, config=args.config, json_path=args.json,
+        doc = long_url(args.long_url, config=args.config or "offline", json_path=args.json,
                        log=lambda m: print(m, file=sys.stderr))
         print(json.dumps({k: v for k, v in doc.items() if k != "disk_samples"}, indent=2))
         return 0
-    rep = bench(args.config, copies=args.copies, repeats=args.repeats, json_path=args.json,
+    rep = bench(args.config or "offline", copies=args.copies, repeats=args.repeats, json_path=args.json,
                 loader_geometry=args.loader_geometry, train_steps=args.train_steps, skip_builds=args.no_builds,
                 log=lambda m: print(m, file=sys.stderr))
     print(format_report(rep))
@@ -409,7 +421,7 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="per-stage throughput, decode work and the four performance ratios "
                                      "(benchmarks/harness.py); --gpu: model stages at full size on the GPU")
-    b.add_argument("--config", default="offline", help="profile name or YAML (default: offline)")
+    b.add_argument("--config", default=None, help="profile name or YAML (default: offline; mtcc with --plan)")
     b.add_argument("--copies", type=int, default=2, help="seeds of the sample videos to generate as input")
     b.add_argument("--repeats", type=int, default=1, help="repeats of the Ray and in-process builds (median); GPU "
                                                           "mode: timed calls per batch size (median)")
@@ -443,6 +455,15 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None, help="GPU mode: torch intra-op threads (default torch's)")
     b.add_argument("--reproject", default=None, metavar="JSON",
                    help="GPU mode: no measuring; project a previous --json run again with the --keep rates given")
+    b.add_argument("--plan", action="store_true",
+                   help="no measuring: the pools --config would get on --cluster and the raw video hours they "
+                        "process per GPU-hour (benchmarks/cluster_plan.py); --config defaults to mtcc here")
+    b.add_argument("--cluster", default="8xH100", help="plan mode: GPUSxKIND (8xH100), NODESxGPUSxKIND (4x8xH100) or "
+                                                      "NODESxCPUScpu (default: 8xH100)")
+    b.add_argument("--measured", default=None, metavar="JSON",
+                   help="plan mode: a `mtcc bench --gpu --json` file: the model stages' measured GPU costs")
+    b.add_argument("--corpus-hours", type=float, default=200.0,
+                   help="plan mode: hours of raw video to project the wall time for (default: the paper's 200)")
     b.set_defaults(fn=cmd_bench)
     return p
 

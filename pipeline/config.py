@@ -37,6 +37,8 @@ class RunSettings(BaseModel):
     max_clips_in_flight: int = Field(32, ge=1, description="clips cut and not yet through: the cut waits beyond "
                                                            "this (each holds its media on a node's disk)")
     max_batch_retries: int = Field(2, ge=0, description="retries of a batch whose worker died before it is split")
+    rebalance_s: float = Field(20.0, gt=0, description="how often auto pools are planned again from the stages' "
+                                                       "measured throughput and the live nodes (Ray runner)")
     work_dir: str | None = Field(None, description="node-local folder for fetched sources and cut clips (default: "
                                                    "~/.cache/mtcc/work/<hash of OUT>); emptied at the start and "
                                                    "end of every run")
@@ -99,7 +101,7 @@ class PipelineConfig(BaseModel):
         settings already say where the weights are."""
         body: dict[str, Any] = {
             "videos_per_shard": self.run.videos_per_shard,
-            "stages": [[s.name, s.model_dump(exclude={"resources"})] for s in self.stages],
+            "stages": [[s.name, s.model_dump(exclude={"resources", *type(s).schedule_fields})] for s in self.stages],
         }
         if self.models is not None:
             body["weights"] = self.models.weights_sha256

@@ -7,9 +7,10 @@ import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from mtcc.stages.base import Candidate, Stage, out_of_memory_message
+from mtcc.stages.base import Candidate, MemberLost, Stage, out_of_memory_message
 from mtcc.stages.media import is_remote_source
 from mtcc.stages.workspace import source_key
 
@@ -20,11 +21,51 @@ class CapacityLost(RuntimeError):
     """The cluster can no longer hold the stages' actors (a node was lost and not replaced)."""
 
 
+class ShardLost(RuntimeError):
+    """Members of a shard's candidates were lost with a node: the shard is made again from its inputs."""
+
+    def __init__(self, shards: set[int], why: str):
+        super().__init__(why)
+        self.shards = shards
+
+
+@dataclass
+class _Parts:
+    """A candidate whose parts are out (``Stage.chunks``): each part's ``(kind, result)`` once it is in."""
+
+    cand: Candidate
+    results: list[tuple[str, Any] | None]
+
+
 @dataclass
 class StageTiming:
     batches: int = 0
     candidates: int = 0
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # from a batch's submission to its result (queueing in the actor included)
+    actor_s: float = 0.0  # what the workers spent on the stage's batches
+    cpu_s: float = 0.0  # the same, in actor-seconds at the stage's declared CPU share
+    media_in: float = 0.0  # seconds of media that entered the stage
+    parts: int = 0  # part tickets of long candidates (``Stage.chunks``) the stage ran
+
+
+@dataclass
+class StageLoad:
+    """What the flow knows of one stage now: measured work (for the pool planner) and what waits."""
+
+    media_in: float = 0.0
+    actor_s: float = 0.0
+    cpu_s: float = 0.0
+    batches: int = 0
+    queued: int = 0  # candidates waiting for the stage
+    inflight: int = 0  # batches in its workers
+    done: bool = False  # nothing can reach the stage any more
+
+
+def media_seconds(c: Candidate) -> float:
+    """Seconds of media a candidate stands for: a clip's length, a video's probed duration (0 before)."""
+    if c.start is not None and c.end is not None:
+        return max(0.0, float(c.end) - float(c.start))
+    return float(c.stats.get("probe.duration") or 0.0)
 
 
 @dataclass
@@ -43,6 +84,11 @@ class Flow:
     # in the node workspaces, so the cut waits while this many are held (node-local disk stays bounded
     # however far ahead of the model stages the cut could run)
     max_clips_in_flight: int = 32
+    # the candidates of a shard made anew from its plan rows (a shard whose members were lost is redone)
+    replan: Callable[[int], tuple[list[Candidate], list[Candidate]]] | None = None
+    # more shards will be added (the build has some pending): stages cannot be done yet
+    more_coming: bool = True
+    on_redo: Callable[[int, str], None] | None = None
 
     queues: list[deque] = field(init=False)
     inflight: Counter = field(init=False, default_factory=Counter)
@@ -59,10 +105,18 @@ class Flow:
     _source_keys: dict[str, str] = field(init=False, default_factory=dict)
     _evict_sources: list[str] = field(init=False, default_factory=list)
     _evict_clips: list[str] = field(init=False, default_factory=list)
-    _media_held: set[str] = field(init=False, default_factory=set)
+    _media_held: dict[str, int] = field(init=False, default_factory=dict)  # clip key -> its shard
+    # a shard's generation: candidates of an older generation (in flight when the shard was redone) are dropped
+    _gen: Counter = field(init=False, default_factory=Counter)
+    _ticket_gen: dict[int, dict[int, int]] = field(init=False, default_factory=dict)
+    redone: list[int] = field(init=False, default_factory=list)
+    # long candidates split into parts: their part results so far, and the part and merge tickets to send
+    _parts: dict[str, _Parts] = field(init=False, default_factory=dict)
+    _parts_q: list[deque] = field(init=False)
 
     def __post_init__(self) -> None:
         self.queues = [deque() for _ in self.stages]
+        self._parts_q = [deque() for _ in self.stages]
         self._oldest = [None for _ in self.stages]
         self.timing = {s.name: StageTiming() for s in self.stages}
         self._last_source_stage = max((i for i, s in enumerate(self.stages) if s.reads_source), default=-1)
@@ -96,7 +150,10 @@ class Flow:
         now = time.monotonic()
         for i, stage in enumerate(self.stages):
             q, bs = self.queues[i], stage.resources.candidates_per_call
-            while q and self.executor.free_slots(i) > 0:
+            while (q or self._parts_q[i]) and self.executor.free_slots(i) > 0:
+                if self._parts_q[i]:  # parts of a long candidate, and merges of parts done: first come first
+                    self._send(self._parts_q[i].popleft())
+                    continue
                 room = self.max_clips_in_flight - len(self._media_held) if stage.makes_clip_media else bs
                 if room <= 0:
                     break
@@ -105,18 +162,70 @@ class Flow:
                     break
                 batch = [q.popleft() for _ in range(min(bs, room, len(q)))]
                 if stage.makes_clip_media:
-                    self._media_held.update(c.key for c in batch)
+                    self._media_held.update((c.key, c.shard) for c in batch)
                 self._oldest[i] = now if q else None
-                self._send(Ticket(next(self._ids), i, batch))
+                batch = self._split_long(i, batch)
+                if batch:
+                    self._send(Ticket(next(self._ids), i, batch))
+
+    def _split_long(self, i: int, batch: list[Candidate]) -> list[Candidate]:
+        """Candidates the stage splits into parts (``Stage.chunks``: a long video's time chunks) go to several
+        workers at once as part tickets; the rest of ``batch`` goes as it is."""
+        stage = self.stages[i]
+        whole = []
+        for c in batch:
+            specs = stage.chunks(c) if c.pending else []
+            if len(specs) < 2:
+                whole.append(c)
+                continue
+            self._parts[c.key] = _Parts(c, [None] * len(specs))
+            for k, spec in enumerate(specs):
+                self._parts_q[i].append(Ticket(next(self._ids), i, [c], chunk={"index": k, **spec}))
+        return whole
+
+    def _part_done(self, ticket: Ticket, result: Any) -> list[Candidate]:
+        """A part ticket came back (its result, or what failed it): once every part of its candidate is in,
+        the merge is queued, or the candidate, rejected when a part failed, goes on as the stage's result."""
+        c = ticket.batch[0]
+        job = self._parts.get(c.key)
+        if job is None:
+            return []
+        if isinstance(result, BaseException):
+            failed = self._failed(ticket, result)  # retried ([]) or given up: the part failed for good
+            if not failed:
+                return []
+            result = ("error", c.message or "a part failed")
+            c.status, c.stage, c.reason, c.message = "pending", "", None, None  # settled once all parts are in
+        job.results[ticket.chunk["index"]] = result
+        if any(r is None for r in job.results):
+            return []
+        del self._parts[c.key]
+        errors = [p for kind, p in job.results if kind != "ok"]
+        if errors:
+            c.reject(self.stages[ticket.stage_idx].name, "error", errors[0])
+            return [c]
+        self._parts_q[ticket.stage_idx].appendleft(Ticket(next(self._ids), ticket.stage_idx, [c],
+                                                          parts=[p for _, p in job.results]))
+        return []
 
     def _send(self, ticket: Ticket) -> None:
         self.inflight[ticket.stage_idx] += 1
+        self._ticket_gen[ticket.id] = {c.shard: self._gen[c.shard] for c in ticket.batch}
         self.executor.submit(ticket)
 
     def _close(self, shard: int) -> None:
         cands = self.finished.pop(shard)
         del self.outstanding[shard]
-        self.on_shard_done(shard, cands)
+        try:
+            self.on_shard_done(shard, cands)
+        except ShardLost as e:  # its members could not be fetched for the commit: made again
+            if self.replan is None:
+                raise
+            self._gen[shard] += 1
+            self.redone.append(shard)
+            self.add_shard(shard, *self.replan(shard))
+            if self.on_redo:
+                self.on_redo(shard, str(e))
 
     def _finish(self, c: Candidate) -> None:
         if c.pending:
@@ -125,7 +234,7 @@ class Flow:
             c.members = {}  # nothing of it is written: its members can go from wherever they are held
         if "media" in c.info:
             self._evict_clips.append(c.key)
-        self._media_held.discard(c.key)
+        self._media_held.pop(c.key, None)
         self.finished[c.shard].append(c)
         self.outstanding[c.shard] -= 1
         if self.on_progress:
@@ -145,10 +254,10 @@ class Flow:
                 raise CapacityLost(lost)
         if isinstance(err, WorkerLost) and err.transient and ticket.waits < self.max_unavailable_waits:
             # unreachable, not dead: wait for Ray to either bring the actor back or mark its node dead
-            self._retry(Ticket(next(self._ids), ticket.stage_idx, ticket.batch, ticket.attempt, ticket.waits + 1))
+            self._retry(replace(ticket, id=next(self._ids), waits=ticket.waits + 1, submitted=time.monotonic()))
             return []
         if isinstance(err, WorkerLost) and ticket.attempt < self.max_batch_retries:
-            self._retry(Ticket(next(self._ids), ticket.stage_idx, ticket.batch, ticket.attempt + 1))
+            self._retry(replace(ticket, id=next(self._ids), attempt=ticket.attempt + 1, submitted=time.monotonic()))
             return []
         if isinstance(err, WorkerLost) and len(ticket.batch) > 1:
             for c in ticket.batch:
@@ -209,20 +318,43 @@ class Flow:
         self._send_due_retries()
         self._submit_ready()
         if not any(self.inflight.values()):
-            return any(self.queues)
+            return any(self.queues) or any(self._parts_q)
         if self._retries and len(self._retries) == sum(self.inflight.values()):
             time.sleep(min(timeout, 0.1))  # only retries are owed: wait for their time
             return True
         for ticket, result in self.executor.wait(timeout):
             i = ticket.stage_idx
             self.inflight[i] -= 1
-            if isinstance(result, BaseException):
+            gens = self._ticket_gen.pop(ticket.id, {})
+            stale = {s for s, g in gens.items() if g != self._gen[s]}
+            if stale:  # its shard was redone meanwhile: what comes back of it is dropped
+                ticket.batch = [c for c in ticket.batch if c.shard not in stale]
+                if not isinstance(result, BaseException) and ticket.chunk is None:
+                    result = [c for c in result if c.shard not in stale]
+                if not ticket.batch:
+                    continue
+            if isinstance(result, BaseException) and _member_lost(result):
+                self._redo({c.shard for c in ticket.batch}, str(result).strip().splitlines()[-1])
+                continue
+            if ticket.chunk is not None:
+                t = self.timing[self.stages[i].name]
+                t.actor_s += ticket.busy_s
+                t.cpu_s += ticket.busy_s * ticket.cpu_scale
+                t.parts += not isinstance(result, BaseException)
+                result = self._part_done(ticket, result)
+                if not result:
+                    continue
+            elif isinstance(result, BaseException):
                 result = self._failed(ticket, result)  # resubmitted ([]) or rejected (the batch itself)
             else:
                 t = self.timing[self.stages[i].name]
                 t.batches += 1
                 t.candidates += len(ticket.batch)
                 t.busy_s += time.monotonic() - ticket.submitted
+                t.actor_s += ticket.busy_s
+                t.cpu_s += ticket.busy_s * ticket.cpu_scale
+                keys = {c.key for c in ticket.batch}
+                t.media_in += sum(media_seconds(c) for c in result if c.key in keys)
                 born = Counter(c.shard for c in result)
                 born.subtract(Counter(c.shard for c in ticket.batch))
                 for shard, n in born.items():
@@ -236,3 +368,62 @@ class Flow:
                 self._left_stage(i, ticket.batch)
         self._flush_evictions()
         return True
+
+    # -- what the pool planner reads, and shards made again -------------------------------------------
+    def loads(self) -> dict[str, StageLoad]:
+        """Per stage: what it measured so far, what waits for it, and whether anything can still reach it."""
+        out = {}
+        upstream_busy = self.more_coming
+        for i, stage in enumerate(self.stages):
+            t = self.timing[stage.name]
+            busy = (bool(self.queues[i]) or bool(self._parts_q[i]) or self.inflight[i] > 0
+                    or any(t.stage_idx == i for _, t in self._retries))
+            upstream_busy = upstream_busy or busy
+            out[stage.name] = StageLoad(t.media_in, t.actor_s, t.cpu_s, t.batches, len(self.queues[i]),
+                                        self.inflight[i], done=not upstream_busy)
+        return out
+
+    def redo_shard(self, shard: int, why: str) -> None:
+        """Make ``shard`` again from its plan rows: its candidates anywhere in the stages are dropped (those in
+        flight when their results come back) and it starts over at the first stage."""
+        self._redo({shard}, why)
+
+    def _redo(self, shards: set[int], why: str) -> None:
+        if self.replan is None:
+            raise ShardLost(shards, why)
+        for shard in sorted(shards):
+            if shard not in self.finished:
+                continue  # committed already, or redone by an earlier failure of the same batch
+            self._gen[shard] += 1
+            for q in self.queues:
+                kept = [c for c in q if c.shard != shard]
+                q.clear()
+                q.extend(kept)
+            for q in self._parts_q:
+                kept = [t for t in q if t.batch[0].shard != shard]
+                q.clear()
+                q.extend(kept)
+            self._parts = {k: j for k, j in self._parts.items() if j.cand.shard != shard}
+            self._retries = [(when, t) for when, t in self._retries if not self._drop_from(t, shard)]
+            self._media_held = {k: s for k, s in self._media_held.items() if s != shard}
+            del self.finished[shard]
+            del self.outstanding[shard]
+            self.redone.append(shard)
+            self.add_shard(shard, *self.replan(shard))
+            if self.on_redo:
+                self.on_redo(shard, why)
+
+    def _drop_from(self, ticket: Ticket, shard: int) -> bool:
+        """Drop ``shard``'s candidates from a waiting retry; True when nothing of it is left to retry."""
+        ticket.batch = [c for c in ticket.batch if c.shard != shard]
+        if not ticket.batch:
+            self.inflight[ticket.stage_idx] -= 1
+            return True
+        return False
+
+
+def _member_lost(err: BaseException) -> bool:
+    """A worker's batch failed because a member it read was lost with its node (see ``MemberLost``)."""
+    if isinstance(err, MemberLost) or isinstance(getattr(err, "cause", None), MemberLost):
+        return True
+    return "MemberLost" in str(err)

@@ -189,6 +189,11 @@ def frame_gate(speech: list[tuple[float, float]] | None, n_frames: int) -> np.nd
 
 class ActiveSpeakers(ModelStage):
     name: ClassVar[str] = "asd"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 0.45
+    typical_keep: ClassVar[float] = 0.9
+    actor_memory_mb: ClassVar[int] = 1024
+    max_actor_cpus: ClassVar[float] = 8.0
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="Light-ASD active speaker detector, fine-tuned on TalkSet (CVPR 2023, MIT licence)",
         kind="url", folder="light_asd",

@@ -235,6 +235,11 @@ _W2V_SOURCE = "HF LFS/blob metadata of facebook/wav2vec2-base-960h@22aad52d, rec
 
 class AudioEmbeddings(ModelStage):
     name: ClassVar[str] = "audio_emb"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 0.1
+    typical_keep: ClassVar[float] = 1.0
+    actor_memory_mb: ClassVar[int] = 1180
+    max_actor_cpus: ClassVar[float] = 8.0
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="Wav2Vec2 base 960h (all 12 transformer layers)",
         kind="hf", folder="wav2vec2-base-960h", repo=HF_ID,

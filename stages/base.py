@@ -107,16 +107,28 @@ def refuse_renamed(model: type[BaseModel], data: Any) -> Any:
 
 
 class Resources(BaseModel):
-    """What one actor of a stage asks the scheduler for."""
+    """What one actor of a stage asks the scheduler for, and how many actors its pool may have."""
 
     model_config = ConfigDict(extra="forbid")
     # ``batch_size`` counted candidates here and model inputs in a stage's own settings
     renamed: ClassVar[dict[str, str]] = {"batch_size": "candidates_per_call"}
 
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
+    num_cpus: float = Field(1.0, ge=0, description="CPUs one actor asks for (with concurrency auto: the least it "
+                                                   "gets; CPUs a cluster has left over go to the actors of stages "
+                                                   "that can use more threads)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs (a fraction shares a device) one actor asks for")
+    memory_mb: int | None = Field(None, ge=1, description="host memory one actor holds (its models loaded), in "
+                                                          "MiB; no node is given actors beyond its memory. "
+                                                          "Default: what the stage was measured to hold")
     candidates_per_call: int = Field(1, ge=1, description="candidates per process() call")
-    concurrency: int = Field(1, ge=1, description="actors in this stage's pool")
+    concurrency: int | Literal["auto"] = Field(
+        "auto", description="actors in this stage's pool: 'auto' sizes every auto pool from the cluster and the "
+                            "stages' measured throughput while the build runs; a number pins it")
+    min_actors: int = Field(1, ge=1, description="with concurrency auto: the fewest actors of the pool")
+    max_actors: int | None = Field(None, ge=1, description="with concurrency auto: the most actors (None: no bound "
+                                                           "but the cluster)")
+    max_cpus: float | None = Field(None, gt=0, description="with concurrency auto: the most CPUs one actor is given "
+                                                           "(default: the stage's own, what its threads can use)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads of the stage's model; default: "
                                                         "Ray's share (num_cpus rounded, at least 1)")
 
@@ -124,6 +136,19 @@ class Resources(BaseModel):
     @classmethod
     def _renamed(cls, data: Any) -> Any:
         return refuse_renamed(cls, data)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Resources:
+        if self.max_actors is not None and self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors ({self.max_actors}) is below min_actors ({self.min_actors})")
+        if self.max_cpus is not None and self.max_cpus < self.num_cpus:
+            raise ValueError(f"max_cpus ({self.max_cpus}) is below num_cpus ({self.num_cpus})")
+        return self
+
+    @property
+    def pinned(self) -> int | None:
+        """The pool size the config fixes, or None for an auto pool."""
+        return None if self.concurrency == "auto" else int(self.concurrency)
 
 
 @dataclass(frozen=True)
@@ -166,7 +191,15 @@ class MemberRef:
     def fetch(self) -> bytes:
         import ray
 
-        return ray.get(self.ref)[self.name]
+        try:
+            return ray.get(self.ref)[self.name]
+        except (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError) as e:
+            raise MemberLost(f"member {self.name!r} was lost with the node that held it: {type(e).__name__}") from e
+
+
+class MemberLost(RuntimeError):
+    """A member held in the object store is gone (its node died): not the candidate's fault, so no stage
+    turns it into an ``error`` row; the build makes the candidate's shard again from its inputs."""
 
 
 MemberData = bytes | PendingMember | MemberRef
@@ -261,6 +294,18 @@ class Stage(BaseModel):
     report_views: ClassVar[tuple[StatView, ...]] = ()
     # settings renamed since an earlier release (old key -> new field), refused naming the new one
     renamed: ClassVar[dict[str, str]] = {}
+    # what an auto pool is sized by until the build has measured it (pipeline/pools.py): actor-seconds per
+    # second of media entering the stage at the profile's share (offline profile, this repo's 2-core CPU box,
+    # `mtcc bench`), the share of its input's seconds it typically passes on (talk-show footage), the host
+    # memory one actor holds once its models are loaded (measured as resident set size on Ray), and the
+    # most CPUs one actor puts to use (1: no threads worth giving it more)
+    expected_cost: ClassVar[float] = 0.01
+    typical_keep: ClassVar[float] = 1.0
+    # settings that only say how the work is scheduled (how a long video is split): a run may change them
+    # without changing a byte of its output, so the config hash leaves them out
+    schedule_fields: ClassVar[frozenset[str]] = frozenset()
+    actor_memory_mb: ClassVar[int] = 400
+    max_actor_cpus: ClassVar[float] = 1.0
 
     enabled: bool = True
     resources: Resources = Field(default_factory=Resources)
@@ -283,6 +328,13 @@ class Stage(BaseModel):
         if self._workspace is None:
             self._workspace = NodeWorkspace.scratch()  # a stage used on its own: a private one
         return self._workspace
+
+    @property
+    def thread_count(self) -> int:
+        """The threads the stage's own compute runs with (torch intra-op, ONNX Runtime, ffmpeg where the stage
+        does not fix it): its declared ``threads``, else its actor's CPU share (num_cpus rounded, at least 1),
+        as Ray gives it."""
+        return self.resources.threads or max(1, round(self.resources.num_cpus))
 
     def source(self, cand: Candidate) -> AbstractContextManager[Fetched]:
         """A local path of ``cand``'s input video for the block (the node's checked copy of a remote one:
@@ -349,6 +401,8 @@ class Stage(BaseModel):
             c.stage = self.name
         try:
             return done + self._finish(self._loaded_process(todo))
+        except MemberLost:
+            raise  # the build redoes the shard; no candidate is to blame
         except Exception:  # noqa: BLE001 - a failing batch is retried item by item to find the culprit
             if len(todo) == 1:
                 self._reject_error(todo[0])
@@ -357,10 +411,51 @@ class Stage(BaseModel):
         for c in todo:
             try:
                 out.extend(self._finish(self._loaded_process([c])))
+            except MemberLost:
+                raise
             except Exception:  # noqa: BLE001 - becomes a manifest row with the exception text
                 self._reject_error(c)
                 out.append(c)
         return out
+
+    # -- one long candidate over several workers (pipeline/flow.py sends the parts, then the merge) -----
+    def chunks(self, cand: Candidate) -> list[dict[str, Any]]:
+        """The parts of ``cand`` that several workers can do at once (each a JSON-able spec), or [] to do it
+        whole. Called by the driver on the stage's config alone (no model is loaded there)."""
+        return []
+
+    def process_chunk(self, cand: Candidate, chunk: dict[str, Any]) -> Any:
+        """One part's result (it travels to the driver, then to ``merge_chunks``)."""
+        raise NotImplementedError
+
+    def merge_chunks(self, cand: Candidate, parts: list[Any]) -> dict[str, Any]:
+        """Fill ``cand`` from its parts' results, in order, as ``compute`` would; its stats."""
+        raise NotImplementedError
+
+    def run_chunk(self, cand: Candidate, chunk: dict[str, Any]) -> tuple[str, Any]:
+        """``process_chunk`` with failure isolation: ``("ok", result)``, or ``("error", message)`` (the
+        candidate is then rejected as ``error`` once every part is in)."""
+        try:
+            self.setup()
+            return "ok", self.process_chunk(cand, chunk)
+        except MemberLost:
+            raise
+        except Exception:  # noqa: BLE001 - becomes the candidate's manifest row, as in run_batch
+            tb = traceback.format_exc(limit=-3).strip().splitlines()
+            return "error", (f"stage '{self.name}' failed on {cand.source} ({cand.key}), part "
+                             f"{chunk.get('index')}: {tb[-1] if tb else 'unknown error'}")
+
+    def run_merge(self, cand: Candidate, parts: list[Any]) -> list[Candidate]:
+        """``merge_chunks`` with failure isolation, then the stage's decision, as for a whole candidate."""
+        cand.stage = self.name
+        try:
+            self.setup()
+            self.settle(cand, self.merge_chunks(cand, parts))
+        except MemberLost:
+            raise
+        except Exception:  # noqa: BLE001 - becomes a manifest row with the exception text
+            self._reject_error(cand)
+        return self._finish([cand])
 
     def _loaded_process(self, batch: list[Candidate]) -> list[Candidate]:
         # a load that fails (random weights refused, a missing file) rejects the batch's candidates with the

@@ -116,6 +116,11 @@ _QWEN_FILES = ("config.json", "generation_config.json", "model.safetensors.index
 
 class ClipCaption(ModelStage):
     name: ClassVar[str] = "caption"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 0.08
+    typical_keep: ClassVar[float] = 1.0
+    actor_memory_mb: ClassVar[int] = 1040
+    max_actor_cpus: ClassVar[float] = 8.0
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="Qwen2-VL-7B-Instruct (captions)",
         kind="hf", folder="Qwen2-VL-7B-Instruct", repo=HF_ID,

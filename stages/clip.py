@@ -32,6 +32,11 @@ def make_clip(parent: Candidate, stage: str, clip_idx: int, start: float, end: f
 
 class WholeVideoClip(Stage):
     name: ClassVar[str] = "clip"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 0.001
+    typical_keep: ClassVar[float] = 1.0
+    actor_memory_mb: ClassVar[int] = 200
+    max_actor_cpus: ClassVar[float] = 1.0
     requires: ClassVar[tuple[Key, ...]] = (Info("probe"),)  # the clip's length
     stats_schema: ClassVar[dict[str, str]] = {"n_clips": "int64"}
     expands: ClassVar[bool] = True

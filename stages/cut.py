@@ -59,6 +59,11 @@ def reference_jpeg(img: np.ndarray, box: np.ndarray, margin: float) -> bytes:
 
 class ClipCut(Stage):
     name: ClassVar[str] = "cut"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 0.25
+    typical_keep: ClassVar[float] = 1.0
+    actor_memory_mb: ClassVar[int] = 280
+    max_actor_cpus: ClassVar[float] = 2.0
     requires: ClassVar[tuple[Key, ...]] = (CLIPS, Info("probe"), Info("clip_faces", optional=True),
                                            Info("fingerprint", optional=True), Info("source_bytes", optional=True))
     # the references only for a clip with face tracks, mix.flac only for a video with sound

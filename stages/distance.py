@@ -18,6 +18,11 @@ from .base import Candidate, Info, Key, Rejection, Resources, Stage, StatView
 
 class FaceDistance(Stage):
     name: ClassVar[str] = "distance"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 0.001
+    typical_keep: ClassVar[float] = 0.8
+    actor_memory_mb: ClassVar[int] = 200
+    max_actor_cpus: ClassVar[float] = 1.0
     requires: ClassVar[tuple[Key, ...]] = (Info("clip_faces"),)
     stats_schema: ClassVar[dict[str, str]] = {"ratio": "float64", "size_ratio": "float64", "face_px": "float64"}
     report_views: ClassVar[tuple[StatView, ...]] = (

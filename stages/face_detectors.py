@@ -90,13 +90,22 @@ def _model_id(path: Path) -> str:
     return f"{path.resolve()}#sha256:{sha256_file(path)[:MODEL_ID_HEX]}"
 
 
+class ProviderMissing(RuntimeError):
+    """``device: cuda`` on a node whose onnxruntime has no CUDA provider: the stage refuses to start rather
+    than run a GPU profile's detector on the CPU."""
+
+
 def _providers(device: Device) -> list[str]:
     import onnxruntime as ort
 
     if device == "cuda":
-        if "CUDAExecutionProvider" in ort.get_available_providers():
+        have = ort.get_available_providers()
+        if "CUDAExecutionProvider" in have:
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        log.warning("device='cuda' asked but onnxruntime has no CUDAExecutionProvider; running on CPU")
+        raise ProviderMissing(
+            f"device 'cuda' asked, but onnxruntime {ort.__version__} on this node has no CUDAExecutionProvider "
+            f"(it has {', '.join(have)}): install onnxruntime-gpu on every node (pip uninstall -y onnxruntime && "
+            f"pip install onnxruntime-gpu; the Dockerfile's image has it), or set device: cpu")
     elif device != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return ["CPUExecutionProvider"]

@@ -14,6 +14,7 @@ frames at the detector's size, plus the shot detector's reporting delay.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any, ClassVar, Literal
 
@@ -55,6 +56,11 @@ def _insightface_pack(pack: str, title: str, note: str = "") -> Weights:
 
 class FaceTrack(WeightsStage):
     name: ClassVar[str] = "faces"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 1.2
+    typical_keep: ClassVar[float] = 1.0
+    actor_memory_mb: ClassVar[int] = 1500
+    max_actor_cpus: ClassVar[float] = 4.0
     weights: ClassVar[tuple[Weights, ...]] = (
         _insightface_pack(
             "antelopev2", "insightface antelopev2 pack: SCRFD-10GF detector with 5 keypoints (the paper's)", note=(
@@ -87,13 +93,21 @@ class FaceTrack(WeightsStage):
     min_track_samples: int = Field(2, ge=1)
     smooth_window: int = Field(3, ge=1)
     refine_bounds: bool = True
+    part_seconds: float = Field(600.0, ge=0, description="a video longer than this is scanned in parts of about "
+                                                         "this length by several actors at once (0: always whole); "
+                                                         "the shots and tracks are those of a whole scan")
+    part_overlap_seconds: float = Field(10.0, gt=0, description="video before each part that its cut detector "
+                                                                "sees first, so that it finds the cuts a whole "
+                                                                "scan finds")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0))
+    # how the scan is split never changes what it finds: not part of the config hash
+    schedule_fields: ClassVar[frozenset[str]] = frozenset({"part_seconds", "part_overlap_seconds"})
 
     def load(self) -> None:
         from .face_detectors import load_detector
 
         self._detector = load_detector(self.detector, model=self.model, score_threshold=self.score_threshold,
-                                       input_size=self.input_size, device=self.device)
+                                       input_size=self.input_size, device=self.device, threads=self.thread_count)
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
         probe = cand.info["probe"]
@@ -104,24 +118,91 @@ class FaceTrack(WeightsStage):
                 for i, rgb in zip(idx, frames):
                     scan.frame(i, rgb)
             scan.finish()
-        shots = scan.shots
+        return self._merge(cand, video.clock.to_info(), [scan.part()])
+
+    # -- a long video in parts: each part owns the shots that start in its stretch ----------------------
+    def chunks(self, cand: Candidate) -> list[dict[str, Any]]:
+        """Time parts of a video longer than ``part_seconds``: nominal frame ranges of the probed length (a
+        part owns the shots that start at its first cut at or after its start, up to the next part's)."""
+        probe = cand.info.get("probe") or {}
+        fps = float(probe.get("fps") or probe.get("fps_real") or 0.0)
+        duration = float(probe.get("duration") or 0.0)
+        if self.part_seconds <= 0 or duration <= self.part_seconds or fps <= 0:
+            return []
+        n = int(math.ceil(duration / self.part_seconds))
+        step = int(round(self.part_seconds * fps))
+        overlap = int(round(self.part_overlap_seconds * fps))
+        return [{"start": k * step, "end": (k + 1) * step if k < n - 1 else None, "overlap": overlap}
+                for k in range(n)]
+
+    def process_chunk(self, cand: Candidate, chunk: dict[str, Any]) -> dict[str, Any]:
+        probe = cand.info["probe"]
+        with self.source(cand) as src:
+            video = open_frames(src.path, probe, self.decode_width)
+            if video.backend != "decord":
+                # the ffmpeg pipe cannot start mid-video frame-exactly: the merge scans this one whole
+                return {"whole": True}
+            start, end = int(chunk["start"]), chunk["end"]
+            scan = _Scan(self, video, owned_from=start, stop_at=end)
+            first = max(0, start - int(chunk["overlap"]))
+            for idx, frames in video.batches(list(range(first, video.n_frames)), self.chunk_frames):
+                for i, rgb in zip(idx, frames):
+                    scan.frame(i, rgb)
+                    if scan.stopped:
+                        break
+                if scan.stopped:
+                    break
+            if not scan.stopped:
+                scan.finish()
+            part = scan.part()
+        return {**part, "clock": video.clock.to_info(), "decoded_from": first,
+                "checked_from": max(0, start - int(chunk["overlap"]) // 2)}
+
+    def merge_chunks(self, cand: Candidate, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        owners = [p for p in parts if p.get("first") is not None]
+        clock = next((p["clock"] for p in parts if "clock" in p), None)
+        n = int(clock["n_frames"]) if clock else -1
+        seamless = (not any(p.get("whole") for p in parts) and owners and owners[0]["first"] == 0
+                    and owners[-1]["last"] >= n
+                    and all(b["first"] == a["last"] and _same_cuts(a, b) for a, b in zip(owners, owners[1:])))
+        if not seamless:
+            # the parts do not join (a cut seen differently in an overlap, a source the pipe decodes): the
+            # whole scan, one actor, as if the video were short
+            return self.compute(cand)
+        return self._merge(cand, clock, owners)
+
+    def _merge(self, cand: Candidate, clock: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """The video's facts and stats from its parts in order (one part: a whole scan). Track ids are
+        numbered on as a whole scan numbers them: each part's from the next id after the parts before."""
+        shots: list[list[int]] = []
+        tracks: list[dict[str, Any]] = []
+        seams: list[Any] = []
+        for p in parts:
+            offset = max((t["id"] + 1 for t in tracks), default=0)
+            tracks += [{**t, "id": t["id"] + offset} for t in p["tracks"]]
+            shots += p["shots"]
+            seams += p["seams"]["shots"]
+        n_frames = int(clock["n_frames"])
         # tracks hold source frame indices; the clock says when each is shown (segment maps them to time)
-        cand.info["frame_clock"] = video.clock.to_info()
+        cand.info["frame_clock"] = clock
         cand.info["shots"] = shots
-        cand.info["seams"] = scan.seams.summary(shots)  # the layout stage's evidence, from the frames detected here
-        cand.info["faces"] = {"fps": video.fps, "n_frames": video.n_frames, "sample_step": scan.step,
-                              "detector": getattr(self._detector, "model_id", self.detector), "tracks": scan.tracks}
-        found = scan.found
+        # the layout stage's evidence, from the frames detected here
+        cand.info["seams"] = {"size": next((p["seams"]["size"] for p in parts if p["seams"]["size"]), None),
+                              "shots": seams}
+        cand.info["faces"] = {"fps": parts[0]["fps"], "n_frames": n_frames,
+                              "sample_step": parts[0]["step"], "detector": parts[0]["detector"], "tracks": tracks}
         return {
             "n_shots": len(shots),
-            "longest_shot_s": max((video.time_of(b) - video.time_of(a) for a, b in shots), default=0.0),
-            "frames_decoded": scan.decoded,
-            "n_tracks": len(scan.tracks),
-            "frames_sampled": len(found),
-            "frames_refined": scan.refined,
-            "frames_redecoded": scan.redecoded,
-            "detections": int(sum(len(v[0]) for v in found.values())),
-            "max_faces": int(max((len(v[0]) for v in found.values()), default=0)),
+            "longest_shot_s": max((p["longest_s"] for p in parts), default=0.0),
+            # every frame of the video once: what a whole scan decodes (the overlaps parts decode twice are
+            # the run's cost, not the video's)
+            "frames_decoded": parts[0]["decoded"] if len(parts) == 1 else n_frames,
+            "n_tracks": len(tracks),
+            "frames_sampled": sum(p["sampled"] for p in parts),
+            "frames_refined": sum(p["refined"] for p in parts),
+            "frames_redecoded": sum(p["redecoded"] for p in parts),
+            "detections": sum(p["detections"] for p in parts),
+            "max_faces": max((p["max_faces"] for p in parts), default=0),
         }
 
     def shot_tracks(self, scan: _Scan, a: int, b: int, idx: list[int], next_id: int) -> list[dict[str, Any]]:
@@ -191,9 +272,17 @@ class _Scan:
     """The state of one pass over a video: shots found so far, the sampling grid, detections, the frames
     held for the bisection, and the tracks of the shots already closed."""
 
-    def __init__(self, stage: FaceTrack, video: VideoFrames):
+    def __init__(self, stage: FaceTrack, video: VideoFrames, owned_from: int = 0, stop_at: int | None = None):
         self.stage = stage
         self.video = video
+        # a part of the video (FaceTrack.chunks): frames before the first cut at or after ``owned_from`` only
+        # warm the cut detector; the shot that starts at the first cut at or after ``stop_at`` is the next
+        # part's, and the scan stops there
+        self.owned_from, self.stop_at = owned_from, stop_at
+        self.first: int | None = 0 if owned_from <= 0 else None
+        self.last: int | None = None
+        self.stopped = False
+        self.seen_cuts: list[int] = []
         self.step = max(1.0, video.fps / stage.sample_fps)
         self.shot_det = ShotDetector(stage.shots, video.fps)
         # frames are detected at the detector's own size: decoding wider only helps the shot detector
@@ -228,9 +317,24 @@ class _Scan:
     def finish(self) -> None:
         for c in self.shot_det.finish():
             self._cut(c)
-        while self.delay:
+        while self.delay and not self.stopped:
             self._place(*self.delay.popitem(last=False))
-        self._close_shot(max(self.video.n_frames, self._placed + 1))
+        if not self.stopped and self.first is not None:
+            self.last = max(self.video.n_frames, self._placed + 1)
+            self._close_shot(self.last)
+
+    def part(self) -> dict[str, Any]:
+        """What this scan found, as a part of the video (JSON-able): the shots it owns and their tracks,
+        seams and counts, and every cut its detector reported (the merge checks the overlaps with them)."""
+        found = self.found
+        times = self.video.time_of
+        return {"first": self.first, "last": self.last, "shots": self.shots, "tracks": self.tracks,
+                "fps": self.video.fps, "longest_s": max((times(b) - times(a) for a, b in self.shots), default=0.0),
+                "seams": self.seams.summary(self.shots), "cuts": self.seen_cuts, "step": self.step,
+                "detector": getattr(self.stage._detector, "model_id", self.stage.detector),
+                "decoded": self.decoded, "sampled": len(found), "refined": self.refined,
+                "redecoded": self.redecoded, "detections": int(sum(len(v[0]) for v in found.values())),
+                "max_faces": int(max((len(v[0]) for v in found.values()), default=0))}
 
     def _small(self, rgb: np.ndarray) -> np.ndarray:
         w, h = self.det_size
@@ -239,6 +343,7 @@ class _Scan:
         return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
 
     def _cut(self, c: int) -> None:
+        self.seen_cuts.append(c)
         # a cut for a frame already placed (never for PySceneDetect's detectors, which report within their
         # event buffer) would split a shot whose samples are taken: it is left out
         if c > max(self.cuts[-1], self._placed):
@@ -246,9 +351,20 @@ class _Scan:
 
     def _place(self, i: int, img: np.ndarray) -> None:
         """Frame ``i``, whose shot is settled: a sample, or a frame between two samples."""
+        if self.stopped:
+            return
         self._placed = i
         start = self.cuts[-1] if i >= self.cuts[-1] else max(c for c in self.cuts if c <= i)
-        if i == start and i > 0:
+        if self.first is None:  # a part, before the first shot it owns
+            if i != start or i < self.owned_from:
+                return
+            self.first = i
+        elif i == start and i > 0:
+            if self.stop_at is not None and i >= self.stop_at:
+                self.last = i  # the next part's first shot starts here
+                self._close_shot(i)
+                self.stopped = True
+                return
             self._close_shot(i)
         if i == start + int(round(self._k * self.step)):
             self._k += 1
@@ -264,7 +380,7 @@ class _Scan:
         """The shot that ends at ``end`` is complete: detect its last samples, link and pin its tracks,
         and let go of its frames."""
         self._detect_queue()
-        start = self.shots[-1][1] if self.shots else 0
+        start = self.shots[-1][1] if self.shots else (self.first or 0)
         if end > start:
             self.shots.append([start, end])
             next_id = max((t["id"] + 1 for t in self.tracks), default=0)
@@ -316,6 +432,14 @@ class _Scan:
             self.redecoded += 1
             img = self._small(self.video.frame(frame))
         return self._detect(img[None])[0]
+
+
+def _same_cuts(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two neighbouring parts saw the same cuts where both looked (from the middle of the later
+    one's warm-up to where the earlier one stopped): then the later part's first shot is the one a whole
+    scan would start there."""
+    lo, hi = b["checked_from"], a["last"]
+    return [c for c in a["cuts"] if lo <= c <= hi] == [c for c in b["cuts"] if lo <= c <= hi]
 
 
 def _extend(track: Track, frame: int) -> None:

@@ -114,6 +114,11 @@ def separating_fraction(axis: str, at: float, boxes0: np.ndarray, boxes1: np.nda
 
 class PanelLayout(Stage):
     name: ClassVar[str] = "layout"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 0.001
+    typical_keep: ClassVar[float] = 0.8
+    actor_memory_mb: ClassVar[int] = 200
+    max_actor_cpus: ClassVar[float] = 1.0
     requires: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("frame_clock"), Info("seams"), Info("clip_faces"))
     stats_schema: ClassVar[dict[str, str]] = {
         "seam_strength": "float64", "seam_axis": "string", "seam_position": "float64", "separated": "float64",

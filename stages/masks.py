@@ -108,6 +108,11 @@ _SAM2_SOURCE = ("HF LFS metadata of facebook/sam2.1-hiera-large@665f8e2a as reco
 
 class CharacterMasks(ModelStage):
     name: ClassVar[str] = "masks"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 1.7
+    typical_keep: ClassVar[float] = 0.9
+    actor_memory_mb: ClassVar[int] = 1160
+    max_actor_cpus: ClassVar[float] = 8.0
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="SAM 2.1 Hiera-Large (video predictor checkpoint + its config)",
         kind="hf", folder="sam2.1-hiera-large", repo=HF_ID,

@@ -162,6 +162,11 @@ def lip_sync(motion: np.ndarray, activity: np.ndarray, *, max_lag: int = 15,
 
 class MouthPrescore(Stage):
     name: ClassVar[str] = "prescore"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 0.05
+    typical_keep: ClassVar[float] = 1.0
+    actor_memory_mb: ClassVar[int] = 280
+    max_actor_cpus: ClassVar[float] = 1.0
     # a gate before the separation on purpose: the separated tracks only when a stage listed earlier made them
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"), Info("probe", optional=True),
                                            Info("frame_clock", optional=True),

@@ -102,6 +102,11 @@ class Probe(Stage):
     """Reads container facts and rejects files that cannot yield a usable clip."""
 
     name: ClassVar[str] = "probe"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 0.01
+    typical_keep: ClassVar[float] = 0.95
+    actor_memory_mb: ClassVar[int] = 200
+    max_actor_cpus: ClassVar[float] = 1.0
     requires: ClassVar[tuple[Key, ...]] = (Info("fingerprint", optional=True), Info("source_bytes", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("sha256"))
     reads_source: ClassVar[bool] = True

@@ -62,6 +62,11 @@ def on_frames(wins: list[tuple[float, float]], clock: FrameClock, t0: float,
 
 class TwoFaceSegments(Stage):
     name: ClassVar[str] = "segment"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 0.002
+    typical_keep: ClassVar[float] = 0.2
+    actor_memory_mb: ClassVar[int] = 200
+    max_actor_cpus: ClassVar[float] = 1.0
     requires: ClassVar[tuple[Key, ...]] = (Info("faces"), Info("probe"), Info("frame_clock", optional=True),
                                            Info("shots", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Info("clip_faces"),)

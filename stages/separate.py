@@ -273,6 +273,11 @@ def rms_dbfs(rms: float) -> float:
 
 class SpeechSeparation(ModelStage):
     name: ClassVar[str] = "separate"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 2.7
+    typical_keep: ClassVar[float] = 1.0
+    actor_memory_mb: ClassVar[int] = 1840
+    max_actor_cpus: ClassVar[float] = 8.0
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="clearvoice AV-MossFormer2 target speaker extraction, 16 kHz",
         kind="hf", folder="AV_MossFormer2_TSE_16K", repo=HF_ID, revision=None,

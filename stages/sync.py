@@ -124,6 +124,11 @@ class _Clip:
 
 class SyncScores(ModelStage):
     name: ClassVar[str] = "sync"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 2.6
+    typical_keep: ClassVar[float] = 0.4
+    actor_memory_mb: ClassVar[int] = 1560
+    max_actor_cpus: ClassVar[float] = 8.0
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="SyncNet v2 (syncnet_python release weights)",
         kind="url", folder="syncnet", url="http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",

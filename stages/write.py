@@ -17,6 +17,11 @@ from .base import Candidate, Info, Key, Member, Resources, Stage
 
 class ClipWriter(Stage):
     name: ClassVar[str] = "write"
+    # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
+    expected_cost: ClassVar[float] = 0.001
+    typical_keep: ClassVar[float] = 1.0
+    actor_memory_mb: ClassVar[int] = 200
+    max_actor_cpus: ClassVar[float] = 1.0
     requires: ClassVar[tuple[Key, ...]] = (Member("mp4"), Member("mix.flac", optional=True),
                                            Info("media", optional=True), Info("clip_faces", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Member("faces.json"),)

@@ -119,12 +119,14 @@ def test_ray_actor_threads(ray_local, tmp_path):
     imported after the actor started; a stage without a model never imports torch."""
     import ray
 
-    from mtcc.pipeline.executor import WorkspaceSpec, _StageActor
+    from mtcc.pipeline.executor import WorkspaceSpec
+    from mtcc.pipeline.ray_executor import _StageActor
+    from mtcc.stages.probe import Probe
 
     actor_cls = ray.remote(_StageActor)
     work = WorkspaceSpec(str(tmp_path / "work"), 1 << 30)
-    wide = actor_cls.options(num_cpus=0.05).remote("probe", {"resources": {"num_cpus": 0.05, "threads": 3}}, work)
-    plain = actor_cls.options(num_cpus=0.05).remote("probe", {"resources": {"num_cpus": 0.05}}, work)
+    wide = actor_cls.options(num_cpus=0.05).remote(Probe, {"resources": {"num_cpus": 0.05, "threads": 3}}, work)
+    plain = actor_cls.options(num_cpus=0.05).remote(Probe, {"resources": {"num_cpus": 0.05}}, work)
 
     def torch_state(self):  # noqa: ANN001 - runs inside the actor
         import sys

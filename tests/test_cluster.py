@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -94,3 +95,175 @@ def test_worker_node_lost_mid_run_names_failed_shards_and_the_rerun_completes_th
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert digests(out) == digests(ref)
+
+
+# -- pools that grow with the cluster (pipeline/pools.py, pipeline/ray_executor.py) ---------------------------
+
+# One script, one scenario: a Ray cluster of simulated nodes on this machine (logical CPUs, GPUs and memory,
+# as a real cluster schedules them), a build on it, what Ray reported the actors held at peak (sampled), the
+# pools' log lines, and the build's own summary. Nodes are added or removed after the Nth committed shard.
+SCENARIO = textwrap.dedent("""
+    import json, sys, threading, time
+    from pathlib import Path
+    import ray
+    from ray.cluster_utils import Cluster
+    from mtcc.pipeline.build import build
+    from mtcc.pipeline.cli import resolve_config
+    from mtcc.pipeline.config import load_config
+
+    spec = json.loads(sys.argv[1])
+    out = Path(spec["out"])
+    cluster = Cluster(initialize_head=True, head_node_args=spec["head"])
+    workers = [cluster.add_node(**n) for n in spec.get("workers", [])]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR")
+    if spec.get("slow"):
+        # a planted slow stage: sleeps per clip, so its pool is what holds the build up (defined here, in
+        # __main__, it travels to the actors by value)
+        from typing import ClassVar
+        from mtcc.stages import STAGES
+        from mtcc.stages.base import Stage
+
+        class Sleepy(Stage):
+            name: ClassVar[str] = "sleepy"
+            stats_schema: ClassVar[dict] = {"slept": "float64"}
+            seconds: float = 1.0
+
+            def compute(self, cand):
+                time.sleep(self.seconds)
+                return {"slept": self.seconds}
+
+        STAGES["sleepy"] = Sleepy
+    cfg = load_config(resolve_config(spec["profile"]), spec["sets"])
+    if spec.get("slow"):
+        from mtcc.pipeline.config import build_config
+        raw = {**cfg.dump(), "stages": {s.name: s.model_dump() for s in cfg.stages}}
+        order = list(raw["stages"])
+        at = order.index("cut")
+        stages = {n: raw["stages"][n] for n in order[:at]}
+        stages["sleepy"] = {"seconds": spec["slow"], "resources": {"num_cpus": 0.25}}
+        stages.update({n: raw["stages"][n] for n in order[at:]})
+        raw["stages"] = stages
+        raw.pop("models", None)
+        cfg = build_config(raw)
+    peak = {"CPU": 0.0, "GPU": 0.0}
+    events, logs, done = [], [], {}
+
+    def run():
+        done["res"] = build(cfg, [spec["inputs"]], out, runner="ray", address=cluster.address, progress=False,
+                            log=logs.append)
+
+    # the build runs in a thread; this one watches what the actors hold and changes the cluster (Ray's node
+    # processes can only be started and stopped from the main thread)
+    worker = threading.Thread(target=run)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.25)
+        total, avail = ray.cluster_resources(), ray.available_resources()
+        for k in peak:
+            if total.get(k):
+                peak[k] = max(peak[k], (total[k] - avail.get(k, 0.0)) / total[k])
+        commits = len(list((out / "commits").glob("*.json"))) if (out / "commits").is_dir() else 0
+        if spec.get("add_after") is not None and commits >= spec["add_after"] and "added" not in events:
+            cluster.add_node(**spec["add"])
+            events.append("added")
+        if spec.get("remove_after") is not None and commits >= spec["remove_after"] and "removed" not in events:
+            cluster.remove_node(workers[-1], allow_graceful=False)
+            events.append("removed")
+    res = done["res"]
+    top = {}
+    timeline = res.pools.get("timeline", [])
+    for point in timeline:
+        for k, v in point["actors"].items():
+            top[k] = max(top.get(k, 0), v)
+    # the pools when the slow stage's was largest (a planted slow stage's scenario)
+    at_peak = max(timeline, key=lambda p: p["actors"].get("sleepy", 0))["actors"] if timeline else {}
+    print("RESULT " + json.dumps({"built": res.shards_built, "failed": {str(k): v for k, v in res.shards_failed.items()},
+          "peak": peak, "events": events, "logs": [m for m in logs if m.startswith(("pools:", "shard"))],
+          "most_actors": top, "at_sleepy_peak": at_peak, "redone": res.redone, "held": res.pools.get("held_fraction")}))
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+GIB = 1 << 30
+# one video per shard (the shards of OVERRIDES, so the same bytes), several in flight: work waits for the pools
+BUSY = ["run.videos_per_shard=1", "run.max_shards_in_flight=6"]
+GPU_SHARES = ["stages.separate.resources.num_gpus=0.25", "stages.asd.resources.num_gpus=0.1",
+              "stages.sync.resources.num_gpus=0.1", "stages.masks.resources.num_gpus=0.5",
+              "stages.audio_emb.resources.num_gpus=0.1", "stages.caption.resources.num_gpus=0.25"]
+
+
+def scenario(tmp_path: Path, spec: dict, timeout: float = 900) -> dict:
+    script = tmp_path / "scenario.py"
+    script.write_text(SCENARIO)
+    run = subprocess.run([sys.executable, str(script), json.dumps(spec)], capture_output=True, text=True,
+                         timeout=timeout)
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert run.returncode == 0 and line, run.stderr[-4000:]
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def short_clip(sample_dir, tmp_path_factory) -> Path:
+    """One 2.4 s two-person clip: enough for every stage of the offline profile to run, quickly."""
+    d = tmp_path_factory.mktemp("short")
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(sample_dir / "two_talk.mp4"), "-t", "2.4",
+                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(d / "two_talk_2s.mp4")], check=True)
+    return d
+
+
+@pytest.mark.parametrize("nodes", [
+    # `ray start --head --num-cpus 8 --num-gpus 2` on this machine (Ray offers actors about 15 GiB of its memory)
+    {"head": {"num_cpus": 8, "num_gpus": 2, "memory": 15 * GIB}},
+    {"head": {"num_cpus": 4, "num_gpus": 1, "memory": 7 * GIB},  # three nodes sharing this machine's memory
+     "workers": [{"num_cpus": 2, "num_gpus": 1, "memory": 5 * GIB}, {"num_cpus": 2, "memory": 4 * GIB}]},
+], ids=["one_node", "three_nodes"])
+def test_auto_pools_hold_90_percent_of_the_cluster_with_the_offline_profile(nodes, short_clip, tiny_overrides,
+                                                                              tmp_path):
+    r = scenario(tmp_path, {**nodes, "profile": "offline", "sets": [*tiny_overrides, *GPU_SHARES],
+                            "inputs": str(short_clip), "out": str(tmp_path / "out")})
+    assert r["built"] == [0] and not r["failed"], r
+    assert r["peak"]["CPU"] >= 0.9 and r["peak"]["GPU"] >= 0.9, r  # as Ray reports it while the build runs
+
+
+@pytest.fixture(scope="module")
+def spine_ref(sample_dir, tmp_path_factory) -> Path:
+    """The sample set through the spine profile in one process: the bytes every schedule must give."""
+    from mtcc.pipeline.build import build
+    from mtcc.pipeline.cli import resolve_config
+    from mtcc.pipeline.config import load_config
+
+    out = tmp_path_factory.mktemp("spine_ref") / "out"
+    res = build(load_config(resolve_config("spine"), OVERRIDES), [str(sample_dir)], out, runner="inprocess",
+                progress=False)
+    assert not res.shards_failed
+    return out
+
+
+def test_a_node_added_mid_build_is_used_and_the_shards_do_not_change(sample_dir, spine_ref, tmp_path):
+    r = scenario(tmp_path, {"head": {"num_cpus": 0}, "workers": [{"num_cpus": 2}], "profile": "spine",
+                            "sets": [*BUSY, "run.rebalance_s=1"], "inputs": str(sample_dir),
+                            "out": str(tmp_path / "out"), "add_after": 1, "add": {"num_cpus": 4}})
+    assert r["events"] == ["added"] and not r["failed"], r
+    grew = [m for m in r["logs"] if re.match(r"pools: .*\w \+\d", m)]
+    assert grew, r["logs"]  # the new node's CPUs went to the pools within the build
+    assert digests(tmp_path / "out") == digests(spine_ref)
+
+
+def test_a_node_lost_mid_build_shrinks_the_pools_and_the_shards_do_not_change(sample_dir, spine_ref, tmp_path):
+    r = scenario(tmp_path, {"head": {"num_cpus": 2}, "workers": [{"num_cpus": 2}], "profile": "spine",
+                            "sets": [*BUSY, "run.rebalance_s=1"], "inputs": str(sample_dir),
+                            "out": str(tmp_path / "out"), "remove_after": 2})
+    assert r["events"] == ["removed"] and not r["failed"], r
+    assert any("lost with their node" in m for m in r["logs"]), r["logs"]
+    assert digests(tmp_path / "out") == digests(spine_ref)
+
+
+def test_a_planted_slow_stage_gets_the_most_actors(sample_dir, tmp_path):
+    r = scenario(tmp_path, {"head": {"num_cpus": 6}, "profile": "spine", "slow": 3.0,
+                            "sets": ["run.videos_per_shard=4", "run.max_shards_in_flight=4", "run.rebalance_s=1"],
+                            "inputs": str(sample_dir), "out": str(tmp_path / "out")})
+    assert not r["failed"], r
+    start, peak = r["logs"][0], r["at_sleepy_peak"]
+    assert "sleepy=1" in start  # the plan the build started with expected it cheap: one actor
+    assert peak["sleepy"] >= 3 and peak["sleepy"] > max(v for k, v in peak.items() if k != "sleepy"), (start, peak)

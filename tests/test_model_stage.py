@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from mtcc.pipeline.executor import Executor, InProcessExecutor, RayExecutor, StageSetupError, Ticket
+from mtcc.pipeline.executor import Executor, InProcessExecutor, StageSetupError, Ticket
+from mtcc.pipeline.ray_executor import RayExecutor
 from mtcc.stages import STAGES
 from mtcc.stages.base import Candidate, Stage
 from mtcc.stages.model_stage import ModelStage, WeightsStage

@@ -13,28 +13,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from mtcc.stages import STAGES
+
 from .plan import BenchError
 
 # Default keep rates: fraction of the clip seconds entering a stage that it passes on (for segment: of the
 # raw video's seconds, the seconds that become two-character clips). DESIGN.md and the anchors give keep
 # *rules* (LatentSync: Sync-C >= 3, |offset| <= 6) but no measured funnel, so these are stated assumptions
-# for talk-show / interview footage; replace them with a real run's funnel (`mtcc report`) via --keep.
-KEEP: dict[str, float] = {
-    "probe": 0.95,     # files with a usable video + audio stream
-    "faces": 1.0,      # annotates, drops nothing
-    "segment": 0.2,    # seconds where exactly two faces coexist for >= 49 frames at >= 64 px
-    "layout": 0.8,     # split-screen composites (two feeds, a character per panel) named and dropped
-    "distance": 0.8,   # pairs not too far apart
-    "cut": 1.0,        # encodes, drops nothing
-    "prescore": 1.0,   # records only in the mtcc profile (reject: false)
-    "separate": 1.0,   # reject_silent is off by default
-    "asd": 0.9,        # clips where somebody speaks
-    "sync": 0.4,       # both characters speak, mean Sync-C >= 3, |offset| <= 6, diagonal binding
-    "masks": 0.9,      # masks neither collapsed nor merged
-    "audio_emb": 1.0,  # rejects only broken tracks
-    "caption": 1.0,
-    "write": 1.0,
-}
+# for talk-show / interview footage, declared by each stage (``typical_keep``, which the pool planner uses
+# too); replace them with a real run's funnel (`mtcc report`) via --keep.
+KEEP: dict[str, float] = {name: cls.typical_keep for name, cls in STAGES.items()}
 KEEP_SOURCE = ("assumed (DESIGN.md and its anchors give keep rules but no funnel fractions); "
                "override with --keep STAGE=RATE from a real run's funnel")
 

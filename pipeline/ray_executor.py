@@ -1,0 +1,572 @@
+"""The Ray executor: one pool of actors per stage, sized by pipeline/pools.py and resized while the build runs.
+
+Ray Core actors, one pool per stage, rather than Ray Data: the shard is our unit of commit, so the driver
+must know when every candidate of a shard is through; a worker death must turn into a retry or a
+per-candidate ``error`` row (Ray Data fails the job on a UDF exception, or drops whole blocks with
+``max_errored_blocks``); and output must be byte-identical across reruns (``write_webdataset`` names files
+with uuids and stamps mtimes).
+
+Pools. At start every pool is planned on the cluster's free resources (``plan_pools``) and each actor is
+placed on the node the plan chose (node affinity: a node that dies takes its actors with it, instead of Ray
+trying forever to restart them where they no longer fit). While the build runs, ``rebalance`` plans again
+with each stage's measured cost and the live nodes, and moves the pools towards that plan: actors of stages
+that wait are retired (they finish what they hold, then go), actors of the stage that holds everyone up are
+added where they fit. Nodes that join are planned in at the next rebalance; actors of a node that is gone
+are dropped from their pools, their batches retried elsewhere, and the build stops only when some stage
+has no actor left and none can be placed. Pool sizes never change what a candidate becomes: output bytes
+do not depend on the schedule.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtcc.stages import Stage
+from mtcc.stages.base import Candidate, MemberLost, MemberRef
+
+from .executor import (Executor, StageSetupError, Ticket, WorkerLost, WorkspaceSpec, attach_members, run_ticket,
+                       split_members, stage_thread_count, wire_bytes)
+from .flow import StageLoad
+from .pools import Node, PlanError, PoolPlan, Shape, StageNeed, plan_pools
+
+MB = 1 << 20
+# how long a new actor may take to load its models before it is given up on (it is killed and the plan
+# tries again at the next rebalance)
+START_TIMEOUT_S = 900.0
+
+
+class _StageActor:
+    """Holds one configured stage; ``setup`` ran once when the actor started."""
+
+    def __init__(self, stage_cls: type[Stage], config: dict[str, Any], workspace: WorkspaceSpec,
+                 clear_workspace: bool = True):
+        self.stage = stage_cls.model_validate(config)
+        self.error: str | None = None
+        self.workspace = workspace.open()
+        if clear_workspace and not _restarted():
+            self.workspace.clear()  # the start of a run: a killed run's leftovers on this node go
+        self.stage.attach(self.workspace)
+        # the stage's thread count, as in-process runs use (stage_threads), rather than whatever Ray and the
+        # OpenMP runtime picked; torch is only pinned once something imported it: stages without a model
+        # never pay for importing torch (a dozen actors doing so is a third of a small run's start-up)
+        self.threads = stage_thread_count(self.stage)
+        os.environ["OMP_NUM_THREADS"] = str(self.threads)
+        try:
+            self.stage.setup()
+        except Exception as e:  # noqa: BLE001 - reported to the driver by ready(), which stops the run
+            self.error = f"stage '{self.stage.name}' failed to set up: {type(e).__name__}: {e}"
+        self._pin_threads()
+
+    def _pin_threads(self) -> None:
+        # an OpenMP runtime loaded before the variable was set (scipy's, say) ignores it: set torch's directly
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def ready(self) -> str | None:
+        return self.error
+
+    def process(self, batch: list[Candidate], chunk: dict[str, Any] | None = None,
+                parts: list[Any] | None = None) -> tuple[Any, ...]:
+        """(the batch's candidates, the seconds this actor spent on them), then (one return value each, owned
+        by the driver) the members made for each: the driver fetches only the first. A part ticket returns its
+        ``(kind, result)`` in place of the candidates, and no members."""
+        self._pin_threads()
+        t0 = time.perf_counter()
+        got = run_ticket(self.stage, batch, chunk, parts)
+        if chunk is not None:
+            return ((got, time.perf_counter() - t0), *([None] * len(batch)))
+        out, heavy = split_members(batch, got)
+        return ((out, time.perf_counter() - t0), *heavy)
+
+    def evict(self, sources: list[str], clips: list[str]) -> None:
+        self.workspace.evict_sources(sources)
+        self.workspace.evict_clips(clips)
+
+    def io_counts(self) -> dict[str, dict[str, int]]:
+        return self.workspace.remote.counts.snapshot()
+
+    def peak_memory_mb(self) -> float:
+        """The most host memory this actor's process has held (its models loaded, its batches run)."""
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    def cleanup(self) -> None:
+        self.workspace.clear()
+
+
+def _restarted() -> bool:
+    """Whether this actor is a restart after its worker died (then its node's workspace is in use)."""
+    import warnings
+
+    import ray
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Ray's own use of its actor_id property
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
+@dataclass
+class Slot:
+    """One actor of a pool."""
+
+    id: int
+    handle: Any
+    shape: Shape
+    node: str
+    ready_ref: Any
+    started: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    retiring: bool = False
+    load: int = 0  # batches in flight
+
+
+def stage_memory(stage: Stage) -> int:
+    return int((stage.resources.memory_mb or type(stage).actor_memory_mb) * MB)
+
+
+def stage_need(stage: Stage, cost: float) -> StageNeed:
+    r = stage.resources
+    max_cpus = r.max_cpus or max(r.num_cpus, type(stage).max_actor_cpus)
+    if r.threads:  # a pinned thread count uses no more CPUs than that
+        max_cpus = max(r.num_cpus, min(max_cpus, float(r.threads)))
+    return StageNeed(stage.name, Shape(r.num_cpus, r.num_gpus, stage_memory(stage)), cost, r.min_actors,
+                     r.max_actors, r.pinned, max_cpus)
+
+
+def expected_needs(stages: list[Stage]) -> list[StageNeed]:
+    """Each stage's need before anything was measured: its class's expected cost, weighted by the share of
+    the raw video's seconds that typically reaches it."""
+    reach = 1.0
+    out = []
+    for s in stages:
+        out.append(stage_need(s, type(s).expected_cost * reach))
+        reach *= type(s).typical_keep
+    return out
+
+
+def measured_needs(stages: list[Stage], loads: dict[str, StageLoad], min_batches: int = 2) -> list[StageNeed]:
+    """Needs from what the build measured: actor-seconds per second of raw video for each stage that has run
+    ``min_batches`` batches (its cost per second of its own input times the share of the raw seconds that
+    reached it); the expected figure for the others; no cost (the fewest actors) for a stage nothing can
+    reach any more."""
+    expected = {n.name: n for n in expected_needs(stages)}
+    first = next((loads[s.name].media_in for s in stages if loads.get(s.name) and loads[s.name].media_in > 0), 0.0)
+    out = []
+    for s in stages:
+        load = loads.get(s.name)
+        if load is not None and load.done and not load.queued and not load.inflight:
+            out.append(stage_need(s, 0.0))
+        elif load is not None and load.batches >= min_batches and load.media_in > 0 and first > 0:
+            out.append(stage_need(s, load.cpu_s / first))
+        else:
+            out.append(expected[s.name])
+    return out
+
+
+class RayExecutor(Executor):
+    """One actor pool per stage (see the module docstring). Each actor has at most two batches queued, so it
+    never waits on the driver between batches."""
+
+    name = "ray"
+    per_actor_inflight = 2
+
+    def __init__(self, stages: list[Stage], workspace: WorkspaceSpec, log: Callable[[str], None] = lambda m: None):
+        import ray
+
+        self.ray = ray
+        self.stages = stages
+        self.workspace = workspace
+        self.log = log
+        # what crosses between the driver and the workers: candidates both ways, member bytes among what the
+        # driver receives (none, by design), and the members the commit fetches (each once)
+        self.driver_bytes: dict[str, int] = {"sent": 0, "received": 0, "member_bytes_received": 0,
+                                             "member_bytes_resolved": 0}
+        self._remote_cls = ray.remote(_StageActor)
+        self._ids = itertools.count()
+        self.pools: list[list[Slot]] = [[] for _ in stages]
+        self._slots: dict[int, Slot] = {}
+        self._refs: dict[Any, tuple[Ticket, list[Any]]] = {}
+        self._t0 = time.monotonic()
+        self.timeline: list[dict[str, Any]] = []
+        self.changes: list[str] = []
+        self._cluster: dict[str, float] = {}
+        try:
+            plan = plan_pools(expected_needs(stages), self._nodes(free_only=True))
+        except PlanError as e:
+            raise StageSetupError(str(e)) from e
+        # largest GPU share first: Ray gives a fractional share the first device it fits, so this order packs the
+        # devices as the plan did (in stage order, a late small share can find every device too full)
+        order = sorted(((i, node) for i, s in enumerate(stages) for node in plan.placement[s.name]),
+                       key=lambda x: (-plan.shapes[stages[x[0]].name].gpus, x[0]))
+        for i, node in order:
+            self._start(i, plan.shapes[stages[i].name], node, clear=True)
+        self._wait_started()
+        self._record("start")
+
+    def _wait_started(self) -> None:
+        """Wait for every first actor to load its models: a setup error stops the run naming the stage; the
+        stages still loading are logged every half minute, and given up on after START_TIMEOUT_S."""
+        waiting = {slot.ready_ref: (i, slot) for i, pool in enumerate(self.pools) for slot in pool}
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while waiting:
+            done, _ = self.ray.wait(list(waiting), num_returns=len(waiting), timeout=30)
+            for ref in done:
+                i, slot = waiting.pop(ref)
+                err = self.ray.get(ref)
+                if err:
+                    self.shutdown()
+                    raise StageSetupError(err)
+                slot.ready = True
+            if waiting:
+                names = sorted({self.stages[i].name for i, _ in waiting.values()})
+                if time.monotonic() > deadline:
+                    self.shutdown()
+                    raise StageSetupError(f"actors of {', '.join(names)} did not start in {START_TIMEOUT_S:.0f}s")
+                self.log(f"pools: {len(waiting)} actor(s) still loading: {', '.join(names)}")
+
+    # -- the cluster and the pools -------------------------------------------------------------------------
+    def _alive(self) -> list[dict[str, Any]]:
+        return [n for n in self.ray.nodes() if n.get("Alive")]
+
+    def _nodes(self, free_only: bool = False) -> list[Node]:
+        """The live nodes as the planner sees them: their free resources, plus (unless ``free_only``) what
+        this build's own actors hold there (a replan may give it to other stages)."""
+        from ray._private import state
+
+        try:
+            avail = state.available_resources_per_node()
+        except Exception:  # noqa: BLE001 - a private API: without it, plan on totals (a cluster of our own)
+            avail = {}
+        nodes = []
+        cpu = gpu = 0.0
+        for n in self._alive():
+            nid = n["NodeID"]
+            total = n.get("Resources", {})
+            free = avail.get(nid, total)
+            c, g, m = free.get("CPU", 0.0), free.get("GPU", 0.0), free.get("memory", 0.0) * 0.999
+            cpu, gpu = cpu + total.get("CPU", 0.0), gpu + total.get("GPU", 0.0)
+            if not free_only:
+                held = [s.shape for pool in self.pools for s in pool if s.node == nid]
+                c += sum(h.cpus for h in held)
+                g += sum(h.gpus for h in held)
+                m += sum(h.memory for h in held)
+            node = Node(nid, c, g, int(m))
+            if free_only and node.gpu_units:
+                # per device, what this build's actors leave (packed as Ray packs them, largest first), so a
+                # new fractional actor is only started where one device has room for it
+                devices = [1.0] * int(round(total.get("GPU", 0.0)))
+                for share in sorted((x.shape.gpus for pool in self.pools for x in pool if x.node == nid
+                                     and x.shape.gpus > 0), reverse=True):
+                    d = next((k for k, f in enumerate(devices) if f + 1e-9 >= share), None)
+                    if d is not None:
+                        devices[d] -= share
+                node.gpu_free = [f for f in devices if f > 1e-9] if devices else node.gpu_free
+            nodes.append(node)
+        self._cluster = {"CPU": cpu, "GPU": gpu, "nodes": float(len(nodes))}
+        return nodes
+
+    def _start(self, i: int, shape: Shape, node: str, clear: bool) -> Slot:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        stage = self.stages[i]
+        config = stage.model_dump()
+        config["resources"] = {**config["resources"], "num_cpus": shape.cpus, "num_gpus": shape.gpus}
+        opts: dict[str, Any] = {"num_cpus": shape.cpus, "num_gpus": shape.gpus, "max_restarts": -1,
+                                "max_task_retries": 0,
+                                "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+        if shape.memory:
+            opts["memory"] = shape.memory
+        handle = self._remote_cls.options(**opts).remote(type(stage), config, self.workspace, clear)
+        slot = Slot(next(self._ids), handle, shape, node, handle.ready.remote())
+        self.pools[i].append(slot)
+        self._slots[slot.id] = slot
+        return slot
+
+    def _drop(self, i: int, slot: Slot) -> None:
+        self.pools[i].remove(slot)
+        self._slots.pop(slot.id, None)
+        try:
+            self.ray.kill(slot.handle, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone with its node
+            return
+
+    def _check_starting(self) -> None:
+        """Actors started while the build runs join their pool once their models are loaded."""
+        starting = [(i, s) for i, pool in enumerate(self.pools) for s in pool if not s.ready]
+        if not starting:
+            return
+        done, _ = self.ray.wait([s.ready_ref for _, s in starting], num_returns=len(starting), timeout=0)
+        done = set(done)
+        for i, slot in starting:
+            if slot.ready_ref in done:
+                try:
+                    err = self.ray.get(slot.ready_ref)
+                except self.ray.exceptions.RayError as e:
+                    err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                if err:
+                    self.log(f"pools: a new '{self.stages[i].name}' actor could not start ({err}); dropped")
+                    self._drop(i, slot)
+                else:
+                    slot.ready = True
+            elif time.monotonic() - slot.started > START_TIMEOUT_S:
+                self.log(f"pools: a new '{self.stages[i].name}' actor did not start in {START_TIMEOUT_S:.0f}s; dropped")
+                self._drop(i, slot)
+
+    def pool_sizes(self) -> dict[str, int]:
+        """Ready actors per stage (retiring ones not counted)."""
+        return {s.name: sum(1 for x in pool if x.ready and not x.retiring) for s, pool in zip(self.stages, self.pools)}
+
+    def _held(self) -> tuple[float, float]:
+        live = [x for pool in self.pools for x in pool]
+        return sum(x.shape.cpus for x in live), sum(x.shape.gpus for x in live)
+
+    def _record(self, why: str, media: dict[str, float] | None = None) -> None:
+        """One point of the pools' timeline: actors per stage, what they hold of the cluster, and (at a
+        rebalance) the seconds of media each stage has taken in so far (its rate is the slope)."""
+        cpu, gpu = self._held()
+        self.timeline.append({"t": round(time.monotonic() - self._t0, 2), "why": why, "actors": self.pool_sizes(),
+                              "cpu": round(cpu, 3), "gpu": round(gpu, 3), "media": media or {},
+                              "cluster_cpu": self._cluster.get("CPU", 0.0), "cluster_gpu": self._cluster.get("GPU", 0.0)})
+
+    # -- the Executor protocol -----------------------------------------------------------------------------
+    def free_slots(self, stage_idx: int) -> int:
+        return sum(max(0, self.per_actor_inflight - s.load) for s in self.pools[stage_idx] if s.ready and not s.retiring)
+
+    def submit(self, ticket: Ticket) -> None:
+        live = [s for s in self.pools[ticket.stage_idx] if s.ready and not s.retiring]
+        if not live:  # its actors were lost meanwhile: fail the ticket so the flow retries it later
+            ref = self.ray.put(WorkerLost("no live actor of the stage right now", transient=True))
+            self._refs[ref] = (ticket, [])
+            ticket.actor = -1
+            return
+        slot = min(live, key=lambda s: (s.load, s.id))
+        ticket.actor = slot.id
+        slot.load += 1
+        self.driver_bytes["sent"] += wire_bytes(ticket.batch)
+        refs = slot.handle.process.options(num_returns=1 + len(ticket.batch)).remote(ticket.batch, ticket.chunk,
+                                                                                       ticket.parts)
+        self._refs[refs[0]] = (ticket, refs[1:])
+
+    def wait(self, timeout: float) -> list[tuple[Ticket, list[Candidate] | BaseException]]:
+        self._check_starting()
+        if not self._refs:
+            return []
+        ready, _ = self.ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+        if ready:  # collect whatever else is already done too
+            more, _ = self.ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
+            ready = list(dict.fromkeys([*ready, *more]))
+        out: list[tuple[Ticket, list[Candidate] | BaseException]] = []
+        for ref in ready:
+            ticket, member_refs = self._refs.pop(ref)
+            slot = self._slots.get(ticket.actor)
+            if slot is not None:
+                slot.load -= 1
+            try:
+                got = self.ray.get(ref)
+                if isinstance(got, WorkerLost):
+                    out.append((ticket, got))
+                    continue
+                cands, ticket.busy_s = got
+                ticket.cpu_scale = slot.shape.cpus / max(self.stages[ticket.stage_idx].resources.num_cpus, 1e-6) \
+                    if slot is not None else 1.0
+                if ticket.chunk is None:  # a part's result has no candidates and no members
+                    attach_members(cands, member_refs)
+                    self.driver_bytes["received"] += wire_bytes(cands)
+                    self.driver_bytes["member_bytes_received"] += sum(
+                        len(v) for c in cands for v in c.members.values() if isinstance(v, bytes))
+                out.append((ticket, cands))
+            except self.ray.exceptions.ActorUnavailableError as e:
+                out.append((ticket, WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                               transient=True)))
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError,
+                    self.ray.exceptions.ObjectLostError, self.ray.exceptions.OutOfMemoryError) as e:
+                out.append((ticket, WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")))
+            except self.ray.exceptions.RayTaskError as e:
+                out.append((ticket, e))
+            if slot is not None and slot.retiring and slot.load == 0:
+                self._drop(ticket.stage_idx, slot)
+        return out
+
+    def capacity_lost(self) -> str | None:
+        """Drop the actors of nodes that are gone (their batches fail and are retried on the others); why the
+        build cannot go on, or None: it goes on while every stage has an actor or can place one."""
+        alive = {n["NodeID"] for n in self._alive()}
+        lost = 0
+        for i, pool in enumerate(self.pools):
+            for slot in [s for s in pool if s.node not in alive]:
+                self._drop(i, slot)
+                lost += 1
+        if lost:
+            self.log(f"pools: {lost} actor(s) lost with their node; pools now {self._sizes_text()}")
+            self._record("node lost")
+        empty = [i for i, pool in enumerate(self.pools) if not pool]
+        if not empty:
+            return None
+        nodes = self._nodes(free_only=True)
+        for i in empty:
+            need = stage_need(self.stages[i], 1.0)
+            node = next((n for n in nodes if need.shape.fits(n) and n.take(need.shape)), None)
+            if node is None:
+                cpu, gpu = self._cluster.get("CPU", 0.0), self._cluster.get("GPU", 0.0)
+                return (f"the cluster lost capacity: {len(alive)} live node(s) with {cpu:g} CPUs / {gpu:g} GPUs "
+                        f"have no room for an actor of stage '{self.stages[i].name}' ({need.shape.cpus:g} CPUs, "
+                        f"{need.shape.gpus:g} GPUs, {need.shape.memory / 2**30:.1f} GiB)")
+            self._start(i, need.shape, node.id, clear=False)
+            self.log(f"pools: stage '{self.stages[i].name}' lost every actor; starting one on another node")
+        return None
+
+    def rebalance(self, loads: dict[str, StageLoad]) -> PoolPlan | None:
+        """Plan the pools again with what the build measured and the nodes alive now, and move towards the
+        plan: retire actors a stage no longer needs (once their batches are done), start the ones the plan
+        adds where they fit now. Returns the plan (None when it could not be made)."""
+        self._check_starting()
+        try:
+            plan = plan_pools(measured_needs(self.stages, loads), self._nodes())
+        except PlanError:
+            return None  # not even the minimum fits: capacity_lost says so
+        now = self.pool_sizes()
+        moved = []
+        for retiring in (True, False):  # first give up what waits for nothing, then place what the plan adds
+            free = {n.id: n for n in self._nodes(free_only=True)}
+            moved += self._move(plan, loads, retiring, free)
+        if moved:
+            self.changes.append(f"{time.monotonic() - self._t0:.0f}s: {', '.join(moved)} (plan: "
+                                f"{', '.join(f'{k} {v}' for k, v in plan.actors.items() if now.get(k) != v)})")
+            self.log(f"pools: {', '.join(moved)}; now {self._sizes_text()}")
+        self._record("rebalance" if moved else "tick", {k: round(v.media_in, 2) for k, v in loads.items()})
+        return plan
+
+    def _move(self, plan: PoolPlan, loads: dict[str, StageLoad], retiring: bool, free: dict[str, Node]) -> list[str]:
+        """One half of a rebalance: retire the surplus of the stages nothing waits for (``retiring``), or
+        start the actors the plan adds where they fit in ``free``."""
+        moved = []
+        for i, s in enumerate(self.stages):
+            if s.resources.pinned is not None:
+                continue
+            pool = self.pools[i]
+            live = [x for x in pool if not x.retiring]
+            target = plan.actors[s.name]
+            load = loads.get(s.name, StageLoad())
+            # a stage is given an actor only while work waits for the ones it has (a new actor takes seconds
+            # to load its models: near the end of a build it would arrive to nothing), and gives one up only
+            # while nothing waits for it
+            backlog = load.queued >= s.resources.candidates_per_call * max(1, len(live))
+            if retiring and len(live) > target and load.queued == 0:
+                # idle actors of a stage nothing waits for go at once (the newest first); a busy one only
+                # finishes what it holds
+                idle = sorted((x for x in live if x.ready and x.load == 0), key=lambda x: -x.id)
+                for victim in idle[: len(live) - target]:
+                    self._drop(i, victim)
+                if idle[: len(live) - target]:
+                    moved.append(f"{s.name} -{min(len(idle), len(live) - target)}")
+            elif not retiring and len(live) < target and backlog and all(x.ready for x in live):
+                shape = plan.shapes[s.name]
+                added = 0
+                for _ in range(target - len(live)):
+                    node = next((free[n] for n in plan.placement[s.name] if n in free and shape.fits(free[n])), None)
+                    node = node or next((n for n in free.values() if shape.fits(n)), None)
+                    if node is None or not node.take(shape):
+                        break
+                    self._start(i, shape, node.id, clear=False)
+                    added += 1
+                if added:
+                    moved.append(f"{s.name} +{added}")
+        return moved
+
+    def _sizes_text(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.pool_sizes().items())
+
+    def evict(self, sources: list[str], clips: list[str]) -> None:
+        """Tell every worker of the stages that keep files on their node that these are through (each
+        worker removes what its node holds of them; a node without them has nothing to do)."""
+        if not sources and not clips:
+            return
+        for stage, pool in zip(self.stages, self.pools):
+            if stage.reads_source or stage.reads_clip_media or stage.makes_clip_media:
+                for slot in pool:
+                    slot.handle.evict.remote(sources, clips)
+
+    def resolve(self, cands: list[Candidate]) -> None:
+        """Fetch the members of ``cands`` that are still references (the commit writes them): each object
+        crosses once, from the node that made it to the driver."""
+        refs = {v.ref.hex(): v.ref for c in cands for v in c.members.values() if isinstance(v, MemberRef)}
+        if not refs:
+            return
+        try:
+            got = dict(zip(refs, self.ray.get(list(refs.values()))))
+        except (self.ray.exceptions.ObjectLostError, self.ray.exceptions.OwnerDiedError) as e:
+            raise MemberLost(f"members lost with their node: {type(e).__name__}") from e
+        for c in cands:
+            for name, v in list(c.members.items()):
+                if isinstance(v, MemberRef):
+                    c.members[name] = got[v.ref.hex()][name]
+                    self.driver_bytes["member_bytes_resolved"] += len(c.members[name])
+
+    def io_counts(self) -> list[dict[str, dict[str, int]]]:
+        """Asked of the actors of the stages that read sources (the others make no remote calls); an actor
+        that does not answer in time is left out."""
+        refs = [x.handle.io_counts.remote() for stage, pool in zip(self.stages, self.pools) if stage.reads_source
+                for x in pool if x.ready]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=10)
+        out = []
+        for ref in ready:
+            try:
+                out.append(self.ray.get(ref))
+            except self.ray.exceptions.RayError:
+                continue  # a dead actor's counts are lost with it; the build's are not worth failing for
+        return out
+
+    def actor_memory(self) -> dict[str, float]:
+        """Per stage, the most host memory one of its actors held (MiB): what ``memory_mb`` should say."""
+        asked = [(s.name, x.handle.peak_memory_mb.remote()) for s, pool in zip(self.stages, self.pools)
+                 for x in pool if x.ready]
+        ready, _ = self.ray.wait([r for _, r in asked], num_returns=len(asked), timeout=10)
+        done = set(ready)
+        out: dict[str, float] = {}
+        for name, ref in asked:
+            if ref in done:
+                try:
+                    out[name] = max(out.get(name, 0.0), round(float(self.ray.get(ref)), 1))
+                except self.ray.exceptions.RayError:
+                    continue
+        return out
+
+    def pools_summary(self) -> dict[str, Any]:
+        """Pool sizes over time, changes made, and the share of the cluster's CPU- and GPU-seconds the actors
+        held (integrated over the timeline): what the report plots."""
+        self._record("end")
+        tl = self.timeline
+        held = {"cpu": 0.0, "gpu": 0.0}
+        total = {"cpu": 0.0, "gpu": 0.0}
+        for a, b in zip(tl, tl[1:]):
+            dt = b["t"] - a["t"]
+            for k in ("cpu", "gpu"):
+                held[k] += a[k] * dt
+                total[k] += a[f"cluster_{k}"] * dt
+        frac = {k: (round(held[k] / total[k], 4) if total[k] > 0 else None) for k in held}
+        peak = {k: max((x[k] / x[f"cluster_{k}"] for x in tl if x[f"cluster_{k}"] > 0), default=None)
+                for k in ("cpu", "gpu")}
+        return {"timeline": tl, "changes": self.changes, "held_fraction": frac,
+                "peak_fraction": {k: (round(v, 4) if v is not None else None) for k, v in peak.items()},
+                "actor_memory_mb": self.actor_memory()}
+
+    def shutdown(self) -> None:
+        # each node's workspace goes with the run (an actor that is gone leaves its node's to the next run)
+        cleanups = [x.handle.cleanup.remote() for pool in self.pools for x in pool if x.ready]
+        if cleanups:
+            self.ray.wait(cleanups, num_returns=len(cleanups), timeout=30)
+        for pool in self.pools:
+            for x in pool:
+                self.ray.kill(x.handle)
+        self.pools = [[] for _ in self.stages]
+        self._slots = {}
+
+
