@@ -263,6 +263,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
         return 0
+    if args.long_scan:
+        from mtcc.benchmarks.long_scan import long_scan
+
+        doc = long_scan(args.long_scan, log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(doc, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        return 0 if doc["identical_shards"] else 1
     if args.gpu:
         from mtcc.benchmarks.gpu.run import main as gpu_main
 
@@ -433,6 +441,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--long-url", type=float, default=None, metavar="MINUTES",
                    help="instead: one generated video of this many minutes, served over local HTTP, built on Ray "
                         "without the model stages: bytes fetched and the node-local disk use over time")
+    b.add_argument("--long-scan", type=float, default=None, metavar="MINUTES",
+                   help="instead: one generated video of this many minutes scanned by faces whole on one actor and "
+                        "in 2-minute parts on two, on embedded Ray: wall times, and whether the shards are the same")
     b.add_argument("--gpu", action="store_true", help="GPU mode: full-size random-weight models, batch sweeps, "
                                                      "utilisation, projected hours of video per GPU-hour")
     b.add_argument("--keep", action="append", default=[], metavar="STAGE=RATE",

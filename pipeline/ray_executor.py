@@ -383,14 +383,15 @@ class RayExecutor(Executor):
                     self.driver_bytes["member_bytes_received"] += sum(
                         len(v) for c in cands for v in c.members.values() if isinstance(v, bytes))
                 out.append((ticket, cands))
+            except self.ray.exceptions.RayTaskError as e:  # the stage's own code raised (not a lost worker)
+                out.append((ticket, e))
             except self.ray.exceptions.ActorUnavailableError as e:
                 out.append((ticket, WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                                                transient=True)))
-            except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError,
-                    self.ray.exceptions.ObjectLostError, self.ray.exceptions.OutOfMemoryError) as e:
+            except self.ray.exceptions.RayError as e:
+                # the worker is gone: killed, out of memory, its node lost (an actor pinned to a node that is
+                # gone cannot even be scheduled again); the batch is retried on the pool's other actors
                 out.append((ticket, WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")))
-            except self.ray.exceptions.RayTaskError as e:
-                out.append((ticket, e))
             if slot is not None and slot.retiring and slot.load == 0:
                 self._drop(ticket.stage_idx, slot)
         return out
@@ -407,21 +408,57 @@ class RayExecutor(Executor):
         if lost:
             self.log(f"pools: {lost} actor(s) lost with their node; pools now {self._sizes_text()}")
             self._record("node lost")
-        empty = [i for i, pool in enumerate(self.pools) if not pool]
+        empty = [i for i, pool in enumerate(self.pools) if not [x for x in pool if not x.retiring]]
         if not empty:
             return None
         nodes = self._nodes(free_only=True)
+        blocked = []
         for i in empty:
             need = stage_need(self.stages[i], 1.0)
             node = next((n for n in nodes if need.shape.fits(n) and n.take(need.shape)), None)
             if node is None:
-                cpu, gpu = self._cluster.get("CPU", 0.0), self._cluster.get("GPU", 0.0)
-                return (f"the cluster lost capacity: {len(alive)} live node(s) with {cpu:g} CPUs / {gpu:g} GPUs "
-                        f"have no room for an actor of stage '{self.stages[i].name}' ({need.shape.cpus:g} CPUs, "
-                        f"{need.shape.gpus:g} GPUs, {need.shape.memory / 2**30:.1f} GiB)")
+                blocked.append(i)
+                continue
             self._start(i, need.shape, node.id, clear=False)
             self.log(f"pools: stage '{self.stages[i].name}' lost every actor; starting one on another node")
+        if not blocked:
+            return None
+        try:  # can the live nodes hold one actor of every stage at all (their whole capacity)?
+            whole = [Node(n["NodeID"], n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0),
+                          int(n["Resources"].get("memory", 0.0))) for n in self._alive()]
+            plan_pools([stage_need(s, 1.0) for s in self.stages], whole, grow=False)
+        except PlanError:
+            cpu, gpu = self._cluster.get("CPU", 0.0), self._cluster.get("GPU", 0.0)
+            names = ", ".join(f"'{self.stages[i].name}'" for i in blocked)
+            return (f"the cluster lost capacity: {len(alive)} live node(s) with {cpu:g} CPUs / {gpu:g} GPUs cannot "
+                    f"hold an actor of every stage beside the others (none of {names} is left)")
+        self._make_room(blocked)
         return None
+
+    def _make_room(self, blocked: list[int]) -> None:
+        """The stages in ``blocked`` have no actor and no room for one, though the live nodes could hold one
+        of every stage: the others give up what they hold beyond that (surplus actors first, then single
+        actors grown past their declared share, which come back at it), until the next health check can
+        place the missing ones."""
+        need = [stage_need(self.stages[i], 1.0).shape for i in blocked]
+        want_cpu, want_gpu = sum(n.cpus for n in need), sum(n.gpus for n in need)
+        candidates = sorted(((i, x) for i, pool in enumerate(self.pools) for x in pool
+                             if not x.retiring and i not in blocked),
+                            key=lambda ix: (len(self.pools[ix[0]]) <= 1, ix[1].load, -ix[1].shape.cpus))
+        freed_cpu = freed_gpu = 0.0
+        for i, slot in candidates:
+            if freed_cpu >= want_cpu - 1e-9 and freed_gpu >= want_gpu - 1e-9:
+                break
+            declared = stage_need(self.stages[i], 1.0).shape
+            if len(self.pools[i]) <= 1 and slot.shape == declared:
+                continue  # a lone actor at its declared share is what the stage needs at least
+            slot.retiring = True
+            freed_cpu += slot.shape.cpus
+            freed_gpu += slot.shape.gpus
+            if slot.load == 0:
+                self._drop(i, slot)
+        self.log(f"pools: making room for {', '.join(self.stages[i].name for i in blocked)} "
+                 f"(freeing {freed_cpu:g} CPUs, {freed_gpu:g} GPUs); pools now {self._sizes_text()}")
 
     def rebalance(self, loads: dict[str, StageLoad]) -> PoolPlan | None:
         """Plan the pools again with what the build measured and the nodes alive now, and move towards the
