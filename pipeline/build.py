@@ -477,15 +477,17 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[
 
 
 def progress_text(counts: dict[str, int], flow: Flow, executor: Executor) -> str:
-    """The progress line's tail: candidates through, samples committed, then per stage with work its pool
-    (Ray), what waits for it and how many seconds of media it took in (``faces 3a q5 120s``)."""
+    """The progress line's tail: candidates through, samples committed, then per stage with work: its pool's
+    actors (Ray), what waits for it (queued candidates and batches in its actors) and its rate, seconds of
+    media taken in per second of the run (``faces 3a q5 2.4x``)."""
     sizes = getattr(executor, "pool_sizes", lambda: {})()
+    elapsed = max(time.monotonic() - flow.started, 1e-6)
     parts = [f"{counts['candidates']} cand", f"{counts['samples']} samples"]
     for load_name, load in flow.loads().items():
         if load.done and not load.queued and not load.inflight:
             continue
         pool = f"{sizes[load_name]}a " if load_name in sizes else ""
-        parts.append(f"{load_name} {pool}q{load.queued + load.inflight} {load.media_in:.0f}s")
+        parts.append(f"{load_name} {pool}q{load.queued + load.inflight} {load.media_in / elapsed:.1f}x")
     return " | ".join(parts)
 
 

@@ -114,6 +114,8 @@ class Flow:
     _parts: dict[str, _Parts] = field(init=False, default_factory=dict)
     _parts_q: list[deque] = field(init=False)
 
+    started: float = field(init=False, default_factory=time.monotonic)
+
     def __post_init__(self) -> None:
         self.queues = [deque() for _ in self.stages]
         self._parts_q = [deque() for _ in self.stages]

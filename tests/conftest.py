@@ -16,6 +16,22 @@ LIGHT_ASD = REPO.parent / "shared" / "models" / "light_asd"
 S3_BUCKET = "bucket"  # the bucket the s3 fixture makes
 
 
+# Modules whose builds run the offline profile's actors on Ray (each such build holds ~10 GB of memory, and
+# a simulated cluster more): with `pytest -n 2` they share one worker, one after another, so two of them
+# never run at once on a 24 GB machine; their session fixture (pipeline_shards) is then made once.
+# test_pipeline too: it SIGKILLs a busy stage actor found by its process title, which must be its own build's
+RAY_HEAVY = {"test_face_stages", "test_bad_inputs", "test_export_bya", "test_training", "test_cluster",
+             "test_long_sources", "test_pipeline"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """With pytest-xdist's ``--dist loadgroup``: a module's tests stay on one worker (its module fixtures
+    are made once), and the heavy Ray modules all on the same one."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group("ray_heavy" if module in RAY_HEAVY else module))
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """The generated sample videos (with ground truth), made once per test session."""
