@@ -16,8 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mtcc.pipeline.cli import resolve_config
-from mtcc.pipeline.config import load_config
+from mtcc.pipeline.config import load_config, resolve_config
 from mtcc.pipeline.pools import StageNeed, cluster_nodes, plan_pools
 from mtcc.pipeline.ray_executor import expected_needs
 

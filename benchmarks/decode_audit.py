@@ -38,7 +38,7 @@ class StreamIndex:
 
     @classmethod
     def probe(cls, path: str) -> StreamIndex:
-        from mtcc.stages.media import ff_input, require_tool
+        from mtcc.media.ffmpeg import ff_input, require_tool
 
         out = subprocess.run([require_tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-show_entries",
                               "packet=pts_time,flags", "-of", "csv=p=0", ff_input(path)],
@@ -202,7 +202,7 @@ class DecodeAudit:
 @contextmanager
 def audited(audit: DecodeAudit) -> Iterator[DecodeAudit]:
     """Hook VideoFrames reads and ffmpeg process starts for the duration of the block (benchmark only)."""
-    from mtcc.stages import video as video_mod
+    from mtcc.media import video as video_mod
 
     vf_cls = video_mod.VideoFrames
     orig_batches, orig_frame = vf_cls.batches, vf_cls.frame

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 from mtcc.benchmarks.harness import FILTER_STAGES, ffmpeg_decode_s
-from mtcc.pipeline.cli import resolve_config
-from mtcc.pipeline.config import load_config
+from mtcc.pipeline.config import load_config, resolve_config
 from mtcc.stages.base import Candidate
 
 

@@ -60,7 +60,7 @@ def _peak_rss_mb() -> float | None:
 
 
 def ffmpeg_decode_s(path: str) -> float:
-    from mtcc.stages.media import ff_input, require_tool
+    from mtcc.media.ffmpeg import ff_input, require_tool
 
     t0 = time.monotonic()
     subprocess.run([require_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", ff_input(path), "-f", "null", "-"],
@@ -111,8 +111,7 @@ def run_stages_inprocess(cfg: Any, inputs: list[str], audit: DecodeAudit,
     ``threads_per_stage`` is off (the "before" of the threads fix), its own torch thread count."""
     from mtcc.pipeline.executor import stage_threads
     from mtcc.stages.base import Candidate
-
-    from mtcc.stages.workspace import NodeWorkspace
+    from mtcc.storage.workspace import NodeWorkspace
 
     stages = cfg.active_stages
     runs = {s.name: StageRun(s.name, batch=_batch_fields(s)) for s in stages}
@@ -214,7 +213,7 @@ class DiskSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from mtcc.stages.workspace import NodeWorkspace
+        from mtcc.storage.workspace import NodeWorkspace
 
         t0 = time.monotonic()
         ws = NodeWorkspace(self.root)
@@ -295,8 +294,7 @@ def bench(config: str = "offline", copies: int = 2, repeats: int = 1, json_path:
           skip_builds: bool = False, workdir: str | None = None, log=print) -> dict[str, Any]:
     import torch
 
-    from mtcc.pipeline.cli import resolve_config
-    from mtcc.pipeline.config import load_config
+    from mtcc.pipeline.config import load_config, resolve_config
     from mtcc.sampledata import generate
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -410,10 +408,9 @@ def long_url(minutes: float, config: str = "offline", json_path: str | None = No
     node-local workspace's disk use sampled over the build (it must stay flat: the source once, plus the
     media of the clips in flight)."""
     from mtcc.pipeline.build import build
-    from mtcc.pipeline.cli import resolve_config
-    from mtcc.pipeline.config import load_config
+    from mtcc.pipeline.config import load_config, resolve_config
     from mtcc.sampledata import generate_long
-    from mtcc.stages.workspace import NodeWorkspace
+    from mtcc.storage.workspace import NodeWorkspace
 
     from .http_source import CountingServer
 

@@ -26,8 +26,7 @@ def _digests(out: Path) -> dict[str, str]:
 def long_scan(minutes: float, part_seconds: float = 120.0, actors: int = 2, config: str = "offline",
               log: Callable[[str], None] = print) -> dict[str, Any]:
     from mtcc.pipeline.build import build
-    from mtcc.pipeline.cli import resolve_config
-    from mtcc.pipeline.config import load_config
+    from mtcc.pipeline.config import load_config, resolve_config
     from mtcc.sampledata import generate_long
 
     with tempfile.TemporaryDirectory(prefix="mtcc-long-scan-") as d:

@@ -35,6 +35,7 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import clips_through_stages
+
     from mtcc.stages.masks import CharacterMasks
 
     if args.threads:

@@ -15,8 +15,7 @@ import tempfile
 from pathlib import Path
 
 from mtcc.benchmarks.harness import run_builds
-from mtcc.pipeline.cli import resolve_config
-from mtcc.pipeline.config import load_config
+from mtcc.pipeline.config import load_config, resolve_config
 from mtcc.sampledata import generate
 
 

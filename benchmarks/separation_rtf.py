@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
+from mtcc.media.windows import window_starts
 from mtcc.stages import separate as sep
-from mtcc.stages.windows import window_starts
 
 
 def main() -> int:

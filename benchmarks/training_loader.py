@@ -33,7 +33,7 @@ def parse_geo(text: str) -> dict[str, int]:
 
 def make_shards(root: Path, n_shards: int, per_shard: int, frames: int, clip: tuple[int, int],
                 geo: dict[str, int]) -> float:
-    from mtcc.stages.geometry import LatentGeometry
+    from mtcc.media.geometry import LatentGeometry
     from mtcc.training.synthetic import write_shards
 
     t = time.perf_counter()
@@ -62,7 +62,7 @@ def bench_loader(root: Path, geo: dict[str, int], workers: int, batch: int, epoc
 
 
 def bench_steps(geo: dict[str, int], batch: int, steps: int, device: str) -> dict[str, float]:
-    from mtcc.stages.geometry import LatentGeometry
+    from mtcc.media.geometry import LatentGeometry
     from mtcc.training.config import LossConfig, ModelConfig
     from mtcc.training.losses import router_loss
     from mtcc.training.model import EmbeddingRouter

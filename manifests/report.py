@@ -32,13 +32,24 @@ from typing import Any
 import pyarrow.compute as pc
 
 from mtcc.manifests.funnel import StageCount, funnel
-from mtcc.pipeline.shard import Layout
-from mtcc.stages.media import fsync_dir, fsync_file
+from mtcc.manifests.paths import OutPaths
+from mtcc.storage.files import fsync_dir, fsync_file
 
 from . import report_plots as plots
 from .report_cards import gallery
-from .report_data import (PLAN_STAGE, committed_manifests, evenly, last_run, pick_kept, pick_rejected, run_config,
-                          shard_states, stage_file, stage_order, timing_rows)
+from .report_data import (
+    PLAN_STAGE,
+    committed_manifests,
+    evenly,
+    last_run,
+    pick_kept,
+    pick_rejected,
+    run_config,
+    shard_states,
+    stage_file,
+    stage_order,
+    timing_rows,
+)
 from .report_html import render_html
 from .report_views import histogram_section, stat_views
 
@@ -92,7 +103,7 @@ def write_report(out: str | Path, samples: int = DEFAULT_SAMPLES,
     complete OUT (no plan, no commit, some shards missing). With ``url`` (an fsspec OUT), ``out`` is a local
     view of that OUT's metadata (pipeline/remote.py): the page names the URL and reads the gallery's tars
     from it."""
-    layout = Layout(Path(out).absolute())
+    layout = OutPaths(Path(out).absolute())
     if not layout.root.is_dir():
         raise ReportError(f"{layout.root} does not exist")
     report_dir = layout.root / "report"
@@ -113,7 +124,7 @@ def write_report(out: str | Path, samples: int = DEFAULT_SAMPLES,
     return report_dir / "index.html"
 
 
-def _render(layout: Layout, samples: int, stage_dir: Path, warn: Callable[[str], None],
+def _render(layout: OutPaths, samples: int, stage_dir: Path, warn: Callable[[str], None],
             url: str | None = None) -> str:
     states = shard_states(layout)
     table = committed_manifests(layout, states, warn) if states else None

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.shard_tar import ShardTarError
-from mtcc.pipeline.shard import Layout
-from mtcc.stages.media import MediaError, ff_input, is_remote_source, local_source, run_tool
+from mtcc.media.ffmpeg import MediaError, ff_input, run_tool
+from mtcc.storage.files import is_remote_source, local_source
 
 from . import report_plots as plots
 from .report_data import pick_kept, pick_rejected, read_some, stage_file
@@ -85,7 +86,7 @@ def _flac(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def _masks_at(rle: dict[str, Any], frame: int) -> list[np.ndarray | None]:
-    from mtcc.stages import rle as rle_mod
+    from mtcc.media import rle as rle_mod
 
     out: list[np.ndarray | None] = []
     for ch in sorted(rle.get("characters", []), key=lambda c: c.get("index", 0)):
@@ -212,7 +213,7 @@ def rejected_card(row: dict[str, Any], idx: int, stage_dir: Path, views: Sequenc
     return card
 
 
-def gallery(layout: Layout, table: pa.Table, n: int, stage_dir: Path, warn: Callable[[str], None],
+def gallery(layout: OutPaths, table: pa.Table, n: int, stage_dir: Path, warn: Callable[[str], None],
             views: Sequence[View], url: str | None = None) -> tuple[list[Card], list[Card]]:
     kept_rows = pick_kept(table, n)
     by_shard: dict[int, list[str]] = {}

@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtcc.manifests.members import members_except
+from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.shard_tar import read_samples
-from mtcc.pipeline.shard import Layout
 
 PLAN_STAGE = "plan"
 GALLERY_MEMBERS = members_except("mix.flac", "route.npy", "audio_emb.npy")
@@ -35,7 +35,7 @@ class ShardState:
     commit: dict[str, Any] | None = None
 
 
-def shard_states(layout: Layout) -> list[ShardState]:
+def shard_states(layout: OutPaths) -> list[ShardState]:
     """Every planned shard with its state; empty when OUT has no plan yet."""
     if not layout.plan.exists():
         return []
@@ -62,7 +62,7 @@ def shard_states(layout: Layout) -> list[ShardState]:
     return out
 
 
-def committed_manifests(layout: Layout, states: Sequence[ShardState],
+def committed_manifests(layout: OutPaths, states: Sequence[ShardState],
                         warn: Callable[[str], None] = lambda m: None) -> pa.Table | None:
     """The manifests of committed shards only: an uncommitted shard's manifest may be stale or partial.
     A committed shard whose manifest cannot be read is marked ``broken`` (``mtcc verify`` says more)."""
@@ -82,7 +82,7 @@ def committed_manifests(layout: Layout, states: Sequence[ShardState],
     return table.drop_columns([c for c in ("extra_json",) if c in table.column_names])
 
 
-def run_config(layout: Layout) -> dict[str, Any]:
+def run_config(layout: OutPaths) -> dict[str, Any]:
     """The config the last build ran with (``{}`` before the first one)."""
     try:
         return json.loads(layout.run_config.read_text())
@@ -90,7 +90,7 @@ def run_config(layout: Layout) -> dict[str, Any]:
         return {}
 
 
-def last_run(layout: Layout) -> dict[str, Any]:
+def last_run(layout: OutPaths) -> dict[str, Any]:
     try:
         return json.loads((layout.root / "report" / "last_run.json").read_text())
     except (OSError, ValueError):
@@ -212,7 +212,7 @@ def read_some(tar_path: Path | str, keys: Iterable[str], members: Sequence[str] 
         if isinstance(tar_path, Path):
             samples = read_samples(tar_path, select=lambda k: members if k in wanted else ())
         else:
-            from mtcc.stages.remote_io import open_read
+            from mtcc.storage.remote_io import open_read
 
             samples = read_samples(stack.enter_context(open_read(tar_path)), seek=True, where=tar_path,
                                    select=lambda k: members if k in wanted else ())

@@ -142,6 +142,6 @@ def check_sample(members: dict[str, bytes], require: Iterable[str] = REQUIRED) -
 
 
 def _grid(geo: dict[str, Any]) -> tuple[int, int, int]:
-    from mtcc.stages.geometry import LatentGeometry
+    from mtcc.media.geometry import LatentGeometry
 
     return LatentGeometry(**geo).grid

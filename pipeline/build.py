@@ -21,26 +21,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtcc.manifests import funnel
+from mtcc.manifests.paths import OutPaths
+from mtcc.media.ffmpeg import ffmpeg_version
 from mtcc.stages.base import Candidate, MemberLost
-from mtcc.stages.media import ffmpeg_version, fsync_dir, fsync_file
 from mtcc.stages.model_stage import ModelStage, WeightsStage
-from mtcc.stages.remote_io import IOCounts, RemoteIO
+from mtcc.storage.files import fsync_dir, fsync_file
+from mtcc.storage.remote_io import IOCounts, RemoteIO
 
 from .config import PipelineConfig
+from .errors import BuildError, RemoteError
 from .executor import Executor, InProcessExecutor, WorkspaceSpec, init_ray
 from .flow import CapacityLost, Flow, ShardLost
 from .inputs import discover, make_plan
 from .lock import RunLock
-from .remote import (RemoteError, RemoteLock, RemoteOut, claim_staging, default_staging, is_remote_out,
-                     local_root)
-from .shard import Layout, check_shard, commit_shard, remove_shard, remove_temporaries
+from .remote import RemoteLock, RemoteOut, claim_staging, default_staging, is_remote_out, local_root
+from .shard import check_shard, commit_shard, remove_shard, remove_temporaries
 
 PIPELINE_VERSION = "0.1.0"
 PLAN_STAGE = "plan"  # pseudo-stage that rejects inputs before any stage runs (duplicates)
 
-
-class BuildError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -81,7 +80,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     fsync_dir(path.parent)
 
 
-def _check_config(layout: Layout, cfg: PipelineConfig, force: bool, name: str | None = None) -> None:
+def _check_config(layout: OutPaths, cfg: PipelineConfig, force: bool, name: str | None = None) -> None:
     if layout.run_config.exists():
         old = json.loads(layout.run_config.read_text())
         if old.get("config_hash") != cfg.config_hash() and not force:
@@ -95,7 +94,7 @@ def _check_config(layout: Layout, cfg: PipelineConfig, force: bool, name: str | 
                 f"--force to rebuild every shard with the new config")
 
 
-def _save_config(layout: Layout, cfg: PipelineConfig) -> None:
+def _save_config(layout: OutPaths, cfg: PipelineConfig) -> None:
     _write_json_atomic(layout.run_config, {"config_hash": cfg.config_hash(), "config": cfg.dump(),
                                            "stage_order": [s.name for s in cfg.stages]})
 
@@ -111,7 +110,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard: int,
+def load_or_make_plan(layout: OutPaths, inputs: list[str] | None, videos_per_shard: int,
                       warn: Callable[[str], None], name: str | None = None, rio: RemoteIO | None = None) -> pa.Table:
     sources: list[str] | None = None
     rio = rio or RemoteIO()
@@ -157,7 +156,7 @@ def load_or_make_plan(layout: Layout, inputs: list[str] | None, videos_per_shard
 HEALTH_EVERY_S = 5.0  # how often a Ray build checks that the cluster can still hold its actors
 
 
-def workspace_spec(cfg: PipelineConfig, layout: Layout) -> WorkspaceSpec:
+def workspace_spec(cfg: PipelineConfig, layout: OutPaths) -> WorkspaceSpec:
     """Each node's folder for this build's fetched sources and cut clips: ``run.work_dir``, else one per
     OUT in the user's cache (a local OUT by its path, a URL OUT by its staging folder, which is per URL)."""
     if cfg.run.work_dir:
@@ -171,7 +170,7 @@ def workspace_spec(cfg: PipelineConfig, layout: Layout) -> WorkspaceSpec:
 def random_weight_stages(cfg: PipelineConfig) -> list[str]:
     """Stages that are allowed random weights and are pointed at weights `models make-tiny` wrote (a stage
     given real weights over a tiny profile, `--set stages.asd.model=...`, is not named)."""
-    from mtcc.stages.models import random_marker
+    from mtcc.nets.loading import random_marker
 
     def random(s: ModelStage) -> bool:
         if not s.model:
@@ -232,7 +231,7 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
         root = Path(staging) if staging is not None else default_staging(remote.url)
     else:
         root = local_root(out)
-    layout = Layout(root.absolute())
+    layout = OutPaths(root.absolute())
     name = remote.url if remote else str(layout.root)
     try:
         if remote is not None:
@@ -256,7 +255,7 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
     return result
 
 
-def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: Layout, remote: RemoteOut | None,
+def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: OutPaths, remote: RemoteOut | None,
                   remote_lock: RemoteLock | None, name: str, *, runner: str, address: str | None, force: bool,
                   progress: bool, log: Callable[[str], None], rio: RemoteIO) -> BuildResult:
     t0 = time.monotonic()
@@ -320,7 +319,7 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: Layout,
     return result
 
 
-def _publisher(layout: Layout, remote: RemoteOut, lock: RemoteLock, result: BuildResult,
+def _publisher(layout: OutPaths, remote: RemoteOut, lock: RemoteLock, result: BuildResult,
                log: Callable[[str], None]) -> Callable[[int], bool]:
     """``publish(shard)``: upload a shard committed in staging. When the upload fails for good (OUT
     unreachable once the retry policy is spent) or the lock was taken over, the shard is recorded as failed
@@ -340,7 +339,7 @@ def _publisher(layout: Layout, remote: RemoteOut, lock: RemoteLock, result: Buil
     return publish
 
 
-def _remote_todo(cfg: PipelineConfig, layout: Layout, remote: RemoteOut, publish: Callable[[int], bool],
+def _remote_todo(cfg: PipelineConfig, layout: OutPaths, remote: RemoteOut, publish: Callable[[int], bool],
                  shards: list[int], result: BuildResult, log: Callable[[str], None]) -> list[int]:
     """The shards to build for a remote OUT. Done iff OUT holds its commit and a tar and manifest of the sizes
     the commit records; a shard committed in staging but never published (the run died in between) is
@@ -368,7 +367,7 @@ def _remote_todo(cfg: PipelineConfig, layout: Layout, remote: RemoteOut, publish
     return todo
 
 
-def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: Layout, todo: list[int], result: BuildResult, *,
+def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: OutPaths, todo: list[int], result: BuildResult, *,
                 runner: str, address: str | None, progress: bool, log: Callable[[str], None],
                 publish: Callable[[int], bool] | None = None) -> list[dict[str, dict[str, int]]]:
     """Stream the shards ``todo`` through the stages and commit (and publish) each; what the workers' remote
@@ -492,7 +491,7 @@ def progress_text(counts: dict[str, int], flow: Flow, executor: Executor) -> str
 
 
 def read_manifests(out: str | Path) -> pa.Table | None:
-    layout = Layout(local_root(out))
+    layout = OutPaths(local_root(out))
     files = sorted((layout.root / "manifests").glob("[0-9]*.parquet"))
     if not files:
         return None
@@ -500,7 +499,7 @@ def read_manifests(out: str | Path) -> pa.Table | None:
 
 
 def stage_names(out: str | Path) -> list[str]:
-    cfg = json.loads(Layout(local_root(out)).run_config.read_text())
+    cfg = json.loads(OutPaths(local_root(out)).run_config.read_text())
     stages = cfg["config"]["stages"]
     return [PLAN_STAGE] + [n for n in cfg["stage_order"] if stages[n].get("enabled", True)]
 

@@ -6,43 +6,31 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 from mtcc.manifests import format_funnel
-from mtcc.stages.remote_io import RemoteIO
+from mtcc.manifests.paths import OutPaths
+from mtcc.storage.remote_io import RemoteIO
 
-from .config import ConfigError, load_config
-from .inputs import InputError
-from .lock import LockBusy
-from .remote import RemoteError, RemoteOut, is_remote_out, local_root
-from .shard import Layout, check_shard
-
-
-def resolve_config(name: str) -> Path:
-    """A config path, or the name of a bundled profile (``offline``, ``mtcc``)."""
-    p = Path(name)
-    if p.exists():
-        return p
-    bundled = resources.files("mtcc.configs") / f"{name.removesuffix('.yaml')}.yaml"
-    if bundled.is_file():
-        return Path(str(bundled))
-    raise ConfigError(f"config {name!r} not found (a YAML path, or a bundled profile: offline, mtcc)")
+from .config import load_config, resolve_config
+from .errors import ConfigError, InputError, LockBusy, RemoteError
+from .remote import RemoteOut, is_remote_out, local_root
+from .shard import check_shard
 
 
 def _shards(out: Path) -> list[int]:
     import pyarrow.parquet as pq
 
     out = local_root(out)
-    layout = Layout(out)
+    layout = OutPaths(out)
     if not layout.plan.exists():
         raise SystemExit(f"error: {out} has no plan.parquet; is it an MTCC output folder?")
     return sorted(set(pq.read_table(layout.plan, columns=["shard"]).column("shard").to_pylist()))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .build import BuildError, build, build_funnel
-    from .executor import StageSetupError
+    from .build import build, build_funnel
+    from .errors import BuildError, StageSetupError
 
     cfg = load_config(resolve_config(args.config), args.set)
     try:
@@ -68,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _local_states(out: Path) -> dict[int, tuple[str, dict | None]]:
-    layout = Layout(out)
+    layout = OutPaths(out)
     states: dict[int, tuple[str, dict | None]] = {}
     for s in _shards(out):
         if layout.commit(s).exists():
@@ -129,7 +117,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             shards, check, uncommit = remote.planned_shards(), remote.verify_shard, remote.uncommit
         else:
             out = local_root(args.output)
-            layout = Layout(out)
+            layout = OutPaths(out)
             shards, check = _shards(out), lambda s: check_shard(layout, s, deep=True)
             uncommit = layout.uncommit
         return _verify(shards, check, uncommit if args.uncommit else None)
@@ -211,23 +199,23 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def make_tiny(root: Path) -> dict[str, dict]:
-    """Random-initialised models of the real classes (see :func:`mtcc.pipeline.models.tiny.make_tiny`); per
+    """Random-initialised models of the real classes (see :func:`mtcc.pipeline.weights.tiny.make_tiny`); per
     stage its settings."""
-    from .models.tiny import make_tiny as make
+    from .weights.tiny import make_tiny as make
 
     return make(root)
 
 
 def cmd_models_make_tiny(args: argparse.Namespace) -> int:
-    from .models.tiny import write_tiny
+    from .weights.tiny import write_tiny
 
     write_tiny(Path(args.dir))
     return 0
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
-    from .models.fetch import fetch, parse_urls, split_stages
-    from .models.pins import ModelsError
+    from .weights.fetch import fetch, parse_urls, split_stages
+    from .weights.pins import ModelsError
 
     try:
         return fetch(args.dir, only=split_stages(args.only), packs={"faces": args.faces_pack},
@@ -238,8 +226,8 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:
-    from .models.check import check
-    from .models.fetch import split_stages
+    from .weights.check import check
+    from .weights.fetch import split_stages
 
     return check(args.dir, quick=args.quick, only=split_stages(args.only))
 

@@ -6,7 +6,7 @@ can name stages, never import code). Errors name the key and what is allowed. Ea
 ``requires`` must be made by a stage listed before it (``provides``, see :mod:`mtcc.stages.base`).
 
 A top-level ``models: PATH`` includes the weight settings of a models folder's ``models.yaml`` (written by
-``mtcc models fetch`` or ``make-tiny``, see :mod:`mtcc.pipeline.models`) into the listed stages, before
+``mtcc models fetch`` or ``make-tiny``, see :mod:`mtcc.pipeline.weights`) into the listed stages, before
 ``--set`` overrides; the config hash then also covers the recorded content of those weights.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mtcc.stages import RETIRED, STAGES, Stage
 from mtcc.stages.base import FROM_INPUT
-from mtcc.stages.remote_io import RetryPolicy
+from mtcc.storage.remote_io import RetryPolicy
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names each bad key and the allowed values."""
+from .errors import ConfigError
 
 
 class RunSettings(BaseModel):
@@ -239,8 +238,8 @@ def include_models(raw: dict[str, Any]) -> dict[str, Any]:
         return raw
     if not isinstance(ref, (str, Path)):
         raise ConfigError(f"models: expected the path of a models.yaml (or of its folder), got {ref!r}")
-    from .models.modelsfile import load_models_file, models_path, stage_settings, weights_digest
     from .tiny_cache import TINY_REF, tiny_models
+    from .weights.modelsfile import load_models_file, models_path, stage_settings, weights_digest
 
     p = tiny_models() if ref == TINY_REF else models_path(ref)
     doc = load_models_file(p)
@@ -264,6 +263,17 @@ def read_yaml(p: Path, what: str) -> Any:
         raise ConfigError(f"{what} not found: {p}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from e
+
+
+def resolve_config(name: str) -> Path:
+    """A config path, or the name of a bundled profile (``offline``, ``mtcc``)."""
+    p = Path(name)
+    if p.exists():
+        return p
+    bundled = resources.files("mtcc.configs") / f"{name.removesuffix('.yaml')}.yaml"
+    if bundled.is_file():
+        return Path(str(bundled))
+    raise ConfigError(f"config {name!r} not found (a YAML path, or a bundled profile: offline, mtcc)")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:

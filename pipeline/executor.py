@@ -19,12 +19,10 @@ from typing import Any, ClassVar, Protocol
 
 from mtcc.stages import Stage
 from mtcc.stages.base import Candidate, MemberRef, PendingMember
-from mtcc.stages.remote_io import RemoteIO, RetryPolicy
-from mtcc.stages.workspace import NodeWorkspace
+from mtcc.storage.remote_io import RemoteIO, RetryPolicy
+from mtcc.storage.workspace import NodeWorkspace
 
-
-class StageSetupError(RuntimeError):
-    """A stage could not start (missing model, missing tool): nothing can pass it, so the run stops."""
+from .errors import StageSetupError
 
 
 class WorkerLost(RuntimeError):
@@ -54,7 +52,7 @@ class Ticket:
 
 @dataclass(frozen=True)
 class WorkspaceSpec:
-    """Where each node keeps a build's fetched sources and cut clips (stages/workspace.py)."""
+    """Where each node keeps a build's fetched sources and cut clips (storage/workspace.py)."""
 
     root: str
     source_bytes: int

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mtcc.stages.base import Candidate, MemberLost, Stage, out_of_memory_message
-from mtcc.stages.media import is_remote_source
-from mtcc.stages.workspace import source_key
+from mtcc.storage.files import is_remote_source
+from mtcc.storage.workspace import source_key
 
 from .executor import Executor, Ticket, WorkerLost
 

@@ -21,9 +21,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtcc.stages.media import is_remote_source, local_source
 from mtcc.stages.probe import NOT_UTF8_NAME
-from mtcc.stages.remote_io import RemoteIO, describe, fingerprint_digest
+from mtcc.storage.files import is_remote_source, local_source
+from mtcc.storage.remote_io import RemoteIO, describe, fingerprint_digest
+
+from .errors import InputError
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp"}
 LIST_EXTS = {".txt", ".lst", ".csv", ".parquet"}
@@ -39,9 +41,6 @@ PLAN_SCHEMA = pa.schema([
     ("duplicate_of", pa.string()),
 ])
 
-
-class InputError(ValueError):
-    pass
 
 
 @dataclass

@@ -10,9 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-
-class LockBusy(RuntimeError):
-    pass
+from .errors import LockBusy
 
 
 class RunLock:

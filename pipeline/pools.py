@@ -21,13 +21,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from .errors import PlanError
+
 EPS = 1e-9
 # how much of a node's host memory actors may take: the rest is Ray's own processes and the object store
 MEMORY_HEADROOM = 0.9
 
-
-class PlanError(ValueError):
-    """The cluster cannot hold one actor of every stage (or a pinned pool): nothing can run."""
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,20 @@ from typing import Any
 from mtcc.stages import Stage
 from mtcc.stages.base import Candidate, MemberLost, MemberRef
 
-from .executor import (Executor, StageSetupError, Ticket, WorkerLost, WorkspaceSpec, attach_members, run_ticket,
-                       split_members, stage_thread_count, wire_bytes)
+from .errors import PlanError, StageSetupError
+from .executor import (
+    Executor,
+    Ticket,
+    WorkerLost,
+    WorkspaceSpec,
+    attach_members,
+    run_ticket,
+    split_members,
+    stage_thread_count,
+    wire_bytes,
+)
 from .flow import StageLoad
-from .pools import Node, PlanError, PoolPlan, Shape, StageNeed, plan_pools
+from .pools import Node, PoolPlan, Shape, StageNeed, plan_pools
 
 MB = 1 << 20
 # how long a new actor may take to load its models before it is given up on (it is killed and the plan
@@ -125,7 +135,7 @@ class Slot:
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     retiring: bool = False
-    load: int = 0  # batches in flight
+    inflight: int = 0  # batches sent to it and not yet back
 
 
 def stage_memory(stage: Stage) -> int:
@@ -338,7 +348,7 @@ class RayExecutor(Executor):
 
     # -- the Executor protocol -----------------------------------------------------------------------------
     def free_slots(self, stage_idx: int) -> int:
-        return sum(max(0, self.per_actor_inflight - s.load) for s in self.pools[stage_idx] if s.ready and not s.retiring)
+        return sum(max(0, self.per_actor_inflight - s.inflight) for s in self.pools[stage_idx] if s.ready and not s.retiring)
 
     def submit(self, ticket: Ticket) -> None:
         live = [s for s in self.pools[ticket.stage_idx] if s.ready and not s.retiring]
@@ -347,9 +357,9 @@ class RayExecutor(Executor):
             self._refs[ref] = (ticket, [])
             ticket.actor = -1
             return
-        slot = min(live, key=lambda s: (s.load, s.id))
+        slot = min(live, key=lambda s: (s.inflight, s.id))
         ticket.actor = slot.id
-        slot.load += 1
+        slot.inflight += 1
         self.driver_bytes["sent"] += wire_bytes(ticket.batch)
         refs = slot.handle.process.options(num_returns=1 + len(ticket.batch)).remote(ticket.batch, ticket.chunk,
                                                                                        ticket.parts)
@@ -368,7 +378,7 @@ class RayExecutor(Executor):
             ticket, member_refs = self._refs.pop(ref)
             slot = self._slots.get(ticket.actor)
             if slot is not None:
-                slot.load -= 1
+                slot.inflight -= 1
             try:
                 got = self.ray.get(ref)
                 if isinstance(got, WorkerLost):
@@ -392,7 +402,7 @@ class RayExecutor(Executor):
                 # the worker is gone: killed, out of memory, its node lost (an actor pinned to a node that is
                 # gone cannot even be scheduled again); the batch is retried on the pool's other actors
                 out.append((ticket, WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")))
-            if slot is not None and slot.retiring and slot.load == 0:
+            if slot is not None and slot.retiring and slot.inflight == 0:
                 self._drop(ticket.stage_idx, slot)
         return out
 
@@ -444,7 +454,7 @@ class RayExecutor(Executor):
         want_cpu, want_gpu = sum(n.cpus for n in need), sum(n.gpus for n in need)
         candidates = sorted(((i, x) for i, pool in enumerate(self.pools) for x in pool
                              if not x.retiring and i not in blocked),
-                            key=lambda ix: (len(self.pools[ix[0]]) <= 1, ix[1].load, -ix[1].shape.cpus))
+                            key=lambda ix: (len(self.pools[ix[0]]) <= 1, ix[1].inflight, -ix[1].shape.cpus))
         freed_cpu = freed_gpu = 0.0
         for i, slot in candidates:
             if freed_cpu >= want_cpu - 1e-9 and freed_gpu >= want_gpu - 1e-9:
@@ -455,7 +465,7 @@ class RayExecutor(Executor):
             slot.retiring = True
             freed_cpu += slot.shape.cpus
             freed_gpu += slot.shape.gpus
-            if slot.load == 0:
+            if slot.inflight == 0:
                 self._drop(i, slot)
         self.log(f"pools: making room for {', '.join(self.stages[i].name for i in blocked)} "
                  f"(freeing {freed_cpu:g} CPUs, {freed_gpu:g} GPUs); pools now {self._sizes_text()}")
@@ -499,7 +509,7 @@ class RayExecutor(Executor):
             if retiring and len(live) > target and load.queued == 0:
                 # idle actors of a stage nothing waits for go at once (the newest first); a busy one only
                 # finishes what it holds
-                idle = sorted((x for x in live if x.ready and x.load == 0), key=lambda x: -x.id)
+                idle = sorted((x for x in live if x.ready and x.inflight == 0), key=lambda x: -x.id)
                 for victim in idle[: len(live) - target]:
                     self._drop(i, victim)
                 if idle[: len(live) - target]:

@@ -30,10 +30,11 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mtcc.stages.remote_io import RemoteIO, describe
+from mtcc.manifests.paths import OutPaths
+from mtcc.storage.remote_io import RemoteIO, describe
 
-from .lock import LockBusy
-from .shard import Layout, check_shard_at, remove_shard
+from .errors import LockBusy, OutUnreachable, RemoteError
+from .shard import check_shard_at, remove_shard
 
 LOCAL_PROTOCOLS = ("file", "local")
 LOCK_STALE_S = 600.0  # a lock whose heartbeat is older than this belongs to a dead run
@@ -43,18 +44,11 @@ STAGING_MARKER = ".mtcc-staging"
 SHARD_DIRS = ("commits", "shards", "manifests")  # commits first: removing a shard never leaves a commit behind
 
 
-class RemoteError(RuntimeError):
-    pass
-
-
-class OutUnreachable(RemoteError):
-    """OUT did not take a write (or answer a read) within the retry policy: the build stops, nothing of the
-    shard in hand is committed on OUT, and the next run publishes it from staging."""
 
 
 def is_remote_out(out: str | os.PathLike[str]) -> bool:
     """Whether OUT (the dataset root) is remote: an fsspec URL other than file:// or local://; a plain path
-    (str or Path) is local. Not :func:`mtcc.stages.media.is_remote_source`: OUT may be any fsspec URL."""
+    (str or Path) is local. Not :func:`mtcc.media.ffmpeg.is_remote_source`: OUT may be any fsspec URL."""
     if isinstance(out, os.PathLike):
         return False
     import fsspec
@@ -103,8 +97,8 @@ def _package_for(protocol: str) -> str:
 
 
 class RemoteOut:
-    """OUT at an fsspec URL: its paths follow the local Layout, its writes the publish order above. Every call
-    goes through ``rio`` (retries on throttling, server errors, resets; see mtcc.stages.remote_io)."""
+    """OUT at an fsspec URL: its paths follow the local OutPaths, its writes the publish order above. Every call
+    goes through ``rio`` (retries on throttling, server errors, resets; see mtcc.storage.remote_io)."""
 
     def __init__(self, url: str, rio: RemoteIO | None = None):
         import fsspec
@@ -121,7 +115,7 @@ class RemoteOut:
         except ValueError as e:
             raise RemoteError(f"cannot open OUT {self.url}: {e}") from e
         self.root = root.rstrip("/")
-        self.layout = Layout(PurePosixPath(self.root))
+        self.layout = OutPaths(PurePosixPath(self.root))
         # another process may have written OUT since this filesystem instance (fsspec caches them) listed it
         self.fs.invalidate_cache()
 
@@ -252,7 +246,7 @@ class RemoteOut:
             self._call(f"deleting {self.show(path)}", self.fs.rm_file, path)
         return len(paths)
 
-    def publish_shard(self, layout: Layout, shard: int) -> None:
+    def publish_shard(self, layout: OutPaths, shard: int) -> None:
         """Upload a shard committed in ``layout`` (staging): tar, manifest, then the commit; free it locally."""
         tar, man, com = self.layout.tar(shard), self.layout.manifest(shard), self.layout.commit(shard)
         self.upload(layout.tar(shard), str(tar))
@@ -265,7 +259,7 @@ class RemoteOut:
         self.upload(layout.commit(shard), str(com))
         remove_shard(layout, shard)
 
-    def pull_plan(self, layout: Layout, log: Callable[[str], None]) -> None:
+    def pull_plan(self, layout: OutPaths, log: Callable[[str], None]) -> None:
         """Make the staging's plan and config OUT's: OUT is the truth, the staging a cache of one run."""
         for rel, local in (("plan.parquet", layout.plan), ("config.json", layout.run_config)):
             data = self.read(rel)
@@ -283,7 +277,7 @@ class RemoteOut:
                 tmp.write_bytes(data)
                 os.replace(tmp, local)
 
-    def publish_plan(self, layout: Layout, log: Callable[[str], None]) -> None:
+    def publish_plan(self, layout: OutPaths, log: Callable[[str], None]) -> None:
         """plan.parquet and config.json before any shard; a new plan invalidates every shard of OUT."""
         plan = layout.plan.read_bytes()
         if self.read("plan.parquet") != plan:
@@ -297,10 +291,10 @@ class RemoteOut:
 
     # ----------------------------------------------------------------------------------------- reading
 
-    def pull_view(self, dst: Path) -> Layout:
+    def pull_view(self, dst: Path) -> OutPaths:
         """A local copy of what the report and the funnel read: plan, config, last run, and the commits and
         manifests of committed shards (never the tars: the report streams the few it shows from OUT)."""
-        layout = Layout(dst)
+        layout = OutPaths(dst)
         for d in layout.dirs():
             d.mkdir(parents=True, exist_ok=True)
         for rel, local in (("plan.parquet", layout.plan), ("config.json", layout.run_config),
@@ -322,7 +316,7 @@ class RemoteOut:
         return layout
 
     @contextmanager
-    def view(self) -> Iterator[Layout]:
+    def view(self) -> Iterator[OutPaths]:
         with tempfile.TemporaryDirectory(prefix="mtcc-view-") as d:
             yield self.pull_view(Path(d))
 
@@ -381,7 +375,7 @@ def _size_problem(remote: RemoteOut, shard: int, commit: dict[str, Any] | None, 
     return None
 
 
-def _clear_local_shards(layout: Layout) -> int:
+def _clear_local_shards(layout: OutPaths) -> int:
     n = 0
     for d in SHARD_DIRS:
         folder = layout.root / d

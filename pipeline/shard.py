@@ -12,59 +12,22 @@ import json
 import os
 import tarfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from mtcc.manifests import status_counts, to_table
 from mtcc.manifests.members import member_rank
+from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.shard_tar import read_samples
 from mtcc.stages.base import Candidate, Stage
-from mtcc.stages.hashing import sha256_file, sha256_stream
-from mtcc.stages.media import fsync_dir, fsync_file
-from mtcc.stages.remote_io import RemoteIO
+from mtcc.storage.files import fsync_dir, fsync_file
+from mtcc.storage.hashing import sha256_file, sha256_stream
+from mtcc.storage.remote_io import RemoteIO
 
 FIXED_MTIME = 0
 COMMIT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Layout:
-    # a local Path, or a PurePosixPath of an fsspec store's path (bucket/prefix) for a remote OUT
-    root: Path | PurePath
-
-    @property
-    def plan(self) -> Path:
-        return self.root / "plan.parquet"
-
-    @property
-    def run_config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / ".lock"
-
-    def dirs(self) -> list[Path]:
-        return [self.root / d for d in ("shards", "manifests", "commits", "report")]
-
-    def tar(self, shard: int) -> Path:
-        return self.root / "shards" / f"mtcc-{shard:06d}.tar"
-
-    def manifest(self, shard: int) -> Path:
-        return self.root / "manifests" / f"{shard:06d}.parquet"
-
-    def commit(self, shard: int) -> Path:
-        return self.root / "commits" / f"{shard:06d}.json"
-
-    def uncommit(self, shard: int) -> None:
-        self.commit(shard).unlink(missing_ok=True)
-
-    @staticmethod
-    def temp(path: Path) -> Path:
-        return path.with_name(f".{path.name}.tmp")
 
 
 def _safe_member(name: str) -> None:
@@ -120,7 +83,7 @@ def _publish(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def commit_shard(layout: Layout, shard: int, cands: list[Candidate], stages: Sequence[Stage],
+def commit_shard(layout: OutPaths, shard: int, cands: list[Candidate], stages: Sequence[Stage],
                  run_info: dict[str, Any]) -> dict[str, Any]:
     tar_path, man_path, com_path = layout.tar(shard), layout.manifest(shard), layout.commit(shard)
     kept = [c for c in cands if c.status == "kept"]
@@ -149,14 +112,14 @@ def commit_shard(layout: Layout, shard: int, cands: list[Candidate], stages: Seq
     return commit
 
 
-def check_shard(layout: Layout, shard: int, config_hash: str | None = None, deep: bool = False) -> str | None:
+def check_shard(layout: OutPaths, shard: int, config_hash: str | None = None, deep: bool = False) -> str | None:
     """None if the shard is committed and intact; otherwise what is wrong with it."""
     from fsspec.implementations.local import LocalFileSystem
 
     return check_shard_at(LocalFileSystem(), layout, shard, config_hash, deep, show=str)
 
 
-def check_shard_at(fs: Any, layout: Layout, shard: int, config_hash: str | None = None, deep: bool = False,
+def check_shard_at(fs: Any, layout: OutPaths, shard: int, config_hash: str | None = None, deep: bool = False,
                    show: Callable[[str], str] = str, rio: RemoteIO | None = None) -> str | None:
     """check_shard on any fsspec filesystem (``layout.root`` a path of ``fs``); ``show`` turns a path into
     what a message names (a URL for a remote OUT); ``rio``: the retry policy of a remote store's reads."""
@@ -198,7 +161,7 @@ def check_shard_at(fs: Any, layout: Layout, shard: int, config_hash: str | None 
     return None
 
 
-def remove_shard(layout: Layout, shard: int) -> None:
+def remove_shard(layout: OutPaths, shard: int) -> None:
     """Drop everything of an uncommitted or broken shard; the commit file goes first, so a crash in
     between never leaves a commit pointing at missing files."""
     for p in (layout.commit(shard), layout.tar(shard), layout.manifest(shard)):
@@ -207,7 +170,7 @@ def remove_shard(layout: Layout, shard: int) -> None:
                 q.unlink()
 
 
-def remove_temporaries(layout: Layout) -> list[Path]:
+def remove_temporaries(layout: OutPaths) -> list[Path]:
     removed = []
     for d in layout.dirs():
         if d.is_dir():

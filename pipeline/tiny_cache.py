@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from .models.modelsfile import MODELS_FILE
+from .weights.modelsfile import MODELS_FILE
 
 TINY_REF = "@tiny"
 # libraries whose model classes make-tiny saves: their versions decide the bytes it writes
@@ -58,7 +58,7 @@ def _say(line: str) -> None:
 
 def tiny_models(out: Callable[[str], None] = _say) -> Path:
     """The models.yaml of this code's tiny models, made first if the cache has none."""
-    from .models.tiny import write_tiny
+    from .weights.tiny import write_tiny
 
     root = cache_root() / "tiny" / code_digest()
     target = root / MODELS_FILE

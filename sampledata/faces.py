@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mtcc.stages.models import packaged_file
+from mtcc.nets.loading import packaged_file
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from collections.abc import Callable, Iterator
 import tempfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from mtcc.stages.media import BITEXACT_FLAGS, NO_METADATA
+from mtcc.media.ffmpeg import BITEXACT_FLAGS, NO_METADATA
 
 from . import speech
 from .backgrounds import background

@@ -50,12 +50,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from . import models
-from .audio_io import read_track
+from mtcc.media.audio_io import read_track
+from mtcc.media.windows import window_starts
+from mtcc.nets import loading
+from mtcc.nets.weights import Pin, Weights
+
 from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, StatView
 from .model_stage import ModelStage
-from .weights import Pin, Weights
-from .windows import window_starts
 
 RATE = 16000
 FPS = 25
@@ -79,13 +80,13 @@ def load_network(path: Path, device: str = "cpu"):
     """Light-ASD with the weights in ``path`` (strict keys and shapes), fused for inference on ``device``."""
     import torch
 
-    from .light_asd import LightASD, checkpoint_to_ours
+    from mtcc.nets.light_asd import LightASD, checkpoint_to_ours
 
     net = LightASD()
-    state, _ = checkpoint_to_ours(models.load_state_dict(path))
+    state, _ = checkpoint_to_ours(loading.load_state_dict(path))
     problem = _mismatch(net, state)
     if problem:
-        raise models.WeightsError(f"stage 'asd': {path} is not a Light-ASD state dict ({problem}). Keys are loaded "
+        raise loading.WeightsError(f"stage 'asd': {path} is not a Light-ASD state dict ({problem}). Keys are loaded "
                                   f"strictly. {HOW_TO_GET}")
     net.load_state_dict(state, strict=True)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -103,7 +104,7 @@ def bf16_supported(device: str) -> bool:
 
 
 def _mismatch(net: Any, state: dict[str, Any]) -> str:
-    return models.state_mismatch(net.state_dict(), state)
+    return loading.state_mismatch(net.state_dict(), state)
 
 
 def mfcc_rows(audio: np.ndarray, n_frames: int) -> np.ndarray:
@@ -217,7 +218,7 @@ class ActiveSpeakers(ModelStage):
         StatView(("turns",), "turns"),
     )
 
-    model: models.OptionalModelSpec = Field(None, description=f"Light-ASD state-dict file ({MODEL_FILE}) or a folder "
+    model: loading.OptionalModelSpec = Field(None, description=f"Light-ASD state-dict file ({MODEL_FILE}) or a folder "
                                                               f"holding it")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="bfloat16 runs the encoders ~2.5x faster on CPUs with bf16 support (AVX512, AMX) and on "
@@ -243,12 +244,12 @@ class ActiveSpeakers(ModelStage):
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
 
     def _weights_path(self) -> Path:
-        path = models.resolve(self.model, stage=self.name, key="model",
+        path = loading.resolve(self.model, stage=self.name, key="model",
                               expected=f"the Light-ASD state-dict file {MODEL_FILE}", how_to_get=HOW_TO_GET)
         if path.is_dir():
             found = [path / MODEL_FILE] if (path / MODEL_FILE).is_file() else sorted(path.glob("*.model"))
             if len(found) != 1:
-                raise models.WeightsError(f"stage 'asd': {path} is a directory without {MODEL_FILE} "
+                raise loading.WeightsError(f"stage 'asd': {path} is a directory without {MODEL_FILE} "
                                           f"(and not exactly one other *.model). {HOW_TO_GET}")
             path = found[0]
         return path
@@ -259,7 +260,7 @@ class ActiveSpeakers(ModelStage):
         self._net = load_network(path, self.device)
         self._bf16 = self.dtype == "bfloat16" or (self.dtype == "auto" and bf16_supported(self.device))
         if self.speech_gate:
-            from .vad import SileroVad
+            from mtcc.nets.vad import SileroVad
 
             self._vad = SileroVad()  # its ONNX session, loaded once per actor (about 1.4 s here)
         # one small forward: the backend picks and compiles its kernels here, not on the first clip
@@ -277,7 +278,7 @@ class ActiveSpeakers(ModelStage):
         """The only place this stage reads media: the face crops and mixture of the clip media."""
         import cv2
 
-        from .crops import CropGeometry, clip_media
+        from mtcc.media.crops import CropGeometry, clip_media
 
         media = clip_media(cand, self)
         half = (1.0 + self.crop_scale) / 2  # the central half of the authors' crop
@@ -291,7 +292,7 @@ class ActiveSpeakers(ModelStage):
             audio += [mfcc_rows(read_track(cand.member(f"spk{k}.flac")), t) for k in range(2)]
         speech = None
         if self.speech_gate:
-            from .vad import RATES, segments_from_probs
+            from mtcc.nets.vad import RATES, segments_from_probs
 
             chunk_s = RATES[RATE][0] / RATE
             speech = segments_from_probs(self._vad.probs(mix, RATE)[0], chunk_s, len(mix) / RATE)
@@ -424,7 +425,7 @@ class ActiveSpeakers(ModelStage):
         checkpoint's layout."""
         import torch
 
-        from .light_asd import LightASD, ours_to_checkpoint
+        from mtcc.nets.light_asd import LightASD, ours_to_checkpoint
 
         d = Path(root) / cls.name
         d.mkdir(parents=True, exist_ok=True)
@@ -433,5 +434,5 @@ class ActiveSpeakers(ModelStage):
             torch.manual_seed(0)
             net = LightASD()
         torch.save(ours_to_checkpoint(net.state_dict()), path)
-        models.write_marker(d, "Light-ASD (CVPR 2023), random weights", file=path.name)
+        loading.write_marker(d, "Light-ASD (CVPR 2023), random weights", file=path.name)
         return {"model": str(path), "allow_random_weights": True}

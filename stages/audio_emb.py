@@ -38,12 +38,13 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from . import models
-from .audio_io import read_track
+from mtcc.media.audio_io import read_track
+from mtcc.media.npy import npy_bytes
+from mtcc.nets import loading
+from mtcc.nets.weights import Pin, Weights
+
 from .base import TRACKS, Candidate, Info, Key, Member, Rejection, Resources
 from .model_stage import ModelStage
-from .npy import npy_bytes
-from .weights import Pin, Weights
 
 HF_ID = "facebook/wav2vec2-base-960h"
 RATE = 16000
@@ -87,14 +88,14 @@ def weight_files(path: Path) -> list[Path]:
             try:
                 names = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
             except (ValueError, KeyError, TypeError) as e:
-                raise models.WeightsError(
+                raise loading.WeightsError(
                     f"stage 'audio_emb': {path / index} is not a weight index ({e}). {HOW_TO_GET}") from e
             missing = [n for n in names if not (path / n).is_file()]
             if missing:
-                raise models.WeightsError(f"stage 'audio_emb': {path / index} names shard(s) not present: "
+                raise loading.WeightsError(f"stage 'audio_emb': {path / index} names shard(s) not present: "
                                           f"{', '.join(missing)}. {HOW_TO_GET}")
             return [path / n for n in names]
-    raise models.WeightsError(f"stage 'audio_emb': no weights in {path} (looked for model.safetensors, "
+    raise loading.WeightsError(f"stage 'audio_emb': no weights in {path} (looked for model.safetensors, "
                               f"pytorch_model.bin or their .index.json). {HOW_TO_GET}")
 
 
@@ -116,7 +117,7 @@ def checkpoint_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
                 state = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
                 shapes.update({k: tuple(v.shape) for k, v in state.items()})
         except Exception as e:  # safetensors and torch raise assorted types for damaged files
-            raise models.WeightsError(f"stage 'audio_emb': cannot read {f} ({type(e).__name__}: {e}); the file is "
+            raise loading.WeightsError(f"stage 'audio_emb': cannot read {f} ({type(e).__name__}: {e}); the file is "
                                       f"damaged or incomplete. {HOW_TO_GET}") from e
     return shapes
 
@@ -130,13 +131,13 @@ def read_config(path: Path) -> Any:
 
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise models.WeightsError(f"stage 'audio_emb': {cfg_file} not found; expected {EXPECTED}. {HOW_TO_GET}")
+        raise loading.WeightsError(f"stage 'audio_emb': {cfg_file} not found; expected {EXPECTED}. {HOW_TO_GET}")
     try:
         raw = json.loads(cfg_file.read_text())
     except ValueError as e:
-        raise models.WeightsError(f"stage 'audio_emb': {cfg_file} is not JSON ({e}). {HOW_TO_GET}") from e
+        raise loading.WeightsError(f"stage 'audio_emb': {cfg_file} is not JSON ({e}). {HOW_TO_GET}") from e
     if raw.get("model_type") != "wav2vec2":
-        raise models.WeightsError(f"stage 'audio_emb': {cfg_file} has model_type {raw.get('model_type')!r}, not "
+        raise loading.WeightsError(f"stage 'audio_emb': {cfg_file} has model_type {raw.get('model_type')!r}, not "
                                   f"'wav2vec2'. {HOW_TO_GET}")
     return Wav2Vec2Config.from_pretrained(str(path), local_files_only=True)
 
@@ -165,7 +166,7 @@ def check_keys(path: Path, config: Any) -> tuple[int, int]:
         parts = [f"{len(missing)} missing: {_few(missing)}" if missing else "",
                  f"{len(shapes)} of another shape: {_few(shapes)}" if shapes else "",
                  f"{len(foreign)} not in the model: {_few(foreign)}" if foreign else ""]
-        raise models.WeightsError(
+        raise loading.WeightsError(
             f"stage 'audio_emb': {', '.join(str(f) for f in files)} does not fit the Wav2Vec2Model of "
             f"{path / 'config.json'} ({'; '.join(p for p in parts if p)}). Weights are never filled in at random. "
             f"{HOW_TO_GET}")
@@ -258,7 +259,7 @@ class AudioEmbeddings(ModelStage):
         "rms_0": "float64", "rms_1": "float64", "random_weights": "bool",
     }
 
-    model: models.ModelSpec = Field(HF_ID, description="Wav2Vec2 directory in save_pretrained layout, or the Hugging Face id")
+    model: loading.ModelSpec = Field(HF_ID, description="Wav2Vec2 directory in save_pretrained layout, or the Hugging Face id")
     dtype: str = Field("float32", description="model dtype: float32, or float16/bfloat16 on a GPU")
     fps: float = Field(25.0, gt=0, description="embedding rows per second: the clip's frame rate")
     align_corners: bool = Field(True, description="linear resampling of the CNN rows with aligned end points "
@@ -285,9 +286,9 @@ class AudioEmbeddings(ModelStage):
 
     # -- loading ------------------------------------------------------------------------------------------
     def _resolve(self) -> Path:
-        path = models.resolve(self.model, stage=self.name, key="model", expected=EXPECTED, how_to_get=HOW_TO_GET)
+        path = loading.resolve(self.model, stage=self.name, key="model", expected=EXPECTED, how_to_get=HOW_TO_GET)
         if not path.is_dir():
-            raise models.WeightsError(f"stage 'audio_emb': {path} is a file; expected {EXPECTED}. {HOW_TO_GET}")
+            raise loading.WeightsError(f"stage 'audio_emb': {path} is a file; expected {EXPECTED}. {HOW_TO_GET}")
         return path
 
     def check_model(self) -> str:
@@ -295,7 +296,7 @@ class AudioEmbeddings(ModelStage):
         random = self.admit(path)
         config = read_config(path)
         if not (path / "preprocessor_config.json").is_file():
-            raise models.WeightsError(f"stage 'audio_emb': {path / 'preprocessor_config.json'} not found (the input "
+            raise loading.WeightsError(f"stage 'audio_emb': {path / 'preprocessor_config.json'} not found (the input "
                                       f"normalisation settings). {HOW_TO_GET}")
         n, params = check_keys(path, config)
         files = ", ".join(f.name for f in weight_files(path))
@@ -306,7 +307,7 @@ class AudioEmbeddings(ModelStage):
         import torch
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-        models.quiet_transformers()
+        loading.quiet_transformers()
         path = self._resolve()
         self.admit(path)
         config = read_config(path)
@@ -316,11 +317,11 @@ class AudioEmbeddings(ModelStage):
         missing = sorted(k for k in info.get("missing_keys", ()) if k not in UNUSED_AT_INFERENCE)
         missing += sorted(map(str, info.get("mismatched_keys", ())))
         if missing:
-            raise models.WeightsError(f"stage 'audio_emb': {path} left keys unloaded: {_few(missing)}. {HOW_TO_GET}")
+            raise loading.WeightsError(f"stage 'audio_emb': {path} left keys unloaded: {_few(missing)}. {HOW_TO_GET}")
         try:
             self._fe = Wav2Vec2FeatureExtractor.from_pretrained(str(path), local_files_only=True)
         except OSError as e:
-            raise models.WeightsError(f"stage 'audio_emb': no feature extractor settings in {path} "
+            raise loading.WeightsError(f"stage 'audio_emb': no feature extractor settings in {path} "
                                       f"(preprocessor_config.json): {e}. {HOW_TO_GET}") from e
         self._net = net.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
         self._min_samples = receptive_field(net.config)
@@ -425,6 +426,6 @@ class AudioEmbeddings(ModelStage):
         net.save_pretrained(str(d))
         Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=RATE, padding_value=0.0, do_normalize=True,
                                  return_attention_mask=False).save_pretrained(str(d))
-        models.write_marker(d, "transformers Wav2Vec2ForCTC (reduced CNN and feed-forward; 12 x 768 outputs)",
+        loading.write_marker(d, "transformers Wav2Vec2ForCTC (reduced CNN and feed-forward; 12 x 768 outputs)",
                             reduced=dict(TINY))
         return {"model": str(d), "allow_random_weights": True}

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from .workspace import Fetched, NodeWorkspace
+from mtcc.storage.workspace import Fetched, NodeWorkspace
 
 Status = Literal["pending", "kept", "rejected", "expanded"]
 Level = Literal["video", "clip"]

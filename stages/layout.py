@@ -1,4 +1,4 @@
-"""Layout: split-screen and stacked-panel composites (two camera feeds side by side or one above the
+"""OutPaths: split-screen and stacked-panel composites (two camera feeds side by side or one above the
 other, a character per panel) are not one scene; they are rejected as ``split_screen``.
 
 Evidence (computed by the faces stage on the frames it already decodes, see :class:`SeamCollector`): a
@@ -134,7 +134,7 @@ class PanelLayout(Stage):
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.05, candidates_per_call=32))
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
-        from .video import FrameClock
+        from mtcc.media.video import FrameClock
 
         seams = cand.info.get("seams")
         if not seams or not seams.get("size"):

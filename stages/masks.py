@@ -41,16 +41,17 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, field_validator
 
-from . import models, sam2_model
-from . import rle as rle_codec
+from mtcc.media import rle as rle_codec
+from mtcc.media.crops import clip_media
+from mtcc.media.geometry import LatentGeometry
+from mtcc.media.mask_outputs import cutout, jpeg_bytes, mask_stats, masks_json, route_windows
+from mtcc.media.npy import npy_bytes
+from mtcc.nets import loading, sam2_model
+from mtcc.nets.mask_tracking import FrameMasks, best_frame, prompt_frame, track
+from mtcc.nets.weights import Pin, Weights
+
 from .base import CLIP_MEDIA, REFS, Candidate, Info, Key, Member, Rejection, Resources, StatView
-from .crops import clip_media
-from .geometry import LatentGeometry
-from .mask_outputs import cutout, jpeg_bytes, mask_stats, masks_json, route_windows
-from .mask_tracking import FrameMasks, best_frame, prompt_frame, track
 from .model_stage import ModelStage
-from .npy import npy_bytes
-from .weights import Pin, Weights
 
 HF_ID = "facebook/sam2.1-hiera-large"
 PACKAGED_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
@@ -136,7 +137,7 @@ class CharacterMasks(ModelStage):
         StatView(("overlap",), "mask overlap"),
     )
 
-    model: models.ModelSpec = Field(HF_ID, description="SAM2 checkpoint: a directory with one .pt ({'model': state_dict}) and "
+    model: loading.ModelSpec = Field(HF_ID, description="SAM2 checkpoint: a directory with one .pt ({'model': state_dict}) and "
                                           "optionally its YAML config, a .pt file, or a Hugging Face id")
     config: str = Field(PACKAGED_CONFIG, description="SAM2 YAML used when the model directory has none: a path "
                                                      "inside the sam2 package (configs/...) or a local YAML file")
@@ -179,15 +180,15 @@ class CharacterMasks(ModelStage):
     # -- model ------------------------------------------------------------------------------------------
     def _config_file(self) -> Path:
         if self.config.startswith("configs/") and not Path(self.config).is_absolute():
-            return models.packaged_file("sam2", *Path(self.config).parts, install=sam2_model.INSTALL)
+            return loading.packaged_file("sam2", *Path(self.config).parts, install=sam2_model.INSTALL)
         p = Path(self.config)
         if not p.is_file():
-            raise models.WeightsError(f"stage 'masks': SAM2 config {p} does not exist (stages.masks.config). {HOW_TO_GET}")
+            raise loading.WeightsError(f"stage 'masks': SAM2 config {p} does not exist (stages.masks.config). {HOW_TO_GET}")
         return p
 
     def _files(self) -> tuple[Path, Path, Path]:
         """(resolved model path, config YAML, checkpoint .pt)."""
-        path = models.resolve(self.model, stage=self.name, key="model",
+        path = loading.resolve(self.model, stage=self.name, key="model",
                               expected="a SAM2 checkpoint directory (one .pt holding {'model': state_dict}, and "
                                        "its YAML config) or a .pt file", how_to_get=HOW_TO_GET)
         if path.is_file():
@@ -195,11 +196,11 @@ class CharacterMasks(ModelStage):
         pts = sorted(path.glob("*.pt"))
         yamls = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
         if len(pts) != 1:
-            raise models.WeightsError(
+            raise loading.WeightsError(
                 f"stage 'masks': {path} holds {len(pts)} .pt files ({', '.join(p.name for p in pts) or 'none'}); "
                 f"expected exactly one SAM2 checkpoint. {HOW_TO_GET}")
         if len(yamls) > 1:
-            raise models.WeightsError(
+            raise loading.WeightsError(
                 f"stage 'masks': {path} holds several YAML files ({', '.join(p.name for p in yamls)}); keep only "
                 f"the checkpoint's SAM2 config there. {HOW_TO_GET}")
         return path, (yamls[0] if yamls else self._config_file()), pts[0]
@@ -227,7 +228,7 @@ class CharacterMasks(ModelStage):
         at clip resolution where a reference picture is cut."""
         import torch
 
-        from .video import open_frames
+        from mtcc.media.video import open_frames
 
         media = clip_media(cand, self)
         n_out = media.frames
@@ -339,7 +340,7 @@ class CharacterMasks(ModelStage):
 
         d = Path(root) / cls.name
         d.mkdir(parents=True, exist_ok=True)
-        base = models.packaged_file("sam2", *TINY_BASE, install=sam2_model.INSTALL)
+        base = loading.packaged_file("sam2", *TINY_BASE, install=sam2_model.INSTALL)
         data = sam2_model.read_config(base)
         for key, value in TINY_CHANGES.items():
             sam2_model.set_dotted(data, key, value)
@@ -350,6 +351,6 @@ class CharacterMasks(ModelStage):
             torch.manual_seed(0)
             model = sam2_model.build_model(sam2_model.read_config(cfg), cfg, "cpu")
         torch.save({"model": model.state_dict()}, d / f"{TINY_NAME}.pt")
-        models.write_marker(d, f"SAM2.1 video predictor (reduced: {TINY_NAME})",
+        loading.write_marker(d, f"SAM2.1 video predictor (reduced: {TINY_NAME})",
                             image_size=TINY_CHANGES["model.image_size"])
         return {"model": str(d), "allow_random_weights": True}

@@ -20,9 +20,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr
 
-from . import models
+from mtcc.nets import loading
+from mtcc.nets.weights import Weights
+
 from .base import Stage
-from .weights import Weights
 
 DEVICE = r"^(cpu|cuda(:[0-9]+)?)$"
 
@@ -31,10 +32,10 @@ class WeightsStage(Stage):
     """A stage that runs the weights its config names. Subclasses redeclare ``model`` with their default and
     a description of what the weights are."""
 
-    # the downloads `mtcc models fetch` can place for it (see :mod:`mtcc.stages.weights`)
+    # the downloads `mtcc models fetch` can place for it (see :mod:`mtcc.nets.weights`)
     weights: ClassVar[tuple[Weights, ...]] = ()
 
-    model: models.OptionalModelSpec = Field(None, description="the stage's weights: a local file or folder, or a "
+    model: loading.OptionalModelSpec = Field(None, description="the stage's weights: a local file or folder, or a "
                                                               "Hugging Face id")
     device: str = Field("cpu", pattern=DEVICE)
 
@@ -57,7 +58,7 @@ class ModelStage(WeightsStage):
     def admit(self, path: Path) -> bool:
         """The random-weights policy for the weights at ``path``: weights `make-tiny` wrote are refused
         (``WeightsError``) unless ``allow_random_weights``. Returns, and remembers, whether they are random."""
-        self._random = models.check_random(path, stage=self.name, allow=self.allow_random_weights)
+        self._random = loading.check_random(path, stage=self.name, allow=self.allow_random_weights)
         return self._random
 
     @property
@@ -70,5 +71,5 @@ class ModelStage(WeightsStage):
     @abstractmethod
     def make_tiny(cls, root: Path) -> dict[str, Any]:
         """Write a random-initialised model of the real class under ``root / cls.name``, in the layout the
-        real weights use, with the random marker (``models.write_marker``); return the stage settings that
+        real weights use, with the random marker (``loading.write_marker``); return the stage settings that
         load it (absolute paths, ``allow_random_weights: true``)."""

@@ -3,7 +3,7 @@ face moves its mouth with the speech never reach the expensive audio models.
 
 Per character, two signals at the clip's 25 fps:
   * mouth motion: mean absolute grey-level difference between consecutive frames inside the mouth
-    region of small face crops (derived from the clip's shared crops, stages/crops.py, at ``crop_size``). The region follows the five
+    region of small face crops (derived from the clip's shared crops, media/crops.py, at ``crop_size``). The region follows the five
     landmarks frame by frame: across, the two mouth corners widened by ``0.9`` x the mouth width each
     side; down, from 40 % of the way nose -> mouth to 1.6 x that distance below the mouth (lips and
     jaw, which drops when the mouth opens). Crops are centred on the face box, so head motion is
@@ -34,9 +34,10 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from .audio_io import read_track
+from mtcc.media.audio_io import read_track
+from mtcc.media.crops import CropGeometry, clip_media
+
 from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
-from .crops import CropGeometry, clip_media
 
 RATE = 16000
 FPS = 25
@@ -95,8 +96,8 @@ def mouth_motion(gray: np.ndarray, regions: np.ndarray, repeated: np.ndarray | N
 def repeated_frames(cand: Any, n_frames: int, out_fps: float) -> np.ndarray | None:
     """Output frames that repeat the previous one's source frame: from the decoded frame times where the
     source has a variable rate (its gaps repeat frames too), else from the probed source rate."""
-    from .crops import clip_source_frames
-    from .video import FrameClock
+    from mtcc.media.crops import clip_source_frames
+    from mtcc.media.video import FrameClock
 
     probe = cand.info.get("probe") or {}
     known = cand.info.get("frame_clock") or {}

@@ -8,10 +8,12 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
+from mtcc.media.ffmpeg import MediaError, ffprobe, parse_rate
+from mtcc.storage.files import is_remote_source, local_source
+from mtcc.storage.hashing import sha256_file
+from mtcc.storage.workspace import SourceChanged, SourceUnreachable, WorkspaceError
+
 from .base import Candidate, Info, Key, Rejection, Resources, Stage, StatView
-from .hashing import sha256_file
-from .media import MediaError, ffprobe, is_remote_source, local_source, parse_rate
-from .workspace import SourceChanged, SourceUnreachable, WorkspaceError
 
 # Prefix of a planned source whose file name is not valid UTF-8 (see mtcc.pipeline.inputs.plan_source):
 # the rest is the name with \x escapes, which is no path to open.

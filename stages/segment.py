@@ -13,10 +13,11 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from mtcc.media.tracking import interpolate
+from mtcc.media.video import FrameClock
+
 from .base import Candidate, Info, Key, Resources, Stage
 from .clip import make_clip
-from .tracking import interpolate
-from .video import FrameClock
 
 
 def runs(active: np.ndarray, n: int) -> list[tuple[int, int, tuple[int, ...]]]:

@@ -35,13 +35,14 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 from pydantic import Field
 
-from . import models
-from .audio_io import flac_bytes
+from mtcc.media.audio_io import flac_bytes
+from mtcc.media.crops import CropGeometry, clip_media
+from mtcc.media.windows import window_starts
+from mtcc.nets import loading
+from mtcc.nets.weights import Pin, Weights
+
 from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, StatView
-from .crops import CropGeometry, clip_media
 from .model_stage import ModelStage
-from .weights import Pin, Weights
-from .windows import window_starts
 
 RATE = 16000
 VIDEO_FPS = 25  # the AV model's visual frame rate
@@ -65,7 +66,7 @@ def packaged_settings() -> dict[str, dict[str, Any]]:
     """``network_reference`` and ``network_audio`` from clearvoice's packaged inference YAML."""
     import yaml
 
-    path = models.packaged_file("clearvoice", "config", "inference", "AV_MossFormer2_TSE_16K.yaml",
+    path = loading.packaged_file("clearvoice", "config", "inference", "AV_MossFormer2_TSE_16K.yaml",
                                 install="pip install --no-deps clearvoice==0.1.2")
     cfg = yaml.safe_load(path.read_text())
     return {"network_reference": dict(cfg["network_reference"]), "network_audio": dict(cfg["network_audio"])}
@@ -129,9 +130,9 @@ def _strict_state(net: Any, state: dict[str, Any], ckpt: Path) -> dict[str, Any]
     missing (they keep their built values)."""
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
     own = net.state_dict()
-    problem = models.state_mismatch(own, state, may_miss=tuple(DERIVED_KEYS))
+    problem = loading.state_mismatch(own, state, may_miss=tuple(DERIVED_KEYS))
     if problem:
-        raise models.WeightsError(
+        raise loading.WeightsError(
             f"stage 'separate': {ckpt} does not fit the AV_MossFormer2_TSE_16K network built from "
             f"{'its ' + NETWORK_FILE if (ckpt.parent / NETWORK_FILE).is_file() else 'the packaged YAML'} "
             f"({problem}). Keys are loaded strictly. {HOW_TO_GET}")
@@ -145,16 +146,16 @@ def checkpoint_file(path: Path) -> Path:
         return path
     best = path / BEST_FILE
     if not best.is_file():
-        raise models.WeightsError(
+        raise loading.WeightsError(
             f"stage 'separate': {best} not found: {path} is not a clearvoice checkpoint directory "
             f"({BEST_FILE} naming the .pt, and the .pt). {HOW_TO_GET}")
     lines = best.read_text().strip().splitlines()
     name = lines[0].strip() if lines else ""
     if not name:
-        raise models.WeightsError(f"stage 'separate': {best} is empty; it should name the checkpoint .pt. {HOW_TO_GET}")
+        raise loading.WeightsError(f"stage 'separate': {best} is empty; it should name the checkpoint .pt. {HOW_TO_GET}")
     ckpt = path / name
     if not ckpt.is_file():
-        raise models.WeightsError(f"stage 'separate': {ckpt} (named by {best}) does not exist. {HOW_TO_GET}")
+        raise loading.WeightsError(f"stage 'separate': {ckpt} (named by {best}) does not exist. {HOW_TO_GET}")
     return ckpt
 
 
@@ -162,7 +163,7 @@ def load_network(path: Path, device: str = "cpu") -> Any:
     """Build the network from the settings found at ``path`` and load its checkpoint strictly."""
     ckpt = checkpoint_file(path)
     net = build_network(network_settings(ckpt.parent))
-    net.load_state_dict(_strict_state(net, models.load_state_dict(ckpt), ckpt), strict=True)
+    net.load_state_dict(_strict_state(net, loading.load_state_dict(ckpt), ckpt), strict=True)
     return net.to(device).eval()
 
 
@@ -297,7 +298,7 @@ class SpeechSeparation(ModelStage):
     }
     report_views: ClassVar[tuple[StatView, ...]] = (StatView(("speech_s_0", "speech_s_1"), "speech s 0/1"),)
 
-    model: models.ModelSpec = Field(HF_ID, description="clearvoice checkpoint directory (last_best_checkpoint + the .pt it "
+    model: loading.ModelSpec = Field(HF_ID, description="clearvoice checkpoint directory (last_best_checkpoint + the .pt it "
                                           "names, {'model': state_dict}) or the Hugging Face id")
     window_seconds: float = Field(3.0, gt=0, description="decode window (the model's 3 s)")
     overlap: float = Field(0.4, ge=0, lt=1, description="fraction of a window shared with the next "
@@ -314,7 +315,7 @@ class SpeechSeparation(ModelStage):
 
 
     def load(self) -> None:
-        path = models.resolve(self.model, stage=self.name, key="model",
+        path = loading.resolve(self.model, stage=self.name, key="model",
                               expected=f"a clearvoice checkpoint directory ({BEST_FILE} + the .pt it names)",
                               how_to_get=HOW_TO_GET)
         self.admit(path)
@@ -334,7 +335,7 @@ class SpeechSeparation(ModelStage):
         return media.mixture(), lips, float(cand.info["clip_faces"]["fps"])
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:
-        from .vad import speech_segments
+        from mtcc.nets.vad import speech_segments
 
         inputs = [self._inputs(c) for c in batch]
         window = max(1, int(round(self.window_seconds * RATE)))
@@ -390,5 +391,5 @@ class SpeechSeparation(ModelStage):
         torch.save({"model": net.state_dict()}, d / f"{BEST_FILE}.pt")
         (d / BEST_FILE).write_text(f"{BEST_FILE}.pt\n")
         (d / NETWORK_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-        models.write_marker(d, "AV_MossFormer2_TSE_16K (reduced)", network_audio=TINY_AUDIO)
+        loading.write_marker(d, "AV_MossFormer2_TSE_16K (reduced)", network_audio=TINY_AUDIO)
         return {"model": str(d), "allow_random_weights": True}

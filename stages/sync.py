@@ -2,7 +2,7 @@
 audio-character binding read from it.
 
 Model: syncnet_python's ``S`` network class (SyncNet v2, 1024-d embeddings) with weights from a local
-state-dict file (the public ``syncnet_v2.model``), loaded through :mod:`.models` (``weights_only``).
+state-dict file (the public ``syncnet_v2.model``), loaded through :mod:`mtcc.nets.loading` (``weights_only``).
 
 Inputs, as syncnet_python feeds its model:
   * video: per character, 224x224 face crops at 25 fps, BGR, raw 0..255 floats, windows of 5 frames
@@ -30,13 +30,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from . import models
-from .audio_io import flac_bytes, read_track
+from mtcc.media.audio_io import flac_bytes, read_track
+from mtcc.media.crops import CropGeometry, clip_media
+from mtcc.nets import loading
+from mtcc.nets.sync_math import VSHIFT, binding, cross_matrix
+from mtcc.nets.weights import Pin, Weights
+
 from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stat, StatView
-from .crops import CropGeometry, clip_media
 from .model_stage import ModelStage
-from .sync_math import VSHIFT, binding, cross_matrix
-from .weights import Pin, Weights
 
 RATE = 16000
 FPS = 25
@@ -60,7 +61,7 @@ def syncnet_class() -> type:
     its whole video pipeline (ffmpeg-python, scenedetect < 0.7), which we neither need nor install
     (syncnet-python is installed with --no-deps), while the model file needs only torch.
     """
-    path = models.packaged_file("syncnet_python", "SyncNetModel.py", install="pip install --no-deps syncnet-python==0.2.3")
+    path = loading.packaged_file("syncnet_python", "SyncNetModel.py", install="pip install --no-deps syncnet-python==0.2.3")
     mod_spec = importlib.util.spec_from_file_location("mtcc_syncnet_model", path)
     if mod_spec is None or mod_spec.loader is None:
         raise ImportError(f"cannot load {path}")
@@ -74,7 +75,7 @@ def load_network(path: Path, device: str):
     import torch
 
     net = syncnet_class()(num_layers_in_fc_layers=1024)
-    state = models.load_state_dict(path)
+    state = loading.load_state_dict(path)
     for prefix in ("__S__.", "module."):  # syncnet_python instance / DataParallel wrappers
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
@@ -82,7 +83,7 @@ def load_network(path: Path, device: str):
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise models.WeightsError(f"{path}: not a SyncNet v2 state dict ({first}). {HOW_TO_GET}") from e
+        raise loading.WeightsError(f"{path}: not a SyncNet v2 state dict ({first}). {HOW_TO_GET}") from e
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"stage 'sync': device {device!r} requested but CUDA is not available")
     return net.to(device).eval()
@@ -166,7 +167,7 @@ class SyncScores(ModelStage):
                  thresholds=(("-max_abs_offset", "max_abs_offset", -1), ("+max_abs_offset", "max_abs_offset", 1))),
     )
 
-    model: models.OptionalModelSpec = Field(None, description=f"SyncNet v2 state-dict file ({MODEL_FILE} from syncnet_python)")
+    model: loading.OptionalModelSpec = Field(None, description=f"SyncNet v2 state-dict file ({MODEL_FILE} from syncnet_python)")
     batch_windows: int = Field(32, ge=1, description="5-frame windows (clips x characters x windows) per forward")
     crop_scale: float = Field(0.4, ge=0, description="syncnet_python's crop_video cs: crop side = (1 + cs) x face "
                                                      "box side, centred cs/2 x side below the box centre")
@@ -184,11 +185,11 @@ class SyncScores(ModelStage):
 
 
     def load(self) -> None:
-        path = models.resolve(self.model, stage=self.name, key="model",
+        path = loading.resolve(self.model, stage=self.name, key="model",
                               expected=f"the SyncNet v2 state-dict file {MODEL_FILE}", how_to_get=HOW_TO_GET)
         if path.is_dir():
             if not (path / MODEL_FILE).is_file():
-                raise models.WeightsError(f"stage 'sync': {path} is a directory without {MODEL_FILE}. {HOW_TO_GET}")
+                raise loading.WeightsError(f"stage 'sync': {path} is a directory without {MODEL_FILE}. {HOW_TO_GET}")
             path = path / MODEL_FILE
         self.admit(path)
         self._net = load_network(path, self.device)
@@ -328,7 +329,7 @@ class SyncScores(ModelStage):
             torch.manual_seed(0)
             net = syncnet_class()(num_layers_in_fc_layers=1024)
         torch.save(net.state_dict(), path)
-        models.write_marker(d, "syncnet_python SyncNetModel.S (SyncNet v2, 1024-d)", file=path.name)
+        loading.write_marker(d, "syncnet_python SyncNetModel.S (SyncNet v2, 1024-d)", file=path.name)
         return {"model": str(path), "allow_random_weights": True}
 
 

@@ -54,7 +54,7 @@ def tiny_overrides(tmp_path_factory) -> list[str]:
     """Random-initialised models of the real classes (``mtcc models make-tiny``) in the session's own
     folder, included the way the offline profile includes its "@tiny" cache: as the --set that points
     ``models:`` at their models.yaml (only the stages the profile lists get their settings)."""
-    from mtcc.pipeline.models.tiny import write_tiny
+    from mtcc.pipeline.weights.tiny import write_tiny
 
     return [f"models={write_tiny(tmp_path_factory.mktemp('tiny'), out=lambda s: None)}"]
 
@@ -78,8 +78,7 @@ def pipeline_shards(sample_dir, tiny_overrides, ray_local, tmp_path_factory) -> 
     export tests read it). The video is cut to its first 2.4 s (one 60-frame clip: the masks stage is the
     slow one on CPU)."""
     from mtcc.pipeline.build import build
-    from mtcc.pipeline.cli import resolve_config
-    from mtcc.pipeline.config import load_config
+    from mtcc.pipeline.config import load_config, resolve_config
 
     tmp = tmp_path_factory.mktemp("train_e2e")
     videos = tmp / "videos"
@@ -188,7 +187,7 @@ def fresh(cands: list) -> list:
 
 def weights_error(stage) -> str:
     """The message of the ``WeightsError`` that ``stage.setup()`` raises (the test fails if none is)."""
-    from mtcc.stages.models import WeightsError
+    from mtcc.nets.loading import WeightsError
 
     with pytest.raises(WeightsError) as e:
         stage.setup()

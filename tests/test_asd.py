@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mtcc.media.audio_io import flac_bytes
 from mtcc.sampledata import load_truth
 from mtcc.stages.asd import FPS, ActiveSpeakers, frame_gate
-from mtcc.stages.audio_io import flac_bytes
 from mtcc.stages.base import Candidate
 from mtcc.stages.layout import PanelLayout
 from mtcc.stages.sync import speaking_flags
@@ -204,8 +204,7 @@ def test_sync_takes_single_speaker_from_asd():
 
 def test_a_run_names_only_the_stages_left_on_random_weights(tiny_overrides, light_asd_weights):
     from mtcc.pipeline.build import random_weight_stages
-    from mtcc.pipeline.cli import resolve_config
-    from mtcc.pipeline.config import load_config
+    from mtcc.pipeline.config import load_config, resolve_config
 
     tiny = random_weight_stages(load_config(resolve_config("offline"), tiny_overrides))
     assert {"asd", "separate", "sync"} <= set(tiny)

@@ -18,10 +18,10 @@ import pytest
 import soundfile as sf
 from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture
 
+from mtcc.media.audio_io import flac_bytes, read_track
+from mtcc.nets import loading
 from mtcc.stages import audio_emb as ae
-from mtcc.stages import models
 from mtcc.stages.audio_emb import AudioEmbeddings
-from mtcc.stages.audio_io import flac_bytes, read_track
 from mtcc.stages.base import Candidate
 
 RATE = 16000
@@ -253,7 +253,7 @@ def _rewrite(src: Path, dst: Path, edit) -> Path:
     from safetensors.torch import load_file, save_file
 
     dst.mkdir()
-    for f in ("config.json", "preprocessor_config.json", models.RANDOM_MARKER):
+    for f in ("config.json", "preprocessor_config.json", loading.RANDOM_MARKER):
         shutil.copy2(src / f, dst / f)
     state = edit(load_file(str(src / "model.safetensors")))
     save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
@@ -272,13 +272,13 @@ def test_tiny_model_is_the_real_layout_and_reloads_identically(stage, tiny, tmp_
     d = Path(tiny["model"])
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in d.iterdir()}
     assert json.loads((d / "config.json").read_text())["architectures"] == ["Wav2Vec2ForCTC"]
-    assert models.random_marker(d) is not None
+    assert loading.random_marker(d) is not None
     ref = load(stage.run_batch([synthetic(1.0)])[0])
 
     bare = tmp_path / "bare"
     stage._net.save_pretrained(str(bare))
     stage._fe.save_pretrained(str(bare))
-    shutil.copy2(d / models.RANDOM_MARKER, bare / models.RANDOM_MARKER)
+    shutil.copy2(d / loading.RANDOM_MARKER, bare / loading.RANDOM_MARKER)
     assert np.array_equal(_embed_one(str(bare), synthetic(1.0)), ref)
 
     def legacy_names(state):
@@ -292,7 +292,7 @@ def test_tiny_model_is_the_real_layout_and_reloads_identically(stage, tiny, tmp_
 
 def test_random_weights_are_refused_unless_allowed(tiny):
     for call in (lambda s: s.setup(), lambda s: s.check_model()):
-        with pytest.raises(models.WeightsError, match="RANDOM weights") as e:
+        with pytest.raises(loading.WeightsError, match="RANDOM weights") as e:
             call(AudioEmbeddings(model=tiny["model"]))
         assert "allow_random_weights" in str(e.value)
 
@@ -301,12 +301,12 @@ def test_checkpoints_missing_learned_keys_are_refused_naming_them(tiny, tmp_path
     src = Path(tiny["model"])
     dropped = _rewrite(src, tmp_path / "dropped", lambda s: {k: v for k, v in s.items() if k != KEY})
     for call in (lambda s: s.setup(), lambda s: s.check_model()):
-        with pytest.raises(models.WeightsError, match="missing") as e:
+        with pytest.raises(loading.WeightsError, match="missing") as e:
             call(AudioEmbeddings(model=str(dropped), allow_random_weights=True))
         assert "encoder.layers.3.attention.k_proj.weight" in str(e.value)
 
     reshaped = _rewrite(src, tmp_path / "reshaped", lambda s: {**s, KEY: s[KEY][:, :700].contiguous()})
-    with pytest.raises(models.WeightsError, match="another shape"):
+    with pytest.raises(loading.WeightsError, match="another shape"):
         AudioEmbeddings(model=str(reshaped), allow_random_weights=True).setup()
 
     # only the training-time masking vector may be absent
@@ -324,16 +324,16 @@ def test_check_model_reads_headers_and_refuses_damaged_files(tiny, tmp_path):
     shutil.copytree(src, trunc)
     data = (src / "model.safetensors").read_bytes()
     (trunc / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(models.WeightsError, match="damaged or incomplete") as e:
+    with pytest.raises(loading.WeightsError, match="damaged or incomplete") as e:
         AudioEmbeddings(model=str(trunc), allow_random_weights=True).check_model()
     assert str(trunc / "model.safetensors") in str(e.value)
 
     (trunc / "model.safetensors").unlink()
-    with pytest.raises(models.WeightsError, match="no weights"):
+    with pytest.raises(loading.WeightsError, match="no weights"):
         AudioEmbeddings(model=str(trunc), allow_random_weights=True).check_model()
 
     nowhere = tmp_path / "nowhere"
-    with pytest.raises(models.WeightsError) as e:
+    with pytest.raises(loading.WeightsError) as e:
         AudioEmbeddings(model=str(nowhere)).check_model()
     assert str(nowhere) in str(e.value) and "hf download facebook/wav2vec2-base-960h" in str(e.value)
 

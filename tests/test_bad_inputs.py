@@ -61,8 +61,7 @@ def corpus_dir(tmp_path_factory) -> Path:
 def bad_build(corpus_dir, tmp_path_factory, ray_local, tiny_overrides):
     from mtcc.manifests.shard_tar import read_samples
     from mtcc.pipeline.build import build, read_manifests
-    from mtcc.pipeline.cli import resolve_config
-    from mtcc.pipeline.config import load_config
+    from mtcc.pipeline.config import load_config, resolve_config
 
     corpus = load_corpus(corpus_dir)
     work = corpus_dir.parent
@@ -156,14 +155,15 @@ def test_each_case_ends_as_its_documented_row(bad_build, name):
 
 @slow
 def test_no_error_rows_and_every_shard_committed(bad_build):
-    from mtcc.pipeline.shard import Layout, check_shard
+    from mtcc.manifests.paths import OutPaths
+    from mtcc.pipeline.shard import check_shard
 
     assert not bad_build.res.shards_failed
     known = {bad_build.corpus.path(c).name for c in bad_build.corpus.cases if c.known_issue}
     errors = [(r["source"], r["message"]) for r in bad_build.rows
               if r["reason"] == "error" and Path(r["source"]).name not in known]
     assert errors == []
-    layout = Layout(bad_build.out)
+    layout = OutPaths(bad_build.out)
     for s in bad_build.res.shards_built:
         assert check_shard(layout, s, deep=True) is None
 

@@ -46,9 +46,9 @@ def test_decode_cost_model(gop_video):
 
 
 def test_audit_counts_what_stages_read(gop_video):
+    from mtcc.media.video import open_frames
     from mtcc.stages.base import Candidate
     from mtcc.stages.probe import Probe
-    from mtcc.stages.video import open_frames
 
     c = Candidate(key="v", video_id="v", source=str(gop_video), shard=0)
     Probe().run_batch([c])
@@ -68,7 +68,7 @@ def test_audit_counts_what_stages_read(gop_video):
     assert s["frames_needed_distinct"] == 2 + 10  # frame 25 is needed by both: counted once
     assert s["ratio_decoded_per_needed"] == pytest.approx(26 / 12, abs=1e-3)
     # the hooks are gone afterwards
-    from mtcc.stages.video import VideoFrames
+    from mtcc.media.video import VideoFrames
 
     assert VideoFrames.batches.__qualname__ == "VideoFrames.batches"
 

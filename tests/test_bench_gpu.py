@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from mtcc.benchmarks.gpu import plan, projection
 from mtcc.pipeline.cli import main as cli_main
 

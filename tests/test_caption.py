@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture
 
-from mtcc.stages import models
+from mtcc.media.crops import clip_media
+from mtcc.nets import loading
 from mtcc.stages.base import Candidate
 from mtcc.stages.caption import ClipCaption, frame_times
-from mtcc.stages.crops import clip_media
 from mtcc.stages.cut import ClipCut
 from mtcc.stages.probe import Probe
 
@@ -71,11 +71,11 @@ def captions(cands: list[Candidate]) -> list[str]:
 def test_tiny_checkpoint_has_the_real_layout_and_an_offline_qwen_tokenizer(tiny):
     from transformers import AutoConfig, AutoTokenizer
 
-    from mtcc.stages.qwen_tiny import SPECIAL_TOKENS
+    from mtcc.nets.qwen_tiny import SPECIAL_TOKENS
 
     d = Path(tiny["model"])
     for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                 "tokenizer_config.json", "processor_config.json", "chat_template.jinja", models.RANDOM_MARKER):
+                 "tokenizer_config.json", "processor_config.json", "chat_template.jinja", loading.RANDOM_MARKER):
         assert (d / name).is_file(), name
     tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
     cfg = AutoConfig.from_pretrained(d, local_files_only=True)
@@ -136,7 +136,7 @@ def test_saved_copy_and_resaved_model_reload_through_the_seam_identically(tiny, 
     resaved = tmp_path / "resaved"
     copied._net.save_pretrained(resaved, max_shard_size="300KB")
     copied._processor.save_pretrained(resaved)
-    models.write_marker(resaved, "Qwen2-VL (tiny, resaved)")
+    loading.write_marker(resaved, "Qwen2-VL (tiny, resaved)")
     index = json.loads((resaved / "model.safetensors.index.json").read_text())
     n_shards = len(set(index["weight_map"].values()))
     assert n_shards > 1
@@ -162,7 +162,7 @@ def test_frame_times_at_fps_even_and_bounded(duration, fps, want):
 
 
 def test_frames_are_the_clips_source_frames_at_the_fed_size(stage, clips):
-    from mtcc.stages.video import open_frames
+    from mtcc.media.video import open_frames
 
     clip = clips[1]  # starts at 2.667 s
     times, frames = stage.frames(clip)
@@ -227,9 +227,9 @@ def test_prompts_are_left_padded_so_each_ends_where_generation_starts(stage, var
 
 def test_random_weights_refused_unless_allowed(tiny, clips):
     s = ClipCaption(model=tiny["model"], max_new_tokens=NEW)
-    with pytest.raises(models.WeightsError, match=r"RANDOM weights.*stages\.caption\.allow_random_weights=true"):
+    with pytest.raises(loading.WeightsError, match=r"RANDOM weights.*stages\.caption\.allow_random_weights=true"):
         s.setup()
-    with pytest.raises(models.WeightsError, match="RANDOM weights"):
+    with pytest.raises(loading.WeightsError, match="RANDOM weights"):
         s.check_model()
     out = s.run_batch(fresh(clips[:1]))  # inside a run: that clip is rejected with the reason, nothing written
     assert out[0].status == "rejected" and "RANDOM weights" in out[0].message and "caption.txt" not in out[0].members
@@ -253,22 +253,22 @@ def test_check_model_passes_on_tiny_and_names_what_is_wrong(tiny, tmp_path):
 
     s = broken("no_tokenizer")
     (Path(s.model) / "tokenizer.json").unlink()
-    with pytest.raises(models.WeightsError, match=r"lacks the tokenizer \(tokenizer\.json\)"):
+    with pytest.raises(loading.WeightsError, match=r"lacks the tokenizer \(tokenizer\.json\)"):
         s.check_model()
 
     s = broken("no_weights")
     (Path(s.model) / "model.safetensors").unlink()
-    with pytest.raises(models.WeightsError, match=r"lacks the model weights \(model\.safetensors or "):
+    with pytest.raises(loading.WeightsError, match=r"lacks the model weights \(model\.safetensors or "):
         s.check_model()
 
     s = broken("other_width")  # a config that does not describe these weights
     cfg = json.loads((Path(s.model) / "config.json").read_text())
     cfg["text_config"]["intermediate_size"] = 96
     (Path(s.model) / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(models.WeightsError, match=r"do not fit .*6 of another shape: model\.layers\.0\.mlp\.down_proj"):
+    with pytest.raises(loading.WeightsError, match=r"do not fit .*6 of another shape: model\.layers\.0\.mlp\.down_proj"):
         s.check_model()
 
-    with pytest.raises(models.WeightsError, match=r"does not exist \(stages\.caption\.model\)"):
+    with pytest.raises(loading.WeightsError, match=r"does not exist \(stages\.caption\.model\)"):
         ClipCaption(model=str(tmp_path / "nowhere")).check_model()
 
 

@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent("""
     import ray
     from ray.cluster_utils import Cluster
     from mtcc.pipeline.build import build
-    from mtcc.pipeline.cli import resolve_config
+    from mtcc.pipeline.config import resolve_config
     from mtcc.pipeline.config import load_config
 
     inputs, out, overrides = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
@@ -108,7 +108,7 @@ SCENARIO = textwrap.dedent("""
     import ray
     from ray.cluster_utils import Cluster
     from mtcc.pipeline.build import build
-    from mtcc.pipeline.cli import resolve_config
+    from mtcc.pipeline.config import resolve_config
     from mtcc.pipeline.config import load_config
 
     spec = json.loads(sys.argv[1])
@@ -230,8 +230,7 @@ def test_auto_pools_hold_90_percent_of_the_cluster_with_the_offline_profile(node
 def spine_ref(sample_dir, tmp_path_factory) -> Path:
     """The sample set through the spine profile in one process: the bytes every schedule must give."""
     from mtcc.pipeline.build import build
-    from mtcc.pipeline.cli import resolve_config
-    from mtcc.pipeline.config import load_config
+    from mtcc.pipeline.config import load_config, resolve_config
 
     out = tmp_path_factory.mktemp("spine_ref") / "out"
     res = build(load_config(resolve_config("spine"), OVERRIDES), [str(sample_dir)], out, runner="inprocess",

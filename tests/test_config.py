@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from mtcc.pipeline.cli import resolve_config
-from mtcc.pipeline.config import ConfigError, build_config, load_config
+from mtcc.pipeline.config import build_config, load_config, resolve_config
+from mtcc.pipeline.errors import ConfigError
 
 # these tests are about structure: the weights a profile includes (`models:`) are tested in test_models_cli.py
 NO_MODELS = ["models=null"]

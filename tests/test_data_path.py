@@ -16,10 +16,9 @@ import pytest
 
 from mtcc.benchmarks.http_source import CountingServer
 from mtcc.pipeline.build import build, read_manifests
-from mtcc.pipeline.cli import resolve_config
-from mtcc.pipeline.config import load_config
+from mtcc.pipeline.config import load_config, resolve_config
 from mtcc.pipeline.inputs import fingerprint
-from mtcc.stages.workspace import NodeWorkspace, WorkspaceError
+from mtcc.storage.workspace import NodeWorkspace, WorkspaceError
 
 MODEL_STAGES = ("separate", "sync", "masks", "audio_emb", "caption")
 
@@ -83,7 +82,7 @@ def test_cache_stays_within_its_budget_and_never_evicts_a_source_in_use(served, 
 
 
 def ws_key(url: str, fp: str) -> str:
-    from mtcc.stages.workspace import source_key
+    from mtcc.storage.workspace import source_key
 
     return source_key(url, fp)
 
@@ -186,8 +185,8 @@ def cut_clip(sample_dir):
 def test_cut_media_line_up_with_the_delivered_mp4(cut_clip, tmp_path):
     """The shared crops are cut from the very pictures the mp4 encodes: cropping the decoded mp4 with the
     same boxes gives the same crops (up to compression), frame for frame, for every clip frame."""
-    from mtcc.stages.crops import ClipMedia, clip_boxes, crop_characters
-    from mtcc.stages.video import open_frames
+    from mtcc.media.crops import ClipMedia, clip_boxes, crop_characters
+    from mtcc.media.video import open_frames
 
     media = ClipMedia(cut_clip, NodeWorkspace(tmp_path / "elsewhere"), "test")  # a node the cut did not run on
     rebuilt = media.crops()  # decoded from the mp4 member
@@ -215,8 +214,8 @@ def test_cut_puts_a_key_frame_every_second(cut_clip, tmp_path):
 
 def test_derived_crops_match_crops_cut_from_the_frame(cut_clip, tmp_path):
     """A stage's own crop geometry cut from the shared crops equals that crop cut from the picture itself."""
-    from mtcc.stages.crops import ClipMedia, CropGeometry, clip_boxes, crop_characters
-    from mtcc.stages.video import open_frames
+    from mtcc.media.crops import ClipMedia, CropGeometry, clip_boxes, crop_characters
+    from mtcc.media.video import open_frames
 
     media = ClipMedia(cut_clip, NodeWorkspace(tmp_path / "w"), "test")
     geom = CropGeometry(96, 1.2, 0.0)  # prescore's: partly outside the shared square (black there, as outside a frame)

@@ -79,12 +79,11 @@ def test_the_image_runs_the_face_detector_on_the_gpu_build_of_onnx_runtime():
 
 
 def test_device_cuda_without_the_cuda_provider_refuses_to_start_naming_the_package():
+    import onnxruntime as ort
     import pytest
 
-    from mtcc.stages.face_detectors import ProviderMissing
+    from mtcc.nets.face_detectors import ProviderMissing
     from mtcc.stages.faces import FaceTrack
-
-    import onnxruntime as ort
 
     stage = FaceTrack(detector="centerface", device="cuda")
     if "CUDAExecutionProvider" in ort.get_available_providers():  # a GPU node: it runs there, on the GPU

@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from mtcc.manifests.shard_tar import read_samples
+from mtcc.media import rle as rle_codec
 from mtcc.training.export.bya import export_bya
 from mtcc.training.export.bya_binding import IDENTITY, SWAP, mask_side, read_binding, slot_tracks, their_af_matrix
 from mtcc.training.export.bya_clip import ExportOptions, reader_windows
-from mtcc.stages import rle as rle_codec
 
 pytestmark = pytest.mark.slow
 
@@ -102,13 +102,14 @@ EXPORTED = {k for k, v in PLANTS.items() if isinstance(v[3], list)}
 
 def plant(real_out: Path, out: Path) -> dict[str, dict]:
     """Shards 0 and 1 of ``out``: the real sample under the PLANTS keys, with the planted meta."""
+    from mtcc.manifests.paths import OutPaths
+    from mtcc.pipeline.shard import commit_shard
     from mtcc.stages import SAMPLE_META, STAGES
-    from mtcc.pipeline.shard import Layout, commit_shard
     from mtcc.stages.base import Candidate
 
     (key, members), = list(read_samples(next((real_out / "shards").glob("*.tar"))))
     meta = json.loads(members.pop("json"))
-    layout = Layout(out)
+    layout = OutPaths(out)
     for d in layout.dirs():
         d.mkdir(parents=True, exist_ok=True)
     run_info = {k: meta[k] for k in ("config_hash", "pipeline_version", "versions", "profile", "models") if k in meta}
@@ -262,8 +263,8 @@ def test_rerun_writes_nothing_and_redoes_a_deleted_file(exported, planted_out):
 
 
 def test_keep_unbound_exports_the_unbound_and_says_so(planted_out, tmp_path):
-    from mtcc.training.export.bya import ExportError
     from mtcc.pipeline.lock import RunLock
+    from mtcc.training.export.bya import ExportError
 
     out, planted = planted_out
     with RunLock(tmp_path / "dest" / ".lock"), pytest.raises(ExportError, match="another export is writing"):

@@ -1,4 +1,4 @@
-"""mtcc.stages.face_detectors: CenterFace with its real weights on the generated sample videos and on
+"""mtcc.nets.face_detectors: CenterFace with its real weights on the generated sample videos and on
 real footage; the insightface/SCRFD path through a stand-in graph (plumbing only); the missing-pack
 error; a printed CPU throughput figure."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from mtcc.stages.face_detectors import (
+from mtcc.nets.face_detectors import (
     CenterFaceDetector,
     FaceDetections,
     FaceDetector,

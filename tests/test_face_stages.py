@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mtcc.media.tracking import iou_matrix
 from mtcc.pipeline.build import build, read_manifests
-from mtcc.pipeline.cli import resolve_config
-from mtcc.pipeline.config import load_config
-from mtcc.stages.tracking import iou_matrix
+from mtcc.pipeline.config import load_config, resolve_config
 
 pytestmark = pytest.mark.slow
 FPS = 25

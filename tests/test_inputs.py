@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mtcc.pipeline.inputs import InputError, discover, make_plan, slug
+from mtcc.pipeline.errors import InputError
+from mtcc.pipeline.inputs import discover, make_plan, slug
 
 
 def _touch(p, data=b"x"):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtcc.stages import models
+from mtcc.nets import loading
+from mtcc.nets.light_asd import LightASD, checkpoint_to_ours, ours_to_checkpoint
 from mtcc.stages.asd import ActiveSpeakers, load_network
-from mtcc.stages.light_asd import LightASD, checkpoint_to_ours, ours_to_checkpoint
 
 # the authors' speaking logits on fixed_input(), frames 0, 5, 10, ..., 45 and 49, and the sum of all 50
 REFERENCE_EVERY_5TH = [-1.80656, -1.61567, -1.62409, -1.44282, -1.27925, -1.11027, -0.95271, -0.80148, -0.62099,
@@ -38,7 +38,7 @@ def fixed_input() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def state(light_asd_weights):
-    return models.load_state_dict(light_asd_weights)
+    return loading.load_state_dict(light_asd_weights)
 
 
 def test_our_class_gives_the_reference_logits(state):
@@ -70,34 +70,34 @@ def test_checkpoint_names_round_trip_and_parameter_count(state):
 def test_strict_loading_refuses_a_wrong_state_dict(state, tmp_path):
     missing = {k: v for k, v in state.items() if not k.startswith("lossAV.")}
     torch.save(missing, tmp_path / "missing.model")
-    with pytest.raises(models.WeightsError, match=r"not a Light-ASD state dict.*2 missing: speaking_head"):
+    with pytest.raises(loading.WeightsError, match=r"not a Light-ASD state dict.*2 missing: speaking_head"):
         load_network(tmp_path / "missing.model")
     shaped = dict(state)
     shaped["lossAV.FC.weight"] = torch.zeros(3, 128)
     torch.save(shaped, tmp_path / "shaped.model")
-    with pytest.raises(models.WeightsError, match=r"of another shape: speaking_head.weight \(3, 128\)"):
+    with pytest.raises(loading.WeightsError, match=r"of another shape: speaking_head.weight \(3, 128\)"):
         load_network(tmp_path / "shaped.model")
     extra = {**state, "model.extra.weight": torch.zeros(1)}
     torch.save(extra, tmp_path / "extra.model")
-    with pytest.raises(models.WeightsError, match=r"1 unexpected: model.extra.weight"):
+    with pytest.raises(loading.WeightsError, match=r"1 unexpected: model.extra.weight"):
         load_network(tmp_path / "extra.model")
 
 
 def test_random_weights_refused_unless_allowed(tmp_path):
     made = ActiveSpeakers.make_tiny(tmp_path)
-    with pytest.raises(models.WeightsError, match="RANDOM weights.*allow_random_weights=true"):
+    with pytest.raises(loading.WeightsError, match="RANDOM weights.*allow_random_weights=true"):
         ActiveSpeakers(model=made["model"]).setup()
     stage = ActiveSpeakers(**made)
     stage.setup()
     assert stage._random
     assert "random weights" in stage.check_model()
     # make-tiny writes the public checkpoint's layout: it loads through the same strict path
-    assert set(models.load_state_dict(tmp_path / "asd" / "light_asd_random.model")) == set(
+    assert set(loading.load_state_dict(tmp_path / "asd" / "light_asd_random.model")) == set(
         ours_to_checkpoint(LightASD().state_dict()))
 
 
 def test_missing_weights_name_the_fix(tmp_path):
-    with pytest.raises(models.WeightsError, match="mtcc models fetch DIR --only asd"):
+    with pytest.raises(loading.WeightsError, match="mtcc models fetch DIR --only asd"):
         ActiveSpeakers(model=str(tmp_path / "nope.model")).setup()
-    with pytest.raises(models.WeightsError, match="without finetuning_TalkSet.model"):
+    with pytest.raises(loading.WeightsError, match="without finetuning_TalkSet.model"):
         ActiveSpeakers(model=str(tmp_path)).setup()

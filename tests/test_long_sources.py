@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from mtcc.pipeline.build import build
-from mtcc.pipeline.cli import resolve_config
-from mtcc.pipeline.config import load_config
+from mtcc.pipeline.config import load_config, resolve_config
 
 pytestmark = pytest.mark.slow
 

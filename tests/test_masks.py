@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture
 from PIL import Image
 
-from mtcc.stages import models, sam2_model
-from mtcc.stages import rle as rle_codec
+from mtcc.media import rle as rle_codec
+from mtcc.media.geometry import LatentGeometry, letterbox_mask, route_index_mask
+from mtcc.media.mask_outputs import cutout, mask_stats, masks_json, ref_window, route_windows
+from mtcc.nets import loading, sam2_model
+from mtcc.nets.mask_tracking import FrameMasks, drifted, face_cover, prompt_frame, track
 from mtcc.stages.base import Candidate
-from mtcc.stages.geometry import LatentGeometry, letterbox_mask, route_index_mask
 from mtcc.stages.cut import even_size as clip_size
-from mtcc.stages.mask_outputs import cutout, mask_stats, masks_json, ref_window, route_windows
-from mtcc.stages.mask_tracking import FrameMasks, drifted, face_cover, prompt_frame, track
 from mtcc.stages.masks import CharacterMasks
 
 GEO = LatentGeometry()
@@ -385,27 +385,27 @@ def test_check_model_passes_on_make_tiny_output(tiny):
     assert "sam2.1_hiera_mtcc_tiny.yaml" in msg and "match" in msg and "RANDOM" in msg
     yaml_text = next(Path(tiny["model"]).glob("*.yaml")).read_text()
     assert "sam2.modeling.sam2_base.SAM2Base" in yaml_text and "image_size: 128" in yaml_text
-    state = models.load_state_dict(next(Path(tiny["model"]).glob("*.pt")))
+    state = loading.load_state_dict(next(Path(tiny["model"]).glob("*.pt")))
     assert any(k.startswith("image_encoder.trunk.") for k in state)
 
 
 def test_random_weights_are_refused_unless_allowed(tiny):
     s = CharacterMasks(model=tiny["model"])
-    with pytest.raises(models.WeightsError, match="RANDOM weights.*allow_random_weights"):
+    with pytest.raises(loading.WeightsError, match="RANDOM weights.*allow_random_weights"):
         s.setup()
-    with pytest.raises(models.WeightsError, match="RANDOM weights"):
+    with pytest.raises(loading.WeightsError, match="RANDOM weights"):
         s.check_model()
 
 
 def test_checkpoint_with_a_missing_key_is_refused_naming_it(tiny, tmp_path):
     d = copy_model(tiny, tmp_path / "broken")
     pt = next(d.glob("*.pt"))
-    state = models.load_state_dict(pt)
+    state = loading.load_state_dict(pt)
     del state["sam_mask_decoder.iou_token.weight"]
     torch.save({"model": state}, pt)
     s = CharacterMasks(model=str(d), allow_random_weights=True)
     for call in (s.setup, s.check_model):
-        with pytest.raises(models.WeightsError, match=r"1 missing: sam_mask_decoder\.iou_token\.weight.*"
+        with pytest.raises(loading.WeightsError, match=r"1 missing: sam_mask_decoder\.iou_token\.weight.*"
                                                       r"hf download facebook/sam2\.1-hiera-large"):
             call()
 
@@ -448,7 +448,7 @@ def test_model_locations(tiny, tmp_path, monkeypatch):
     assert "match" in s.check_model()
     # two checkpoints in one directory: ambiguous
     shutil.copy(pt, d / "other.pt")
-    with pytest.raises(models.WeightsError, match="2 .pt files"):
+    with pytest.raises(loading.WeightsError, match="2 .pt files"):
         CharacterMasks(model=str(d), allow_random_weights=True).check_model()
     # relative local paths are pinned where the config is read; hub ids and packaged configs are not
     monkeypatch.chdir(tmp_path)
@@ -459,7 +459,7 @@ def test_model_locations(tiny, tmp_path, monkeypatch):
 
 
 def test_packaged_large_config_passes_the_target_check():
-    path = models.packaged_file("sam2", "configs", "sam2.1", "sam2.1_hiera_l.yaml", install="sam2")
+    path = loading.packaged_file("sam2", "configs", "sam2.1", "sam2.1_hiera_l.yaml", install="sam2")
     data = sam2_model.read_config(path)
     node = sam2_model.predictor_config(data, path)
     assert node["_target_"] == "sam2.sam2_video_predictor.SAM2VideoPredictor"

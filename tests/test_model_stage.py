@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from mtcc.pipeline.executor import Executor, InProcessExecutor, StageSetupError, Ticket
+from mtcc.pipeline.errors import StageSetupError
+from mtcc.pipeline.executor import Executor, InProcessExecutor, Ticket
 from mtcc.pipeline.ray_executor import RayExecutor
 from mtcc.stages import STAGES
 from mtcc.stages.base import Candidate, Stage

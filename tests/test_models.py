@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtcc.stages.models import WeightsError, packaged_file
+from mtcc.nets.loading import WeightsError, packaged_file
 
 
 def test_packaged_file_finds_shipped_weights_without_importing():

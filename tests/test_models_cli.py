@@ -21,14 +21,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtcc.pipeline.cli import main, resolve_config
-from mtcc.pipeline.config import ConfigError, config_from_dump, load_config
-from mtcc.pipeline.models.archive import extract_members
-from mtcc.pipeline.models.download import download_url
-from mtcc.pipeline.models.modelsfile import MODELS_FILE, load_models_file, write_models_file
-from mtcc.pipeline.models.pins import ModelsError, Pin, every_entry, pinned_table
-from mtcc.stages.hashing import file_digest
+from mtcc.pipeline.cli import main
+from mtcc.pipeline.config import config_from_dump, load_config, resolve_config
+from mtcc.pipeline.errors import ConfigError
+from mtcc.pipeline.weights.archive import extract_members
+from mtcc.pipeline.weights.download import download_url
+from mtcc.pipeline.weights.modelsfile import MODELS_FILE, load_models_file, write_models_file
+from mtcc.pipeline.weights.pins import ModelsError, Pin, every_entry, pinned_table
 from mtcc.stages import STAGES
+from mtcc.storage.hashing import file_digest
 
 DEAD = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
 
@@ -427,7 +428,7 @@ def test_fetch_verifies_light_asd_against_its_pinned_sha256(server, tmp_path, ca
 
 
 LOAD_OFFLINE = """
-from mtcc.pipeline.cli import resolve_config
+from mtcc.pipeline.config import resolve_config
 from mtcc.pipeline.config import load_config
 cfg = load_config(resolve_config("offline"))
 print(cfg.models.path)

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from mtcc.pipeline.build import BuildError, build, read_manifests
-from mtcc.pipeline.cli import resolve_config
-from mtcc.pipeline.config import load_config
-from mtcc.pipeline.lock import LockBusy, RunLock
-from mtcc.pipeline.shard import Layout, check_shard
-from mtcc.stages.media import ffprobe
+from mtcc.manifests.paths import OutPaths
+from mtcc.media.ffmpeg import ffprobe
+from mtcc.pipeline.build import build, read_manifests
+from mtcc.pipeline.config import load_config, resolve_config
+from mtcc.pipeline.errors import BuildError, LockBusy
+from mtcc.pipeline.lock import RunLock
+from mtcc.pipeline.shard import check_shard
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +162,7 @@ def test_verify_finds_corruption_and_the_rerun_redoes_exactly_that_shard(built, 
     src, _ = built
     out = tmp_path / "copy"
     shutil.copytree(src, out)
-    layout = Layout(out)
+    layout = OutPaths(out)
     tar = layout.tar(1)
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
     man = layout.manifest(2)
@@ -246,19 +247,19 @@ def test_changed_config_is_refused_unless_forced(built, sample_dir, tmp_path):
 
 def test_second_run_on_same_out_is_refused_and_a_stale_lock_taken_over(tmp_path, sample_dir):
     out = tmp_path / "locked"
-    with RunLock(Layout(out).lock):
+    with RunLock(OutPaths(out).lock):
         with pytest.raises(LockBusy, match="being written by pid"):
             build(cfg(), [str(sample_dir)], out, runner="inprocess", progress=False)
     # a run killed with SIGKILL leaves its lock file behind, with its pid in it
     child = subprocess.Popen([sys.executable, "-c",
                               "import sys; from pathlib import Path; from mtcc.pipeline.lock import RunLock\n"
                               "l = RunLock(Path(sys.argv[1])).__enter__(); print('locked', flush=True)\n"
-                              "import time; time.sleep(60)", str(Layout(out).lock)], stdout=subprocess.PIPE, text=True)
+                              "import time; time.sleep(60)", str(OutPaths(out).lock)], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "locked"
     child.kill()
     child.wait()
-    assert Layout(out).lock.read_text()  # left behind
-    lock = RunLock(Layout(out).lock)
+    assert OutPaths(out).lock.read_text()  # left behind
+    lock = RunLock(OutPaths(out).lock)
     with lock:
         assert lock.took_over and lock.took_over["pid"] == child.pid
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from mtcc.pipeline.cli import resolve_config
-from mtcc.pipeline.config import load_config
+from mtcc.pipeline.config import load_config, resolve_config
+from mtcc.pipeline.errors import PlanError
 from mtcc.pipeline.flow import StageLoad
-from mtcc.pipeline.pools import EPS, Node, PlanError, Shape, StageNeed, cluster_nodes, plan_pools
+from mtcc.pipeline.pools import EPS, Node, Shape, StageNeed, cluster_nodes, plan_pools
 from mtcc.pipeline.ray_executor import expected_needs, measured_needs
 
 GIB = 1 << 30

@@ -12,12 +12,11 @@ import pytest
 import soundfile as sf
 
 from mtcc.stages.base import Candidate
+from mtcc.stages.cut import ClipCut
 from mtcc.stages.faces import FaceTrack
-from mtcc.stages.prescore import (HOP, MouthPrescore, highpass, mouth_regions, repeated_frames, speech_activity,
-                                  xcorr)
+from mtcc.stages.prescore import HOP, MouthPrescore, highpass, mouth_regions, repeated_frames, speech_activity, xcorr
 from mtcc.stages.probe import Probe
 from mtcc.stages.segment import TwoFaceSegments
-from mtcc.stages.cut import ClipCut
 
 RATE = 16000
 NAMES = ["two_talk", "two_talk_30fps"]

@@ -1,5 +1,5 @@
 """A throttled object store is a normal day: every remote read and write rides out 503 Slow Down, 429, cut
-bodies and reset connections (stages/remote_io.py), nothing half-read is used, and a source that is really
+bodies and reset connections (storage/remote_io.py), nothing half-read is used, and a source that is really
 gone or was replaced becomes one manifest row. Servers run on this machine: the range server of
 benchmarks/http_source.py and moto's S3 server, each behind the fault-injecting proxy of
 benchmarks/flaky_store.py, so a flaky build and a healthy one read the same URLs."""
@@ -20,10 +20,9 @@ import pytest
 from mtcc.benchmarks.flaky_store import Faults, FlakyProxy
 from mtcc.benchmarks.http_source import CountingServer
 from mtcc.pipeline.build import build
-from mtcc.pipeline.cli import main, resolve_config
-from mtcc.pipeline.config import load_config
-from mtcc.stages.remote_io import (RemoteIO, RetriesExhausted, RetryPolicy, ShortRead, describe, http_status,
-                                   transient)
+from mtcc.pipeline.cli import main
+from mtcc.pipeline.config import load_config, resolve_config
+from mtcc.storage.remote_io import RemoteIO, RetriesExhausted, RetryPolicy, ShortRead, describe, http_status, transient
 
 # quick retries: the schedule of faults is fixed, the waits only slow the test
 FAST = ["run.remote.backoff_s=0.01", "run.remote.max_backoff_s=0.05", "run.remote.range_mb=0.25"]
@@ -323,7 +322,7 @@ def test_training_loader_reads_shards_through_a_throttled_store(s3, flaky_s3, s3
     """The loader's shard listing and its ranged tar reads (stages.remote_io.open_read) on a store that cuts
     and refuses: the same samples, member for member, as from the healthy store."""
     from mtcc.manifests.shard_tar import read_samples
-    from mtcc.stages.remote_io import open_read
+    from mtcc.storage.remote_io import open_read
     from mtcc.training.shards import resolve_shards
 
     def samples() -> dict[str, str]:

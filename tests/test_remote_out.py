@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from mtcc.manifests.shard_tar import read_samples
-from mtcc.pipeline.build import BuildError, build
-from mtcc.pipeline.cli import resolve_config
-from mtcc.pipeline.config import load_config
-from mtcc.pipeline.lock import LockBusy
+from mtcc.pipeline.build import build
+from mtcc.pipeline.config import load_config, resolve_config
+from mtcc.pipeline.errors import BuildError, LockBusy
 from mtcc.pipeline.remote import claim_staging
 
 pytestmark = pytest.mark.slow

@@ -26,11 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.report import evenly, pick_rejected, write_report
 from mtcc.pipeline.build import build, read_manifests
-from mtcc.pipeline.cli import main, resolve_config
-from mtcc.pipeline.config import load_config
-from mtcc.pipeline.shard import Layout
+from mtcc.pipeline.cli import main
+from mtcc.pipeline.config import load_config, resolve_config
 
 HOSTILE = "<img src=x onerror=alert('x')><script>alert(1)<\\script> \"q\" &.mp4"
 PLOTS = ["funnel", "rejections", "duration_video", "duration_clip", "face_size", "distance_ratio", "sync_c",
@@ -377,7 +377,7 @@ def test_empty_out_says_there_is_no_plan(tmp_path):
 
 
 def test_planned_but_uncommitted_out_lists_pending_shards(tmp_path):
-    layout = Layout(tmp_path)
+    layout = OutPaths(tmp_path)
     pq.write_table(pa.table({"shard": [0, 0, 1], "source": ["/v/a.mp4", "/v/" + HOSTILE, "/v/c.mp4"]}),
                    layout.plan)
     (tmp_path / "shards").mkdir()

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture, weights_error
 import soundfile as sf
+from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture, weights_error
 
-from mtcc.stages import models
+from mtcc.media.ffmpeg import ff_input, run_tool
+from mtcc.media.windows import window_starts
+from mtcc.nets import loading
+from mtcc.nets.vad import speech_segments
 from mtcc.stages import separate as sep
 from mtcc.stages.base import Candidate
-from mtcc.stages.media import ff_input, run_tool
 from mtcc.stages.separate import SpeechSeparation
-from mtcc.stages.vad import speech_segments
-from mtcc.stages.windows import window_starts
 
 RATE = 16000
 
@@ -222,7 +222,7 @@ def test_tiny_model_reads_its_reduced_settings_back(stage, tiny):
     net = stage._net
     assert net.sep_network.encoder.N == sep.TINY_AUDIO["encoder_out_nchannels"] != 512
     assert len(net.sep_network.separator.masknet.dual_mdl[0].intra_mdl.mdl.flashT.layers) == 1
-    assert models.random_marker(Path(tiny["model"])) is not None
+    assert loading.random_marker(Path(tiny["model"])) is not None
 
 
 def test_random_weights_are_refused_unless_allowed(tiny):
@@ -239,7 +239,7 @@ def test_missing_weights_name_the_path_and_how_to_get_them(tmp_path):
     msg = weights_error(SpeechSeparation(model=str(empty)))
     assert str(empty / "last_best_checkpoint") in msg and "hf download" in msg
     (empty / "last_best_checkpoint").write_text("gone.pt\n")
-    with pytest.raises(models.WeightsError, match="gone.pt"):
+    with pytest.raises(loading.WeightsError, match="gone.pt"):
         SpeechSeparation(model=str(empty)).setup()
 
 
@@ -247,9 +247,9 @@ def _rewrite(src: Path, dst: Path, edit) -> Path:
     import torch
 
     dst.mkdir()
-    for f in (sep.NETWORK_FILE, models.RANDOM_MARKER, sep.BEST_FILE):
+    for f in (sep.NETWORK_FILE, loading.RANDOM_MARKER, sep.BEST_FILE):
         shutil.copy2(src / f, dst / f)
-    state = models.load_state_dict(src / "last_best_checkpoint.pt")
+    state = loading.load_state_dict(src / "last_best_checkpoint.pt")
     torch.save({"model": edit(dict(state))}, dst / "last_best_checkpoint.pt")
     return dst
 
@@ -259,12 +259,12 @@ def test_checkpoints_are_loaded_strictly(tiny, tmp_path):
     key = "sep_network.encoder.conv1d_U.weight"
 
     renamed = _rewrite(src, tmp_path / "renamed", lambda s: {("x." + k if k == key else k): v for k, v in s.items()})
-    with pytest.raises(models.WeightsError, match="strictly") as e:
+    with pytest.raises(loading.WeightsError, match="strictly") as e:
         SpeechSeparation(model=str(renamed), allow_random_weights=True).setup()
     assert key in str(e.value) and "x." + key in str(e.value)
 
     dropped = _rewrite(src, tmp_path / "dropped", lambda s: {k: v for k, v in s.items() if "av_conv" not in k})
-    with pytest.raises(models.WeightsError, match="missing"):
+    with pytest.raises(loading.WeightsError, match="missing"):
         SpeechSeparation(model=str(dropped), allow_random_weights=True).setup()
 
     # the same weights behind DDP's "module." prefix load, and give the same network
@@ -272,10 +272,10 @@ def test_checkpoints_are_loaded_strictly(tiny, tmp_path):
     s = SpeechSeparation(model=str(ddp), allow_random_weights=True)
     s.setup()
     w = s._net.state_dict()[key]
-    assert np.array_equal(w.numpy(), models.load_state_dict(src / "last_best_checkpoint.pt")[key].numpy())
+    assert np.array_equal(w.numpy(), loading.load_state_dict(src / "last_best_checkpoint.pt")[key].numpy())
 
     # without the saved settings the packaged full-size YAML is used: the reduced weights do not fit it
     full = _rewrite(src, tmp_path / "full", lambda s: s)
     (full / sep.NETWORK_FILE).unlink()
-    with pytest.raises(models.WeightsError, match="packaged YAML"):
+    with pytest.raises(loading.WeightsError, match="packaged YAML"):
         SpeechSeparation(model=str(full), allow_random_weights=True).setup()

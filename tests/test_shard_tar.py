@@ -121,7 +121,8 @@ def test_member_subsets_name_schema_members():
 def test_sample_json_carries_the_info_its_stages_declare(tmp_path):
     """The json of a sample holds the ``Candidate.info`` entries its stages declare as sample meta, and no
     other info: the writer learns them from the stages, and an undeclared entry stays out of the shard."""
-    from mtcc.pipeline.shard import Layout, commit_shard
+    from mtcc.manifests.paths import OutPaths
+    from mtcc.pipeline.shard import commit_shard
     from mtcc.stages import SAMPLE_META, STAGES
 
     assert {"separate", "asd", "sync", "masks", "audio_emb", "caption"} == set(SAMPLE_META)
@@ -129,7 +130,7 @@ def test_sample_json_carries_the_info_its_stages_declare(tmp_path):
     info = {"sync": {"a_ac": [[1, 0], [0, 1]]}, "asd": {"turns": 3}, "clip_faces": {"frames": 9}, "probe": {"fps": 25}}
     c = Candidate(key="k0", video_id="k0", source="/in/k0.mp4", shard=0, level="clip", status="kept",
                   info=info, members={"mp4": b"v"})
-    layout = Layout(tmp_path)
+    layout = OutPaths(tmp_path)
     for d in layout.dirs():
         d.mkdir(parents=True)
     commit_shard(layout, 0, [c], [STAGES["sync"], STAGES["faces"]], {"config_hash": "h"})

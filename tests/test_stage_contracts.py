@@ -8,8 +8,8 @@ import dataclasses
 
 import pytest
 
-from mtcc.pipeline.cli import resolve_config
-from mtcc.pipeline.config import ConfigError, build_config, load_config
+from mtcc.pipeline.config import build_config, load_config, resolve_config
+from mtcc.pipeline.errors import ConfigError
 from mtcc.stages import STAGES
 from mtcc.stages.base import CLIP_MEDIA, FROM_INPUT, Candidate, Info, Member, Stat
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import talk_clips, tiny_fixture, weights_error
 import soundfile as sf
 import torch
+from conftest import talk_clips, tiny_fixture, weights_error
 
-from mtcc.stages import models
+from mtcc.nets import loading
+from mtcc.nets.sync_math import VSHIFT, binding, cross_matrix, distance_curve, sync_score
 from mtcc.stages import sync as sync_mod
 from mtcc.stages.base import Candidate
 from mtcc.stages.sync import SyncScores, shift_frames
-from mtcc.stages.sync_math import VSHIFT, binding, cross_matrix, distance_curve, sync_score
 
 RATE = 16000
 
@@ -183,8 +183,8 @@ def alone(stage, clips, sample_dir) -> tuple[Candidate, float]:
 def test_make_tiny_writes_the_real_class_with_a_marker(tiny):
     path = Path(tiny["model"])
     assert path.name == "syncnet_v2_random.model" and path.parent.name == "sync" and tiny["allow_random_weights"]
-    assert models.random_marker(path)["weights"] == "random"
-    state = models.load_state_dict(path)
+    assert loading.random_marker(path)["weights"] == "random"
+    state = loading.load_state_dict(path)
     ref = sync_mod.syncnet_class()().state_dict()
     assert set(state) == set(ref) and all(state[k].shape == ref[k].shape for k in ref)
     assert sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k) > 13_000_000
@@ -266,14 +266,14 @@ def test_missing_weights_name_the_path_and_how_to_get_them(tmp_path):
     msg = weights_error(SyncScores(model=str(missing)))
     assert str(missing) in msg and "syncnet_v2.model" in msg and "syncnet_python" in msg
     assert "robots.ox.ac.uk" in msg
-    with pytest.raises(models.WeightsError, match="stages.sync.model"):
+    with pytest.raises(loading.WeightsError, match="stages.sync.model"):
         SyncScores().setup()
 
 
 def test_wrong_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "syncnet_v2.model"
     torch.save({"conv.weight": torch.zeros(3)}, bad)
-    with pytest.raises(models.WeightsError, match="not a SyncNet v2 state dict"):
+    with pytest.raises(loading.WeightsError, match="not a SyncNet v2 state dict"):
         SyncScores(model=str(bad)).setup()
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtcc.media.tracking import associate, fill_and_smooth, interpolate, iou_matrix
 from mtcc.stages.segment import runs, windows
-from mtcc.stages.tracking import associate, fill_and_smooth, interpolate, iou_matrix
 
 
 def det(*boxes):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtcc.pipeline.config import ConfigError
-from mtcc.stages.geometry import LatentGeometry
+from mtcc.media.geometry import LatentGeometry
+from mtcc.pipeline.errors import ConfigError
 from mtcc.training import checkpoint as ckpt
 from mtcc.training.config import LossConfig, ModelConfig, load_train_config
 from mtcc.training.losses import iou_counts, iou_from_counts, layer_variance, router_loss, st_gradient

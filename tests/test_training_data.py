@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from mtcc.stages.geometry import LatentGeometry
+from mtcc.media.geometry import LatentGeometry
 from mtcc.training import loader
 from mtcc.training.decode import decode_video, mp4_size, npy_view, route_from_rle
-from mtcc.training.stream import STATS
 from mtcc.training.filters import FilterError, parse_condition, parse_filters
+from mtcc.training.stream import STATS
 from mtcc.training.synthetic import CODE_BLOCK, FRAME_CODE_BASE, FRAME_CODE_STEP, write_shards
 
 SHARD_GEO = LatentGeometry(frames=9, height=64, width=96)

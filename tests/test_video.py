@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import clips_through_stages
 
+from mtcc.media.tracking import iou_matrix
+from mtcc.media.video import open_frames
 from mtcc.stages.base import Candidate
 from mtcc.stages.probe import Probe
-from mtcc.stages.tracking import iou_matrix
-from mtcc.stages.video import open_frames
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_constant_rate_keeps_frame_i_at_i_over_fps(ramp, backend, monkeypatch):
 def test_clip_frames_are_the_source_frames_the_stages_map_them_to(ramp, container, tmp_path):
     """The clip the cut encodes shows, frame by frame, the source frames that segment's face tracks were
     placed at for it (clip_source_frames): what the clip shows is the fixture's truth, read from its pixels."""
-    from mtcc.stages.crops import clip_source_frames
+    from mtcc.media.crops import clip_source_frames
     from mtcc.stages.cut import ClipCut
 
     path = ramp[container]
@@ -182,7 +182,7 @@ def cross_vfr(sample_dir, tmp_path_factory):
 
 
 def test_face_boxes_of_variable_rate_footage_sit_at_their_times(cross_vfr, sample_dir):
-    from mtcc.stages.video import FrameClock
+    from mtcc.media.video import FrameClock
 
     truth = json.loads((sample_dir / "two_cross.truth.json").read_text())
     clips = clips_through_stages(cross_vfr, max_seconds=3.0)  # several windows: inner bounds are snapped
@@ -228,8 +228,7 @@ def phone_build(real_dir, light_asd_weights, tiny_overrides, tmp_path_factory):
     """The real same-scene fixture as it is and stored sideways with each display rotation that turns it
     upright again, built together (offline profile, real Light-ASD, the stages after asd off)."""
     from mtcc.pipeline.build import build
-    from mtcc.pipeline.cli import resolve_config
-    from mtcc.pipeline.config import load_config
+    from mtcc.pipeline.config import load_config, resolve_config
 
     base = tmp_path_factory.mktemp("phone")
     videos = base / "videos"

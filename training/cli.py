@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve(name: str) -> Path:
-    from mtcc.pipeline.cli import resolve_config
+    from mtcc.pipeline.config import resolve_config
 
     return resolve_config(name)
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mtcc.pipeline.config import ConfigError
+    from mtcc.pipeline.errors import ConfigError
 
     p = argparse.ArgumentParser(prog="python -m mtcc.training", description="Train the MTCC embedding router.")
     add_arguments(p)

@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mtcc.pipeline.config import ConfigError, apply_overrides, read_yaml, validation_problems
-from mtcc.stages.geometry import LatentGeometry
+from mtcc.media.geometry import LatentGeometry
+from mtcc.pipeline.config import apply_overrides, read_yaml, validation_problems
+from mtcc.pipeline.errors import ConfigError
 
 __all__ = ["ConfigError", "DataConfig", "LaunchConfig", "LossConfig", "ModelConfig", "OptimConfig", "RayLaunch",
            "RunConfig", "TrainConfig", "load_train_config"]

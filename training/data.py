@@ -84,7 +84,7 @@ class Loader:
     def _check_filters(self) -> None:
         import pyarrow.parquet as pq
 
-        from mtcc.stages.remote_io import open_read
+        from mtcc.storage.remote_io import open_read
 
         with_manifest = [s for s in self.shards if s.manifest is not None]
         if not with_manifest:

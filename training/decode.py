@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mtcc.stages.geometry import LatentGeometry, letterbox_mask, route_index_mask
+from mtcc.media.geometry import LatentGeometry, letterbox_mask, route_index_mask
 
 
 def npy_view(data: bytes) -> np.ndarray:
@@ -119,7 +119,7 @@ def decode_video(data: bytes, idx: Sequence[int], geo: LatentGeometry, threads: 
 def route_from_rle(doc: dict[str, Any], idx: Sequence[int], geo: LatentGeometry) -> np.ndarray:
     """int8 flattened routing mask of clip frames ``idx`` from ``masks.rle.json``, by the masks stage's
     recipe: each character's mask letterboxed onto the canvas, trilinear to the grid, > threshold."""
-    from mtcc.stages import rle as rle_codec
+    from mtcc.media import rle as rle_codec
 
     chars = sorted(doc["characters"], key=lambda c: int(c["index"]))
     canvas = np.zeros((len(chars), len(idx), geo.height, geo.width), np.uint8)

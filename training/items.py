@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtcc.stages.geometry import LatentGeometry
+from mtcc.media.geometry import LatentGeometry
 
 from .config import DataConfig
 from .decode import decode_jpeg, decode_video, letterbox_square, npy_view, route_from_rle, window_frames

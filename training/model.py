@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtcc.stages.geometry import LatentGeometry
+from mtcc.media.geometry import LatentGeometry
 
 from .config import ModelConfig
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtcc.stages.remote_io import RemoteIO
+from mtcc.storage.remote_io import RemoteIO
 
 log = logging.getLogger("mtcc.training")
 

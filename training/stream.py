@@ -27,7 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mtcc.manifests.members import members_except
 from mtcc.manifests.shard_tar import read_samples
-from mtcc.stages.remote_io import open_read
+from mtcc.storage.remote_io import open_read
 
 from .config import DataConfig
 from .filters import Condition, passing_keys

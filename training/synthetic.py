@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from mtcc.stages.geometry import LatentGeometry, letterbox_mask, route_index_mask
-from mtcc.stages.media import BITEXACT_FLAGS
-from mtcc.stages.npy import npy_bytes
+from mtcc.media.ffmpeg import BITEXACT_FLAGS
+from mtcc.media.geometry import LatentGeometry, letterbox_mask, route_index_mask
+from mtcc.media.npy import npy_bytes
 
 FRAME_CODE_BASE, FRAME_CODE_STEP = 16, 6
 CODE_BLOCK = 24  # px of the frame-index block at clip resolution
@@ -99,7 +99,7 @@ def _flac(n: int) -> bytes:
 def make_sample(key: str, index: int, frames: int, size: tuple[int, int], geo: LatentGeometry, *,
                 route: bool = True, a_ac: bool = True) -> tuple[dict[str, bytes], dict[str, Any], Planted]:
     """(members, candidate info, truth) of one synthetic sample."""
-    from mtcc.stages import rle as rle_codec
+    from mtcc.media import rle as rle_codec
 
     w, h = size
     masks = np.stack([_ellipses(t, w, h) for t in range(frames)], axis=1)  # [2, T, h, w]
@@ -147,11 +147,12 @@ def write_shards(out: str | Path, n_shards: int, per_shard: int, *, frames: int 
     """An MTCC output folder ``out`` with ``n_shards`` committed shards of ``per_shard`` samples (plus
     ``rejected_per_shard`` rejected manifest rows each); ``frames`` may cycle through several lengths.
     Returns the planted truth by key."""
-    from mtcc.pipeline.shard import Layout, commit_shard, write_tar
+    from mtcc.manifests.paths import OutPaths
+    from mtcc.pipeline.shard import commit_shard, write_tar
     from mtcc.stages.base import Candidate
 
     geo = geometry or LatentGeometry(frames=9, height=64, width=96)
-    layout = Layout(Path(out))
+    layout = OutPaths(Path(out))
     for d in layout.dirs():
         d.mkdir(parents=True, exist_ok=True)
     lengths = frames if isinstance(frames, list) else [frames]

@@ -62,7 +62,8 @@ def profile_settings(name: str) -> tuple[list[str], dict[str, dict[str, Any]], s
     """(stage order, per model stage the settings taken from the profile, profile path). The YAML is read
     as data: its ``models:`` include names weights, which the benchmark does not load."""
     import yaml
-    from mtcc.pipeline.cli import resolve_config
+
+    from mtcc.pipeline.config import resolve_config
 
     path = resolve_config(name)
     raw = yaml.safe_load(Path(path).read_text()) or {}

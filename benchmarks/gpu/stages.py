@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from mtcc.media.windows import window_starts
 from mtcc.stages.cut import even_size
-from mtcc.stages.windows import window_starts
 
 from .plan import BenchError
 from .timing import Work
@@ -123,8 +123,8 @@ def bench_separate(device: Any, tiny: bool, clip: ClipShape, settings: dict[str,
 def bench_asd(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, Any], rng: np.random.Generator) -> Bench:
     import torch
 
+    from mtcc.nets.light_asd import LightASD
     from mtcc.stages import asd as asd_stage
-    from mtcc.stages.light_asd import LightASD
 
     net = LightASD().fuse().to(device)  # one size: make-tiny writes the real 1.0 M-parameter class too
     stage = asd_stage.ActiveSpeakers(**settings, device=str(device))
@@ -181,10 +181,11 @@ def bench_masks(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, An
     import warnings
 
     import torch
+
+    from mtcc.nets import loading as stage_models
+    from mtcc.nets import mask_tracking as mtrack
+    from mtcc.nets import sam2_model
     from mtcc.stages import masks as mk
-    from mtcc.stages import mask_tracking as mtrack
-    from mtcc.stages import models as stage_models
-    from mtcc.stages import sam2_model
 
     base = mk.TINY_BASE if tiny else SAM2_LARGE
     cfg = stage_models.packaged_file("sam2", *base, install=sam2_model.INSTALL)
@@ -236,8 +237,9 @@ def bench_masks(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, An
 def bench_audio_emb(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, Any],
                     rng: np.random.Generator) -> Bench:
     import torch
-    from mtcc.stages import audio_emb as ae
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from mtcc.stages import audio_emb as ae
 
     stage = ae.AudioEmbeddings(**settings, device=str(device))
     config = Wav2Vec2Config(**(ae.TINY if tiny else WAV2VEC2_BASE))
@@ -268,14 +270,15 @@ def bench_audio_emb(device: Any, tiny: bool, clip: ClipShape, settings: dict[str
 def bench_caption(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, Any], rng: np.random.Generator,
                   new_tokens: int) -> Bench:
     import torch
-    from mtcc.stages import caption as cp
-    from mtcc.stages import models as stage_models
-    from mtcc.stages import qwen_tiny
     from transformers import (
         GenerationConfig,
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
     )
+
+    from mtcc.nets import loading as stage_models
+    from mtcc.nets import qwen_tiny
+    from mtcc.stages import caption as cp
 
     stage_models.quiet_transformers()
     stage = cp.ClipCaption(**settings, device=str(device), max_new_tokens=new_tokens)

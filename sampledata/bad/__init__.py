@@ -3,7 +3,7 @@ documented behaviour promises for it.
 
 ``corpus.generate_bad(dir, seed=0)`` renders one short two-person talking scene and derives every variant from
 it with ffmpeg (argument lists only; hostile names are given to files by ``os.rename`` after encoding
-under a plain name, so the generator never hands one to a tool either). Layout::
+under a plain name, so the generator never hands one to a tool either). OutPaths::
 
     DIR/videos/<case files>            the cases named in inputs.txt (+ a folder, links, a FIFO)
     DIR/odd_names/<case files>         names a one-path-per-line list cannot carry (a newline, bytes that

@@ -7,7 +7,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from mtcc.stages.media import BITEXACT, BITEXACT_FLAGS, NO_METADATA
+from mtcc.media.ffmpeg import BITEXACT, BITEXACT_FLAGS, NO_METADATA
 
 from .. import broken
 

@@ -3,7 +3,7 @@ kept clips, or at least be processed without an error."""
 
 from __future__ import annotations
 
-from mtcc.stages.media import BITEXACT
+from mtcc.media.ffmpeg import BITEXACT
 
 from .base import BASE_SECONDS
 from .case import KEPT, PROCESSED, Plan, vid

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from mtcc.stages.media import BITEXACT
+from mtcc.media.ffmpeg import BITEXACT
 
 from .. import broken
 from ..scene import fixture_rng

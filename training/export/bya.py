@@ -22,11 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtcc.stages.remote_io import open_read
+from mtcc.storage.remote_io import open_read
 
 from .bya_clip import NEEDED, ClipJob, ClipResult, ExportOptions, convert
-from .bya_layout import (BYALayout, LayoutError, check_name, is_complete, json_bytes, remove_temporaries, write_atomic,
-                         write_if_changed)
+from .bya_layout import (
+    BYAFolder,
+    LayoutError,
+    check_name,
+    is_complete,
+    json_bytes,
+    remove_temporaries,
+    write_atomic,
+    write_if_changed,
+)
 
 
 class ExportError(RuntimeError):
@@ -82,12 +90,13 @@ def export_bya(out: str | Path, dest: str | Path, *, options: ExportOptions | No
                index_root: str | None = None, progress: bool = True,
                log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> ExportSummary:
     """Export every committed clip of ``out`` into ``dest`` (see the module docstring)."""
-    from mtcc.pipeline.lock import LockBusy, RunLock
+    from mtcc.pipeline.errors import LockBusy
+    from mtcc.pipeline.lock import RunLock
 
     options = options or ExportOptions()
     if workers < 1:
         raise ExportError(f"--workers must be at least 1, got {workers}")
-    layout = BYALayout(Path(dest).expanduser().resolve())
+    layout = BYAFolder(Path(dest).expanduser().resolve())
     try:
         line = layout.index_line(index_root)
     except LayoutError as e:
@@ -104,7 +113,7 @@ def export_bya(out: str | Path, dest: str | Path, *, options: ExportOptions | No
     return summary
 
 
-def _export_locked(out: str | Path, layout: BYALayout, line: str, options: ExportOptions, workers: int,
+def _export_locked(out: str | Path, layout: BYAFolder, line: str, options: ExportOptions, workers: int,
                    summary: ExportSummary, progress: bool, log: Callable[[str], None]) -> None:
     t0 = time.monotonic()
     for d in layout.dirs():
@@ -153,7 +162,7 @@ def _shard_total(ref: Any) -> int | None:
         return None
 
 
-def _jobs(shards: list[Any], layout: BYALayout, options: ExportOptions, summary: ExportSummary, done: set[str],
+def _jobs(shards: list[Any], layout: BYAFolder, options: ExportOptions, summary: ExportSummary, done: set[str],
           tick: Callable[[], None]) -> Iterator[ClipJob]:
     from mtcc.manifests.shard_tar import read_samples
 
@@ -187,7 +196,7 @@ def _jobs(shards: list[Any], layout: BYALayout, options: ExportOptions, summary:
             summary.shards_failed[ref.url] = f"{type(e).__name__}: {e}"
 
 
-def _run(shards: list[Any], layout: BYALayout, options: ExportOptions, workers: int, summary: ExportSummary,
+def _run(shards: list[Any], layout: BYAFolder, options: ExportOptions, workers: int, summary: ExportSummary,
          done: set[str], progress: bool) -> None:
     from tqdm import tqdm
 
@@ -238,7 +247,7 @@ def _run(shards: list[Any], layout: BYALayout, options: ExportOptions, workers: 
         bar.close()
 
 
-def _complete_entries(layout: BYALayout, done: set[str]) -> list[dict[str, Any]]:
+def _complete_entries(layout: BYAFolder, done: set[str]) -> list[dict[str, Any]]:
     """The anno entries of every complete clip in DEST: those of this run, and any other export's into the
     same DEST whose files are all there."""
     from .bya_layout import read_entry

@@ -20,8 +20,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .bya_binding import mask_side, read_binding, slot_tracks, their_af_matrix
-from .bya_layout import (ENTRY_VERSION, IDS, SFT_FRAMES, SFT_MISS_TOLERANCE, SFT_SKIP, BYALayout, file_sizes,
-                         json_bytes, remove_clip, write_atomic)
+from .bya_layout import (
+    ENTRY_VERSION,
+    IDS,
+    SFT_FRAMES,
+    SFT_MISS_TOLERANCE,
+    SFT_SKIP,
+    BYAFolder,
+    file_sizes,
+    json_bytes,
+    remove_clip,
+    write_atomic,
+)
 
 NEEDED = ("json", "mp4", "faces.json", "masks.rle.json", "audio_emb.npy", "caption.txt")
 EMB_LAYERS, EMB_DIM = 12, 768
@@ -71,7 +81,7 @@ class ClipResult:
 
 def convert(job: ClipJob) -> ClipResult:
     """Export one sample; a skip or an error becomes a result naming the clip, never an exception."""
-    layout = BYALayout(job.dest)
+    layout = BYAFolder(job.dest)
     try:
         remove_clip(layout, job.name)  # whatever an earlier run left of this clip (its entry goes first)
         entry, bound = _convert(layout, job)
@@ -85,7 +95,7 @@ def convert(job: ClipJob) -> ClipResult:
         return ClipResult(job.name, "error", type(e).__name__, f"{job.shard}: {job.name}: {type(e).__name__}: {e}")
 
 
-def _convert(layout: BYALayout, job: ClipJob) -> tuple[dict[str, Any], bool]:
+def _convert(layout: BYAFolder, job: ClipJob) -> tuple[dict[str, Any], bool]:
     m, name, opts = job.members, job.name, job.options
     missing = [k for k in NEEDED if k not in m]
     if missing:
@@ -158,12 +168,12 @@ def _convert(layout: BYALayout, job: ClipJob) -> tuple[dict[str, Any], bool]:
     return entry, bound
 
 
-def _write_masks(layout: BYALayout, name: str, chars: list[dict[str, Any]]) -> tuple[list[list[int]], str]:
+def _write_masks(layout: BYAFolder, name: str, chars: list[dict[str, Any]]) -> tuple[list[list[int]], str]:
     """uint16 PNG per character per frame into the clip's temporary track folder; returns the frames with a
     non-empty mask per character and their side rule on character "1"'s frame 0."""
     from PIL import Image
 
-    from mtcc.stages import rle as rle_codec
+    from mtcc.media import rle as rle_codec
 
     tmp = layout.temp(layout.track_dir(name))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -185,7 +195,7 @@ def _write_masks(layout: BYALayout, name: str, chars: list[dict[str, Any]]) -> t
     return valid, side_1
 
 
-def _finish_track_dir(layout: BYALayout, name: str, valid: list[list[int]], meta: dict[str, Any]) -> None:
+def _finish_track_dir(layout: BYAFolder, name: str, valid: list[list[int]], meta: dict[str, Any]) -> None:
     tmp, final = layout.temp(layout.track_dir(name)), layout.track_dir(name)
     prompt = ((meta.get("masks") or {}).get("prompt_frames") or [0])[0]
     docs = {

@@ -58,7 +58,7 @@ def check_name(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class BYALayout:
+class BYAFolder:
     root: Path  # DEST, absolute
 
     @property
@@ -132,7 +132,7 @@ class BYALayout:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = BYALayout.temp(path)
+    tmp = BYAFolder.temp(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -152,7 +152,7 @@ def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
-def remove_clip(layout: BYALayout, name: str) -> None:
+def remove_clip(layout: BYAFolder, name: str) -> None:
     """Drop one clip, its entry first (so a crash in between never leaves an entry without its files)."""
     for p in (layout.entry(name), *layout.clip_paths(name)):
         for q in (p, layout.temp(p)):
@@ -162,7 +162,7 @@ def remove_clip(layout: BYALayout, name: str) -> None:
             shutil.rmtree(d)
 
 
-def remove_temporaries(layout: BYALayout) -> int:
+def remove_temporaries(layout: BYAFolder) -> int:
     """Leftovers of a killed run: files and track folders under temporary names."""
     n = 0
     for d in [*layout.dirs(), layout.root]:
@@ -175,11 +175,11 @@ def remove_temporaries(layout: BYALayout) -> int:
     return n
 
 
-def file_sizes(layout: BYALayout, paths: Iterable[Path]) -> dict[str, int]:
+def file_sizes(layout: BYAFolder, paths: Iterable[Path]) -> dict[str, int]:
     return {p.relative_to(layout.root).as_posix(): p.stat().st_size for p in paths}
 
 
-def read_entry(layout: BYALayout, name: str) -> dict[str, Any] | None:
+def read_entry(layout: BYAFolder, name: str) -> dict[str, Any] | None:
     try:
         doc = json.loads(layout.entry(name).read_bytes())
     except FileNotFoundError:
@@ -189,7 +189,7 @@ def read_entry(layout: BYALayout, name: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and doc.get("version") == ENTRY_VERSION else None
 
 
-def is_complete(layout: BYALayout, name: str, options: dict[str, Any] | None) -> bool:
+def is_complete(layout: BYAFolder, name: str, options: dict[str, Any] | None) -> bool:
     """The clip's entry exists (made with ``options``, unless None) and every file it lists has its size.
     One directory listing per folder, not one stat per mask frame."""
     doc = read_entry(layout, name)

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from . import rle as rle_codec
-from .geometry import LatentGeometry, route_index_mask
+from mtcc.media import rle as rle_codec
+from mtcc.media.geometry import LatentGeometry, route_index_mask
 
 FPS = 25  # the clip frame rate the masks are given at (masks.rle.json)
 

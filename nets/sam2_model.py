@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import models
+from mtcc.nets import loading
 
 VIDEO_PREDICTOR = "sam2.sam2_video_predictor.SAM2VideoPredictor"
 # module prefixes a config's `_target_` may point into: the model classes and the predictor
@@ -41,7 +41,7 @@ IMG_STD = (0.229, 0.224, 0.225)
 INSTALL = "SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps sam2==1.1.0"
 
 
-class ConfigError(models.WeightsError):
+class ConfigError(loading.WeightsError):
     """A SAM2 config that cannot be used (unsafe or malformed); names the file and the key."""
 
 
@@ -180,9 +180,9 @@ def quiet_progress() -> None:
 def compare_state(own: dict[str, Any], state: dict[str, Any], *, ckpt: Path, config: Path | str,
                   how_to_get: str) -> None:
     """Raise ``WeightsError`` unless ``state`` has exactly ``own``'s keys, each with its shape."""
-    problem = models.state_mismatch(own, state)
+    problem = loading.state_mismatch(own, state)
     if problem:
-        raise models.WeightsError(
+        raise loading.WeightsError(
             f"stage 'masks': checkpoint {ckpt} does not fit the SAM2 model built from {config} "
             f"({problem}). Keys are loaded strictly: use the config that came with "
             f"the checkpoint. {how_to_get}")
@@ -193,7 +193,7 @@ def load_predictor(data: dict[str, Any], config: Path | str, ckpt: Path, *, devi
     """Build the predictor and load ``ckpt`` (``{"model": state_dict}``) into it strictly."""
     quiet_progress()
     model = build_model(data, config, "cpu")
-    state = models.load_state_dict(ckpt)
+    state = loading.load_state_dict(ckpt)
     compare_state(model.state_dict(), state, ckpt=ckpt, config=config, how_to_get=how_to_get)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
@@ -207,7 +207,7 @@ def checkpoint_shapes(ckpt: Path) -> dict[str, Any]:
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict):
-        raise models.WeightsError(f"stage 'masks': {ckpt} is not a state dict checkpoint (got {type(obj).__name__})")
+        raise loading.WeightsError(f"stage 'masks': {ckpt} is not a state dict checkpoint (got {type(obj).__name__})")
     return obj
 
 

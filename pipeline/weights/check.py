@@ -8,9 +8,9 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from mtcc.stages.hashing import file_digest
+from mtcc.storage.hashing import file_digest
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .download import Out, size_text
 from .modelsfile import PATH_KEYS, files_of, load_models_file, models_path, stage_settings
 
@@ -37,8 +37,8 @@ def check(ref: str | os.PathLike, *, quick: bool = False, only: list[str] | None
     then each stage's ``check_model()`` with its settings (device=cpu). 0 if all is well, 1 otherwise."""
     from pydantic import ValidationError
 
+    from mtcc.nets import loading as seam
     from mtcc.stages import STAGES
-    from mtcc.stages import models as seam
 
     p = models_path(ref)
     doc = load_models_file(p)

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .workspace import NodeWorkspace
+from mtcc.storage.workspace import NodeWorkspace
 
 RATE = 16000
 
@@ -164,7 +164,7 @@ class ClipMedia:
         path = self.dir / self.MIX
         if path.exists():
             return np.load(path)
-        from .audio_io import read_track
+        from mtcc.media.audio_io import read_track
 
         want = int(round(float(self.info["seconds"]) * RATE))  # as long as mix.flac: the clip, not its frames
         mix = read_track(self.cand.member("mix.flac"), RATE)
@@ -186,7 +186,7 @@ class ClipMedia:
     def _crop_from_mp4(self) -> np.ndarray:
         """The shared crops rebuilt from the clip's mp4 (a node the cut did not run on): one decode of the
         clip, frame for frame the delivered picture."""
-        from .video import open_frames
+        from mtcc.media.video import open_frames
 
         path = self.mp4()
         w, h = self.info["size"]

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from . import rle as rle_codec
-from . import sam2_model
-from .geometry import LatentGeometry, letterbox_mask
+from mtcc.media import rle as rle_codec
+from mtcc.media.geometry import LatentGeometry, letterbox_mask
+from mtcc.nets import sam2_model
 
 
 def box_area(boxes: np.ndarray) -> np.ndarray:

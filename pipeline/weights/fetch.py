@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from mtcc.stages.hashing import file_digest
+from mtcc.storage.hashing import file_digest
 
 from .archive import extract_members
 from .download import PROBE_TIMEOUT, Out, download_url, hf_download, hf_endpoint, hub_lfs, origin, probe, verify

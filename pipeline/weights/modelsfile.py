@@ -12,10 +12,18 @@ import shlex
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Iterable
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, create_model,
-                      field_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 MODELS_FILE = "models.yaml"
 TOP_KEYS = ("stages", "files", "random_weights", "sources")

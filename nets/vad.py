@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import packaged_file
+from mtcc.nets.loading import packaged_file
 
 RATES = {16000: (512, 64), 8000: (256, 32)}  # rate -> (chunk, context) samples
 STATE_DIM = 128

@@ -35,8 +35,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from .hashing import sha256_file
-from .models import packaged_file
+from mtcc.nets.loading import packaged_file
+from mtcc.storage.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .media import is_remote_source, local_source
-from .remote_io import RemoteIO, describe, file_fingerprint
+from mtcc.storage.files import is_remote_source, local_source
+from mtcc.storage.remote_io import RemoteIO, describe, file_fingerprint
 
 # bytes at each end of a remote source that the plan's fingerprint digests (pipeline/inputs.py)
 REMOTE_FINGERPRINT_BYTES = 16 << 10

@@ -7,7 +7,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mtcc.stages.hashing import file_digest
+from mtcc.storage.hashing import file_digest
 
 from .download import Out
 from .modelsfile import MODELS_FILE, write_models_file

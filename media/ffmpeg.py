@@ -75,28 +75,3 @@ def ffmpeg_version() -> str:
     except MediaError:
         return "unavailable"
     return first.split(" Copyright")[0].strip()
-
-
-def is_remote_source(source: str) -> bool:
-    """True for an input given as a URL other than file:// (fetched into the node's cache before reading)."""
-    return "://" in source and not source.startswith("file://")
-
-
-def local_source(source: str) -> str:
-    return source[len("file://"):] if source.startswith("file://") else source
-
-
-def fsync_file(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .media import ff_input, require_tool, run_tool
+from mtcc.media.ffmpeg import ff_input, require_tool, run_tool
 
 # Timestamps that stray from i/fps by less than this share of a frame (millisecond-rounded Matroska/WebM
 # times, float32 in decord) still describe a constant rate; such a video keeps frame i at exactly i/fps

@@ -1,11 +1,11 @@
-"""The pinned table: every registered stage's declared ``weights`` (:mod:`mtcc.stages.weights`), each
+"""The pinned table: every registered stage's declared ``weights`` (:mod:`mtcc.nets.weights`), each
 bound to the name of the stage class that declares it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtcc.stages.weights import Pin, Weights
+from mtcc.nets.weights import Pin, Weights
 
 __all__ = ["Entry", "ModelsError", "Pin", "every_entry", "pinned_table", "select"]
 

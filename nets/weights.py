@@ -1,6 +1,6 @@
 """Where a stage's paper-grade weights come from: declared on the stage class as ``weights``.
 
-``mtcc models fetch`` (:mod:`mtcc.pipeline.models`) places, verifies and records them; it learns which
+``mtcc models fetch`` (:mod:`mtcc.pipeline.weights`) places, verifies and records them; it learns which
 stages have weights, and what to download for each, from the registered stage classes only. The stage
 name is the class's ``name``, so a declaration never repeats it.
 """

@@ -1,0 +1,47 @@
+"""OutPaths: the file names of a dataset build under OUT, shared by the writer (pipeline), the readers
+(report, status, the training loader) and the remote publisher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+
+@dataclass(frozen=True)
+class OutPaths:
+    """Where everything of a build lives under OUT (``root``): the plan, the config, the lock, and per shard
+    its tar, manifest and commit file; temporaries carry a leading dot and a ``.tmp`` suffix. ``root`` is a
+    local Path, or a PurePosixPath of an fsspec store's path (bucket/prefix) for a remote OUT."""
+
+    root: Path | PurePath
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.parquet"
+
+    @property
+    def run_config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def dirs(self) -> list[Path]:
+        return [self.root / d for d in ("shards", "manifests", "commits", "report")]
+
+    def tar(self, shard: int) -> Path:
+        return self.root / "shards" / f"mtcc-{shard:06d}.tar"
+
+    def manifest(self, shard: int) -> Path:
+        return self.root / "manifests" / f"{shard:06d}.parquet"
+
+    def commit(self, shard: int) -> Path:
+        return self.root / "commits" / f"{shard:06d}.json"
+
+    def uncommit(self, shard: int) -> None:
+        self.commit(shard).unlink(missing_ok=True)
+
+    @staticmethod
+    def temp(path: Path) -> Path:
+        return path.with_name(f".{path.name}.tmp")
