@@ -24,6 +24,7 @@ RAY_HEAVY = {"test_face_stages", "test_bad_inputs", "test_export_bya", "test_tra
              "test_long_sources", "test_pipeline"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
     """With pytest-xdist's ``--dist loadgroup``: a module's tests stay on one worker (its module fixtures
     are made once), and the heavy Ray modules all on the same one."""
