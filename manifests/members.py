@@ -1,4 +1,4 @@
-"""What a sample is made of (DESIGN §1, README's member table): its tar members and the meta it carries.
+"""What a sample is made of (the README's sample table): its tar members and the meta it carries.
 
 Every reader and writer of a shard names members from here: the shard writer orders a sample's members
 by ``MEMBERS`` (the order is part of the shards' bytes), the schema check requires them, and each consumer

@@ -1,4 +1,4 @@
-"""The sample schema (DESIGN §1), checked on a sample read back from a shard.
+"""The sample schema (the README's sample table), checked on a sample read back from a shard.
 
 ``check_sample`` decodes every member and compares its shape, dtype and cross-member consistency (frame
 counts, clip resolution, track lengths) with what the schema promises a trainer. Members a profile does

@@ -142,7 +142,7 @@ def test_kept_clips_carry_faces_and_reference_images(offline_build, sample_dir):
 
 
 def test_every_kept_sample_has_every_member_of_the_schema(offline_build):
-    """DESIGN §1 read back from the shards: each member's presence, shape, dtype and agreement with the
+    """The README's sample table read back from the shards: each member's presence, shape, dtype and agreement with the
     clip (frame counts, resolution, track lengths), for generated and real footage alike."""
     from mtcc.manifests.members import MEMBERS
     from mtcc.manifests.sample import check_sample

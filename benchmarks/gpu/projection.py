@@ -18,12 +18,12 @@ from mtcc.stages import STAGES
 from .plan import BenchError
 
 # Default keep rates: fraction of the clip seconds entering a stage that it passes on (for segment: of the
-# raw video's seconds, the seconds that become two-character clips). DESIGN.md and the anchors give keep
-# *rules* (LatentSync: Sync-C >= 3, |offset| <= 6) but no measured funnel, so these are stated assumptions
-# for talk-show / interview footage, declared by each stage (``typical_keep``, which the pool planner uses
-# too); replace them with a real run's funnel (`mtcc report`) via --keep.
+# raw video's seconds, the seconds that become two-character clips). The paper and the anchor pipelines
+# give keep *rules* (LatentSync: Sync-C >= 3, |offset| <= 6) but no measured funnel, so these are stated
+# assumptions for talk-show / interview footage, declared by each stage (``typical_keep``, which the pool
+# planner uses too); replace them with a real run's funnel (`mtcc report`) via --keep.
 KEEP: dict[str, float] = {name: cls.typical_keep for name, cls in STAGES.items()}
-KEEP_SOURCE = ("assumed (DESIGN.md and its anchors give keep rules but no funnel fractions); "
+KEEP_SOURCE = ("assumed (the paper and the anchor pipelines give keep rules but no funnel fractions); "
                "override with --keep STAGE=RATE from a real run's funnel")
 
 
