@@ -1,6 +1,7 @@
-"""What a sample is made of (the README's sample table): its tar members and the meta it carries.
+"""What a sample is made of (the README's sample table): its tar members (named in mtcc.media.members) and the
+meta it carries.
 
-Every reader and writer of a shard names members from here: the shard writer orders a sample's members
+Every reader and writer of a shard names members from mtcc.media.members: the shard writer orders a sample's members
 by ``MEMBERS`` (the order is part of the shards' bytes), the schema check requires them, and each consumer
 (report, training loader) takes the subset it reads with :func:`members_except`, so a misspelt or
 renamed member fails at import instead of silently never matching.
@@ -8,13 +9,11 @@ renamed member fails at import instead of silently never matching.
 
 from __future__ import annotations
 
-# tar order within a sample; a member a stage adds beyond these follows them, sorted by name
-MEMBERS = ("mp4", "mix.flac", "spk0.flac", "spk1.flac", "faces.json", "masks.rle.json", "route.npy",
-           "audio_emb.npy", "ref0.jpg", "ref1.jpg", "caption.txt", "json")
+from mtcc.media.members import MEMBERS, META, MP4
 
 # in every sample whatever the profile: the clip (cut) and its meta (commit); the rest depends on the
 # configured stages (the spine profile writes no masks, a silent source no FLACs)
-REQUIRED = ("mp4", "json")
+REQUIRED = (MP4, META)
 
 
 def members_except(*names: str) -> tuple[str, ...]:

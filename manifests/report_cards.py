@@ -18,6 +18,7 @@ import pyarrow as pa
 from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.shard_tar import ShardTarError
 from mtcc.media.ffmpeg import MediaError, ff_input, run_tool
+from mtcc.media.members import CAPTION, FACES, MASKS, META, MP4, REFS, TRACKS
 from mtcc.storage.files import is_remote_source, local_source
 
 from . import report_plots as plots
@@ -119,7 +120,7 @@ def kept_card(row: dict[str, Any], sample: dict[str, bytes] | None, idx: int, st
         return card
     meta: dict[str, Any] = {}
     try:
-        meta = json.loads(sample["json"]) if "json" in sample else {}
+        meta = json.loads(sample[META]) if META in sample else {}
     except ValueError:
         card.warnings.append("the sample's json member is not valid JSON")
     if meta.get("random_weights"):
@@ -133,7 +134,7 @@ def kept_card(row: dict[str, Any], sample: dict[str, bytes] | None, idx: int, st
         warn(f"report: no thumbnail for {row['key']}: {e}")
         card.placeholder = f"no frame: {e}"
     for k in (0, 1):
-        ref = sample.get(f"ref{k}.jpg")
+        ref = sample.get(REFS[k])
         if ref:
             try:
                 stage_file(stage_dir / "gallery" / f"{name}_ref{k}.jpg", plots.reencode_jpeg(ref))
@@ -150,7 +151,7 @@ def kept_card(row: dict[str, Any], sample: dict[str, bytes] | None, idx: int, st
             card.images.append((f"gallery/{name}_speaking.png", f"speaking timeline: {said}"))
         except (OSError, ValueError, TypeError) as e:
             warn(f"report: no speaking timeline for {row['key']}: {e}")
-    tracks = [sample[f"spk{k}.flac"] for k in (0, 1) if f"spk{k}.flac" in sample]
+    tracks = [sample[TRACKS[k]] for k in (0, 1) if TRACKS[k] in sample]
     if tracks:
         try:
             decoded = [_flac(t) for t in tracks]
@@ -159,18 +160,18 @@ def kept_card(row: dict[str, Any], sample: dict[str, bytes] | None, idx: int, st
             card.images.append((f"gallery/{name}_wave.png", "separated speech of each character"))
         except (OSError, ValueError, RuntimeError) as e:
             warn(f"report: unreadable speech tracks in {row['key']}: {e}")
-    if "caption.txt" in sample:
-        card.caption = sample["caption.txt"].decode("utf-8", "replace")
+    if CAPTION in sample:
+        card.caption = sample[CAPTION].decode("utf-8", "replace")
     return card
 
 
 def _thumbnail(sample: dict[str, bytes], meta: dict[str, Any], dst: Path) -> str:
-    faces = json.loads(sample["faces.json"]) if "faces.json" in sample else {}
-    rle = json.loads(sample["masks.rle.json"]) if "masks.rle.json" in sample else {}
+    faces = json.loads(sample[FACES]) if FACES in sample else {}
+    rle = json.loads(sample[MASKS]) if MASKS in sample else {}
     n = int(rle.get("frames") or faces.get("frames") or len((faces.get("characters") or [{}])[0].get("boxes", []))
             or 1)
     mid = n // 2
-    frame = clip_frame(sample["mp4"], mid)
+    frame = clip_frame(sample[MP4], mid)
     h, w = frame.shape[:2]
     probe = meta.get("probe") or {}
     pw, ph = probe.get("width"), probe.get("height")

@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 from mtcc.manifests.members import members_except
 from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.shard_tar import read_samples
+from mtcc.media.members import AUDIO_EMB, MIX, ROUTE
 
 PLAN_STAGE = "plan"
-GALLERY_MEMBERS = members_except("mix.flac", "route.npy", "audio_emb.npy")
+GALLERY_MEMBERS = members_except(MIX, ROUTE, AUDIO_EMB)
 
 
 @dataclass

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from mtcc.media.members import AUDIO_EMB, CAPTION, FACES, MASKS, META, MIX, MP4, REFS, ROUTE, TRACKS
+
 from .members import REQUIRED
 
 RATE = 16000
@@ -48,11 +50,11 @@ def check_sample(members: dict[str, bytes], require: Iterable[str] = REQUIRED) -
     """Problems with one sample (empty when it matches the schema); ``require`` names the members it must
     have (the configured profile's, ``members.MEMBERS`` for a full build)."""
     problems = [f"missing member {m}" for m in require if m not in members]
-    meta = json.loads(members["json"]) if "json" in members else {}
+    meta = json.loads(members[META]) if META in members else {}
     frames = None
     size = None
-    if "mp4" in members:
-        s = _mp4(members["mp4"])
+    if MP4 in members:
+        s = _mp4(members[MP4])
         v, a = s.get("video"), s.get("audio")
         if not v or v.get("codec_name") != "h264":
             problems.append(f"mp4: video stream is {v and v.get('codec_name')}, expected h264")
@@ -65,7 +67,7 @@ def check_sample(members: dict[str, bytes], require: Iterable[str] = REQUIRED) -
             problems.append(f"mp4: audio {a.get('codec_name')} {a.get('sample_rate')} Hz x{a.get('channels')}, "
                             f"expected aac {RATE} Hz mono")
     lengths = {}
-    for name in ("mix.flac", "spk0.flac", "spk1.flac"):
+    for name in (MIX, TRACKS[0], TRACKS[1]):
         if name in members:
             sr, ch, n = _flac(members[name])
             lengths[name] = n
@@ -77,8 +79,8 @@ def check_sample(members: dict[str, bytes], require: Iterable[str] = REQUIRED) -
         n = next(iter(lengths.values()))
         if abs(n / RATE * FPS - frames) > 1.01:
             problems.append(f"audio covers {n / RATE * FPS:.2f} frames, video has {frames}")
-    if "faces.json" in members:
-        faces = json.loads(members["faces.json"])
+    if FACES in members:
+        faces = json.loads(members[FACES])
         chars = faces.get("characters", [])
         if len(chars) != 2:
             problems.append(f"faces.json: {len(chars)} characters, expected 2")
@@ -92,8 +94,8 @@ def check_sample(members: dict[str, bytes], require: Iterable[str] = REQUIRED) -
                                 f"{frames} frames")
             if c.get("landmarks") and np.asarray(c["landmarks"][0]).shape != (5, 2):
                 problems.append("faces.json: landmarks are not 5 x (x, y)")
-    if "masks.rle.json" in members:
-        rle = json.loads(members["masks.rle.json"])
+    if MASKS in members:
+        rle = json.loads(members[MASKS])
         if size is not None and tuple(rle.get("size", ())) != size:
             problems.append(f"masks.rle.json: size {rle.get('size')}, clip is {list(size)}")
         for c in rle.get("characters", []):
@@ -102,8 +104,8 @@ def check_sample(members: dict[str, bytes], require: Iterable[str] = REQUIRED) -
                                 f"for {frames} frames")
         if len(rle.get("characters", [])) != 2:
             problems.append("masks.rle.json: expected 2 characters")
-    if "route.npy" in members:
-        route = _npy(members["route.npy"])
+    if ROUTE in members:
+        route = _npy(members[ROUTE])
         geo = (meta.get("masks") or {}).get("geometry") or {}
         grid = _grid(geo)
         if route.dtype != np.int8 or route.ndim != 4 or tuple(route.shape[1:]) != grid:
@@ -113,23 +115,23 @@ def check_sample(members: dict[str, bytes], require: Iterable[str] = REQUIRED) -
         windows = (meta.get("masks") or {}).get("windows")
         if windows is not None and len(windows) != route.shape[0]:
             problems.append(f"route.npy: {route.shape[0]} windows, meta lists {len(windows)}")
-    if "audio_emb.npy" in members:
-        emb = _npy(members["audio_emb.npy"])
+    if AUDIO_EMB in members:
+        emb = _npy(members[AUDIO_EMB])
         want = (2, frames if frames is not None else emb.shape[1], EMB_LAYERS, EMB_DIM)
         if emb.dtype != np.float16 or emb.shape != want:
             problems.append(f"audio_emb.npy: {emb.dtype} {emb.shape}, expected float16 {list(want)}")
         elif not np.isfinite(emb).all():
             problems.append("audio_emb.npy: non-finite values")
-    for name in ("ref0.jpg", "ref1.jpg"):
+    for name in (REFS[0], REFS[1]):
         if name in members:
             from PIL import Image
 
             img = Image.open(io.BytesIO(members[name]))
             if img.format != "JPEG" or img.mode != "RGB" or min(img.size) < 8:
                 problems.append(f"{name}: {img.format} {img.mode} {img.size}, expected an RGB JPEG")
-    if "caption.txt" in members:
+    if CAPTION in members:
         try:
-            if not members["caption.txt"].decode("utf-8").strip():
+            if not members[CAPTION].decode("utf-8").strip():
                 problems.append("caption.txt: empty")
         except UnicodeDecodeError:
             problems.append("caption.txt: not UTF-8")

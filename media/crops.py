@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from mtcc.media.members import MIX, MP4
 from mtcc.storage.workspace import NodeWorkspace
 
 RATE = 16000
@@ -123,7 +124,7 @@ class ClipMedia:
 
     def __init__(self, cand: Any, workspace: NodeWorkspace, stage: str):
         media = cand.info.get("media")
-        if not media or "mp4" not in cand.members:
+        if not media or MP4 not in cand.members:
             raise ValueError(f"stage '{stage}' reads the clip media the `cut` stage makes, and {cand.key} has none: "
                              f"list `cut` before `{stage}` in the profile")
         self.cand = cand
@@ -156,7 +157,7 @@ class ClipMedia:
         path = self.dir / self.MP4
         if not path.exists():
             self.dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, self.cand.member("mp4"))
+            _atomic_write(path, self.cand.member(MP4))
         return str(path)
 
     def mixture(self) -> np.ndarray:
@@ -167,7 +168,7 @@ class ClipMedia:
         from mtcc.media.audio_io import read_track
 
         want = int(round(float(self.info["seconds"]) * RATE))  # as long as mix.flac: the clip, not its frames
-        mix = read_track(self.cand.member("mix.flac"), RATE)
+        mix = read_track(self.cand.member(MIX), RATE)
         mix = np.pad(mix, (0, max(0, want - len(mix))))[:want].astype(np.float32)
         self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_save(path, mix)

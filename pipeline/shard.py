@@ -21,6 +21,7 @@ from mtcc.manifests import status_counts, to_table
 from mtcc.manifests.members import member_rank
 from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.shard_tar import read_samples
+from mtcc.media.members import META
 from mtcc.stages.base import Candidate, Stage
 from mtcc.storage.files import fsync_dir, fsync_file
 from mtcc.storage.hashing import sha256_file, sha256_stream
@@ -61,7 +62,7 @@ def write_tar(path: Path, samples: Sequence[Candidate], run_info: dict[str, Any]
     with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for c in sorted(samples, key=lambda c: c.key):
             members = dict(c.members)
-            members["json"] = json.dumps(sample_meta(c, run_info, meta_info), sort_keys=True, default=str).encode()
+            members[META] = json.dumps(sample_meta(c, run_info, meta_info), sort_keys=True, default=str).encode()
             for name in sorted(members, key=member_rank):
                 _safe_member(c.key)
                 _safe_member(name)

@@ -51,11 +51,12 @@ import numpy as np
 from pydantic import Field
 
 from mtcc.media.audio_io import read_track
+from mtcc.media.members import TRACKS
 from mtcc.media.windows import window_starts
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, StatView
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, StatView
 from .model_stage import ModelStage
 
 RATE = 16000
@@ -287,9 +288,9 @@ class ActiveSpeakers(ModelStage):
         grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb.reshape(-1, FACE_SIZE, FACE_SIZE, 3)])
         mix = media.mixture()
         audio = [mfcc_rows(mix, t)]
-        separated = all(f"spk{k}.flac" in cand.members for k in range(2))
+        separated = all(TRACKS[k] in cand.members for k in range(2))
         if separated:
-            audio += [mfcc_rows(read_track(cand.member(f"spk{k}.flac")), t) for k in range(2)]
+            audio += [mfcc_rows(read_track(cand.member(TRACKS[k])), t) for k in range(2)]
         speech = None
         if self.speech_gate:
             from mtcc.nets.vad import RATES, segments_from_probs

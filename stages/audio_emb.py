@@ -39,16 +39,17 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from mtcc.media.audio_io import read_track
+from mtcc.media.members import AUDIO_EMB, TRACKS
 from mtcc.media.npy import npy_bytes
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import TRACKS, Candidate, Info, Key, Member, Rejection, Resources
+from .base import Candidate, Info, Key, Member, Rejection, Resources
 from .model_stage import ModelStage
 
 HF_ID = "facebook/wav2vec2-base-960h"
 RATE = 16000
-MEMBER = "audio_emb.npy"
+MEMBER = AUDIO_EMB
 HOW_TO_GET = (f"Get the weights on a machine with internet: `hf download {HF_ID} --local-dir DIR` "
               f"(DIR then holds config.json, model.safetensors and preprocessor_config.json) and set "
               f"stages.audio_emb.model to DIR (or to the hub id {HF_ID} where the hub or its local cache is "
@@ -357,7 +358,7 @@ class AudioEmbeddings(ModelStage):
 
     def _tracks(self, cand: Candidate) -> tuple[list[np.ndarray], int] | Rejection:
         n_chars = len(cand.info.get("clip_faces", {}).get("characters", ())) or 2
-        names = [f"spk{k}.flac" for k in range(n_chars)]
+        names = [TRACKS[k] for k in range(n_chars)]
         absent = [n for n in names if n not in cand.members]
         if absent:
             return Rejection("missing_tracks", f"{', '.join(absent)} missing: audio_emb embeds the separated "

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from mtcc.media.members import REFS, TRACKS  # noqa: F401 - the stages' own names for them
 from mtcc.storage.workspace import Fetched, NodeWorkspace
 
 Status = Literal["pending", "kept", "rejected", "expanded"]
@@ -87,10 +88,6 @@ CLIPS = Clips("clips")
 # the clip's media the ``cut`` stage leaves in the node's workspace, described by ``info['media']`` and
 # backed by its ``mp4`` / ``mix.flac`` members
 CLIP_MEDIA = Info("media")
-# the separated speech of the two characters (the ``separate`` stage)
-TRACKS = ("spk0.flac", "spk1.flac")
-# the reference image of each character (plain from the cut, cut out of its mask by masks)
-REFS = ("ref0.jpg", "ref1.jpg")
 # what the build itself puts on every video candidate, from the input listing
 FROM_INPUT: tuple[Key, ...] = (Info("fingerprint"), Info("source_bytes"))
 

@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from mtcc.media.crops import ClipMedia, clip_media
+from mtcc.media.members import CAPTION
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
@@ -130,7 +131,7 @@ class ClipCaption(ModelStage):
         settings={"model": "./Qwen2-VL-7B-Instruct"},
         note="about 16.6 GB; the shards' sizes and sha256 are checked against the hub's own LFS metadata"),)
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("probe", optional=True))
-    provides: ClassVar[tuple[Key, ...]] = (Member("caption.txt"), Info("caption", sample_meta=True))
+    provides: ClassVar[tuple[Key, ...]] = (Member(CAPTION), Info("caption", sample_meta=True))
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "n_frames": "int64", "visual_tokens": "int64", "prompt_tokens": "int64", "new_tokens": "int64",
@@ -312,7 +313,7 @@ class ClipCaption(ModelStage):
             stats = {"n_frames": len(frames), "visual_tokens": int(t * h * w // self._merge ** 2),
                      "prompt_tokens": r["prompt_tokens"], "new_tokens": r["new_tokens"],
                      "caption_chars": len(r["text"]), "random_weights": self.is_random}
-            cand.members["caption.txt"] = r["text"].encode("utf-8")
+            cand.members[CAPTION] = r["text"].encode("utf-8")
             cand.info["caption"] = {"model": self.model, "backend": self.backend, "fps": self.fps,
                                     "frames": [round(float(x), 4) for x in times], "grid": [t, h, w]}
             self.record(cand, stats)

@@ -27,8 +27,9 @@ from pydantic import Field
 
 from mtcc.media.crops import SHARED_CROPS, ClipMedia, clip_boxes, crop_characters, media_info
 from mtcc.media.ffmpeg import BITEXACT, MediaError, ff_input, require_tool
+from mtcc.media.members import MIX, MP4, REFS
 
-from .base import CLIP_MEDIA, CLIPS, REFS, Candidate, Info, Key, Member, Resources, Stage
+from .base import CLIP_MEDIA, CLIPS, Candidate, Info, Key, Member, Resources, Stage
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:
@@ -68,7 +69,7 @@ class ClipCut(Stage):
     requires: ClassVar[tuple[Key, ...]] = (CLIPS, Info("probe"), Info("clip_faces", optional=True),
                                            Info("fingerprint", optional=True), Info("source_bytes", optional=True))
     # the references only for a clip with face tracks, mix.flac only for a video with sound
-    provides: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Member("mp4"), Member("mix.flac"),
+    provides: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Member(MP4), Member(MIX),
                                            *(Member(r) for r in REFS))
     stats_schema: ClassVar[dict[str, str]] = {"frames": "int64", "frames_piped": "int64", "mp4_bytes": "int64",
                                               "flac_bytes": "int64"}
@@ -117,7 +118,7 @@ class ClipCut(Stage):
 
     def _references(self, faces: dict[str, Any], best: list[int], boxes: np.ndarray, img: np.ndarray,
                     frame: int) -> dict[str, bytes]:
-        return {f"ref{ch['index']}.jpg": reference_jpeg(img, boxes[k, frame], self.ref_margin)
+        return {REFS[ch['index']]: reference_jpeg(img, boxes[k, frame], self.ref_margin)
                 for k, (ch, b) in enumerate(zip(faces["characters"], best)) if b == frame}
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
@@ -134,21 +135,21 @@ class ClipCut(Stage):
         what = f"{cand.source} [{start:.2f}s, +{dur:.2f}s]"
         with tempfile.TemporaryDirectory(prefix="mtcc-cut-") as tmp, \
                 self.source(cand) as src:
-            mp4, flac = Path(tmp) / "clip.mp4", Path(tmp) / "mix.flac"
+            mp4, flac = Path(tmp) / "clip.mp4", Path(tmp) / MIX
             args = self._args(src.path, start, dur, n, has_audio, faces is not None, mp4, flac)
             crops, refs, piped = self._run(args, what, faces, (w, h), scale, n, Path(tmp))
-            cand.members["mp4"] = mp4.read_bytes()
+            cand.members[MP4] = mp4.read_bytes()
             if has_audio:
-                cand.members["mix.flac"] = flac.read_bytes()
-            digest = hashlib.sha256(cand.members["mp4"]).hexdigest()
+                cand.members[MIX] = flac.read_bytes()
+            digest = hashlib.sha256(cand.members[MP4]).hexdigest()
             cand.info["media"] = media_info(digest, dur, n, self.fps, (w, h), scale)
-            files: dict[str, Any] = {ClipMedia.MP4: cand.members["mp4"]}
+            files: dict[str, Any] = {ClipMedia.MP4: cand.members[MP4]}
             if crops is not None:
                 files[ClipMedia.CROPS] = crops
                 cand.members.update(refs)
             ClipMedia.write(self.workspace, cand.key, cand.info["media"], files)
-        return {"frames": n, "frames_piped": piped, "mp4_bytes": len(cand.members["mp4"]),
-                "flac_bytes": len(cand.members.get("mix.flac", b""))}
+        return {"frames": n, "frames_piped": piped, "mp4_bytes": len(cand.members[MP4]),
+                "flac_bytes": len(cand.members.get(MIX, b""))}
 
     def _run(self, args: list[str], what: str, faces: dict[str, Any] | None, size: tuple[int, int],
              scale: tuple[float, float], n: int, tmp: Path) -> tuple[np.ndarray | None, dict[str, bytes], int]:
@@ -190,7 +191,7 @@ class ClipCut(Stage):
             # a best frame past a short encode's end: the last picture
             missing = [b if b < got else got - 1 for b in best]
             for k, b in enumerate(missing):
-                name = f"ref{faces['characters'][k]['index']}.jpg"
+                name = REFS[faces['characters'][k]['index']]
                 if name not in refs:
                     refs[name] = reference_jpeg(last, boxes[k, min(b, boxes.shape[1] - 1)], self.ref_margin)
         return crops, refs, got

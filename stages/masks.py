@@ -45,12 +45,13 @@ from mtcc.media import rle as rle_codec
 from mtcc.media.crops import clip_media
 from mtcc.media.geometry import LatentGeometry
 from mtcc.media.mask_outputs import cutout, jpeg_bytes, mask_stats, masks_json, route_windows
+from mtcc.media.members import MASKS, REFS, ROUTE
 from mtcc.media.npy import npy_bytes
 from mtcc.nets import loading, sam2_model
 from mtcc.nets.mask_tracking import FrameMasks, best_frame, prompt_frame, track
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, REFS, Candidate, Info, Key, Member, Rejection, Resources, StatView
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, StatView
 from .model_stage import ModelStage
 
 HF_ID = "facebook/sam2.1-hiera-large"
@@ -123,7 +124,7 @@ class CharacterMasks(ModelStage):
                Pin("sam2.1_hiera_l.yaml")),
         settings={"model": "./sam2.1-hiera-large"}),)
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"))
-    provides: ClassVar[tuple[Key, ...]] = (Member("masks.rle.json"), Member("route.npy"), *(Member(r) for r in REFS),
+    provides: ClassVar[tuple[Key, ...]] = (Member(MASKS), Member(ROUTE), *(Member(r) for r in REFS),
                                            Info("masks", sample_meta=True))
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
@@ -284,12 +285,12 @@ class CharacterMasks(ModelStage):
             raise RuntimeError(f"{cand.key}: SAM2 produced masks for {(out.order >= 0).sum()} of {n} frames")
         rles = out.rle_lists()
         route = route_windows(out.canvas, n, self.geometry)
-        members = {"masks.rle.json": masks_json(rles, [c["track_id"] for c in chars], (h, w)),
-                   "route.npy": npy_bytes(route)}
+        members = {MASKS: masks_json(rles, [c["track_id"] for c in chars], (h, w)),
+                   ROUTE: npy_bytes(route)}
         for k, c in enumerate(chars):
             ref = cutout(clip.full[bests[k]], rle_codec.decode(rles[k][bests[k]]), boxes[k, bests[k]],
                          self.ref_margin, tuple(int(v) for v in self.ref_background))
-            members[f"ref{c['index']}.jpg"] = jpeg_bytes(ref, self.jpeg_quality)
+            members[REFS[c['index']]] = jpeg_bytes(ref, self.jpeg_quality)
         stats = mask_stats(rles, out.covers)
         stats["reprompts"] = int(reprompts)
         stats["random_weights"] = self.is_random

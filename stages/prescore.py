@@ -36,8 +36,9 @@ from pydantic import Field
 
 from mtcc.media.audio_io import read_track
 from mtcc.media.crops import CropGeometry, clip_media
+from mtcc.media.members import TRACKS
 
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, Stage
 
 RATE = 16000
 FPS = 25
@@ -206,7 +207,7 @@ class MouthPrescore(Stage):
             reg = mouth_regions(np.asarray(ch["boxes"]), np.asarray(ch["landmarks"]), size=self.crop_size,
                                 scale=self.crop_scale)
             motion.append(mouth_motion(gray[k], reg, repeated))
-        names = [f"spk{k}.flac" for k in range(len(chars))]
+        names = [TRACKS[k] for k in range(len(chars))]
         if self.use_separated and all(m in cand.members for m in names):
             tracks, source = [read_track(cand.member(m)) for m in names], "separated"
         else:

@@ -37,11 +37,12 @@ from pydantic import Field
 
 from mtcc.media.audio_io import flac_bytes
 from mtcc.media.crops import CropGeometry, clip_media
+from mtcc.media.members import TRACKS
 from mtcc.media.windows import window_starts
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, StatView
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, StatView
 from .model_stage import ModelStage
 
 RATE = 16000
@@ -357,7 +358,7 @@ class SpeechSeparation(ModelStage):
                 stats[f"rms_{k}"] = round(rms, 6)
                 stats[f"speech_s_{k}"] = round(speech, 4)
                 stats[f"silent_{k}"] = bool(speech < self.min_speech_seconds or rms_dbfs(rms) < self.silence_dbfs)
-                cand.members[f"spk{k}.flac"] = flac_bytes(track)
+                cand.members[TRACKS[k]] = flac_bytes(track)
             cand.info["separate"] = {
                 "model": self.model, "random_weights": self.is_random, "rate": RATE,
                 "speech": [[list(s) for s in v.segments] for v in vads],

@@ -32,11 +32,12 @@ from pydantic import Field
 
 from mtcc.media.audio_io import flac_bytes, read_track
 from mtcc.media.crops import CropGeometry, clip_media
+from mtcc.media.members import TRACKS
 from mtcc.nets import loading
 from mtcc.nets.sync_math import VSHIFT, binding, cross_matrix
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, TRACKS, Candidate, Info, Key, Member, Rejection, Resources, Stat, StatView
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, Stat, StatView
 from .model_stage import ModelStage
 
 RATE = 16000
@@ -202,8 +203,8 @@ class SyncScores(ModelStage):
         media = clip_media(cand, self)
         geom = CropGeometry.from_crop_scale(CROP_SIZE, self.crop_scale)
         crops = np.asarray(media.crops(geom))[..., ::-1]  # RGB -> BGR (cv2.imread)
-        if all(f"spk{k}.flac" in cand.members for k in range(2)):
-            tracks = [read_track(cand.member(f"spk{k}.flac")) for k in range(2)]
+        if all(TRACKS[k] in cand.members for k in range(2)):
+            tracks = [read_track(cand.member(TRACKS[k])) for k in range(2)]
             source = "separated"
         else:
             mix = media.mixture()
@@ -273,7 +274,7 @@ class SyncScores(ModelStage):
                 shifts = [0 if silent[k] else int(stats[f"offset_{k}"]) for k in range(2)]
                 for k in range(2):
                     if shifts[k]:
-                        cand.members[f"spk{k}.flac"] = flac_bytes(shift_frames(clip.tracks[k], shifts[k]))
+                        cand.members[TRACKS[k]] = flac_bytes(shift_frames(clip.tracks[k], shifts[k]))
                 cand.info["sync"]["shifted_frames"] = shifts
         return batch
 

@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from mtcc.media.members import FACES, MIX, MP4
+
 from .base import Candidate, Info, Key, Member, Resources, Stage
 
 
@@ -22,22 +24,22 @@ class ClipWriter(Stage):
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 200
     max_actor_cpus: ClassVar[float] = 1.0
-    requires: ClassVar[tuple[Key, ...]] = (Member("mp4"), Member("mix.flac", optional=True),
+    requires: ClassVar[tuple[Key, ...]] = (Member(MP4), Member(MIX, optional=True),
                                            Info("media", optional=True), Info("clip_faces", optional=True))
-    provides: ClassVar[tuple[Key, ...]] = (Member("faces.json"),)
+    provides: ClassVar[tuple[Key, ...]] = (Member(FACES),)
     reads_clip_media: ClassVar[bool] = True  # packs the members the cut made
     stats_schema: ClassVar[dict[str, str]] = {"frames": "int64", "mp4_bytes": "int64", "flac_bytes": "int64"}
 
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, candidates_per_call=8))
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
-        if "mp4" not in cand.members:
+        if MP4 not in cand.members:
             raise ValueError(f"{cand.key} has no clip media: list the `cut` stage before `write` in the profile")
         faces = cand.info.get("clip_faces")
         if faces is not None:
-            cand.members["faces.json"] = json.dumps(faces, sort_keys=True, separators=(",", ":")).encode()
+            cand.members[FACES] = json.dumps(faces, sort_keys=True, separators=(",", ":")).encode()
         return {
             "frames": int((cand.info.get("media") or {}).get("frames") or 0),
-            "mp4_bytes": cand.member_size("mp4"),
-            "flac_bytes": cand.member_size("mix.flac") if "mix.flac" in cand.members else 0,
+            "mp4_bytes": cand.member_size(MP4),
+            "flac_bytes": cand.member_size(MIX) if MIX in cand.members else 0,
         }

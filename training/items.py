@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from mtcc.media.geometry import LatentGeometry
+from mtcc.media.members import AUDIO_EMB, CAPTION, MASKS, MP4, REFS, ROUTE
 
 from .config import DataConfig
 from .decode import decode_jpeg, decode_video, letterbox_square, npy_view, route_from_rle, window_frames
@@ -27,12 +28,12 @@ class Sample:
 
     def audio(self) -> np.ndarray:
         if "audio" not in self.cache:
-            self.cache["audio"] = npy_view(self.members["audio_emb.npy"])
+            self.cache["audio"] = npy_view(self.members[AUDIO_EMB])
         return self.cache["audio"]
 
     def rle(self) -> dict[str, Any]:
         if "rle" not in self.cache:
-            self.cache["rle"] = json.loads(self.members["masks.rle.json"])
+            self.cache["rle"] = json.loads(self.members[MASKS])
         return self.cache["rle"]
 
 
@@ -60,14 +61,14 @@ def shard_geometry(meta: dict[str, Any]) -> LatentGeometry | None:
 def training_windows(sample: Sample, geo: LatentGeometry) -> list[Window]:
     """Every training window of a sample in the loader's geometry (the rules: :mod:`mtcc.training.data`)."""
     m = sample.members
-    if shard_geometry(sample.meta) == geo and "route.npy" in m and (sample.meta.get("masks") or {}).get("windows"):
+    if shard_geometry(sample.meta) == geo and ROUTE in m and (sample.meta.get("masks") or {}).get("windows"):
         wins = [(int(a), int(b)) for a, b in sample.meta["masks"]["windows"]]
-        rows = npy_view(m["route.npy"]).shape[0]
+        rows = npy_view(m[ROUTE]).shape[0]
         if rows != len(wins):
             raise ValueError(f"route.npy has {rows} windows, meta masks.windows lists {len(wins)}")
-        short_rle = "masks.rle.json" in m
+        short_rle = MASKS in m
         return [Window(a, b, None if (b - a < geo.frames and short_rle) else i) for i, (a, b) in enumerate(wins)]
-    if "masks.rle.json" not in m:
+    if MASKS not in m:
         raise SampleIncomplete("masks.rle.json (the loader geometry differs from the shard's, so the routing mask is "
                     "recomputed from the masks)")
     return [Window(a, b, None) for a, b in geo.windows(sample.n_frames)]
@@ -78,23 +79,23 @@ def decode_item(sample: Sample, win: Window, cfg: DataConfig) -> dict[str, Any]:
     geo = cfg.geometry
     F, m = geo.frames, cfg.audio_margin
     idx = window_frames(win.start, win.end, F)
-    video = decode_video(sample.members["mp4"], idx, geo, cfg.decode_threads)
+    video = decode_video(sample.members[MP4], idx, geo, cfg.decode_threads)
     audio = sample.audio()
     chars, T = int(audio.shape[0]), int(audio.shape[1])
     rows = np.clip(np.arange(win.start - m, win.start + F + m), 0, T - 1)
     emb = np.ascontiguousarray(audio[:, rows]).astype(np.float16, copy=False)
     if win.npy_index is not None:
-        route = np.array(npy_view(sample.members["route.npy"])[win.npy_index], np.int8).reshape(-1)
+        route = np.array(npy_view(sample.members[ROUTE])[win.npy_index], np.int8).reshape(-1)
     else:
         route = route_from_rle(sample.rle(), idx, geo)
     if route.size != geo.tokens:
         raise ValueError(f"routing mask has {route.size} tokens, geometry has {geo.tokens}")
-    refs = np.stack([letterbox_square(decode_jpeg(sample.members[f"ref{k}.jpg"]), cfg.ref_size)
+    refs = np.stack([letterbox_square(decode_jpeg(sample.members[REFS[k]]), cfg.ref_size)
                      for k in range(chars)]).transpose(0, 3, 1, 2)
     a_ac = (sample.meta.get("sync") or {}).get("a_ac")
     known = a_ac is not None and np.shape(a_ac) == (chars, chars)
     a_ac = np.asarray(a_ac, np.float32) if known else np.eye(chars, dtype=np.float32)
-    caption = sample.members.get("caption.txt", b"").decode("utf-8", "replace").strip()
+    caption = sample.members.get(CAPTION, b"").decode("utf-8", "replace").strip()
     return {
         "key": sample.key,
         "shard": sample.shard,

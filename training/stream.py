@@ -27,6 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mtcc.manifests.members import members_except
 from mtcc.manifests.shard_tar import read_samples
+from mtcc.media.members import AUDIO_EMB, FACES, MASKS, META, MIX, MP4, REFS, ROUTE, TRACKS
 from mtcc.storage.remote_io import open_read
 
 from .config import DataConfig
@@ -37,7 +38,7 @@ from .shards import ShardRef, assigned, epoch_order
 log = logging.getLogger("mtcc.training")
 
 # members a training item is built from; the rest of a sample is skipped in the tar without being read
-NEEDED = frozenset(members_except("mix.flac", "spk0.flac", "spk1.flac", "faces.json"))
+NEEDED = frozenset(members_except(MIX, TRACKS[0], TRACKS[1], FACES))
 STATS = ("shards_read", "shards_failed", "samples_read", "samples_filtered", "samples_incomplete", "samples_failed",
          "windows", "windows_padded", "windows_skipped_short", "batches")
 _S = {name: i for i, name in enumerate(STATS)}
@@ -172,12 +173,12 @@ class ShardStream(IterableDataset):
                     yield s
 
     def _sample(self, key: str, ref: ShardRef, members: dict[str, bytes]) -> Sample:
-        need = [m for m in ("json", "mp4", "audio_emb.npy", "ref0.jpg", "ref1.jpg") if m not in members]
-        if "route.npy" not in members and "masks.rle.json" not in members:
+        need = [m for m in (META, MP4, AUDIO_EMB, REFS[0], REFS[1]) if m not in members]
+        if ROUTE not in members and MASKS not in members:
             need.append("route.npy/masks.rle.json")
         if need:
             raise SampleIncomplete(", ".join(need))
-        meta = json.loads(members["json"])
+        meta = json.loads(members[META])
         s = Sample(key, ref.url, members, meta)
         audio = s.audio()
         if audio.ndim != 4:

@@ -29,6 +29,7 @@ import numpy as np
 
 from mtcc.media.ffmpeg import BITEXACT_FLAGS
 from mtcc.media.geometry import LatentGeometry, letterbox_mask, route_index_mask
+from mtcc.media.members import AUDIO_EMB, CAPTION, FACES, MASKS, MIX, MP4, REFS, ROUTE, TRACKS
 from mtcc.media.npy import npy_bytes
 
 FRAME_CODE_BASE, FRAME_CODE_STEP = 16, 6
@@ -112,22 +113,22 @@ def make_sample(key: str, index: int, frames: int, size: tuple[int, int], geo: L
         emb[c] = (1000 * c + np.arange(frames, dtype=np.float32))[:, None, None]
     wins = geo.windows(frames)
     members = {
-        "mp4": encode_mp4(video),
-        "mix.flac": _flac(frames * 640), "spk0.flac": _flac(frames * 640), "spk1.flac": _flac(frames * 640),
-        "faces.json": json.dumps({"frames": frames, "characters": []}).encode(),
-        "masks.rle.json": json.dumps(rle_doc, sort_keys=True, separators=(",", ":")).encode(),
-        "audio_emb.npy": npy_bytes(emb),
-        "caption.txt": f"caption of {key}".encode(),
+        MP4: encode_mp4(video),
+        MIX: _flac(frames * 640), TRACKS[0]: _flac(frames * 640), TRACKS[1]: _flac(frames * 640),
+        FACES: json.dumps({"frames": frames, "characters": []}).encode(),
+        MASKS: json.dumps(rle_doc, sort_keys=True, separators=(",", ":")).encode(),
+        AUDIO_EMB: npy_bytes(emb),
+        CAPTION: f"caption of {key}".encode(),
     }
     for k in range(2):
         ys, xs = np.nonzero(masks[k, 0])
-        members[f"ref{k}.jpg"] = _jpeg(np.ascontiguousarray(video[0, ys.min():ys.max() + 1, xs.min():xs.max() + 1]))
+        members[REFS[k]] = _jpeg(np.ascontiguousarray(video[0, ys.min():ys.max() + 1, xs.min():xs.max() + 1]))
     if route:
         rows = []
         for s, e in wins:
             canvas = np.stack([[letterbox_mask(masks[k, t], geo) for t in range(s, e)] for k in range(2)])
             rows.append(route_index_mask(canvas, geo))
-        members["route.npy"] = npy_bytes(np.stack(rows).astype(np.int8))
+        members[ROUTE] = npy_bytes(np.stack(rows).astype(np.int8))
     matrix = [[0, 1], [1, 0]] if index % 3 == 2 else [[1, 0], [0, 1]]
     info: dict[str, Any] = {"masks": {"windows": [list(x) for x in wins], "geometry": geo.model_dump(), "size": [h, w]}}
     if a_ac:

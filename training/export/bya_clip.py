@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from mtcc.media.members import AUDIO_EMB, CAPTION, FACES, MASKS, META, MP4
+
 from .bya_binding import mask_side, read_binding, slot_tracks, their_af_matrix
 from .bya_layout import (
     ENTRY_VERSION,
@@ -33,7 +35,7 @@ from .bya_layout import (
     write_atomic,
 )
 
-NEEDED = ("json", "mp4", "faces.json", "masks.rle.json", "audio_emb.npy", "caption.txt")
+NEEDED = (META, MP4, FACES, MASKS, AUDIO_EMB, CAPTION)
 EMB_LAYERS, EMB_DIM = 12, 768
 # zlib's run-length strategy at level 1: on a binary mask 1.4x faster than plain level 1 and a third of its
 # size (11.8 -> 8.8 ms, 12 -> 4 kB at 1152x768); the default level is twice as slow at 1080p
@@ -100,14 +102,14 @@ def _convert(layout: BYAFolder, job: ClipJob) -> tuple[dict[str, Any], bool]:
     missing = [k for k in NEEDED if k not in m]
     if missing:
         raise SkipClip("missing_member", f"sample lacks {', '.join(missing)} (a profile without those stages)")
-    meta = json.loads(m["json"])
+    meta = json.loads(m[META])
     binding = read_binding(meta, opts.both_min_fraction)
     bound = binding.state == "measured"
     if not bound and not opts.keep_unbound:
         raise SkipClip(binding.reason or "binding_unknown", f"binding {binding.state}: {binding.why}")
-    faces = json.loads(m["faces.json"])
-    masks = json.loads(m["masks.rle.json"])
-    emb = np.load(io.BytesIO(m["audio_emb.npy"]), allow_pickle=False)
+    faces = json.loads(m[FACES])
+    masks = json.loads(m[MASKS])
+    emb = np.load(io.BytesIO(m[AUDIO_EMB]), allow_pickle=False)
     chars = sorted(masks.get("characters", []), key=lambda c: int(c["index"]))
     fchars = sorted(faces.get("characters", []), key=lambda c: int(c["index"]))
     if len(chars) != 2 or len(fchars) != 2:
@@ -119,7 +121,7 @@ def _convert(layout: BYAFolder, job: ClipJob) -> tuple[dict[str, Any], bool]:
         raise SkipClip("inconsistent", f"frame counts differ or audio_emb is {emb.dtype} {emb.shape}: {lengths}")
     if n < opts.min_frames:
         raise SkipClip("too_short", f"{n} frames < min_frames {opts.min_frames}")
-    caption = m["caption.txt"].decode("utf-8").strip()
+    caption = m[CAPTION].decode("utf-8").strip()
     fps = float(masks.get("fps") or faces.get("fps") or 25)
     h, w = (int(v) for v in masks["size"])
 
@@ -139,7 +141,7 @@ def _convert(layout: BYAFolder, job: ClipJob) -> tuple[dict[str, Any], bool]:
     tracks = slot_tracks(binding, af)
     for slot, k in enumerate(tracks):
         _save_tensor(layout.audio(name, slot), emb[k])
-    write_atomic(layout.video(name), m["mp4"])
+    write_atomic(layout.video(name), m[MP4])
 
     duration = n / fps
     if fps * duration < n:  # their filter is fps * duration >= 49: never lose a frame to rounding
