@@ -54,11 +54,13 @@ demo: install
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc sample-data $(DEMO_DIR)/videos
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc run configs/offline.yaml --input $(DEMO_DIR)/videos --output $(DEMO_DIR)/out
 
+# two workers, a test module per worker (tests/conftest.py has the modules that run the offline profile's
+# actors on Ray take turns, so two of them never share the machine's memory)
 test: install test-sysdeps
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra tests
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n 2 --dist loadfile tests
 
 test-fast: install test-sysdeps
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -m "not slow" tests
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not slow" tests
 
 clean:
 	rm -rf $(DEMO_DIR) build *.egg-info .mtcc

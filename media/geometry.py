@@ -22,8 +22,8 @@ class LatentGeometry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     frames: int = Field(49, ge=1, description="frames per training clip at 25 fps")
-    height: int = Field(480, ge=16)
-    width: int = Field(720, ge=16)
+    height: int = Field(480, ge=16, description="pixels of a training clip (the clip is letterboxed to it)")
+    width: int = Field(720, ge=16, description="pixels of a training clip (the clip is letterboxed to it)")
     temporal_stride: int = Field(4, ge=1, description="VAE time compression (first frame kept alone)")
     spatial_stride: int = Field(8, ge=1, description="VAE space compression")
     patch: int = Field(2, ge=1, description="transformer patch size on the latent")

@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 class ShotSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    detector: Literal["content", "adaptive"] = "content"
+    detector: Literal["content", "adaptive"] = Field("content", description="PySceneDetect's ContentDetector "
+                                                                              "or AdaptiveDetector")
     threshold: float = Field(27.0, gt=0, description="ContentDetector threshold (adaptive: adaptive_threshold)")
-    min_shot_seconds: float = Field(0.5, ge=0)
+    min_shot_seconds: float = Field(0.5, ge=0, description="cuts closer than this are merged (flash filter)")
     analysis_width: int = Field(192, ge=32, description="frames are scaled to this width for cut detection")
 
 

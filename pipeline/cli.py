@@ -163,6 +163,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from .config_show import show_config
+
+    try:
+        print(show_config(resolve_config(args.config), args.set))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_sample_data(args: argparse.Namespace) -> int:
     from mtcc.sampledata import generate, generate_long
 
@@ -337,6 +348,15 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--samples", type=int, default=4, metavar="N",
                     help="kept and rejected candidates shown in the gallery (default 4 each)")
     rp.set_defaults(fn=cmd_report)
+
+    cf = sub.add_parser("config", help="the resolved config of a profile")
+    cfsub = cf.add_subparsers(dest="config_cmd", required=True)
+    cs = cfsub.add_parser("show", help="every setting of a profile after its models.yaml and --set, where its value "
+                                      "came from (default, profile, models.yaml, --set) and what it means",
+                          epilog="example: mtcc config show offline --set stages.probe.min_fps=24")
+    cs.add_argument("config", help="profile name (offline, mtcc, spine) or YAML path")
+    cs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, as for mtcc run")
+    cs.set_defaults(fn=cmd_config_show)
 
     m = sub.add_parser("models", help="model weights: fetch, check, make-tiny")
     msub = m.add_subparsers(dest="models_cmd", required=True)

@@ -54,7 +54,8 @@ class RayConfig(BaseModel):
 
     address: str | None = Field(None, description="None = embedded local Ray; 'auto' or 'ray://host:port'")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
-    object_store_mb: int | None = Field(None, ge=64)
+    object_store_mb: int | None = Field(None, ge=64, description="object store of the embedded local Ray, MiB "
+                                                                 "(default: Ray's)")
 
 
 class ModelsRef(BaseModel):

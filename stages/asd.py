@@ -56,7 +56,7 @@ from mtcc.media.windows import window_starts
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, StatView
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, RESOURCES, Resources, StatView
 from .model_stage import ModelStage
 
 RATE = 16000
@@ -242,7 +242,7 @@ class ActiveSpeakers(ModelStage):
     min_speaking_fraction: float = Field(0.1, ge=0, le=1, description="a character speaking on fewer of the clip's "
                                                                       "frames is silent; all silent: no_speaker")
     no_speaker: Literal["reject", "keep"] = Field("reject", description="what to do with clips where nobody speaks")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4), description=RESOURCES)
 
     def _weights_path(self) -> Path:
         path = loading.resolve(self.model, stage=self.name, key="model",

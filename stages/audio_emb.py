@@ -44,7 +44,7 @@ from mtcc.media.npy import npy_bytes
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import Candidate, Info, Key, Member, Rejection, Resources
+from .base import Candidate, Info, Key, Member, Rejection, RESOURCES, Resources
 from .model_stage import ModelStage
 
 HF_ID = "facebook/wav2vec2-base-960h"
@@ -269,7 +269,7 @@ class AudioEmbeddings(ModelStage):
     forward_batch: int = Field(8, ge=1, description="tracks of equal length per model forward")
     max_mismatch_frames: float = Field(2.0, ge=0, description="a track whose length differs from the clip's by "
                                                               "more frames than this is rejected")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4), description=RESOURCES)
 
 
     @field_validator("dtype")

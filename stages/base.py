@@ -264,6 +264,11 @@ class Rejection:
     message: str
 
 
+ENABLED = "run this stage (false: skip it; a later stage that needs what it makes is refused at load)"
+RESOURCES = "what one actor asks for and how many its pool may have (not part of the config hash)"
+DEVICE = "where the stage's model runs: cpu, or cuda / cuda:N (refused at start where no CUDA device is)"
+
+
 class Stage(BaseModel):
     """Base class of every stage. Subclasses set ``name`` and ``stats_schema`` and implement
     ``process`` (batched) or ``compute``/``decide`` (one candidate at a time)."""
@@ -304,8 +309,8 @@ class Stage(BaseModel):
     actor_memory_mb: ClassVar[int] = 400
     max_actor_cpus: ClassVar[float] = 1.0
 
-    enabled: bool = True
-    resources: Resources = Field(default_factory=Resources)
+    enabled: bool = Field(True, description=ENABLED)
+    resources: Resources = Field(default_factory=Resources, description=RESOURCES)
 
     _workspace: NodeWorkspace | None = PrivateAttr(None)
     _loaded: bool = PrivateAttr(False)

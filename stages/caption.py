@@ -36,7 +36,7 @@ from mtcc.media.members import CAPTION
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Resources
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, RESOURCES, Resources
 from .model_stage import ModelStage
 
 HF_ID = "Qwen/Qwen2-VL-7B-Instruct"
@@ -153,13 +153,13 @@ class ClipCaption(ModelStage):
     max_pixels: int = Field(360 * 420, ge=28 * 28, description="most pixels per frame after resizing")
     min_pixels: int = Field(128 * 28 * 28, ge=28 * 28, description="fewest pixels per frame after resizing "
                                                                    "(qwen-vl-utils' video default)")
-    prompt: str = Field(PROMPT, min_length=1)
-    max_new_tokens: int = Field(512, ge=1)
+    prompt: str = Field(PROMPT, min_length=1, description="what the captioner is asked about each clip")
+    max_new_tokens: int = Field(512, ge=1, description="tokens generated per caption at most")
     renamed: ClassVar[dict[str, str]] = {"batch_size": "forward_batch"}
     forward_batch: int = Field(4, ge=1, description="clips per generate call")
     vllm_args: dict[str, Any] = Field(default_factory=dict, description="extra vllm.LLM engine arguments "
                                       "(e.g. max_model_len, gpu_memory_utilization, tensor_parallel_size)")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4), description=RESOURCES)
 
 
     @model_validator(mode="after")

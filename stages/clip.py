@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from .base import Candidate, Info, Key, Resources, Stage
+from .base import Candidate, Info, Key, RESOURCES, Resources, Stage
 
 
 def clip_key(video_id: str, clip_idx: int) -> str:
@@ -42,7 +42,7 @@ class WholeVideoClip(Stage):
     expands: ClassVar[bool] = True
 
     max_seconds: float = Field(20.0, gt=0, description="clips longer than this are cut at this length")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, candidates_per_call=16))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, candidates_per_call=16), description=RESOURCES)
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:
         out: list[Candidate] = []

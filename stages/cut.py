@@ -29,7 +29,7 @@ from mtcc.media.crops import SHARED_CROPS, ClipMedia, clip_boxes, crop_character
 from mtcc.media.ffmpeg import BITEXACT, MediaError, ff_input, require_tool
 from mtcc.media.members import MIX, MP4, REFS
 
-from .base import CLIP_MEDIA, CLIPS, Candidate, Info, Key, Member, Resources, Stage
+from .base import CLIP_MEDIA, CLIPS, Candidate, Info, Key, Member, RESOURCES, Resources, Stage
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:
@@ -77,16 +77,18 @@ class ClipCut(Stage):
     makes_clip_media: ClassVar[bool] = True
 
     fps: int = Field(25, ge=1, description="output frame rate (Bind-Your-Avatar trains at 25 fps)")
-    audio_rate: int = Field(16000, ge=8000)
-    crf: int = Field(18, ge=0, le=51)
-    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"
+    audio_rate: int = Field(16000, ge=8000, description="Hz of the mixture and the mp4's audio (the models take "
+                                                        "16 kHz)")
+    crf: int = Field(18, ge=0, le=51, description="libx264 quality of the mp4 (lower: better, larger)")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = Field(
+        "veryfast", description="libx264 speed preset (slower: smaller mp4 at the same crf)")
     threads: int = Field(2, ge=1, le=64, description="fixed so that encodes are byte-identical on every machine")
-    audio_bitrate: str = Field("64k", pattern=r"^[0-9]+k$")
+    audio_bitrate: str = Field("64k", pattern=r"^[0-9]+k$", description="AAC bitrate of the mp4's audio")
     keyframe_seconds: float = Field(1.0, gt=0, description="a key frame (and nothing but) every this many seconds: "
                                                            "1 fps frame samples land on key frames")
     ref_margin: float = Field(1.6, ge=1.0, description="reference crop side / face box side")
     timeout_s: float = Field(600.0, gt=0, description="one clip's ffmpeg run")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=1))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=1), description=RESOURCES)
 
     def _args(self, src: str, start: float, dur: float, n: int, has_audio: bool, pipe: bool,
               mp4: Path, flac: Path) -> list[str]:

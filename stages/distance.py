@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Candidate, Info, Key, Rejection, Resources, Stage, StatView
+from .base import Candidate, Info, Key, Rejection, RESOURCES, Resources, Stage, StatView
 
 
 class FaceDistance(Stage):
@@ -36,7 +36,7 @@ class FaceDistance(Stage):
     size: Literal["width", "sqrt_area"] = Field(
         "width", description="face size: mean of the two box widths, or of sqrt(box area)")
     min_ratio: float = Field(0.15, ge=0, description="face size / distance between face centres, clip mean")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, candidates_per_call=32))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, candidates_per_call=32), description=RESOURCES)
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
         chars = cand.info["clip_faces"]["characters"]

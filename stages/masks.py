@@ -51,7 +51,7 @@ from mtcc.nets import loading, sam2_model
 from mtcc.nets.mask_tracking import FrameMasks, best_frame, prompt_frame, track
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, StatView
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, RESOURCES, Resources, StatView
 from .model_stage import ModelStage
 
 HF_ID = "facebook/sam2.1-hiera-large"
@@ -157,9 +157,9 @@ class CharacterMasks(ModelStage):
     ref_margin: float = Field(1.6, ge=1.0, description="reference crop side / face box longer side")
     ref_background: tuple[int, int, int] = Field((255, 255, 255), description="RGB outside the character's mask "
                                                                               "in ref{i}.jpg")
-    jpeg_quality: int = Field(95, ge=1, le=100)
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the reference pictures")
     batch_frames: int = Field(32, ge=1, description="frames per decode batch")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=2))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=2), description=RESOURCES)
 
 
     @field_validator("config")

@@ -23,6 +23,7 @@ from pydantic import Field, PrivateAttr
 from mtcc.nets import loading
 from mtcc.nets.weights import Weights
 
+from .base import DEVICE as DEVICE_HELP
 from .base import Stage
 
 DEVICE = r"^(cpu|cuda(:[0-9]+)?)$"
@@ -37,7 +38,7 @@ class WeightsStage(Stage):
 
     model: loading.OptionalModelSpec = Field(None, description="the stage's weights: a local file or folder, or a "
                                                               "Hugging Face id")
-    device: str = Field("cpu", pattern=DEVICE)
+    device: str = Field("cpu", pattern=DEVICE, description=DEVICE_HELP)
 
     def check_model(self) -> str:
         """Validate the configured weights before a long run (``mtcc models check``): every file present and

@@ -38,7 +38,7 @@ from mtcc.media.audio_io import read_track
 from mtcc.media.crops import CropGeometry, clip_media
 from mtcc.media.members import TRACKS
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, RESOURCES, Resources, Stage
 
 RATE = 16000
 FPS = 25
@@ -190,7 +190,7 @@ class MouthPrescore(Stage):
                                               "<= 0.34; not yet calibrated on real footage (see the module doc)")
     reject: bool = Field(True, description="false: record the stats, never reject")
     use_separated: bool = Field(True, description="score each character against its own spk<i>.flac when present")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4), description=RESOURCES)
 
     def signals(self, cand: Candidate) -> tuple[list[np.ndarray], list[np.ndarray], str]:
         """Per character: mouth motion and speech activity of the audio scored against it."""

@@ -13,7 +13,7 @@ from mtcc.storage.files import is_remote_source, local_source
 from mtcc.storage.hashing import sha256_file
 from mtcc.storage.workspace import SourceChanged, SourceUnreachable, WorkspaceError
 
-from .base import Candidate, Info, Key, Rejection, Resources, Stage, StatView
+from .base import Candidate, Info, Key, Rejection, RESOURCES, Resources, Stage, StatView
 
 # Prefix of a planned source whose file name is not valid UTF-8 (see mtcc.pipeline.inputs.plan_source):
 # the rest is the name with \x escapes, which is no path to open.
@@ -133,15 +133,15 @@ class Probe(Stage):
     )
 
     min_duration: float = Field(2.0, ge=0, description="seconds; 49 frames at 25 fps need 1.96 s")
-    max_duration: float = Field(6 * 3600.0, gt=0)
-    min_width: int = Field(128, ge=1)
-    min_height: int = Field(128, ge=1)
-    min_fps: float = Field(10.0, gt=0)
-    max_fps: float = Field(120.0, gt=0)
-    require_audio: bool = True
+    max_duration: float = Field(6 * 3600.0, gt=0, description="seconds; longer inputs are rejected as too_long")
+    min_width: int = Field(128, ge=1, description="pixels of the picture as shown (rotation applied)")
+    min_height: int = Field(128, ge=1, description="pixels of the picture as shown (rotation applied)")
+    min_fps: float = Field(10.0, gt=0, description="frames per second (the stream's average rate)")
+    max_fps: float = Field(120.0, gt=0, description="frames per second (the stream's average rate)")
+    require_audio: bool = Field(True, description="reject a video without an audio stream as no_audio")
     min_audio_rate: int = Field(8000, ge=1, description="Hz; separation runs at 16 kHz")
     hash_content: bool = Field(True, description="sha256 of the whole source, recorded in every sample's meta")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.5, candidates_per_call=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.5, candidates_per_call=4), description=RESOURCES)
 
     @model_validator(mode="after")
     def _ranges(self) -> Probe:

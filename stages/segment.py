@@ -16,7 +16,7 @@ from pydantic import Field
 from mtcc.media.tracking import interpolate
 from mtcc.media.video import FrameClock
 
-from .base import Candidate, Info, Key, Resources, Stage
+from .base import Candidate, Info, Key, RESOURCES, Resources, Stage
 from .clip import make_clip
 
 
@@ -74,13 +74,13 @@ class TwoFaceSegments(Stage):
     stats_schema: ClassVar[dict[str, str]] = {"n_clips": "int64", "segment_seconds": "float64"}
     expands: ClassVar[bool] = True
 
-    n_faces: int = Field(2, ge=1)
+    n_faces: int = Field(2, ge=1, description="faces a clip must hold on every frame (the later stages take 2)")
     min_face_px: float = Field(40.0, ge=1, description="min face box width (source pixels) on every frame")
-    out_fps: int = Field(25, ge=1)
+    out_fps: int = Field(25, ge=1, description="frame rate of the clips' face tracks (the cut's mp4 rate)")
     min_frames: int = Field(49, ge=1, description="at out_fps; Bind-Your-Avatar trains on 49-frame clips")
-    max_seconds: float = Field(10.0, gt=0)
+    max_seconds: float = Field(10.0, gt=0, description="longer runs are cut into equal windows of at most this")
     edge_trim_frames: int = Field(0, ge=0, description="source frames dropped at each end of a run")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.25, candidates_per_call=8))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.25, candidates_per_call=8), description=RESOURCES)
 
     def _clip_faces(self, tracks: list[dict[str, Any]], clock: FrameClock, t0: float, start: float,
                     end: float) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from mtcc.media.windows import window_starts
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, StatView
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, RESOURCES, Resources, StatView
 from .model_stage import ModelStage
 
 RATE = 16000
@@ -312,7 +312,7 @@ class SpeechSeparation(ModelStage):
     min_speech_seconds: float = Field(0.3, ge=0, description="less VAD speech than this: the character is silent")
     silence_dbfs: float = Field(-50.0, description="a track quieter than this (RMS, dBFS) is silent")
     reject_silent: bool = Field(False, description="reject clips where a character is silent")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=2))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=2), description=RESOURCES)
 
 
     def load(self) -> None:

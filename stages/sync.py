@@ -37,7 +37,7 @@ from mtcc.nets import loading
 from mtcc.nets.sync_math import VSHIFT, binding, cross_matrix
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, Resources, Stat, StatView
+from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, RESOURCES, Resources, Stat, StatView
 from .model_stage import ModelStage
 
 RATE = 16000
@@ -182,7 +182,7 @@ class SyncScores(ModelStage):
                               "character speaks, or ignore the silence flags (random-weight separators)")
     shift_audio_to_zero: bool = Field(False, description="shift each separated track of a kept clip by its "
                                                          "offset (LatentSync aligns audio to offset 0)")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=4), description=RESOURCES)
 
 
     def load(self) -> None:

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from mtcc.media.members import FACES, MIX, MP4
 
-from .base import Candidate, Info, Key, Member, Resources, Stage
+from .base import Candidate, Info, Key, Member, RESOURCES, Resources, Stage
 
 
 class ClipWriter(Stage):
@@ -30,7 +30,7 @@ class ClipWriter(Stage):
     reads_clip_media: ClassVar[bool] = True  # packs the members the cut made
     stats_schema: ClassVar[dict[str, str]] = {"frames": "int64", "mp4_bytes": "int64", "flac_bytes": "int64"}
 
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, candidates_per_call=8))
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, candidates_per_call=8), description=RESOURCES)
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
         if MP4 not in cand.members:

@@ -130,3 +130,18 @@ def test_clip_media_readers_need_the_cut_before_them():
         build_config({"stages": {"probe": {}, "clip": {}, "write": {}}})
     with pytest.raises(ConfigError, match="after 'clip'"):  # a cut before there are clips
         build_config({"stages": {"probe": {}, "cut": {}, "clip": {}, "write": {}}})
+
+
+def test_config_show_names_every_settings_source_and_meaning(tiny_overrides):
+    from mtcc.pipeline.config_show import show_config
+
+    text = show_config(resolve_config("offline"), [*tiny_overrides, "stages.probe.min_fps=24"])
+    lines = {ln.split(" = ")[0]: ln for ln in text.splitlines()[1:]}
+    assert lines["stages.probe.min_fps"].startswith("stages.probe.min_fps = 24.0  [--set]")
+    assert "[profile]" in lines["stages.probe.min_duration"]  # the offline profile sets it
+    assert "[default]" in lines["stages.probe.max_duration"]
+    assert "[models.yaml]" in lines["stages.separate.model"]  # the make-tiny models.yaml points it
+    assert "[default]" in lines["run.remote.attempts"]
+    undocumented = [k for k, ln in lines.items() if "  # " not in ln]
+    assert undocumented == []  # every setting says what it is
+    assert len(lines) > 250
