@@ -75,11 +75,10 @@ def _media_s(c: Any) -> float:
 
 
 def _batch_fields(stage: Any) -> dict[str, int]:
-    """The model-side batch sizes a stage declares (``forward_batch``, ``batch_frames``, ``batch_windows``)."""
+    """The batch sizes a stage declares: candidates per call, and its model's ``forward_batch``."""
     out = {"candidates_per_call": stage.resources.candidates_per_call}
-    for name in type(stage).model_fields:
-        if name.startswith("batch") and isinstance(getattr(stage, name), int):
-            out[name] = getattr(stage, name)
+    if isinstance(getattr(stage, "forward_batch", None), int):
+        out["forward_batch"] = stage.forward_batch
     return out
 
 

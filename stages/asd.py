@@ -13,7 +13,7 @@ Faces and audio come only from the clip media the ``cut`` stage made (:meth:`Act
 One chunking pass of the encoders: each character's frames are cut into windows of ``encode_frames`` (4 s;
 the last one ends at the clip's last frame, overlapping its neighbour, whose embeddings are averaged there)
 and every window of every character of every clip of a batch goes through the visual encoder once,
-``batch_windows`` windows per forward; the audio encoder runs once per clip on the mixture (and on each
+``forward_batch`` windows per forward; the audio encoder runs once per clip on the mixture (and on each
 separated track when the ``separate`` stage ran before). The encoders see only +-6 frames of context, so the
 windows barely matter to them; the sequence model (two GRUs, ~1 % of the cost) is what the authors' chunking
 is about: it runs on chunks of ``context_frames`` (1 s, their shortest chunking). Longer chunks let a
@@ -226,7 +226,8 @@ class ActiveSpeakers(ModelStage):
                             "GPUs; logits move by up to ~0.1 (decisions on the shared real footage unchanged). auto: "
                             "bfloat16 where the device supports it, else float32")
     encode_frames: int = Field(100, ge=8, description="frames per window of the visual encoder's one pass (4 s)")
-    batch_windows: int = Field(1, ge=1, description="windows (clips x characters x windows) per visual forward; on "
+    renamed: ClassVar[dict[str, str]] = {"batch_windows": "forward_batch"}
+    forward_batch: int = Field(1, ge=1, description="windows (clips x characters x windows) per visual forward; on "
                                                    "CPUs one window keeps the activations in cache (fastest measured)")
     context_frames: int = Field(25, ge=1, description="frames per chunk of the sequence model (1 s: the authors' "
                                                       "shortest chunking; longer chunks carry a speaker's state into "
@@ -316,7 +317,7 @@ class ActiveSpeakers(ModelStage):
 
     def _encode_faces(self, clips: list[_Clip]):
         """Per clip ``[C, T, 128]`` face embeddings: every window of every character of every clip through the
-        visual encoder once, ``batch_windows`` windows of the same length per forward."""
+        visual encoder once, ``forward_batch`` windows of the same length per forward."""
         import torch
 
         w = self.encode_frames
@@ -329,8 +330,8 @@ class ActiveSpeakers(ModelStage):
             by_length.setdefault(job[3], []).append(job)
         for length in sorted(by_length):
             todo = by_length[length]
-            for b0 in range(0, len(todo), self.batch_windows):
-                chunk = todo[b0:b0 + self.batch_windows]
+            for b0 in range(0, len(todo), self.forward_batch):
+                chunk = todo[b0:b0 + self.forward_batch]
                 x = torch.from_numpy(np.stack([clips[i].faces[k, s:s + n] for i, k, s, n in chunk]))
                 v = self._net.encode_faces(x.to(self.device, torch.float32)).float().cpu()
                 for (i, k, s, n), e in zip(chunk, v):

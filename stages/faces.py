@@ -8,7 +8,7 @@ frame by bisection over the frames between two samples.
 
 The frames between two samples are held until both samples' detections are known and kept only where the
 faces change between them (a face appears, leaves, or moves beyond the linking IoU): exactly where a track
-can start or end, so the bisection reads them from memory. Memory: ``batch_frames`` x the sampling step
+can start or end, so the bisection reads them from memory. Memory: ``forward_batch`` x the sampling step
 frames at the detector's size, plus the shot detector's reporting delay.
 """
 
@@ -91,8 +91,9 @@ class FaceTrack(WeightsStage):
     decode_width: int = Field(640, ge=64, description="frames are decoded at this width; boxes map back")
     input_size: int = Field(640, ge=64, description="the detector's input width (a frame is scaled to it)")
     score_threshold: float = Field(0.5, gt=0, lt=1, description="detections scored below this are dropped")
-    batch_frames: int = Field(16, ge=1, description="sampled frames per detector call")
-    chunk_frames: int = Field(64, ge=1, description="frames per decode call")
+    renamed: ClassVar[dict[str, str]] = {"batch_frames": "forward_batch", "chunk_frames": "decode_frames"}
+    forward_batch: int = Field(16, ge=1, description="sampled frames per detector call")
+    decode_frames: int = Field(64, ge=1, description="frames per decode call")
     iou_min: float = Field(0.3, gt=0, lt=1, description="IoU to link a detection to a track")
     max_gap: int = Field(2, ge=0, description="samples a track may miss before it ends")
     min_track_samples: int = Field(2, ge=1, description="samples a track needs to be kept (one-sample flickers go)")
@@ -120,7 +121,7 @@ class FaceTrack(WeightsStage):
         with self.source(cand) as src:
             video = open_frames(src.path, probe, self.decode_width)
             scan = _Scan(self, video)
-            for idx, frames in video.batches(None, self.chunk_frames):
+            for idx, frames in video.batches(None, self.decode_frames):
                 for i, rgb in zip(idx, frames):
                     scan.frame(i, rgb)
             scan.finish()
@@ -151,7 +152,7 @@ class FaceTrack(WeightsStage):
             start, end = int(chunk["start"]), chunk["end"]
             scan = _Scan(self, video, owned_from=start, stop_at=end)
             first = max(0, start - int(chunk["overlap"]))
-            for idx, frames in video.batches(list(range(first, video.n_frames)), self.chunk_frames):
+            for idx, frames in video.batches(list(range(first, video.n_frames)), self.decode_frames):
                 for i, rgb in zip(idx, frames):
                     scan.frame(i, rgb)
                     if scan.stopped:
@@ -377,7 +378,7 @@ class _Scan:
             self.queue.append(i)
             self.shot_samples.append(i)
             self.held[i] = img
-            if len(self.queue) >= self.stage.batch_frames:
+            if len(self.queue) >= self.stage.forward_batch:
                 self._detect_queue()
         else:
             self.held[i] = img

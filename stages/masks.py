@@ -158,7 +158,8 @@ class CharacterMasks(ModelStage):
     ref_background: tuple[int, int, int] = Field((255, 255, 255), description="RGB outside the character's mask "
                                                                               "in ref{i}.jpg")
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the reference pictures")
-    batch_frames: int = Field(32, ge=1, description="frames per decode batch")
+    renamed: ClassVar[dict[str, str]] = {"batch_frames": "decode_frames"}
+    decode_frames: int = Field(32, ge=1, description="frames per decode call")
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=2), description=RESOURCES)
 
 
@@ -238,7 +239,7 @@ class CharacterMasks(ModelStage):
         frames = torch.empty((n_out, size, size, 3), dtype=torch.uint8)
         full: dict[int, np.ndarray] = {}
         last, img = -1, None
-        for idx, imgs in video.batches(list(range(min(n_out, video.n_frames))), self.batch_frames):
+        for idx, imgs in video.batches(list(range(min(n_out, video.n_frames))), self.decode_frames):
             for last, img in zip(idx, imgs):
                 frames[last] = torch.from_numpy(np.ascontiguousarray(sam2_model.resize_square(img, size)))
                 if last in want_full:

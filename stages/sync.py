@@ -17,7 +17,7 @@ Audio tracks are the separated ``spk0.flac`` / ``spk1.flac`` members (the separa
 without them both tracks are the clip mixture and ``audio_source`` says ``mixture``.
 
 Every (clip, character) video window and (clip, track) audio window of a batch goes through the model
-``batch_windows`` at a time. Scores: :mod:`.sync_math` (Sync-C, Sync-D, offset per audio x face, binding).
+``forward_batch`` at a time. Scores: :mod:`.sync_math` (Sync-C, Sync-D, offset per audio x face, binding).
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ class SyncScores(ModelStage):
     )
 
     model: loading.OptionalModelSpec = Field(None, description=f"SyncNet v2 state-dict file ({MODEL_FILE} from syncnet_python)")
-    batch_windows: int = Field(32, ge=1, description="5-frame windows (clips x characters x windows) per forward")
+    renamed: ClassVar[dict[str, str]] = {"batch_windows": "forward_batch"}
+    forward_batch: int = Field(32, ge=1, description="5-frame windows (clips x characters x windows) per forward")
     crop_scale: float = Field(0.4, ge=0, description="syncnet_python's crop_video cs: crop side = (1 + cs) x face "
                                                      "box side, centred cs/2 x side below the box centre")
     min_sync_c: float = Field(3.0, description="mean Sync-C of the speaking characters (LatentSync keeps >= 3)")
@@ -242,8 +243,8 @@ class SyncScores(ModelStage):
     def _run(self, jobs: list[tuple[int, int, int]], get, kind: str, torch) -> np.ndarray:
         out = []
         with torch.inference_mode():
-            for i in range(0, len(jobs), self.batch_windows):
-                chunk = [np.asarray(get(j), np.float32) for j in jobs[i:i + self.batch_windows]]
+            for i in range(0, len(jobs), self.forward_batch):
+                chunk = [np.asarray(get(j), np.float32) for j in jobs[i:i + self.forward_batch]]
                 x = torch.from_numpy(np.stack(chunk)).to(self.device)
                 if kind == "lip":
                     x = x.permute(0, 4, 1, 2, 3)  # [N, 5, H, W, 3] -> [N, 3, 5, H, W]

@@ -154,7 +154,7 @@ def with_tracks(clip: Candidate, tracks: list[np.ndarray] | None) -> Candidate:
 def stage(tiny) -> SyncScores:
     """Thresholds opened up (a random model's scores mean nothing) so every clip is kept and its tracks
     shifted: one batch exercises scoring, pairing and the audio shift."""
-    s = SyncScores(**tiny, batch_windows=16,  # 16 does not divide 45 windows: batches straddle tracks and clips
+    s = SyncScores(**tiny, forward_batch=16,  # 16 does not divide 45 windows: batches straddle tracks and clips
                    min_sync_c=-1e9, max_abs_offset=VSHIFT, require_binding=False, shift_audio_to_zero=True)
     s.setup()
     return s

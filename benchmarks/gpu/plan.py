@@ -23,15 +23,15 @@ SWEEPS_FULL: dict[str, list[int]] = {
 SWEEPS_TINY: dict[str, list[int]] = {s: [1, 2] for s in MODEL_STAGES}
 BATCH_UNITS = {
     "separate": "windows per forward (stages.separate.forward_batch)",
-    "asd": "visual-encoder windows per forward (stages.asd.batch_windows)",
-    "sync": "5-frame windows per forward (stages.sync.batch_windows)",
+    "asd": "visual-encoder windows per forward (stages.asd.forward_batch)",
+    "sync": "5-frame windows per forward (stages.sync.forward_batch)",
     "masks": "clips per call, tracked one after another (no batch dimension in SAM2's video predictor)",
     "audio_emb": "tracks per forward, 2 per clip (stages.audio_emb.forward_batch)",
     "caption": "clips per generate call (stages.caption.forward_batch)",
 }
 # a profile's stage settings that say where weights are, where to run or how to batch: the benchmark sets
 # those itself; everything else (windows, crop scales, frame sampling, dtypes) is taken as the profile has it
-NOT_FROM_PROFILE = {"model", "config", "device", "allow_random_weights", "resources", "forward_batch", "batch_windows",
+NOT_FROM_PROFILE = {"model", "config", "device", "allow_random_weights", "resources", "forward_batch",
                     "max_new_tokens", "backend", "vllm_args", "enabled", "max_reprompts"}
 
 

@@ -4,8 +4,8 @@ code path on clips shaped like a real one (``--clip-seconds`` at 25 fps, 720p so
 What "batch" means is each stage's own GPU batching knob (what a profile sets):
   * separate: windows (clips x characters x 3 s windows) per forward (``stages.separate.forward_batch``);
   * asd: windows of the visual encoder (characters x ``encode_frames`` frames) per forward
-    (``stages.asd.batch_windows``); its audio encoder and sequence model run per clip;
-  * sync: 5-frame windows per forward, video and audio alike (``stages.sync.batch_windows``);
+    (``stages.asd.forward_batch``); its audio encoder and sequence model run per clip;
+  * sync: 5-frame windows per forward, video and audio alike (``stages.sync.forward_batch``);
   * masks: clips per call, run one after another: SAM2's video predictor tracks one clip (both
     characters in one inference state) at a time, so there is no batch dimension to sweep;
   * audio_emb: tracks (2 per clip) per forward (``stages.audio_emb.forward_batch``);
@@ -135,7 +135,7 @@ def bench_asd(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, Any]
     per_clip = 2 * len(window_starts(clip.frames, stage.encode_frames))
 
     def run(batch: int) -> Work:
-        stage.batch_windows = batch
+        stage.forward_batch = batch
         n = max(1, math.ceil(2 * batch / per_clip))
         stage.score([asd_stage._Clip(faces, [mfcc], False) for _ in range(n)])
         return Work(n, n * clip.seconds, math.ceil(n * per_clip / batch), {"items": n * per_clip})
@@ -162,7 +162,7 @@ def bench_sync(device: Any, tiny: bool, clip: ClipShape, settings: dict[str, Any
     per_clip = 2 * windows
 
     def run(batch: int) -> Work:
-        stage.batch_windows = batch
+        stage.forward_batch = batch
         n = max(1, math.ceil(2 * batch / per_clip))
         clips = [sy._Clip(crops, mfcc, tracks, windows) for _ in range(n)]
         stage._embed(clips)
