@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import shutil
@@ -18,46 +17,17 @@ S3_BUCKET = "bucket"  # the bucket the s3 fixture makes
 
 
 # Modules whose builds run the offline profile's actors on Ray (each such build holds ~10 GB of memory, a
-# simulated cluster more). With `pytest -n 2 --dist loadfile` (make test) each module runs on one worker and
-# these take turns: a module of them holds an exclusive lock while it runs, so two never run at once on a
-# 24 GB machine. test_pipeline too: it SIGKILLs a busy stage actor found by its process title.
+# simulated cluster more). `make test` runs two pytest-xdist workers with --dist loadgroup: each module is
+# a group of its own (its module fixtures are made once), these all one group, so they run one after
+# another on one worker while the other takes the rest, and two of them never share the machine's memory.
+# test_pipeline too: it SIGKILLs a busy stage actor found by its process title, which must be its build's.
 RAY_HEAVY = {"test_face_stages", "test_bad_inputs", "test_export_bya", "test_training", "test_cluster",
              "test_long_sources", "test_pipeline"}
 
 
-_TURN = {"depth": 0}  # this worker's holds of the turn (a heavy module's test may ask for pipeline_shards)
-
-
-@contextlib.contextmanager
-def heavy_turn(tmp_path_factory):
-    """Hold the run's one turn for heavy Ray work (see RAY_HEAVY), re-entrant within a worker; a no-op without
-    xdist workers."""
-    if not os.environ.get("PYTEST_XDIST_WORKER") or _TURN["depth"]:
-        _TURN["depth"] += 1
-        try:
-            yield
-        finally:
-            _TURN["depth"] -= 1
-        return
-    import fcntl
-
-    # the workers of one run share the parent of their base temp folders
-    with open(tmp_path_factory.getbasetemp().parent / "ray_heavy.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        _TURN["depth"] += 1
-        try:
-            yield
-        finally:
-            _TURN["depth"] -= 1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_heavy_turn(request, tmp_path_factory):
-    if request.module.__name__.rsplit(".", 1)[-1] not in RAY_HEAVY:
-        yield
-        return
-    with heavy_turn(tmp_path_factory):
-        yield
+def pytest_itemcollected(item) -> None:
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    item.add_marker(pytest.mark.xdist_group("ray_heavy" if module in RAY_HEAVY else module))
 
 
 @pytest.fixture(scope="session")
@@ -116,8 +86,7 @@ def pipeline_shards(sample_dir, tiny_overrides, ray_local, tmp_path_factory) -> 
                    check=True)
     cfg = load_config(resolve_config("offline"), [*tiny_overrides, "stages.prescore.reject=false"])
     assert {"masks", "audio_emb", "caption"} <= {s.name for s in cfg.active_stages}
-    with heavy_turn(tmp_path_factory):
-        res = build(cfg, [str(videos)], tmp / "out", runner="ray", progress=False)
+    res = build(cfg, [str(videos)], tmp / "out", runner="ray", progress=False)
     assert not res.shards_failed, res.shards_failed
     return tmp / "out"
 
