@@ -69,7 +69,7 @@ def main() -> int:
             a, v = torch.from_numpy(audio).to(args.device), torch.from_numpy(visual).to(args.device)
             return net(a, v).float().cpu().numpy()
 
-    rate = sep.RATE
+    rate = sep.AUDIO_RATE
     n = int(round(args.seconds * rate))
     rng = np.random.default_rng(0)
     t = np.arange(n) / rate

@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from mtcc.media.clip import AUDIO_RATE, FPS
 from mtcc.media.members import AUDIO_EMB, CAPTION, FACES, MASKS, META, MIX, MP4, REFS, ROUTE, TRACKS
 
 from .members import REQUIRED
 
-RATE = 16000
-FPS = 25
 EMB_LAYERS, EMB_DIM = 12, 768
 
 
@@ -62,23 +61,23 @@ def check_sample(members: dict[str, bytes], require: Iterable[str] = REQUIRED) -
             if v.get("avg_frame_rate") != f"{FPS}/1":
                 problems.append(f"mp4: {v.get('avg_frame_rate')} fps, expected {FPS}")
             frames, size = int(v.get("nb_frames") or 0), (int(v["height"]), int(v["width"]))
-        if a is not None and (a.get("codec_name") != "aac" or int(a.get("sample_rate", 0)) != RATE
+        if a is not None and (a.get("codec_name") != "aac" or int(a.get("sample_rate", 0)) != AUDIO_RATE
                               or int(a.get("channels", 0)) != 1):
             problems.append(f"mp4: audio {a.get('codec_name')} {a.get('sample_rate')} Hz x{a.get('channels')}, "
-                            f"expected aac {RATE} Hz mono")
+                            f"expected aac {AUDIO_RATE} Hz mono")
     lengths = {}
     for name in (MIX, TRACKS[0], TRACKS[1]):
         if name in members:
             sr, ch, n = _flac(members[name])
             lengths[name] = n
-            if (sr, ch) != (RATE, 1):
-                problems.append(f"{name}: {sr} Hz x{ch}, expected {RATE} Hz mono")
+            if (sr, ch) != (AUDIO_RATE, 1):
+                problems.append(f"{name}: {sr} Hz x{ch}, expected {AUDIO_RATE} Hz mono")
     if len(set(lengths.values())) > 1:
         problems.append(f"audio tracks differ in length: {lengths}")
     if frames is not None and lengths:
         n = next(iter(lengths.values()))
-        if abs(n / RATE * FPS - frames) > 1.01:
-            problems.append(f"audio covers {n / RATE * FPS:.2f} frames, video has {frames}")
+        if abs(n / AUDIO_RATE * FPS - frames) > 1.01:
+            problems.append(f"audio covers {n / AUDIO_RATE * FPS:.2f} frames, video has {frames}")
     if FACES in members:
         faces = json.loads(members[FACES])
         chars = faces.get("characters", [])

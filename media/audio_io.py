@@ -6,10 +6,10 @@ import io
 
 import numpy as np
 
-RATE = 16000
+from .clip import AUDIO_RATE
 
 
-def read_track(data: bytes, rate: int = RATE) -> np.ndarray:
+def read_track(data: bytes, rate: int = AUDIO_RATE) -> np.ndarray:
     """A FLAC/WAV member as mono float32 at ``rate`` (resampled with soxr if stored otherwise)."""
     import soundfile as sf
 
@@ -22,7 +22,7 @@ def read_track(data: bytes, rate: int = RATE) -> np.ndarray:
     return x
 
 
-def flac_bytes(track: np.ndarray, rate: int = RATE) -> bytes:
+def flac_bytes(track: np.ndarray, rate: int = AUDIO_RATE) -> bytes:
     """16-bit mono FLAC of a float track in [-1, 1] (clipped), deterministic for the same samples."""
     import soundfile as sf
 

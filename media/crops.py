@@ -26,7 +26,7 @@ import numpy as np
 from mtcc.media.members import MIX, MP4
 from mtcc.storage.workspace import NodeWorkspace
 
-RATE = 16000
+from .clip import AUDIO_RATE
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,8 @@ class ClipMedia:
             return np.load(path)
         from mtcc.media.audio_io import read_track
 
-        want = int(round(float(self.info["seconds"]) * RATE))  # as long as mix.flac: the clip, not its frames
-        mix = read_track(self.cand.member(MIX), RATE)
+        want = int(round(float(self.info["seconds"]) * AUDIO_RATE))  # as long as mix.flac: the clip, not its frames
+        mix = read_track(self.cand.member(MIX), AUDIO_RATE)
         mix = np.pad(mix, (0, max(0, want - len(mix))))[:want].astype(np.float32)
         self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_save(path, mix)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mtcc.media.clip import ClipSpec
 from mtcc.stages import RETIRED, STAGES, Stage
 from mtcc.stages.base import FROM_INPUT
 from mtcc.storage.remote_io import RetryPolicy
@@ -72,7 +73,9 @@ class ModelsRef(BaseModel):
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    profile: str = "custom"
+    profile: str = Field("custom", description="the profile's name (recorded in every sample's meta)")
+    clip: ClipSpec = Field(default_factory=ClipSpec, description="what every clip is: frame rate, audio rate, "
+                                                                 "characters; stages take these from here")
     run: RunSettings = Field(default_factory=RunSettings)
     ray: RayConfig = Field(default_factory=RayConfig)
     models: ModelsRef | None = None
@@ -85,6 +88,7 @@ class PipelineConfig(BaseModel):
     def dump(self) -> dict[str, Any]:
         out = {
             "profile": self.profile,
+            "clip": self.clip.model_dump(),
             "run": self.run.model_dump(),
             "ray": self.ray.model_dump(),
             "stages": {s.name: s.model_dump() for s in self.stages},
@@ -169,14 +173,23 @@ def build_config(raw: dict[str, Any]) -> PipelineConfig:
                         f"{', '.join(sorted(STAGES))}")
         stages_raw = {}
     stages: list[Stage] = []
+    try:
+        clip = ClipSpec.model_validate(raw.get("clip") or {})
+    except ValidationError as e:
+        problems.extend(validation_problems(e, ClipSpec, "clip"))
+        clip = ClipSpec()
     for name, body in stages_raw.items():
         cls = STAGES.get(name)
         if cls is None:
             why = f"{RETIRED[name]}" if name in RETIRED else f"unknown stage; known stages: {', '.join(sorted(STAGES))}"
             problems.append(f"stages.{name}: {why}")
             continue
+        body, clash = clip_settings(cls, body or {}, clip)
+        if clash:
+            problems.extend(clash)
+            continue
         try:
-            stages.append(cls.model_validate(body or {}))
+            stages.append(cls.model_validate(body))
         except ValidationError as e:
             problems.extend(validation_problems(e, cls, f"stages.{name}"))
     top = {k: v for k, v in raw.items() if k != "stages"}
@@ -189,6 +202,9 @@ def build_config(raw: dict[str, Any]) -> PipelineConfig:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     assert cfg is not None
     active = [s for s in stages if s.enabled]
+    needs = clip_problems(active, clip)
+    if needs:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(needs))
     expanding = [s.name for s in active if s.expands]
     if len(expanding) != 1:
         raise ConfigError(f"stages: exactly one enabled stage must split videos into clips, found {expanding or 'none'}")
@@ -196,6 +212,27 @@ def build_config(raw: dict[str, Any]) -> PipelineConfig:
     if order:
         raise ConfigError("invalid stage order:\n  " + "\n  ".join(order))
     return cfg.model_copy(update={"stages": stages})
+
+
+def clip_settings(cls: type[Stage], body: dict[str, Any], clip: ClipSpec) -> tuple[dict[str, Any], list[str]]:
+    """A stage's settings with what the clip section states (``Stage.clip_fields``) filled in; a stage setting
+    that says otherwise is refused, naming the clip key to set instead (one place for what a clip is)."""
+    out = dict(body)
+    clash = []
+    for key, field in cls.clip_fields.items():
+        want = getattr(clip, key)
+        if field in out and out[field] != want:
+            clash.append(f"stages.{cls.name}.{field} is {out[field]!r} but clip.{key} is {want!r}: set clip.{key} "
+                         f"(what a clip is is stated once, in the clip section)")
+        out[field] = want
+    return out, clash
+
+
+def clip_problems(active: list[Stage], clip: ClipSpec) -> list[str]:
+    """The enabled stages whose models take other clips than the clip section states (``Stage.clip_needs``)."""
+    return [f"stages.{s.name} takes clips of {key} {need}, the clip section says {getattr(clip, key)}: set clip.{key}="
+            f"{need} or disable the stage" for s in active for key, need in type(s).clip_needs.items()
+            if getattr(clip, key) != need]
 
 
 def order_problems(active: list[Stage]) -> list[str]:

@@ -51,16 +51,15 @@ import numpy as np
 from pydantic import Field
 
 from mtcc.media.audio_io import read_track
+from mtcc.media.clip import AUDIO_RATE, CHARACTERS, FPS
 from mtcc.media.members import TRACKS
 from mtcc.media.windows import window_starts
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, RESOURCES, Resources, StatView
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Rejection, Resources, StatView
 from .model_stage import ModelStage
 
-RATE = 16000
-FPS = 25
 FACE_SIZE = 112
 MFCC_PER_FRAME = 4
 INT16_SCALE = 32768.0
@@ -114,7 +113,7 @@ def mfcc_rows(audio: np.ndarray, n_frames: int) -> np.ndarray:
     import python_speech_features
 
     x = np.asarray(audio, np.float64) * INT16_SCALE
-    m = python_speech_features.mfcc(x, RATE, numcep=13, winlen=0.025, winstep=0.010)
+    m = python_speech_features.mfcc(x, AUDIO_RATE, numcep=13, winlen=0.025, winstep=0.010)
     want = MFCC_PER_FRAME * n_frames
     if len(m) < want:
         m = np.concatenate([m, np.repeat(m[-1:] if len(m) else np.zeros((1, 13)), want - len(m), axis=0)])
@@ -196,6 +195,7 @@ class ActiveSpeakers(ModelStage):
     typical_keep: ClassVar[float] = 0.9
     actor_memory_mb: ClassVar[int] = 1024
     max_actor_cpus: ClassVar[float] = 8.0
+    clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "fps": FPS, "audio_rate": AUDIO_RATE}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="Light-ASD active speaker detector, fine-tuned on TalkSet (CVPR 2023, MIT licence)",
         kind="url", folder="light_asd",
@@ -296,8 +296,8 @@ class ActiveSpeakers(ModelStage):
         if self.speech_gate:
             from mtcc.nets.vad import RATES, segments_from_probs
 
-            chunk_s = RATES[RATE][0] / RATE
-            speech = segments_from_probs(self._vad.probs(mix, RATE)[0], chunk_s, len(mix) / RATE)
+            chunk_s = RATES[AUDIO_RATE][0] / AUDIO_RATE
+            speech = segments_from_probs(self._vad.probs(mix, AUDIO_RATE)[0], chunk_s, len(mix) / AUDIO_RATE)
         return _Clip(grey.reshape(c, t, FACE_SIZE, FACE_SIZE), audio, separated, speech)
 
     # -- the model, batched across clips and characters -----------------------------------------------

@@ -39,16 +39,16 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from mtcc.media.audio_io import read_track
+from mtcc.media.clip import AUDIO_RATE, CHARACTERS
 from mtcc.media.members import AUDIO_EMB, TRACKS
 from mtcc.media.npy import npy_bytes
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import Candidate, Info, Key, Member, Rejection, RESOURCES, Resources
+from .base import RESOURCES, Candidate, Info, Key, Member, Rejection, Resources
 from .model_stage import ModelStage
 
 HF_ID = "facebook/wav2vec2-base-960h"
-RATE = 16000
 MEMBER = AUDIO_EMB
 HOW_TO_GET = (f"Get the weights on a machine with internet: `hf download {HF_ID} --local-dir DIR` "
               f"(DIR then holds config.json, model.safetensors and preprocessor_config.json) and set "
@@ -242,6 +242,8 @@ class AudioEmbeddings(ModelStage):
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 1180
     max_actor_cpus: ClassVar[float] = 8.0
+    clip_fields: ClassVar[dict[str, str]] = {"fps": "fps"}
+    clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "audio_rate": AUDIO_RATE}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="Wav2Vec2 base 960h (all 12 transformer layers)",
         kind="hf", folder="wav2vec2-base-960h", repo=HF_ID,
@@ -425,7 +427,7 @@ class AudioEmbeddings(ModelStage):
             torch.manual_seed(0)
             net = Wav2Vec2ForCTC(config).eval()
         net.save_pretrained(str(d))
-        Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=RATE, padding_value=0.0, do_normalize=True,
+        Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=AUDIO_RATE, padding_value=0.0, do_normalize=True,
                                  return_attention_mask=False).save_pretrained(str(d))
         loading.write_marker(d, "transformers Wav2Vec2ForCTC (reduced CNN and feed-forward; 12 x 768 outputs)",
                             reduced=dict(TINY))

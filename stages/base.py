@@ -303,6 +303,10 @@ class Stage(BaseModel):
     # most CPUs one actor puts to use (1: no threads worth giving it more)
     expected_cost: ClassVar[float] = 0.01
     typical_keep: ClassVar[float] = 1.0
+    # the clip section (mtcc.media.clip.ClipSpec) sets these settings of the stage (clip key -> field), and the
+    # stage's models take clips only of these (clip key -> value): both checked when a config is loaded
+    clip_fields: ClassVar[dict[str, str]] = {}
+    clip_needs: ClassVar[dict[str, int]] = {}
     # settings that only say how the work is scheduled (how a long video is split): a run may change them
     # without changing a byte of its output, so the config hash leaves them out
     schedule_fields: ClassVar[frozenset[str]] = frozenset()

@@ -36,7 +36,7 @@ from mtcc.media.members import CAPTION
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, RESOURCES, Resources
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Resources
 from .model_stage import ModelStage
 
 HF_ID = "Qwen/Qwen2-VL-7B-Instruct"

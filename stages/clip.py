@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from .base import Candidate, Info, Key, RESOURCES, Resources, Stage
+from .base import RESOURCES, Candidate, Info, Key, Resources, Stage
 
 
 def clip_key(video_id: str, clip_idx: int) -> str:

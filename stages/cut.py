@@ -29,7 +29,7 @@ from mtcc.media.crops import SHARED_CROPS, ClipMedia, clip_boxes, crop_character
 from mtcc.media.ffmpeg import BITEXACT, MediaError, ff_input, require_tool
 from mtcc.media.members import MIX, MP4, REFS
 
-from .base import CLIP_MEDIA, CLIPS, Candidate, Info, Key, Member, RESOURCES, Resources, Stage
+from .base import CLIP_MEDIA, CLIPS, RESOURCES, Candidate, Info, Key, Member, Resources, Stage
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:
@@ -66,6 +66,7 @@ class ClipCut(Stage):
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 280
     max_actor_cpus: ClassVar[float] = 2.0
+    clip_fields: ClassVar[dict[str, str]] = {"fps": "fps", "audio_rate": "audio_rate"}
     requires: ClassVar[tuple[Key, ...]] = (CLIPS, Info("probe"), Info("clip_faces", optional=True),
                                            Info("fingerprint", optional=True), Info("source_bytes", optional=True))
     # the references only for a clip with face tracks, mix.flac only for a video with sound

@@ -13,7 +13,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Candidate, Info, Key, Rejection, RESOURCES, Resources, Stage, StatView
+from mtcc.media.clip import CHARACTERS
+
+from .base import RESOURCES, Candidate, Info, Key, Rejection, Resources, Stage, StatView
 
 
 class FaceDistance(Stage):
@@ -23,6 +25,7 @@ class FaceDistance(Stage):
     typical_keep: ClassVar[float] = 0.8
     actor_memory_mb: ClassVar[int] = 200
     max_actor_cpus: ClassVar[float] = 1.0
+    clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}
     requires: ClassVar[tuple[Key, ...]] = (Info("clip_faces"),)
     stats_schema: ClassVar[dict[str, str]] = {"ratio": "float64", "size_ratio": "float64", "face_px": "float64"}
     report_views: ClassVar[tuple[StatView, ...]] = (

@@ -30,7 +30,7 @@ from mtcc.nets import loading
 from mtcc.nets.face_detectors import INSIGHTFACE_PACK_URL, INSIGHTFACE_PACKS
 from mtcc.nets.weights import Pin, Weights
 
-from .base import Candidate, Info, Key, RESOURCES, Resources
+from .base import RESOURCES, Candidate, Info, Key, Resources
 from .layout import SeamCollector
 from .model_stage import WeightsStage
 

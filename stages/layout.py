@@ -27,7 +27,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Candidate, Info, Key, Rejection, RESOURCES, Resources, Stage, StatView
+from mtcc.media.clip import CHARACTERS
+
+from .base import RESOURCES, Candidate, Info, Key, Rejection, Resources, Stage, StatView
 
 EDGE_LEVEL = 16.0  # grey levels (0..255) across a column/row that count as an edge
 PEAK_FLOOR = 0.3  # mean coverage below this is not kept as a seam candidate
@@ -119,6 +121,7 @@ class PanelLayout(Stage):
     typical_keep: ClassVar[float] = 0.8
     actor_memory_mb: ClassVar[int] = 200
     max_actor_cpus: ClassVar[float] = 1.0
+    clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}
     requires: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("frame_clock"), Info("seams"), Info("clip_faces"))
     stats_schema: ClassVar[dict[str, str]] = {
         "seam_strength": "float64", "seam_axis": "string", "seam_position": "float64", "separated": "float64",

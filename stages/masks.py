@@ -42,6 +42,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from mtcc.media import rle as rle_codec
+from mtcc.media.clip import CHARACTERS
 from mtcc.media.crops import clip_media
 from mtcc.media.geometry import LatentGeometry
 from mtcc.media.mask_outputs import cutout, jpeg_bytes, mask_stats, masks_json, route_windows
@@ -51,7 +52,7 @@ from mtcc.nets import loading, sam2_model
 from mtcc.nets.mask_tracking import FrameMasks, best_frame, prompt_frame, track
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, RESOURCES, Resources, StatView
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Rejection, Resources, StatView
 from .model_stage import ModelStage
 
 HF_ID = "facebook/sam2.1-hiera-large"
@@ -115,6 +116,7 @@ class CharacterMasks(ModelStage):
     typical_keep: ClassVar[float] = 0.9
     actor_memory_mb: ClassVar[int] = 1160
     max_actor_cpus: ClassVar[float] = 8.0
+    clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="SAM 2.1 Hiera-Large (video predictor checkpoint + its config)",
         kind="hf", folder="sam2.1-hiera-large", repo=HF_ID,

@@ -35,14 +35,13 @@ import numpy as np
 from pydantic import Field
 
 from mtcc.media.audio_io import read_track
+from mtcc.media.clip import AUDIO_RATE, CHARACTERS, FPS
 from mtcc.media.crops import CropGeometry, clip_media
 from mtcc.media.members import TRACKS
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, RESOURCES, Resources, Stage
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Rejection, Resources, Stage
 
-RATE = 16000
-FPS = 25
-HOP = RATE // FPS  # samples per video frame
+HOP = AUDIO_RATE // FPS  # samples per video frame
 
 
 # -- signals ----------------------------------------------------------------------------------------------
@@ -169,6 +168,7 @@ class MouthPrescore(Stage):
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 280
     max_actor_cpus: ClassVar[float] = 1.0
+    clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "audio_rate": AUDIO_RATE}
     # a gate before the separation on purpose: the separated tracks only when a stage listed earlier made them
     requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"), Info("probe", optional=True),
                                            Info("frame_clock", optional=True),
@@ -213,7 +213,7 @@ class MouthPrescore(Stage):
         else:
             mix = media.mixture()
             tracks, source = [mix] * len(chars), "mixture"
-        activity = [speech_activity(t, n, int(round(RATE / fps))) for t in tracks]
+        activity = [speech_activity(t, n, int(round(AUDIO_RATE / fps))) for t in tracks]
         return motion, activity, source
 
     def compute(self, cand: Candidate) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from mtcc.storage.files import is_remote_source, local_source
 from mtcc.storage.hashing import sha256_file
 from mtcc.storage.workspace import SourceChanged, SourceUnreachable, WorkspaceError
 
-from .base import Candidate, Info, Key, Rejection, RESOURCES, Resources, Stage, StatView
+from .base import RESOURCES, Candidate, Info, Key, Rejection, Resources, Stage, StatView
 
 # Prefix of a planned source whose file name is not valid UTF-8 (see mtcc.pipeline.inputs.plan_source):
 # the rest is the name with \x escapes, which is no path to open.

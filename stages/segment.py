@@ -16,7 +16,7 @@ from pydantic import Field
 from mtcc.media.tracking import interpolate
 from mtcc.media.video import FrameClock
 
-from .base import Candidate, Info, Key, RESOURCES, Resources, Stage
+from .base import RESOURCES, Candidate, Info, Key, Resources, Stage
 from .clip import make_clip
 
 
@@ -68,6 +68,7 @@ class TwoFaceSegments(Stage):
     typical_keep: ClassVar[float] = 0.2
     actor_memory_mb: ClassVar[int] = 200
     max_actor_cpus: ClassVar[float] = 1.0
+    clip_fields: ClassVar[dict[str, str]] = {"characters": "n_faces", "fps": "out_fps"}
     requires: ClassVar[tuple[Key, ...]] = (Info("faces"), Info("probe"), Info("frame_clock", optional=True),
                                            Info("shots", optional=True))
     provides: ClassVar[tuple[Key, ...]] = (Info("clip_faces"),)

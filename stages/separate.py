@@ -36,16 +36,16 @@ import numpy as np
 from pydantic import Field
 
 from mtcc.media.audio_io import flac_bytes
+from mtcc.media.clip import AUDIO_RATE, CHARACTERS
 from mtcc.media.crops import CropGeometry, clip_media
 from mtcc.media.members import TRACKS
 from mtcc.media.windows import window_starts
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, RESOURCES, Resources, StatView
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Rejection, Resources, StatView
 from .model_stage import ModelStage
 
-RATE = 16000
 VIDEO_FPS = 25  # the AV model's visual frame rate
 CROP_SIZE, LIP_SIZE = 224, 112
 GRAY_MEAN, GRAY_STD = 0.4161, 0.1688
@@ -191,7 +191,7 @@ def window_weights(starts: list[int], length: int, n: int) -> list[np.ndarray]:
 def visual_at_25fps(lips: np.ndarray, fps: float, n_samples: int) -> np.ndarray:
     """Lip frames ``[T, 112, 112]`` at ``fps`` -> the frames at 25 fps covering ``n_samples`` at 16 kHz
     (nearest frame in time; the last frame repeats, as clearvoice pads with ``edge``)."""
-    n_v = max(1, math.ceil(n_samples / RATE * VIDEO_FPS - 1e-6))
+    n_v = max(1, math.ceil(n_samples / AUDIO_RATE * VIDEO_FPS - 1e-6))
     idx = np.clip(np.round(np.arange(n_v) * fps / VIDEO_FPS).astype(int), 0, len(lips) - 1)
     return lips[idx]
 
@@ -228,15 +228,15 @@ def separate_tracks(forward: Forward, mixes: list[np.ndarray], lips: list[np.nda
 
     def visual_slice(i: int, k: int, s: int, length: int) -> np.ndarray:
         v = visual25[i][k]
-        v0 = int(round(s / RATE * VIDEO_FPS))
-        nv = max(1, int(round(length / RATE * VIDEO_FPS)))
+        v0 = int(round(s / AUDIO_RATE * VIDEO_FPS))
+        nv = max(1, int(round(length / AUDIO_RATE * VIDEO_FPS)))
         return v[np.clip(np.arange(v0, v0 + nv), 0, len(v) - 1)]
 
     # same-shape items share a forward; order is fixed (by shape, then clip, character, start)
     groups: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
     for it in items:
         i, _, _, length = it
-        nv = max(1, int(round(length / RATE * VIDEO_FPS)))
+        nv = max(1, int(round(length / AUDIO_RATE * VIDEO_FPS)))
         groups.setdefault((length, nv), []).append(it)
     calls = 0
     for key in sorted(groups):
@@ -280,6 +280,7 @@ class SpeechSeparation(ModelStage):
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 1840
     max_actor_cpus: ClassVar[float] = 8.0
+    clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "audio_rate": AUDIO_RATE}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="clearvoice AV-MossFormer2 target speaker extraction, 16 kHz",
         kind="hf", folder="AV_MossFormer2_TSE_16K", repo=HF_ID, revision=None,
@@ -339,12 +340,12 @@ class SpeechSeparation(ModelStage):
         from mtcc.nets.vad import speech_segments
 
         inputs = [self._inputs(c) for c in batch]
-        window = max(1, int(round(self.window_seconds * RATE)))
+        window = max(1, int(round(self.window_seconds * AUDIO_RATE)))
         hop = max(1, int(round(window * (1.0 - self.overlap))))
         tracks, _ = separate_tracks(self._forward, [m for m, _, _ in inputs], [lp for _, lp, _ in inputs],
                                     [f for _, _, f in inputs], window=window, hop=hop, forward_batch=self.forward_batch)
         for cand, (mix, _, _), spk in zip(batch, inputs, tracks):
-            vads = speech_segments(spk, RATE, threshold=self.vad_threshold) if spk.shape[1] else []
+            vads = speech_segments(spk, AUDIO_RATE, threshold=self.vad_threshold) if spk.shape[1] else []
             stats: dict[str, Any] = {}
             mix_e = float(np.mean(mix.astype(np.float64) ** 2)) if len(mix) else 0.0
             resid = mix.astype(np.float64) - spk.astype(np.float64).sum(0)
@@ -360,7 +361,7 @@ class SpeechSeparation(ModelStage):
                 stats[f"silent_{k}"] = bool(speech < self.min_speech_seconds or rms_dbfs(rms) < self.silence_dbfs)
                 cand.members[TRACKS[k]] = flac_bytes(track)
             cand.info["separate"] = {
-                "model": self.model, "random_weights": self.is_random, "rate": RATE,
+                "model": self.model, "random_weights": self.is_random, "rate": AUDIO_RATE,
                 "speech": [[list(s) for s in v.segments] for v in vads],
             }
             self.settle(cand, stats)

@@ -31,22 +31,21 @@ import numpy as np
 from pydantic import Field
 
 from mtcc.media.audio_io import flac_bytes, read_track
+from mtcc.media.clip import AUDIO_RATE, CHARACTERS, FPS
 from mtcc.media.crops import CropGeometry, clip_media
 from mtcc.media.members import TRACKS
 from mtcc.nets import loading
 from mtcc.nets.sync_math import VSHIFT, binding, cross_matrix
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, Candidate, Info, Key, Member, Rejection, RESOURCES, Resources, Stat, StatView
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Rejection, Resources, Stat, StatView
 from .model_stage import ModelStage
 
-RATE = 16000
-FPS = 25
 CROP_SIZE = 224
 WINDOW = 5  # video frames per SyncNet window
 MFCC_PER_FRAME = 4  # 100 Hz MFCC / 25 fps
 MFCC_WINDOW = 20
-SAMPLES_PER_FRAME = RATE // FPS
+SAMPLES_PER_FRAME = AUDIO_RATE // FPS
 INT16_SCALE = 32768.0
 MODEL_FILE = "syncnet_v2.model"
 HOW_TO_GET = ("SyncNet v2 weights are the public syncnet_python release file syncnet_v2.model: on a machine "
@@ -95,7 +94,7 @@ def mfcc_features(audio: np.ndarray) -> np.ndarray:
     import python_speech_features
 
     x = np.asarray(audio, np.float64) * INT16_SCALE
-    return np.ascontiguousarray(python_speech_features.mfcc(x, RATE).T)
+    return np.ascontiguousarray(python_speech_features.mfcc(x, AUDIO_RATE).T)
 
 
 def n_windows(n_frames: int, n_samples: int) -> int:
@@ -131,6 +130,7 @@ class SyncScores(ModelStage):
     typical_keep: ClassVar[float] = 0.4
     actor_memory_mb: ClassVar[int] = 1560
     max_actor_cpus: ClassVar[float] = 8.0
+    clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "fps": FPS, "audio_rate": AUDIO_RATE}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="SyncNet v2 (syncnet_python release weights)",
         kind="url", folder="syncnet", url="http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from mtcc.media.members import FACES, MIX, MP4
 
-from .base import Candidate, Info, Key, Member, RESOURCES, Resources, Stage
+from .base import RESOURCES, Candidate, Info, Key, Member, Resources, Stage
 
 
 class ClipWriter(Stage):

@@ -145,3 +145,20 @@ def test_config_show_names_every_settings_source_and_meaning(tiny_overrides):
     undocumented = [k for k, ln in lines.items() if "  # " not in ln]
     assert undocumented == []  # every setting says what it is
     assert len(lines) > 250
+
+
+def test_the_clip_section_is_stated_once_and_checked_against_every_stage():
+    cfg = load_config(resolve_config("offline"), ["models=null"])
+    by = {s.name: s for s in cfg.stages}
+    assert (by["segment"].n_faces, by["segment"].out_fps, by["cut"].fps, by["cut"].audio_rate) == (2, 25, 25, 16000)
+    # a stage setting that says otherwise than the clip section is refused, naming the key to set
+    with pytest.raises(ConfigError, match=r"stages.cut.fps is 30 but clip.fps is 25: set clip.fps"):
+        load_config(resolve_config("offline"), ["models=null", "stages.cut.fps=30"])
+    # clips of three characters: every stage whose models take two says so
+    with pytest.raises(ConfigError) as e:
+        load_config(resolve_config("offline"), ["models=null", "clip.characters=3"])
+    for stage in ("separate", "asd", "sync", "masks", "audio_emb"):
+        assert f"stages.{stage} takes clips of characters 2, the clip section says 3" in str(e.value)
+    # the spine profile (no model stage) takes any rate: the clip section sets its cut
+    spine = load_config(resolve_config("spine"), ["clip.fps=30"])
+    assert next(s for s in spine.stages if s.name == "cut").fps == 30

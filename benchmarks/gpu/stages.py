@@ -98,7 +98,7 @@ def bench_separate(device: Any, tiny: bool, clip: ClipShape, settings: dict[str,
     net = sep.build_network(full).to(device).eval()
     stage = sep.SpeechSeparation(**settings, device=str(device))
     stage._net = net
-    window = max(1, round(stage.window_seconds * sep.RATE))
+    window = max(1, round(stage.window_seconds * sep.AUDIO_RATE))
     hop = max(1, round(window * (1.0 - stage.overlap)))
     chars = 2
     per_clip = chars * len(window_starts(clip.samples, window, hop))
@@ -247,9 +247,9 @@ def bench_audio_emb(device: Any, tiny: bool, clip: ClipShape, settings: dict[str
         net = Wav2Vec2Model(config)
     stage._net = net.to(device=device, dtype=getattr(torch, stage.dtype)).eval()
     # base-960h's preprocessor_config.json (make_tiny writes the same)
-    stage._fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=ae.RATE, padding_value=0.0, do_normalize=True,
+    stage._fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=ae.AUDIO_RATE, padding_value=0.0, do_normalize=True,
                                          return_attention_mask=False)
-    n_frames = round(clip.samples / ae.RATE * stage.fps)
+    n_frames = round(clip.samples / ae.AUDIO_RATE * stage.fps)
     track = _speechlike(rng, clip.samples)
 
     def run(batch: int) -> Work:
