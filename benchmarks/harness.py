@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtcc.facts import ProbeResult
+
 from .decode_audit import DecodeAudit, audited
 
 FILTER_STAGES = ("probe", "shots", "faces", "segment", "distance")
@@ -71,7 +73,8 @@ def ffmpeg_decode_s(path: str) -> float:
 def _media_s(c: Any) -> float:
     if c.level == "clip" and c.start is not None and c.end is not None:
         return float(c.end) - float(c.start)
-    return float((c.info.get("probe") or {}).get("duration") or 0.0)
+    probe = c.maybe(ProbeResult)
+    return float(probe.duration or 0.0) if probe else 0.0
 
 
 def _batch_fields(stage: Any) -> dict[str, int]:
@@ -162,7 +165,7 @@ def _reasons(cands: list[Any]) -> dict[str, int]:
 
 
 def kept_clips(out: Path) -> int:
-    from mtcc.pipeline.build import read_manifests
+    from mtcc.manifests.report_data import read_manifests
 
     table = read_manifests(out)
     return 0 if table is None else sum(s == "kept" for s in table.column("status").to_pylist())

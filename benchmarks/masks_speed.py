@@ -36,6 +36,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import clips_through_stages
 
+    from mtcc.facts import ClipFaces
     from mtcc.stages.masks import CharacterMasks
 
     if args.threads:
@@ -60,7 +61,7 @@ def main() -> int:
             t = time.perf_counter()
             out = stage.run_batch([c])[0]
             dt = time.perf_counter() - t
-            n = int(c.info["clip_faces"]["frames"])
+            n = c.fact(ClipFaces).frames
             per_clip.append({"key": c.key, "frames": n, "seconds": round(dt, 3), "per_frame": round(dt / n, 4),
                              "reprompts": out.stats.get("masks.reprompts"), "status": out.status})
     frames = sum(c["frames"] for c in per_clip)

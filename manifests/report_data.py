@@ -24,7 +24,7 @@ from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.shard_tar import read_samples
 from mtcc.media.members import AUDIO_EMB, MIX, ROUTE
 
-PLAN_STAGE = "plan"
+PLAN_STAGE = "plan"  # pseudo-stage that rejects inputs before any stage runs (duplicates)
 GALLERY_MEMBERS = members_except(MIX, ROUTE, AUDIO_EMB)
 
 
@@ -81,6 +81,14 @@ def committed_manifests(layout: OutPaths, states: Sequence[ShardState],
         return None
     table = pa.concat_tables(tables, promote_options="default")
     return table.drop_columns([c for c in ("extra_json",) if c in table.column_names])
+
+
+def read_manifests(root: Path | str) -> pa.Table | None:
+    """Every manifest under the local OUT ``root`` (committed or not), one table."""
+    files = sorted((Path(root) / "manifests").glob("[0-9]*.parquet"))
+    if not files:
+        return None
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
 
 
 def run_config(layout: OutPaths) -> dict[str, Any]:

@@ -68,11 +68,10 @@ def histogram_section(table: pa.Table, cfg: dict[str, Any], views: Sequence[View
         if kept.size + rej.size == 0:
             continue
         lines = []
-        for label, field, sign in sv.thresholds:
-            stage, _, name = field.rpartition(".")
-            t = threshold(cfg, stage or v.stage, name)
+        for th in sv.thresholds:
+            t = threshold(cfg, th.stage_name(v.stage), th.setting)
             if t is not None:
-                lines.append((label, sign * t))
+                lines.append((th.label, th.sign * t))
         both = np.concatenate([kept, rej])
         # a threshold far outside the data (max_duration 6 h next to 8 s clips) would squash the bars
         lo, hi = float(both.min()), float(both.max())

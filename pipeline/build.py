@@ -1,6 +1,7 @@
 """A dataset build: lock OUT, freeze or load the plan, skip verified shards, stream the rest through
 the stages, commit each shard as it completes. An OUT that is an fsspec URL is built in a local staging
-folder and every shard published to it as it commits (pipeline/remote.py)."""
+folder and every shard published to it as it commits: where the output goes is an ``Out``
+(pipeline/out_store.py), the same calls for a folder and a URL."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtcc.manifests import funnel
+from mtcc.facts import SourceFile
 from mtcc.manifests.paths import OutPaths
+from mtcc.manifests.report_data import PLAN_STAGE
 from mtcc.media.ffmpeg import ffmpeg_version
 from mtcc.stages.base import Candidate, MemberLost
 from mtcc.stages.model_stage import ModelStage, WeightsStage
@@ -34,11 +36,10 @@ from .executor import Executor, InProcessExecutor, WorkspaceSpec, init_ray
 from .flow import CapacityLost, Flow, ShardLost
 from .inputs import discover, make_plan
 from .lock import RunLock
-from .remote import RemoteLock, RemoteOut, claim_staging, default_staging, is_remote_out, local_root
-from .shard import check_shard, commit_shard, remove_shard, remove_temporaries
+from .out_store import Out, open_out
+from .shard import commit_shard, remove_shard, remove_temporaries
 
 PIPELINE_VERSION = "0.1.0"
-PLAN_STAGE = "plan"  # pseudo-stage that rejects inputs before any stage runs (duplicates)
 
 
 
@@ -204,8 +205,8 @@ def shard_candidates(rows: list[dict[str, Any]], sources: dict[str, str]) -> tup
     """(candidates for the stages, candidates already decided by the plan) of one shard's plan rows."""
     todo, done = [], []
     for r in rows:
-        c = Candidate(key=r["video_id"], video_id=r["video_id"], source=r["source"], shard=r["shard"],
-                      info={"fingerprint": r["fingerprint"], "source_bytes": r["size"]})
+        c = Candidate(key=r["video_id"], video_id=r["video_id"], source=r["source"], shard=r["shard"])
+        c.put(SourceFile(r["fingerprint"], r["size"]))
         if r["duplicate_of"]:
             c.reject(PLAN_STAGE, "duplicate",
                      f"same content as {sources.get(r['duplicate_of'])} ({r['duplicate_of']}); planned once")
@@ -224,70 +225,39 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
     t0 = time.monotonic()
     rio = RemoteIO(cfg.run.remote)  # the driver's: planning's reads and every write to a remote OUT
     try:
-        remote = RemoteOut(str(out), rio) if is_remote_out(out) else None
-    except RemoteError as e:
-        raise BuildError(str(e)) from e
-    if remote is not None:
-        root = Path(staging) if staging is not None else default_staging(remote.url)
-    else:
-        root = local_root(out)
-    layout = OutPaths(root.absolute())
-    name = remote.url if remote else str(layout.root)
-    try:
-        if remote is not None:
-            claim_staging(layout.root, remote.url)
-        layout.root.mkdir(parents=True, exist_ok=True)
-        with RunLock(layout.lock) as lock, ExitStack() as stack:
+        store = open_out(out, rio, staging)
+        store.prepare()
+        with RunLock(store.layout.lock) as lock, ExitStack() as stack:
             if lock.took_over:
                 log(f"taking over a stale lock of pid {lock.took_over.get('pid')} on {lock.took_over.get('host')}")
-            remote_lock = None
-            if remote is not None:
-                remote_lock = stack.enter_context(RemoteLock(remote))
-                if remote_lock.took_over:
-                    held = remote_lock.took_over
-                    log(f"taking over the stale lock on {remote.url} of pid {held.get('pid')} on {held.get('host')}")
-                remote.pull_plan(layout, log)
-            result = _build_locked(cfg, inputs, layout, remote, remote_lock, name, runner=runner, address=address,
-                                   force=force, progress=progress, log=log, rio=rio)
+            store.enter(stack, log)
+            result = _build_locked(cfg, inputs, store, runner=runner, address=address, force=force,
+                                   progress=progress, log=log, rio=rio)
     except RemoteError as e:
         raise BuildError(str(e)) from e
     result.wall_s = time.monotonic() - t0
     return result
 
 
-def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: OutPaths, remote: RemoteOut | None,
-                  remote_lock: RemoteLock | None, name: str, *, runner: str, address: str | None, force: bool,
-                  progress: bool, log: Callable[[str], None], rio: RemoteIO) -> BuildResult:
+def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, store: Out, *, runner: str, address: str | None,
+                  force: bool, progress: bool, log: Callable[[str], None], rio: RemoteIO) -> BuildResult:
     t0 = time.monotonic()
+    layout, name = store.layout, store.name
     _check_config(layout, cfg, force, name)
     plan = load_or_make_plan(layout, inputs, cfg.run.videos_per_shard, log, name, rio)
     _save_config(layout, cfg)  # only once the plan is settled: a refused run changes nothing
-    if remote is not None:
-        remote.publish_plan(layout, log)
+    store.plan_ready(log)
     for p in remove_temporaries(layout):
         log(f"removed leftover {p.relative_to(layout.root)}")
     for d in layout.dirs():
         d.mkdir(exist_ok=True)
     shards = sorted(set(plan.column("shard").to_pylist()))
-    result = BuildResult(remote.url if remote else layout.root, len(shards))
-    publish = _publisher(layout, remote, remote_lock, result, log) if remote and remote_lock else None
-    if remote is not None and publish is not None:
-        todo = _remote_todo(cfg, layout, remote, publish, shards, result, log)
-    else:
-        todo = []
-        for s in shards:
-            problem = check_shard(layout, s, cfg.config_hash())
-            if problem is None:
-                result.shards_skipped.append(s)
-                continue
-            if problem != "not committed":
-                log(f"shard {s:06d}: {problem}; rebuilding it")
-            remove_shard(layout, s)
-            todo.append(s)
+    result = BuildResult(store.location, len(shards))
+    todo = store.todo(shards, cfg.config_hash(), result, log)
     workers_io = []
     if todo:
         workers_io = _run_shards(cfg, plan, layout, todo, result, runner=runner, address=address,
-                                 progress=progress, log=log, publish=publish)
+                                 progress=progress, log=log, publish=store.publisher(result, log))
     result.wall_s = time.monotonic() - t0
     result.remote_io = IOCounts.merge([rio.counts.snapshot(), *workers_io])
     if result.remote_io["retries"] or result.remote_io["gave_up"]:
@@ -300,71 +270,15 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, layout: OutPath
         "skipped": result.shards_skipped, "failed": result.shards_failed, "stage_timing": result.stage_timing,
         "remote_io": result.remote_io, "pools": result.pools, "redone": result.redone,
     })
-    # --- report refresh (mtcc.manifests.report): still under the run lock, so it sees this run's
-    # commits; a report is a view, never a reason to fail a build that committed its shards
+    # the report refresh runs still under the run lock, so it sees this run's commits; a report is a view,
+    # never a reason to fail a build that committed its shards
     try:
-        if remote is not None and remote_lock is not None:
-            remote_lock.check()  # OUT taken over by another run: its report is not ours to write
-            remote.write("report/last_run.json", last_run.read_bytes())
-            remote.write_report(warn=log)
-        else:
-            from mtcc.manifests.report import write_report
-
-            write_report(layout.root, warn=log)
+        store.report(last_run, log)
     except Exception as e:  # noqa: BLE001 - any report bug must stay a warning
         msg = f"report not updated: {type(e).__name__}: {e} (rerun `mtcc report {name}`)"
         result.warnings.append(msg)
         log(f"WARNING: {msg}")
-    # --- end report refresh
     return result
-
-
-def _publisher(layout: OutPaths, remote: RemoteOut, lock: RemoteLock, result: BuildResult,
-               log: Callable[[str], None]) -> Callable[[int], bool]:
-    """``publish(shard)``: upload a shard committed in staging. When the upload fails for good (OUT
-    unreachable once the retry policy is spent) or the lock was taken over, the shard is recorded as failed
-    and the error raised: the build stops, since every later shard would fail the same way. The shard stays
-    committed in staging, and OUT holds no commit of it: the next run publishes it without building it."""
-
-    def publish(shard: int) -> bool:
-        try:
-            lock.check()  # a run whose lock was taken over must not overwrite the new owner's shards
-            remote.publish_shard(layout, shard)
-        except RemoteError as e:
-            result.shards_failed[shard] = f"publish failed: {e}"
-            log(f"shard {shard:06d}: publish to {remote.url} failed ({e}); the next run publishes it from staging")
-            raise
-        return True
-
-    return publish
-
-
-def _remote_todo(cfg: PipelineConfig, layout: OutPaths, remote: RemoteOut, publish: Callable[[int], bool],
-                 shards: list[int], result: BuildResult, log: Callable[[str], None]) -> list[int]:
-    """The shards to build for a remote OUT. Done iff OUT holds its commit and a tar and manifest of the sizes
-    the commit records; a shard committed in staging but never published (the run died in between) is
-    published now instead of rebuilt; the objects of every other shard are removed from OUT first."""
-    sizes = remote.sizes()
-    problems = remote.problems(shards, cfg.config_hash(), sizes)
-    todo = []
-    for s in shards:
-        problem = problems[s]
-        if problem is None:
-            result.shards_skipped.append(s)
-            remove_shard(layout, s)  # a staged copy of a published shard only takes disk
-            continue
-        if problem != "not committed":
-            log(f"shard {s:06d} on {remote.url}: {problem}; redoing it")
-        if remote.has_objects(s, sizes):
-            remote.remove_shard(s)
-        if check_shard(layout, s, cfg.config_hash()) is None:
-            if publish(s):
-                log(f"shard {s:06d}: committed in staging by an earlier run, published to {remote.url}")
-                result.shards_built.append(s)
-            continue
-        remove_shard(layout, s)
-        todo.append(s)
-    return todo
 
 
 def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: OutPaths, todo: list[int], result: BuildResult, *,
@@ -488,27 +402,3 @@ def progress_text(counts: dict[str, int], flow: Flow, executor: Executor) -> str
         pool = f"{sizes[load_name]}a " if load_name in sizes else ""
         parts.append(f"{load_name} {pool}q{load.queued + load.inflight} {load.media_in / elapsed:.1f}x")
     return " | ".join(parts)
-
-
-def read_manifests(out: str | Path) -> pa.Table | None:
-    layout = OutPaths(local_root(out))
-    files = sorted((layout.root / "manifests").glob("[0-9]*.parquet"))
-    if not files:
-        return None
-    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-
-
-def stage_names(out: str | Path) -> list[str]:
-    cfg = json.loads(OutPaths(local_root(out)).run_config.read_text())
-    stages = cfg["config"]["stages"]
-    return [PLAN_STAGE] + [n for n in cfg["stage_order"] if stages[n].get("enabled", True)]
-
-
-def build_funnel(out: str | Path, rio: RemoteIO | None = None):
-    if is_remote_out(out):
-        with RemoteOut(str(out), rio).view() as view:
-            return build_funnel(view.root)
-    table = read_manifests(out)
-    if table is None:
-        return []
-    return funnel(table, stage_names(out))

@@ -29,8 +29,9 @@ def _shards(out: Path) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .build import build, build_funnel
+    from .build import build
     from .errors import BuildError, StageSetupError
+    from .out_store import build_funnel
 
     cfg = load_config(resolve_config(args.config), args.set)
     try:
@@ -81,7 +82,7 @@ def _last_run(out: str) -> dict:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .build import build_funnel
+    from .out_store import build_funnel
 
     try:
         if is_remote_out(args.output):

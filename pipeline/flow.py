@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mtcc.facts import CutMedia, SourceFile
 from mtcc.stages.base import Candidate, MemberLost, Stage, out_of_memory_message
 from mtcc.storage.files import is_remote_source
 from mtcc.storage.workspace import source_key
@@ -133,7 +134,7 @@ class Flow:
         self.outstanding[shard] += len(cands)
         for c in cands:
             if is_remote_source(c.source):
-                self._source_keys[c.video_id] = source_key(c.source, c.info.get("fingerprint"))
+                self._source_keys[c.video_id] = source_key(c.source, (c.maybe(SourceFile) or SourceFile()).fingerprint)
             self._enqueue(0, c)
         if not cands:
             self._close(shard)
@@ -234,7 +235,7 @@ class Flow:
             c.status = "kept"
         elif c.status == "rejected":
             c.members = {}  # nothing of it is written: its members can go from wherever they are held
-        if "media" in c.info:
+        if CutMedia in c.facts:
             self._evict_clips.append(c.key)
         self._media_held.pop(c.key, None)
         self.finished[c.shard].append(c)

@@ -7,7 +7,6 @@ them) and are renamed into place only after fsync.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -18,64 +17,16 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from mtcc.manifests import status_counts, to_table
-from mtcc.manifests.members import member_rank
 from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.shard_tar import read_samples
-from mtcc.media.members import META
 from mtcc.stages.base import Candidate, Stage
 from mtcc.storage.files import fsync_dir, fsync_file
 from mtcc.storage.hashing import sha256_file, sha256_stream
 from mtcc.storage.remote_io import RemoteIO
 
-FIXED_MTIME = 0
+from .sample_tar import write_tar
+
 COMMIT_VERSION = 1
-
-
-def _safe_member(name: str) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith(".") or any(ord(ch) < 32 for ch in name):
-        raise ValueError(f"unsafe tar member name {name!r}")
-
-
-def sample_meta(c: Candidate, run_info: dict[str, Any], meta_info: Sequence[str] = ()) -> dict[str, Any]:
-    """The sample's json: where it comes from, its stats, the ``Candidate.info`` entries named by
-    ``meta_info`` (what its stages declare as sample meta) and the run's info."""
-    return {
-        "key": c.key,
-        "source": c.source,
-        "source_sha256": c.info.get("sha256"),
-        "start": c.start,
-        "end": c.end,
-        "probe": c.info.get("probe"),
-        # stages that ran on random-initialised weights (offline profile): this sample is plumbing only
-        "random_weights": sorted(k.split(".")[0] for k, v in c.stats.items() if k.endswith(".random_weights") and v),
-        "stats": c.stats,
-        **{k: c.info[k] for k in meta_info if k in c.info},
-        **run_info,
-    }
-
-
-def write_tar(path: Path, samples: Sequence[Candidate], run_info: dict[str, Any],
-              meta_info: Sequence[str] = ()) -> int:
-    """Deterministic tar: samples by key, members in schema order, fixed mtime/uid/gid/mode; ``meta_info``
-    as for :func:`sample_meta`."""
-    n = 0
-    with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for c in sorted(samples, key=lambda c: c.key):
-            members = dict(c.members)
-            members[META] = json.dumps(sample_meta(c, run_info, meta_info), sort_keys=True, default=str).encode()
-            for name in sorted(members, key=member_rank):
-                _safe_member(c.key)
-                _safe_member(name)
-                data = members[name]
-                info = tarfile.TarInfo(f"{c.key}.{name}")
-                info.size, info.mtime, info.mode = len(data), FIXED_MTIME, 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
-            n += 1
-        raw.flush()
-        os.fsync(raw.fileno())
-    return n
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -91,7 +42,7 @@ def commit_shard(layout: OutPaths, shard: int, cands: list[Candidate], stages: S
     for c in cands:
         c.members = c.members if c.status == "kept" else {}
     tmp_tar = layout.temp(tar_path)
-    n = write_tar(tmp_tar, kept, run_info, [k for s in stages for k in s.sample_meta()])
+    n = write_tar(tmp_tar, kept, run_info, stages)
     table = to_table(cands, stages)
     tmp_man = layout.temp(man_path)
     pq.write_table(table, tmp_man, compression="zstd")

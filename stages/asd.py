@@ -24,9 +24,9 @@ agree on who speaks. Every
 (audio, face) pair is scored from the same embeddings, so the 2x2 of separated tracks x faces costs two more
 audio encodings and back-end passes.
 
-Outputs (the contract the export reads): per character the raw speaking logit of every clip frame (in
-``clip_faces``, hence ``faces.json``: key ``speaking``; > 0 = the model says speaking), and
-``info["asd"]``: speaking intervals, fractions, both-speaking fraction, turns, the mixture's voice
+Outputs (the contract the export reads): per character the raw speaking logit of every clip frame (the
+``SpeakingCurves`` fact, which ``write`` puts beside the boxes in ``faces.json``: key ``speaking``; > 0 =
+the model says speaking), and the ``Speakers`` fact (sample json ``asd``): speaking intervals, fractions, both-speaking fraction, turns, the mixture's voice
 activity (``speech``), and with separated tracks the 2x2 mean logit of track i against face j.
 Intervals: frames outside the mixture's voice activity (Silero VAD, ``speech_gate``) are set far below
 the threshold (nobody speaks in silence: Light-ASD alone calls a face with moving lips speaking even with
@@ -50,6 +50,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from mtcc.facts import ClipFaces, Speakers, SpeakingCurves
 from mtcc.media.audio_io import read_track
 from mtcc.media.clip import AUDIO_RATE, CHARACTERS, FPS
 from mtcc.media.members import TRACKS
@@ -57,7 +58,7 @@ from mtcc.media.windows import window_starts
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Rejection, Resources, StatView
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Key, Member, Rejection, Resources, StatView
 from .model_stage import ModelStage
 
 FACE_SIZE = 112
@@ -205,8 +206,8 @@ class ActiveSpeakers(ModelStage):
                    source="the authors' repository Junhua-Liao/Light-ASD at commit ed38c232, weight/"),),
         settings={"model": f"./light_asd/{MODEL_FILE}"}),)
     # without the separated tracks it scores the mixture only (no track_face)
-    requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"), *(Member(t, optional=True) for t in TRACKS))
-    provides: ClassVar[tuple[Key, ...]] = (Info("asd", sample_meta=True),)
+    requires: ClassVar[tuple[Key | type, ...]] = (CLIP_MEDIA, ClipFaces, *(Member(t, optional=True) for t in TRACKS))
+    provides: ClassVar[tuple[Key | type, ...]] = (Speakers, SpeakingCurves)
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "speaking_0": "float64", "speaking_1": "float64", "both_speaking": "float64", "turns": "int64",
@@ -280,7 +281,9 @@ class ActiveSpeakers(ModelStage):
         """The only place this stage reads media: the face crops and mixture of the clip media."""
         import cv2
 
-        from mtcc.media.crops import CropGeometry, clip_media
+        from mtcc.media.crops import CropGeometry
+
+        from .clip_media import clip_media
 
         media = clip_media(cand, self)
         half = (1.0 + self.crop_scale) / 2  # the central half of the authors' crop
@@ -358,9 +361,9 @@ class ActiveSpeakers(ModelStage):
     # -- stage ----------------------------------------------------------------------------------------
     def process(self, batch: list[Candidate]) -> list[Candidate]:
         for cand in batch:
-            if len(cand.info["clip_faces"]["characters"]) != 2:
-                raise ValueError(f"asd needs exactly 2 characters, clip has "
-                                 f"{len(cand.info['clip_faces']['characters'])}")
+            n = len(cand.fact(ClipFaces).characters)
+            if n != 2:
+                raise ValueError(f"asd needs exactly 2 characters, clip has {n}")
         clips = [self._inputs(c) for c in batch]
         for cand, clip, logits in zip(batch, clips, self.score(clips)):
             self.settle(cand, self.summarise(cand, logits, clip))
@@ -378,34 +381,34 @@ class ActiveSpeakers(ModelStage):
         return out
 
     def summarise(self, cand: Candidate, logits: np.ndarray, clip: _Clip) -> dict[str, Any]:
-        """Fill ``clip_faces`` / ``info['asd']`` and return the stats, from ``[A, C, T]`` logits."""
+        """Leave the ``SpeakingCurves`` and ``Speakers`` facts and return the stats, from ``[A, C, T]`` logits."""
         mix = logits[0]
         separated = clip.separated
         masks = self.masks(mix, clip.speech)
         t = mix.shape[1]
         frac = [float(m.mean()) if t else 0.0 for m in masks]
         both = float((masks[0] & masks[1]).mean()) if t else 0.0
-        faces = cand.info["clip_faces"]
-        faces["characters"] = [{**c, "speaking": np.round(mix[k], 4).tolist()}
-                               for k, c in enumerate(faces["characters"])]
+        cand.put(SpeakingCurves(tuple(np.round(mix[k], 4).tolist() for k in range(len(mix)))))
         track_face = None
         if separated:
             track_face = [[round(float(logits[1 + i, j].mean()), 4) for j in range(2)] for i in range(2)]
-        cand.info["asd"] = {
-            "model": self.model, "random_weights": self.is_random, "fps": FPS,
-            "dtype": "bfloat16" if self._bf16 else "float32",
-            "speaking_fraction": [round(f, 4) for f in frac],
-            "intervals": [[[round(a / FPS, 3), round(b / FPS, 3)] for a, b in runs(m)] for m in masks],
-            "both_speaking": round(both, 4),
-            "turns": turns(masks),
-            "track_face": track_face,
-            "speech": None if clip.speech is None else [[round(a, 3), round(b, 3)] for a, b in clip.speech],
-            "axes": "track_face[i][j]: separated track i x face (character) j, mean speaking logit",
-        }
         silent = [f < self.min_speaking_fraction for f in frac]
+        speakers = Speakers(
+            model=self.model, random_weights=self.is_random, fps=FPS,
+            dtype="bfloat16" if self._bf16 else "float32",
+            speaking_fraction=[round(f, 4) for f in frac],
+            intervals=[[[round(a / FPS, 3), round(b / FPS, 3)] for a, b in runs(m)] for m in masks],
+            both_speaking=round(both, 4),
+            turns=turns(masks),
+            track_face=track_face,
+            speech=None if clip.speech is None else [[round(a, 3), round(b, 3)] for a, b in clip.speech],
+            axes="track_face[i][j]: separated track i x face (character) j, mean speaking logit",
+            silent=(silent[0], silent[1]),
+        )
+        cand.put(speakers)
         return {
             "speaking_0": round(frac[0], 4), "speaking_1": round(frac[1], 4), "both_speaking": round(both, 4),
-            "turns": cand.info["asd"]["turns"], "silent_0": silent[0], "silent_1": silent[1],
+            "turns": speakers.turns, "silent_0": silent[0], "silent_1": silent[1],
             "n_speaking": silent.count(False),
             "logit_mean_0": round(float(mix[0].mean()), 4), "logit_mean_1": round(float(mix[1].mean()), 4),
             "track_face_margin": (round(track_face[0][0] + track_face[1][1] - track_face[0][1] - track_face[1][0], 4)

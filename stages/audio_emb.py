@@ -22,7 +22,7 @@ whole time axis, so padding would change every row.
 
 Member: ``audio_emb.npy`` (``np.save`` of float16 ``[C, T, layers, hidden]``, C = characters, track i =
 ``spk{i}.flac``). Stats: frames, cnn_frames, layers, hidden, rms_0/rms_1 (RMS of each character's
-embeddings), random_weights. ``info['audio_emb']``: model, revision, fps, shape, dtype, layers, alignment,
+embeddings), random_weights. the ``AudioEmbeddingMeta`` fact (sample json ``audio_emb``): model, revision, fps, shape, dtype, layers, alignment,
 random_weights. Rejections: ``missing_tracks`` (no ``spk{i}.flac``: the ``separate`` stage did not run),
 ``track_length`` (a track off the clip's frame count by more than ``max_mismatch_frames``),
 ``track_too_short`` (under the CNN's 25 ms receptive field), ``no_frames``.
@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from mtcc.facts import AudioEmbeddingMeta, ClipFaces
 from mtcc.media.audio_io import read_track
 from mtcc.media.clip import AUDIO_RATE, CHARACTERS
 from mtcc.media.members import AUDIO_EMB, TRACKS
@@ -45,7 +46,7 @@ from mtcc.media.npy import npy_bytes
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import RESOURCES, Candidate, Info, Key, Member, Rejection, Resources
+from .base import RESOURCES, Candidate, Key, Member, Rejection, Resources, optional
 from .model_stage import ModelStage
 
 HF_ID = "facebook/wav2vec2-base-960h"
@@ -224,9 +225,9 @@ def receptive_field(config: Any) -> int:
 def video_frame_count(cand: Candidate, n_samples: int, rate: int, fps: float) -> int:
     """The clip's frame count at ``fps``: the face tracks' count when they are at ``fps``, else the clip's
     duration (the track's when the candidate has no times)."""
-    faces = cand.info.get("clip_faces")
-    if faces and "frames" in faces and math.isclose(float(faces.get("fps", 0.0)), fps):
-        return int(faces["frames"])
+    faces = cand.maybe(ClipFaces)
+    if faces is not None and math.isclose(float(faces.fps), fps):
+        return int(faces.frames)
     if cand.start is not None and cand.end is not None:
         return int(round((cand.end - cand.start) * fps))
     return int(round(n_samples / rate * fps))
@@ -255,8 +256,8 @@ class AudioEmbeddings(ModelStage):
                Pin("model.safetensors", bytes=377_607_901,
                    sha256="8aa76ab2243c81747a1f832954586bc566090c83a0ac167df6f31f0fa917d74a", source=_W2V_SOURCE)),
         settings={"model": "./wav2vec2-base-960h"}),)
-    requires: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("clip_faces", optional=True))
-    provides: ClassVar[tuple[Key, ...]] = (Member(MEMBER), Info("audio_emb", sample_meta=True))
+    requires: ClassVar[tuple[Key | type, ...]] = (*(Member(t) for t in TRACKS), optional(ClipFaces))
+    provides: ClassVar[tuple[Key | type, ...]] = (Member(MEMBER), AudioEmbeddingMeta)
     stats_schema: ClassVar[dict[str, str]] = {
         "frames": "int64", "cnn_frames": "int64", "layers": "int64", "hidden": "int64",
         "rms_0": "float64", "rms_1": "float64", "random_weights": "bool",
@@ -359,7 +360,8 @@ class AudioEmbeddings(ModelStage):
         return embs, rows
 
     def _tracks(self, cand: Candidate) -> tuple[list[np.ndarray], int] | Rejection:
-        n_chars = len(cand.info.get("clip_faces", {}).get("characters", ())) or 2
+        faces = cand.maybe(ClipFaces)
+        n_chars = (len(faces.characters) if faces else 0) or 2
         names = [TRACKS[k] for k in range(n_chars)]
         absent = [n for n in names if n not in cand.members]
         if absent:
@@ -403,12 +405,12 @@ class AudioEmbeddings(ModelStage):
                                      "random_weights": self.is_random}
             for k in range(min(c, 2)):
                 stats[f"rms_{k}"] = round(float(np.sqrt(np.mean(arr[k].astype(np.float64) ** 2))), 6)
-            cand.info[self.name] = {
-                "model": self.model, "revision": self._revision, "fps": self.fps, "shape": list(arr.shape),
-                "dtype": "float16", "layers": "hidden_states[1:]", "random_weights": self.is_random,
-                "alignment": f"cnn features linearly interpolated to frames (align_corners={self.align_corners}) "
-                             f"before the transformer",
-            }
+            cand.put(AudioEmbeddingMeta(
+                model=self.model, revision=self._revision, fps=self.fps, shape=list(arr.shape),
+                dtype="float16", layers="hidden_states[1:]", random_weights=self.is_random,
+                alignment=f"cnn features linearly interpolated to frames (align_corners={self.align_corners}) "
+                          f"before the transformer",
+            ))
             self.record(cand, stats)
         return batch
 

@@ -8,9 +8,10 @@ Stages that run weights build on ``mtcc.stages.model_stage``.
 Stats and decisions are kept apart (compute, then decide against thresholds) so the manifest carries
 the numbers and a user can re-apply other thresholds later without recomputing.
 
-Stages hand each other facts through the candidate (``info`` entries, members, stats), so each declares
-what it reads (``requires``) and what it leaves (``provides``): a profile that lists a reader before the
-stage that makes its input is refused when the config is loaded, not hours into a run.
+Stages hand each other typed facts (``mtcc.facts``), members and stats through the candidate, so each
+declares what it reads (``requires``) and what it leaves (``provides``): a profile that lists a reader
+before the stage that makes its input is refused when the config is loaded, not hours into a run, and a
+stage that leaves a fact it does not declare fails on the candidate it did it to.
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ import sys
 import traceback
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from mtcc.facts import CutMedia, Fact, FactMap, MissingFact, SourceFile
 from mtcc.media.members import REFS, TRACKS  # noqa: F401 - the stages' own names for them
 from mtcc.storage.workspace import Fetched, NodeWorkspace
 
 Status = Literal["pending", "kept", "rejected", "expanded"]
+F = TypeVar("F", bound=Fact)
 Level = Literal["video", "clip"]
+
+# the stat every stage with weights records: whether they were random-initialised (plumbing-only output)
+RANDOM_WEIGHTS = "random_weights"
 
 # Stat column types a stage may declare; the manifest schema is built from them so that every shard's
 # Parquet file has the same columns whatever its content.
@@ -55,12 +61,33 @@ class Key:
 
 
 @dataclass(frozen=True)
-class Info(Key):
-    """An entry of ``Candidate.info``. ``sample_meta``: what the stage learned beyond its scalar stats
-    (matrices, segments, model ids) that the sample's json carries, under the entry's name."""
+class FactKey(Key):
+    """A typed fact (``mtcc.facts``) a stage reads or leaves. In ``requires`` / ``provides`` a stage lists the
+    fact class itself (``ClipFaces``), or ``optional(ClipFaces)`` / ``if_earlier(ClipFaces)``."""
 
-    sample_meta: bool = False
-    kind: ClassVar[str] = "info"
+    fact: type[Fact] | None = None
+    kind: ClassVar[str] = "fact"
+
+    def __str__(self) -> str:
+        return f"fact {self.fact.__name__ if self.fact else self.name}"
+
+
+def fact_key(fact: type[Fact], *, optional: bool = False, if_earlier: bool = False) -> FactKey:
+    return FactKey(fact.key, optional, if_earlier, fact)
+
+
+def optional(fact: type[Fact]) -> FactKey:
+    """A fact the reader does without when no enabled stage makes it (see ``Key``)."""
+    return fact_key(fact, optional=True)
+
+
+def as_key(entry: Key | type[Fact]) -> Key:
+    """A ``requires`` / ``provides`` entry as a key: fact classes stand for themselves."""
+    if isinstance(entry, Key):
+        return entry
+    if isinstance(entry, type) and issubclass(entry, Fact):
+        return fact_key(entry)
+    raise TypeError(f"not a fact class or key: {entry!r}")
 
 
 class Member(Key):
@@ -85,11 +112,11 @@ class Clips(Key):
 
 
 CLIPS = Clips("clips")
-# the clip's media the ``cut`` stage leaves in the node's workspace, described by ``info['media']`` and
+# the clip's media the ``cut`` stage leaves in the node's workspace, described by its ``CutMedia`` fact and
 # backed by its ``mp4`` / ``mix.flac`` members
-CLIP_MEDIA = Info("media")
+CLIP_MEDIA = fact_key(CutMedia)
 # what the build itself puts on every video candidate, from the input listing
-FROM_INPUT: tuple[Key, ...] = (Info("fingerprint"), Info("source_bytes"))
+FROM_INPUT: tuple[Key, ...] = (fact_key(SourceFile),)
 
 
 def refuse_renamed(model: type[BaseModel], data: Any) -> Any:
@@ -149,11 +176,26 @@ class Resources(BaseModel):
 
 
 @dataclass(frozen=True)
+class Threshold:
+    """A setting that decides on a stat, drawn as a dashed line at ``sign`` x its configured value.
+    ``setting`` is a field of ``stage`` (a Stage class; None: the stage whose view this is), checked when the
+    stage class is defined, so renaming a setting cannot leave the report reading a stale name."""
+
+    label: str
+    setting: str
+    sign: int = 1
+    stage: Any = None
+
+    def stage_name(self, own: str) -> str:
+        return self.stage.name if self.stage is not None else own
+
+
+@dataclass(frozen=True)
 class StatView:
     """How the dataset report shows one of a stage's stats, or one per character (pooled in the histogram,
     "a / b" on a gallery card). ``plot``: the histogram's file stem, None for a card-only stat; ``thresholds``:
-    (label, config field, sign) drawn as dashed lines, the field this stage's own or ``"<stage>.<field>"``
-    when another stage's setting decides on the stat; ``level``: the candidates the stat is recorded on."""
+    the settings that decide on the stat (:class:`Threshold`); ``level``: the candidates the stat is recorded
+    on."""
 
     stats: tuple[str, ...]
     label: str
@@ -162,7 +204,7 @@ class StatView:
     unit: str = ""
     integer: bool = False
     level: Level = "clip"
-    thresholds: tuple[tuple[str, str, int], ...] = ()
+    thresholds: tuple[Threshold, ...] = ()
     card: bool = True
 
 
@@ -194,6 +236,10 @@ class MemberRef:
             raise MemberLost(f"member {self.name!r} was lost with the node that held it: {type(e).__name__}") from e
 
 
+class UndeclaredFact(RuntimeError):
+    """A stage left a fact it does not declare: a bug in the stage, not in the candidate's input."""
+
+
 class MemberLost(RuntimeError):
     """A member held in the object store is gone (its node died): not the candidate's fault, so no stage
     turns it into an ``error`` row; the build makes the candidate's shard again from its inputs."""
@@ -206,7 +252,7 @@ MemberData = bytes | PendingMember | MemberRef
 class Candidate:
     """One unit flowing through the stages: a whole input video, or a clip cut from one.
 
-    ``info`` carries JSON-able facts later stages need (probe info, tracks); ``members`` carries the
+    ``facts`` carries the typed facts later stages need (read with :meth:`fact`); ``members`` carries the
     sample files produced so far (member name -> bytes, or a reference to bytes held elsewhere: read them
     with :meth:`member`), written into the shard tar at commit.
     """
@@ -225,7 +271,7 @@ class Candidate:
     reason: str | None = None
     message: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
+    facts: FactMap = field(default_factory=FactMap)
     members: dict[str, MemberData] = field(default_factory=dict)
     # members fetched from the object store by this worker; never sent anywhere
     _fetched: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
@@ -238,6 +284,22 @@ class Candidate:
     @property
     def pending(self) -> bool:
         return self.status == "pending"
+
+    def fact(self, cls: type[F]) -> F:
+        """The candidate's fact of class ``cls``; a stage only asks for what it ``requires``."""
+        value = self.facts.get(cls)
+        if value is None:
+            raise MissingFact(f"{self.key} carries no {cls.__name__} fact: the '{cls.made_by}' stage makes it; list "
+                              f"'{cls.made_by}' before the stage that reads it in the profile")
+        return value
+
+    def maybe(self, cls: type[F]) -> F | None:
+        """The candidate's fact of class ``cls``, or None (for what a stage ``requires`` as optional)."""
+        return self.facts.get(cls)
+
+    def put(self, fact: Fact) -> None:
+        """Leave ``fact`` for the stages after this one (a stage leaves only what it ``provides``)."""
+        self.facts.put(fact)
 
     def member(self, name: str) -> bytes:
         """The bytes of member ``name``, fetched (once per worker) when the candidate holds a reference."""
@@ -290,8 +352,8 @@ class Stage(BaseModel):
     makes_clip_media: ClassVar[bool] = False
     # what it reads from earlier stages and what it leaves for later ones (see ``Key``); checked in order
     # when a config is loaded
-    requires: ClassVar[tuple[Key, ...]] = ()
-    provides: ClassVar[tuple[Key, ...]] = ()
+    requires: ClassVar[tuple[Key | type[Fact], ...]] = ()
+    provides: ClassVar[tuple[Key | type[Fact], ...]] = ()
     # what the dataset report shows of the stats (histograms, gallery card scores), in this order
     report_views: ClassVar[tuple[StatView, ...]] = ()
     # settings renamed since an earlier release (old key -> new field), refused naming the new one
@@ -345,7 +407,16 @@ class Stage(BaseModel):
     def source(self, cand: Candidate) -> AbstractContextManager[Fetched]:
         """A local path of ``cand``'s input video for the block (the node's checked copy of a remote one:
         see :meth:`NodeWorkspace.source`); for stages that read the source (``reads_source``)."""
-        return self.workspace.source(cand.source, cand.info.get("fingerprint"), cand.info.get("source_bytes"))
+        known = cand.maybe(SourceFile) or SourceFile()
+        return self.workspace.source(cand.source, known.fingerprint, known.size)
+
+    @classmethod
+    def stat_column(cls, stat: str) -> str:
+        """The manifest column of this stage's ``stat`` (``"<stage>.<stat>"``); refuses a stat the stage does not
+        record, so a reader naming another stage's stat fails where it is written, not with a missing column."""
+        if stat not in cls.stats_schema:
+            raise KeyError(f"stage '{cls.name}' records no stat {stat!r} (it records {sorted(cls.stats_schema)})")
+        return f"{cls.name}.{stat}"
 
     @classmethod
     def made(cls) -> tuple[Key, ...]:
@@ -355,8 +426,26 @@ class Stage(BaseModel):
 
     @classmethod
     def sample_meta(cls) -> tuple[str, ...]:
-        """The ``Candidate.info`` entries this stage provides that go into the sample's json."""
-        return tuple(k.name for k in cls.provides if isinstance(k, Info) and k.sample_meta)
+        """The keys of the facts this stage provides that go into the sample's json."""
+        return tuple(f.key for f in cls.sample_facts())
+
+    @classmethod
+    def sample_facts(cls) -> tuple[type[Fact], ...]:
+        """The fact classes this stage provides that go into the sample's json."""
+        return tuple(k.fact for k in cls.provides if isinstance(k, FactKey) and k.fact and k.fact.sample_meta)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        # fact classes listed bare stand for themselves: every reader of the contract sees keys
+        type.__setattr__(cls, "requires", tuple(as_key(k) for k in cls.requires))
+        type.__setattr__(cls, "provides", tuple(as_key(k) for k in cls.provides))
+        for view in cls.report_views:
+            for t in view.thresholds:
+                owner = t.stage or cls
+                if t.setting not in owner.model_fields:
+                    raise TypeError(f"stage '{cls.name}': report threshold {t.label!r} names {t.setting!r}, which is "
+                                    f"not a setting of stage '{owner.name}'")
 
     def setup(self) -> None:
         """Run ``load`` once per actor: the executors call this before the first batch, ``run_batch`` before
@@ -405,8 +494,9 @@ class Stage(BaseModel):
             return batch
         for c in todo:
             c.stage = self.name
+        before = {id(f) for c in todo for _, f in c.facts.items()}
         try:
-            return done + self._finish(self._loaded_process(todo))
+            return done + self._finish(self._loaded_process(todo), before)
         except MemberLost:
             raise  # the build redoes the shard; no candidate is to blame
         except Exception:  # noqa: BLE001 - a failing batch is retried item by item to find the culprit
@@ -416,7 +506,7 @@ class Stage(BaseModel):
         out = list(done)
         for c in todo:
             try:
-                out.extend(self._finish(self._loaded_process([c])))
+                out.extend(self._finish(self._loaded_process([c]), before))
             except MemberLost:
                 raise
             except Exception:  # noqa: BLE001 - becomes a manifest row with the exception text
@@ -469,11 +559,22 @@ class Stage(BaseModel):
         self.setup()
         return self.process(batch)
 
-    def _finish(self, cands: list[Candidate]) -> list[Candidate]:
+    def _finish(self, cands: list[Candidate], before: set[int] | None = None) -> list[Candidate]:
         for c in cands:
             if c.pending or c.status == "expanded":
                 c.stage = self.name
+            if before is not None:
+                self._check_facts(c, before)
         return cands
+
+    def _check_facts(self, cand: Candidate, before: set[int]) -> None:
+        """A fact on ``cand`` that was not there before this stage ran is one it declares in ``provides``:
+        no stage leaves (or replaces) another stage's fact unannounced."""
+        own = {k.name for k in self.provides if isinstance(k, FactKey)}
+        foreign = sorted(k for k, f in cand.facts.items() if id(f) not in before and k not in own)
+        if foreign:
+            raise UndeclaredFact(f"stage '{self.name}' left fact(s) {foreign} on {cand.key} that it does not list "
+                                 f"in `provides`; declare them there (or leave a fact of its own)")
 
     def _reject_error(self, cand: Candidate) -> None:
         err = sys.exc_info()[1]

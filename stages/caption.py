@@ -16,7 +16,7 @@ assistant header. Clips are captioned ``forward_batch`` at a time in one ``gener
 left-padded, greedy decoding; only the new tokens are decoded, up to the first end-of-turn token.
 
 Member ``caption.txt`` (UTF-8, stripped). Stats: frames fed, visual tokens, prompt and new token counts,
-caption length, random weights. ``info['caption']``: model, backend, fps, the clip times of the frames fed,
+caption length, random weights. the ``CaptionMeta`` fact (sample json ``caption``): model, backend, fps, the clip times of the frames fed,
 the visual grid (t, h, w in 14-px patches).
 """
 
@@ -31,12 +31,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from mtcc.media.crops import ClipMedia, clip_media
+from mtcc.facts import CaptionMeta, ProbeResult
 from mtcc.media.members import CAPTION
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Resources
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Key, Member, Resources, optional
+from .clip_media import ClipMedia, clip_media
 from .model_stage import ModelStage
 
 HF_ID = "Qwen/Qwen2-VL-7B-Instruct"
@@ -85,11 +86,11 @@ def caption_frames(media: ClipMedia, times: np.ndarray, *, min_pixels: int, max_
     smaller). The cut puts a key frame every second, so 1 fps samples decode nothing else."""
     from mtcc.media.video import open_frames
 
-    clip_w, clip_h = media.info["size"]
+    clip_w, clip_h = media.info.size
     _, w = target_size(clip_h, clip_w, min_pixels=min_pixels, max_pixels=max_pixels, factor=factor)
     video = open_frames(media.mp4(), {"width": clip_w, "height": clip_h}, w if w < clip_w else None, threads)
     last = max(0, min(media.frames, video.n_frames) - 1)
-    idx = np.clip(np.round(np.asarray(times, np.float64) * float(media.info["fps"])).astype(int), 0, last)
+    idx = np.clip(np.round(np.asarray(times, np.float64) * float(media.info.fps)).astype(int), 0, last)
     got: dict[int, np.ndarray] = {}
     for chunk, frames in video.batches(sorted(set(idx.tolist())), 16):
         got.update(zip(chunk, frames))
@@ -130,8 +131,8 @@ class ClipCaption(ModelStage):
         files=(*(Pin(n) for n in _QWEN_FILES), Pin("chat_template.json", optional=True)),
         settings={"model": "./Qwen2-VL-7B-Instruct"},
         note="about 16.6 GB; the shards' sizes and sha256 are checked against the hub's own LFS metadata"),)
-    requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("probe", optional=True))
-    provides: ClassVar[tuple[Key, ...]] = (Member(CAPTION), Info("caption", sample_meta=True))
+    requires: ClassVar[tuple[Key | type, ...]] = (CLIP_MEDIA, optional(ProbeResult))
+    provides: ClassVar[tuple[Key | type, ...]] = (Member(CAPTION), CaptionMeta)
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "n_frames": "int64", "visual_tokens": "int64", "prompt_tokens": "int64", "new_tokens": "int64",
@@ -247,7 +248,7 @@ class ClipCaption(ModelStage):
     def frames(self, cand: Candidate) -> tuple[np.ndarray, np.ndarray]:
         """(clip times, uint8 RGB frames ``[T, H, W, 3]``) fed for ``cand``."""
         start = float(cand.start or 0.0)
-        end = float(cand.end if cand.end is not None else cand.info["probe"].get("duration") or 0.0)
+        end = float(cand.end if cand.end is not None else cand.fact(ProbeResult).duration or 0.0)
         times = frame_times(end - start, self.fps, min_frames=self.min_frames, max_frames=self.max_frames,
                             temporal=getattr(self, "_temporal", TEMPORAL))
         threads = self.resources.threads or max(1, int(round(self.resources.num_cpus)))
@@ -314,8 +315,7 @@ class ClipCaption(ModelStage):
                      "prompt_tokens": r["prompt_tokens"], "new_tokens": r["new_tokens"],
                      "caption_chars": len(r["text"]), "random_weights": self.is_random}
             cand.members[CAPTION] = r["text"].encode("utf-8")
-            cand.info["caption"] = {"model": self.model, "backend": self.backend, "fps": self.fps,
-                                    "frames": [round(float(x), 4) for x in times], "grid": [t, h, w]}
+            cand.put(CaptionMeta(self.model, self.backend, self.fps, [round(float(x), 4) for x in times], [t, h, w]))
             self.record(cand, stats)
         return batch
 

@@ -6,7 +6,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from .base import RESOURCES, Candidate, Info, Key, Resources, Stage
+from mtcc.facts import ProbeResult
+
+from .base import RESOURCES, Candidate, Key, Resources, Stage
 
 
 def clip_key(video_id: str, clip_idx: int) -> str:
@@ -26,7 +28,7 @@ def make_clip(parent: Candidate, stage: str, clip_idx: int, start: float, end: f
         end=round(end, 6),
         from_stage=stage,
         stats=dict(parent.stats),
-        info=dict(parent.info),
+        facts=parent.facts.copy(),
     )
 
 
@@ -37,7 +39,7 @@ class WholeVideoClip(Stage):
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 200
     max_actor_cpus: ClassVar[float] = 1.0
-    requires: ClassVar[tuple[Key, ...]] = (Info("probe"),)  # the clip's length
+    requires: ClassVar[tuple[Key | type, ...]] = (ProbeResult,)  # the clip's length
     stats_schema: ClassVar[dict[str, str]] = {"n_clips": "int64"}
     expands: ClassVar[bool] = True
 
@@ -47,7 +49,7 @@ class WholeVideoClip(Stage):
     def process(self, batch: list[Candidate]) -> list[Candidate]:
         out: list[Candidate] = []
         for video in batch:
-            duration = float(video.info.get("probe", {}).get("duration") or 0.0)
+            duration = float(video.fact(ProbeResult).duration or 0.0)
             end = min(duration, self.max_seconds)
             stats: dict[str, Any] = {"n_clips": 1}
             self.record(video, stats)

@@ -25,11 +25,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from mtcc.media.crops import SHARED_CROPS, ClipMedia, clip_boxes, crop_characters, media_info
+from mtcc.facts import ClipFaces, CutMedia, ProbeResult, SourceFile
+from mtcc.media.crops import SHARED_CROPS, clip_boxes, crop_characters
 from mtcc.media.ffmpeg import BITEXACT, MediaError, ff_input, require_tool
 from mtcc.media.members import MIX, MP4, REFS
 
-from .base import CLIP_MEDIA, CLIPS, RESOURCES, Candidate, Info, Key, Member, Resources, Stage
+from .base import CLIP_MEDIA, CLIPS, RESOURCES, Candidate, Key, Member, Resources, Stage, optional
+from .clip_media import ClipMedia
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:
@@ -37,13 +39,13 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return max(2, int(width) // 2 * 2), max(2, int(height) // 2 * 2)
 
 
-def best_frames(faces: dict[str, Any]) -> list[int]:
+def best_frames(faces: ClipFaces) -> list[int]:
     """Per character, the frame with the highest detection score x box area: its reference picture."""
     out = []
-    for ch in faces["characters"]:
-        boxes = np.asarray(ch["boxes"], np.float64).reshape(-1, 4)
+    for ch in faces.characters:
+        boxes = ch.box_array()
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        out.append(int(np.argmax(np.asarray(ch["scores"], np.float64) * area)))
+        out.append(int(np.argmax(np.asarray(ch.scores, np.float64) * area)))
     return out
 
 
@@ -67,10 +69,9 @@ class ClipCut(Stage):
     actor_memory_mb: ClassVar[int] = 280
     max_actor_cpus: ClassVar[float] = 2.0
     clip_fields: ClassVar[dict[str, str]] = {"fps": "fps", "audio_rate": "audio_rate"}
-    requires: ClassVar[tuple[Key, ...]] = (CLIPS, Info("probe"), Info("clip_faces", optional=True),
-                                           Info("fingerprint", optional=True), Info("source_bytes", optional=True))
+    requires: ClassVar[tuple[Key | type, ...]] = (CLIPS, ProbeResult, optional(ClipFaces), optional(SourceFile))
     # the references only for a clip with face tracks, mix.flac only for a video with sound
-    provides: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Member(MP4), Member(MIX),
+    provides: ClassVar[tuple[Key | type, ...]] = (CLIP_MEDIA, Member(MP4), Member(MIX),
                                            *(Member(r) for r in REFS))
     stats_schema: ClassVar[dict[str, str]] = {"frames": "int64", "frames_piped": "int64", "mp4_bytes": "int64",
                                               "flac_bytes": "int64"}
@@ -119,22 +120,22 @@ class ClipCut(Stage):
             args += ["-map", "[raw]", "-frames:v", str(n), "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
         return args
 
-    def _references(self, faces: dict[str, Any], best: list[int], boxes: np.ndarray, img: np.ndarray,
+    def _references(self, faces: ClipFaces, best: list[int], boxes: np.ndarray, img: np.ndarray,
                     frame: int) -> dict[str, bytes]:
-        return {REFS[ch['index']]: reference_jpeg(img, boxes[k, frame], self.ref_margin)
-                for k, (ch, b) in enumerate(zip(faces["characters"], best)) if b == frame}
+        return {REFS[ch.index]: reference_jpeg(img, boxes[k, frame], self.ref_margin)
+                for k, (ch, b) in enumerate(zip(faces.characters, best)) if b == frame}
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
         start = float(cand.start or 0.0)
         dur = float(cand.end or 0.0) - start
         if dur <= 0:
             raise ValueError(f"clip {cand.key} has no length ({cand.start}..{cand.end})")
-        probe = cand.info["probe"]
-        has_audio = bool(probe.get("has_audio"))
-        faces = cand.info.get("clip_faces")
+        probe = cand.fact(ProbeResult)
+        has_audio = bool(probe.has_audio)
+        faces = cand.maybe(ClipFaces)
         n = int(round(dur * self.fps))
-        w, h = even_size(probe["width"], probe["height"])
-        scale = (w / int(probe["width"]), h / int(probe["height"]))
+        w, h = even_size(probe.width, probe.height)
+        scale = (w / int(probe.width or 0), h / int(probe.height or 0))
         what = f"{cand.source} [{start:.2f}s, +{dur:.2f}s]"
         with tempfile.TemporaryDirectory(prefix="mtcc-cut-") as tmp, \
                 self.source(cand) as src:
@@ -145,16 +146,17 @@ class ClipCut(Stage):
             if has_audio:
                 cand.members[MIX] = flac.read_bytes()
             digest = hashlib.sha256(cand.members[MP4]).hexdigest()
-            cand.info["media"] = media_info(digest, dur, n, self.fps, (w, h), scale)
+            media = CutMedia.of(digest, dur, n, self.fps, (w, h), scale)
+            cand.put(media)
             files: dict[str, Any] = {ClipMedia.MP4: cand.members[MP4]}
             if crops is not None:
                 files[ClipMedia.CROPS] = crops
                 cand.members.update(refs)
-            ClipMedia.write(self.workspace, cand.key, cand.info["media"], files)
+            ClipMedia.write(self.workspace, cand.key, media, files)
         return {"frames": n, "frames_piped": piped, "mp4_bytes": len(cand.members[MP4]),
                 "flac_bytes": len(cand.members.get(MIX, b""))}
 
-    def _run(self, args: list[str], what: str, faces: dict[str, Any] | None, size: tuple[int, int],
+    def _run(self, args: list[str], what: str, faces: ClipFaces | None, size: tuple[int, int],
              scale: tuple[float, float], n: int, tmp: Path) -> tuple[np.ndarray | None, dict[str, bytes], int]:
         """Run the cut; with faces, read the raw pictures it pipes out and crop them as they come."""
         w, h = size
@@ -167,7 +169,7 @@ class ClipCut(Stage):
             try:
                 if faces is not None:
                     assert proc.stdout is not None
-                    boxes = clip_boxes(faces, scale)
+                    boxes = clip_boxes(faces.boxes(), scale)
                     best = best_frames(faces)
                     crops = np.zeros((len(boxes), n, SHARED_CROPS.size, SHARED_CROPS.size, 3), np.uint8)
                     while got < n and (data := _read_exactly(proc.stdout, w * h * 3)):
@@ -194,7 +196,7 @@ class ClipCut(Stage):
             # a best frame past a short encode's end: the last picture
             missing = [b if b < got else got - 1 for b in best]
             for k, b in enumerate(missing):
-                name = REFS[faces['characters'][k]['index']]
+                name = REFS[faces.characters[k].index]
                 if name not in refs:
                     refs[name] = reference_jpeg(last, boxes[k, min(b, boxes.shape[1] - 1)], self.ref_margin)
         return crops, refs, got

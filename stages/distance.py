@@ -13,9 +13,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from mtcc.facts import ClipFaces
 from mtcc.media.clip import CHARACTERS
 
-from .base import RESOURCES, Candidate, Info, Key, Rejection, Resources, Stage, StatView
+from .base import RESOURCES, Candidate, Key, Rejection, Resources, Stage, StatView, Threshold
+from .segment import TwoFaceSegments
 
 
 class FaceDistance(Stage):
@@ -26,14 +28,14 @@ class FaceDistance(Stage):
     actor_memory_mb: ClassVar[int] = 200
     max_actor_cpus: ClassVar[float] = 1.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}
-    requires: ClassVar[tuple[Key, ...]] = (Info("clip_faces"),)
+    requires: ClassVar[tuple[Key | type, ...]] = (ClipFaces,)
     stats_schema: ClassVar[dict[str, str]] = {"ratio": "float64", "size_ratio": "float64", "face_px": "float64"}
     report_views: ClassVar[tuple[StatView, ...]] = (
         StatView(("face_px",), "face px", plot="face_size", title="Face size (mean box width, source px)",
-                 unit="pixels", thresholds=(("min_face_px", "segment.min_face_px", 1),)),
+                 unit="pixels", thresholds=(Threshold("min_face_px", "min_face_px", stage=TwoFaceSegments),)),
         StatView(("ratio",), "distance ratio", plot="distance_ratio",
                  title="Distance ratio (face size / centre distance)", unit="ratio",
-                 thresholds=(("min_ratio", "min_ratio", 1),)),
+                 thresholds=(Threshold("min_ratio", "min_ratio"),)),
     )
 
     size: Literal["width", "sqrt_area"] = Field(
@@ -42,10 +44,10 @@ class FaceDistance(Stage):
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.1, candidates_per_call=32), description=RESOURCES)
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
-        chars = cand.info["clip_faces"]["characters"]
+        chars = cand.fact(ClipFaces).characters
         if len(chars) != 2:
             raise ValueError(f"distance needs exactly 2 characters, clip has {len(chars)}")
-        b0, b1 = (np.asarray(c["boxes"], np.float64) for c in chars)
+        b0, b1 = (np.asarray(c.boxes, np.float64) for c in chars)
         w0, w1 = b0[:, 2] - b0[:, 0], b1[:, 2] - b1[:, 0]
         a0, a1 = w0 * (b0[:, 3] - b0[:, 1]), w1 * (b1[:, 3] - b1[:, 1])
         size = (w0 + w1) / 2 if self.size == "width" else (np.sqrt(a0) + np.sqrt(a1)) / 2

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 
+from mtcc.facts import FrameTimes, ProbeResult, SeamEvidence, Shots, SourceFile, VideoTracks
 from mtcc.media.shots import ShotDetector, ShotSettings
 from mtcc.media.tracking import Track, associate, fill_and_smooth, iou_matrix
 from mtcc.media.video import VideoFrames, open_frames, reduced_size
@@ -30,7 +31,7 @@ from mtcc.nets import loading
 from mtcc.nets.face_detectors import INSIGHTFACE_PACK_URL, INSIGHTFACE_PACKS
 from mtcc.nets.weights import Pin, Weights
 
-from .base import RESOURCES, Candidate, Info, Key, Resources
+from .base import RESOURCES, Candidate, Key, Resources, optional
 from .layout import SeamCollector
 from .model_stage import WeightsStage
 
@@ -69,8 +70,8 @@ class FaceTrack(WeightsStage):
             "insightface#2517); if it still does, pass --url faces=<a copy you trust> or --faces-pack buffalo_l "
             "(det_10g.onnx, same SCRFD family), or place the file by hand")),
         _insightface_pack("buffalo_l", "insightface buffalo_l pack: SCRFD-10GF detector with 5 keypoints"))
-    requires: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("fingerprint", optional=True), Info("source_bytes", optional=True))
-    provides: ClassVar[tuple[Key, ...]] = (Info("frame_clock"), Info("shots"), Info("seams"), Info("faces"))
+    requires: ClassVar[tuple[Key | type, ...]] = (ProbeResult, optional(SourceFile))
+    provides: ClassVar[tuple[Key | type, ...]] = (FrameTimes, Shots, SeamEvidence, VideoTracks)
     stats_schema: ClassVar[dict[str, str]] = {
         "n_shots": "int64", "longest_shot_s": "float64", "frames_decoded": "int64",
         "n_tracks": "int64", "frames_sampled": "int64", "frames_refined": "int64", "frames_redecoded": "int64",
@@ -117,7 +118,7 @@ class FaceTrack(WeightsStage):
                                        input_size=self.input_size, device=self.device, threads=self.thread_count)
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
-        probe = cand.info["probe"]
+        probe = cand.fact(ProbeResult).to_json()
         with self.source(cand) as src:
             video = open_frames(src.path, probe, self.decode_width)
             scan = _Scan(self, video)
@@ -131,9 +132,9 @@ class FaceTrack(WeightsStage):
     def chunks(self, cand: Candidate) -> list[dict[str, Any]]:
         """Time parts of a video longer than ``part_seconds``: nominal frame ranges of the probed length (a
         part owns the shots that start at its first cut at or after its start, up to the next part's)."""
-        probe = cand.info.get("probe") or {}
-        fps = float(probe.get("fps") or probe.get("fps_real") or 0.0)
-        duration = float(probe.get("duration") or 0.0)
+        probe = cand.maybe(ProbeResult)
+        fps = probe.rate if probe else 0.0
+        duration = float(probe.duration or 0.0) if probe else 0.0
         if self.part_seconds <= 0 or duration <= self.part_seconds or fps <= 0:
             return []
         n = int(math.ceil(duration / self.part_seconds))
@@ -143,7 +144,7 @@ class FaceTrack(WeightsStage):
                 for k in range(n)]
 
     def process_chunk(self, cand: Candidate, chunk: dict[str, Any]) -> dict[str, Any]:
-        probe = cand.info["probe"]
+        probe = cand.fact(ProbeResult).to_json()
         with self.source(cand) as src:
             video = open_frames(src.path, probe, self.decode_width)
             if video.backend != "decord":
@@ -191,13 +192,11 @@ class FaceTrack(WeightsStage):
             seams += p["seams"]["shots"]
         n_frames = int(clock["n_frames"])
         # tracks hold source frame indices; the clock says when each is shown (segment maps them to time)
-        cand.info["frame_clock"] = clock
-        cand.info["shots"] = shots
+        cand.put(FrameTimes.from_json(clock))
+        cand.put(Shots(tuple((int(a), int(b)) for a, b in shots)))
         # the layout stage's evidence, from the frames detected here
-        cand.info["seams"] = {"size": next((p["seams"]["size"] for p in parts if p["seams"]["size"]), None),
-                              "shots": seams}
-        cand.info["faces"] = {"fps": parts[0]["fps"], "n_frames": n_frames,
-                              "sample_step": parts[0]["step"], "detector": parts[0]["detector"], "tracks": tracks}
+        cand.put(SeamEvidence(next((p["seams"]["size"] for p in parts if p["seams"]["size"]), None), tuple(seams)))
+        cand.put(VideoTracks(parts[0]["fps"], n_frames, parts[0]["step"], parts[0]["detector"], tuple(tracks)))
         return {
             "n_shots": len(shots),
             "longest_shot_s": max((p["longest_s"] for p in parts), default=0.0),

@@ -27,9 +27,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from mtcc.facts import ClipFaces, FrameTimes, ProbeResult, SeamEvidence
 from mtcc.media.clip import CHARACTERS
 
-from .base import RESOURCES, Candidate, Info, Key, Rejection, Resources, Stage, StatView
+from .base import RESOURCES, Candidate, Key, Rejection, Resources, Stage, StatView
 
 EDGE_LEVEL = 16.0  # grey levels (0..255) across a column/row that count as an edge
 PEAK_FLOOR = 0.3  # mean coverage below this is not kept as a seam candidate
@@ -122,7 +123,7 @@ class PanelLayout(Stage):
     actor_memory_mb: ClassVar[int] = 200
     max_actor_cpus: ClassVar[float] = 1.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}
-    requires: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("frame_clock"), Info("seams"), Info("clip_faces"))
+    requires: ClassVar[tuple[Key | type, ...]] = (ProbeResult, FrameTimes, SeamEvidence, ClipFaces)
     stats_schema: ClassVar[dict[str, str]] = {
         "seam_strength": "float64", "seam_axis": "string", "seam_position": "float64", "separated": "float64",
         "split_screen": "bool",
@@ -137,21 +138,19 @@ class PanelLayout(Stage):
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.05, candidates_per_call=32), description=RESOURCES)
 
     def compute(self, cand: Candidate) -> dict[str, Any]:
-        from mtcc.media.video import FrameClock
-
-        seams = cand.info.get("seams")
-        if not seams or not seams.get("size"):
-            raise ValueError("no seam evidence in the candidate's info: the faces stage records it (info['seams']); "
-                             "run faces before layout")
-        probe = cand.info["probe"]
-        w, h = float(probe["width"]), float(probe["height"])
-        clock = FrameClock.from_info(cand.info["frame_clock"])
-        first = clock.index_at(float(cand.start or 0.0) - float(probe.get("video_start") or 0.0))
-        shot = next((s for s in seams["shots"] if s[0] <= first < s[1]), None)
-        chars = cand.info["clip_faces"]["characters"]
+        seams = cand.fact(SeamEvidence)
+        if not seams.size:
+            raise ValueError("no seam evidence on the candidate: the faces stage records it (SeamEvidence); "
+                             "list 'faces' before 'layout' in the profile")
+        probe = cand.fact(ProbeResult)
+        w, h = float(probe.width or 0), float(probe.height or 0)
+        clock = cand.fact(FrameTimes).clock()
+        first = clock.index_at(float(cand.start or 0.0) - probe.start)
+        shot = next((s for s in seams.shots if s[0] <= first < s[1]), None)
+        chars = cand.fact(ClipFaces).characters
         if len(chars) != 2:
             raise ValueError(f"layout needs exactly 2 characters, clip has {len(chars)}")
-        b0, b1 = (np.asarray(c["boxes"], np.float64) for c in chars)
+        b0, b1 = (np.asarray(c.boxes, np.float64) for c in chars)
         best = {"seam_strength": 0.0, "seam_axis": "", "seam_position": None, "separated": 0.0}
         for axis, pos, strength in (shot[2] if shot else []):
             extent = w if axis == "v" else h

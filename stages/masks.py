@@ -41,9 +41,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, field_validator
 
+from mtcc.facts import ClipFaces, MaskResult
 from mtcc.media import rle as rle_codec
 from mtcc.media.clip import CHARACTERS
-from mtcc.media.crops import clip_media
 from mtcc.media.geometry import LatentGeometry
 from mtcc.media.mask_outputs import cutout, jpeg_bytes, mask_stats, masks_json, route_windows
 from mtcc.media.members import MASKS, REFS, ROUTE
@@ -52,7 +52,8 @@ from mtcc.nets import loading, sam2_model
 from mtcc.nets.mask_tracking import FrameMasks, best_frame, prompt_frame, track
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Rejection, Resources, StatView
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Key, Member, Rejection, Resources, StatView, Threshold
+from .clip_media import clip_media
 from .model_stage import ModelStage
 
 HF_ID = "facebook/sam2.1-hiera-large"
@@ -125,9 +126,9 @@ class CharacterMasks(ModelStage):
                    sha256="2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", source=_SAM2_SOURCE),
                Pin("sam2.1_hiera_l.yaml")),
         settings={"model": "./sam2.1-hiera-large"}),)
-    requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"))
-    provides: ClassVar[tuple[Key, ...]] = (Member(MASKS), Member(ROUTE), *(Member(r) for r in REFS),
-                                           Info("masks", sample_meta=True))
+    requires: ClassVar[tuple[Key | type, ...]] = (CLIP_MEDIA, ClipFaces)
+    provides: ClassVar[tuple[Key | type, ...]] = (Member(MASKS), Member(ROUTE), *(Member(r) for r in REFS),
+                                           MaskResult)
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "area_0": "float64", "area_1": "float64", "empty_0": "float64", "empty_1": "float64",
@@ -136,7 +137,7 @@ class CharacterMasks(ModelStage):
     }
     report_views: ClassVar[tuple[StatView, ...]] = (
         StatView(("area_0", "area_1"), "mask area 0/1", plot="mask_area", title="Mask area (both characters)",
-                 unit="fraction of the frame", thresholds=(("min_area", "min_area", 1),)),
+                 unit="fraction of the frame", thresholds=(Threshold("min_area", "min_area"),)),
         StatView(("overlap",), "mask overlap"),
     )
 
@@ -236,7 +237,7 @@ class CharacterMasks(ModelStage):
 
         media = clip_media(cand, self)
         n_out = media.frames
-        clip_w, clip_h = media.info["size"]
+        clip_w, clip_h = media.info.size
         video = open_frames(media.mp4(), {"width": clip_w, "height": clip_h}, None)
         frames = torch.empty((n_out, size, size, 3), dtype=torch.uint8)
         full: dict[int, np.ndarray] = {}
@@ -257,19 +258,19 @@ class CharacterMasks(ModelStage):
     def _clip(self, cand: Candidate) -> dict[str, Any]:
         import torch
 
-        faces = cand.info["clip_faces"]
-        chars = faces["characters"]
-        n = int(faces["frames"])
+        faces = cand.fact(ClipFaces)
+        chars = faces.characters
+        n = int(faces.frames)
         if n <= 0 or not chars:
             raise ValueError(f"{cand.key}: clip has {n} frames and {len(chars)} characters")
-        boxes_src = np.stack([np.asarray(c["boxes"], np.float64).reshape(-1, 4)[:n] for c in chars])
-        scores = np.stack([np.asarray(c["scores"], np.float64)[:n] for c in chars])
+        boxes_src = np.stack([np.asarray(c.boxes, np.float64).reshape(-1, 4)[:n] for c in chars])
+        scores = np.stack([np.asarray(c.scores, np.float64)[:n] for c in chars])
         bests = [best_frame(boxes_src[k], scores[k]) for k in range(len(chars))]
         first = prompt_frame(boxes_src, scores)
         clip = self._frames(cand, int(self._model.image_size), set(bests))
         sx, sy = clip.scale
         boxes = boxes_src * np.array([sx, sy, sx, sy])
-        lms = [np.asarray(c["landmarks"], np.float64).reshape(-1, 5, 2)[:n] * np.array([sx, sy]) for c in chars]
+        lms = [np.asarray(c.landmarks, np.float64).reshape(-1, 5, 2)[:n] * np.array([sx, sy]) for c in chars]
         h, w = clip.size
         out = FrameMasks(boxes, self.geometry, (h, w))
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda")
@@ -288,34 +289,34 @@ class CharacterMasks(ModelStage):
             raise RuntimeError(f"{cand.key}: SAM2 produced masks for {(out.order >= 0).sum()} of {n} frames")
         rles = out.rle_lists()
         route = route_windows(out.canvas, n, self.geometry)
-        members = {MASKS: masks_json(rles, [c["track_id"] for c in chars], (h, w)),
+        members = {MASKS: masks_json(rles, [c.track_id for c in chars], (h, w)),
                    ROUTE: npy_bytes(route)}
         for k, c in enumerate(chars):
             ref = cutout(clip.full[bests[k]], rle_codec.decode(rles[k][bests[k]]), boxes[k, bests[k]],
                          self.ref_margin, tuple(int(v) for v in self.ref_background))
-            members[REFS[c['index']]] = jpeg_bytes(ref, self.jpeg_quality)
+            members[REFS[c.index]] = jpeg_bytes(ref, self.jpeg_quality)
         stats = mask_stats(rles, out.covers)
         stats["reprompts"] = int(reprompts)
         stats["random_weights"] = self.is_random
-        info = {
-            "windows": [list(wn) for wn in self.geometry.windows(n)],
-            "geometry": self.geometry.model_dump(),
-            "size": [h, w],
-            "prompt_frames": [int(p) for p in prompts],
-            "reprompts": int(reprompts),
-            "ref_frames": [int(b) for b in bests],
-            "model": self.model,
-            "config": Path(self._config_used).name,
-            "image_size": int(self._model.image_size),
-            "random_weights": self.is_random,
-        }
-        return {"stats": stats, "members": members, "info": info}
+        fact = MaskResult(
+            windows=[list(wn) for wn in self.geometry.windows(n)],
+            geometry=self.geometry.model_dump(),
+            size=[h, w],
+            prompt_frames=[int(p) for p in prompts],
+            reprompts=int(reprompts),
+            ref_frames=[int(b) for b in bests],
+            model=self.model,
+            config=Path(self._config_used).name,
+            image_size=int(self._model.image_size),
+            random_weights=self.is_random,
+        )
+        return {"stats": stats, "members": members, "fact": fact}
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:
         for cand in batch:
             res = self._clip(cand)
             cand.members.update(res["members"])
-            cand.info["masks"] = res["info"]
+            cand.put(res["fact"])
             self.settle(cand, res["stats"])
         return batch
 

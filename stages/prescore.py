@@ -34,12 +34,14 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from mtcc.facts import ClipFaces, FrameTimes, MouthCurves, ProbeResult
 from mtcc.media.audio_io import read_track
 from mtcc.media.clip import AUDIO_RATE, CHARACTERS, FPS
-from mtcc.media.crops import CropGeometry, clip_media
+from mtcc.media.crops import CropGeometry
 from mtcc.media.members import TRACKS
 
-from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Rejection, Resources, Stage
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Key, Member, Rejection, Resources, Stage, optional
+from .clip_media import clip_media
 
 HOP = AUDIO_RATE // FPS  # samples per video frame
 
@@ -93,23 +95,22 @@ def mouth_motion(gray: np.ndarray, regions: np.ndarray, repeated: np.ndarray | N
     return np.interp(np.arange(n), ok, out[ok])
 
 
-def repeated_frames(cand: Any, n_frames: int, out_fps: float) -> np.ndarray | None:
+def repeated_frames(cand: Candidate, n_frames: int, out_fps: float) -> np.ndarray | None:
     """Output frames that repeat the previous one's source frame: from the decoded frame times where the
     source has a variable rate (its gaps repeat frames too), else from the probed source rate."""
     from mtcc.media.crops import clip_source_frames
     from mtcc.media.video import FrameClock
 
-    probe = cand.info.get("probe") or {}
-    known = cand.info.get("frame_clock") or {}
-    if known.get("times"):
-        clock = FrameClock.from_info(known)
+    probe = cand.maybe(ProbeResult)
+    known = cand.maybe(FrameTimes)
+    if known is not None and known.times:
+        clock = known.clock()
     else:
-        fps = float(probe.get("fps") or 0.0)
+        fps = float(probe.fps or 0.0) if probe else 0.0
         if fps <= 0:
             return None
         clock = FrameClock(fps, 1 << 40)  # no frame count needed: nothing is clipped at the end
-    src = clip_source_frames(clock, float(cand.start or 0.0), float(probe.get("video_start") or 0.0), n_frames,
-                             out_fps)
+    src = clip_source_frames(clock, float(cand.start or 0.0), probe.start if probe else 0.0, n_frames, out_fps)
     return np.concatenate([[False], src[1:] == src[:-1]])
 
 
@@ -170,10 +171,9 @@ class MouthPrescore(Stage):
     max_actor_cpus: ClassVar[float] = 1.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "audio_rate": AUDIO_RATE}
     # a gate before the separation on purpose: the separated tracks only when a stage listed earlier made them
-    requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"), Info("probe", optional=True),
-                                           Info("frame_clock", optional=True),
+    requires: ClassVar[tuple[Key | type, ...]] = (CLIP_MEDIA, ClipFaces, optional(ProbeResult), optional(FrameTimes),
                                            *(Member(t, if_earlier=True) for t in TRACKS))
-    provides: ClassVar[tuple[Key, ...]] = (Info("prescore"),)
+    provides: ClassVar[tuple[Key | type, ...]] = (MouthCurves,)
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "corr_0": "float64", "corr_1": "float64", "offset_0": "int64", "offset_1": "int64",
@@ -194,17 +194,17 @@ class MouthPrescore(Stage):
 
     def signals(self, cand: Candidate) -> tuple[list[np.ndarray], list[np.ndarray], str]:
         """Per character: mouth motion and speech activity of the audio scored against it."""
-        faces = cand.info["clip_faces"]
-        chars = faces["characters"]
+        faces = cand.fact(ClipFaces)
+        chars = faces.characters
         media = clip_media(cand, self)
         crops = media.crops(CropGeometry(self.crop_size, self.crop_scale))
         n = crops.shape[1]
-        fps = float(faces.get("fps") or FPS)
+        fps = float(faces.fps or FPS)
         gray = crops.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # [C, T, S, S]
         repeated = repeated_frames(cand, n, fps)
         motion = []
         for k, ch in enumerate(chars):
-            reg = mouth_regions(np.asarray(ch["boxes"]), np.asarray(ch["landmarks"]), size=self.crop_size,
+            reg = mouth_regions(np.asarray(ch.boxes), np.asarray(ch.landmarks), size=self.crop_size,
                                 scale=self.crop_scale)
             motion.append(mouth_motion(gray[k], reg, repeated))
         names = [TRACKS[k] for k in range(len(chars))]
@@ -230,8 +230,7 @@ class MouthPrescore(Stage):
             curves.append(np.round(r, 6).tolist())
         stats["corr_max"] = max(stats["corr_0"], stats["corr_1"])
         stats["audio_source"] = source
-        cand.info["prescore"] = {"curves": curves, "lags": [-self.max_offset, self.max_offset],
-                                 "audio_source": source}
+        cand.put(MouthCurves(curves, [-self.max_offset, self.max_offset], source))
         return stats
 
     def decide(self, stats: dict[str, Any]) -> Rejection | None:

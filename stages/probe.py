@@ -8,12 +8,13 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
+from mtcc.facts import ProbeResult, SourceFile, SourceHash
 from mtcc.media.ffmpeg import MediaError, ffprobe, parse_rate
 from mtcc.storage.files import is_remote_source, local_source
 from mtcc.storage.hashing import sha256_file
 from mtcc.storage.workspace import SourceChanged, SourceUnreachable, WorkspaceError
 
-from .base import RESOURCES, Candidate, Info, Key, Rejection, Resources, Stage, StatView
+from .base import RESOURCES, Candidate, Key, Rejection, Resources, Stage, StatView, Threshold, optional
 
 # Prefix of a planned source whose file name is not valid UTF-8 (see mtcc.pipeline.inputs.plan_source):
 # the rest is the name with \x escapes, which is no path to open.
@@ -109,8 +110,8 @@ class Probe(Stage):
     typical_keep: ClassVar[float] = 0.95
     actor_memory_mb: ClassVar[int] = 200
     max_actor_cpus: ClassVar[float] = 1.0
-    requires: ClassVar[tuple[Key, ...]] = (Info("fingerprint", optional=True), Info("source_bytes", optional=True))
-    provides: ClassVar[tuple[Key, ...]] = (Info("probe"), Info("sha256"))
+    requires: ClassVar[tuple[Key | type, ...]] = (optional(SourceFile),)
+    provides: ClassVar[tuple[Key | type, ...]] = (ProbeResult, SourceHash)
     reads_source: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "duration": "float64",
@@ -129,7 +130,7 @@ class Probe(Stage):
     report_views: ClassVar[tuple[StatView, ...]] = (
         StatView(("duration",), "duration", plot="duration_video", title="Input video duration", unit="seconds",
                  level="video", card=False,
-                 thresholds=(("min_duration", "min_duration", 1), ("max_duration", "max_duration", 1))),
+                 thresholds=(Threshold("min_duration", "min_duration"), Threshold("max_duration", "max_duration"))),
     )
 
     min_duration: float = Field(2.0, ge=0, description="seconds; 49 frames at 25 fps need 1.96 s")
@@ -183,7 +184,7 @@ class Probe(Stage):
                 if cut:
                     return {**stats, "error": f"truncated: {cut}: {cand.source}"}
                 if self.hash_content:
-                    cand.info["sha256"] = src.sha256 or sha256_file(local)
+                    cand.put(SourceHash(src.sha256 or sha256_file(local)))
         except SourceUnreachable as e:
             return {**stats, "error": str(e), "error_reason": "unreachable"}
         except SourceChanged as e:
@@ -221,7 +222,7 @@ class Probe(Stage):
         stats["duration"] = duration
         stats["has_video"] = video is not None
         stats["has_audio"] = audio is not None
-        cand.info["probe"] = {k: v for k, v in stats.items() if k != "error"}
+        cand.put(ProbeResult(**stats))
         return stats
 
     def decide(self, stats: dict[str, Any]) -> Rejection | None:

@@ -13,10 +13,11 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from mtcc.facts import ClipCharacter, ClipFaces, FrameTimes, ProbeResult, Shots, VideoTracks
 from mtcc.media.tracking import interpolate
 from mtcc.media.video import FrameClock
 
-from .base import RESOURCES, Candidate, Info, Key, Resources, Stage
+from .base import RESOURCES, Candidate, Key, Resources, Stage, optional
 from .clip import make_clip
 
 
@@ -69,9 +70,8 @@ class TwoFaceSegments(Stage):
     actor_memory_mb: ClassVar[int] = 200
     max_actor_cpus: ClassVar[float] = 1.0
     clip_fields: ClassVar[dict[str, str]] = {"characters": "n_faces", "fps": "out_fps"}
-    requires: ClassVar[tuple[Key, ...]] = (Info("faces"), Info("probe"), Info("frame_clock", optional=True),
-                                           Info("shots", optional=True))
-    provides: ClassVar[tuple[Key, ...]] = (Info("clip_faces"),)
+    requires: ClassVar[tuple[Key | type, ...]] = (VideoTracks, ProbeResult, optional(FrameTimes), optional(Shots))
+    provides: ClassVar[tuple[Key | type, ...]] = (ClipFaces,)
     stats_schema: ClassVar[dict[str, str]] = {"n_clips": "int64", "segment_seconds": "float64"}
     expands: ClassVar[bool] = True
 
@@ -84,34 +84,27 @@ class TwoFaceSegments(Stage):
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=0.25, candidates_per_call=8), description=RESOURCES)
 
     def _clip_faces(self, tracks: list[dict[str, Any]], clock: FrameClock, t0: float, start: float,
-                    end: float) -> dict[str, Any]:
+                    end: float) -> ClipFaces:
         n_out = int(round((end - start) * self.out_fps))
         pos = clock.position_at(start - t0 + np.arange(n_out) / self.out_fps)
         chars = [{"track_id": t["id"], **interpolate(t, pos)} for t in tracks]
         chars.sort(key=lambda c: float(c["boxes"][0, 0] + c["boxes"][0, 2]))  # left-most first
-        return {
-            "fps": self.out_fps,
-            "frames": n_out,
-            "order": "left_to_right_at_first_frame",
-            "characters": [
-                {"index": i, "track_id": c["track_id"],
-                 "boxes": np.round(c["boxes"], 2).tolist(),
-                 "landmarks": np.round(c["landmarks"], 2).tolist(),
-                 "scores": np.round(c["scores"], 4).tolist()}
-                for i, c in enumerate(chars)
-            ],
-        }
+        return ClipFaces(self.out_fps, n_out, "left_to_right_at_first_frame", tuple(
+            ClipCharacter(i, c["track_id"], np.round(c["boxes"], 2).tolist(), np.round(c["landmarks"], 2).tolist(),
+                          np.round(c["scores"], 4).tolist())
+            for i, c in enumerate(chars)))
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:
         out: list[Candidate] = []
         for video in batch:
-            faces = video.info["faces"]
+            faces = video.fact(VideoTracks)
             # when each source frame is shown: a variable-rate stream's frames are not at i/fps
-            clock = FrameClock.from_info(video.info.get("frame_clock")
-                                         or {"fps": float(faces["fps"]), "n_frames": faces["n_frames"]})
-            t0 = float(video.info["probe"].get("video_start") or 0.0)  # file time of the video start
-            tracks = faces["tracks"]
-            shots = video.info.get("shots") or [[0, faces["n_frames"]]]
+            times = video.maybe(FrameTimes)
+            clock = times.clock() if times else FrameClock(float(faces.fps), faces.n_frames)
+            t0 = video.fact(ProbeResult).start  # file time of the video start
+            tracks = faces.tracks
+            shots = video.maybe(Shots)
+            shots = shots.spans if shots else ((0, faces.n_frames),)
             clips: list[tuple[float, float, list[dict[str, Any]]]] = []
             total = 0.0
             for a, b in shots:
@@ -145,7 +138,7 @@ class TwoFaceSegments(Stage):
             out.append(video)
             for k, (s, e, members) in enumerate(clips):
                 clip = make_clip(video, self.name, k, s, e)
-                clip.info.pop("faces", None)  # the video's tracks stay with the video; a clip keeps its own
-                clip.info["clip_faces"] = self._clip_faces(members, clock, t0, clip.start, clip.end)
+                clip.facts.drop(VideoTracks)  # the video's tracks stay with the video; a clip keeps its own
+                clip.put(self._clip_faces(members, clock, t0, clip.start, clip.end))
                 out.append(clip)
         return out

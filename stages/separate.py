@@ -35,15 +35,17 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 from pydantic import Field
 
+from mtcc.facts import ClipFaces, Separation
 from mtcc.media.audio_io import flac_bytes
 from mtcc.media.clip import AUDIO_RATE, CHARACTERS
-from mtcc.media.crops import CropGeometry, clip_media
+from mtcc.media.crops import CropGeometry
 from mtcc.media.members import TRACKS
 from mtcc.media.windows import window_starts
 from mtcc.nets import loading
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Rejection, Resources, StatView
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Key, Member, Rejection, Resources, StatView
+from .clip_media import clip_media
 from .model_stage import ModelStage
 
 VIDEO_FPS = 25  # the AV model's visual frame rate
@@ -289,8 +291,8 @@ class SpeechSeparation(ModelStage):
                    source="size reported from the HF API in a public design note; no sha256 published")),
         settings={"model": "./AV_MossFormer2_TSE_16K"},
         note="the repo also holds last_best_checkpoint_old.pt (a second ~700 MB copy); it is not fetched"),)
-    requires: ClassVar[tuple[Key, ...]] = (CLIP_MEDIA, Info("clip_faces"))
-    provides: ClassVar[tuple[Key, ...]] = (*(Member(t) for t in TRACKS), Info("separate", sample_meta=True))
+    requires: ClassVar[tuple[Key | type, ...]] = (CLIP_MEDIA, ClipFaces)
+    provides: ClassVar[tuple[Key | type, ...]] = (*(Member(t) for t in TRACKS), Separation)
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "rms_0": "float64", "rms_1": "float64", "mix_rms": "float64",
@@ -334,7 +336,7 @@ class SpeechSeparation(ModelStage):
     def _inputs(self, cand: Candidate) -> tuple[np.ndarray, np.ndarray, float]:
         media = clip_media(cand, self)
         lips = lip_frames(np.asarray(media.crops(CropGeometry.from_crop_scale(CROP_SIZE, self.crop_scale))))
-        return media.mixture(), lips, float(cand.info["clip_faces"]["fps"])
+        return media.mixture(), lips, float(cand.fact(ClipFaces).fps)
 
     def process(self, batch: list[Candidate]) -> list[Candidate]:
         from mtcc.nets.vad import speech_segments
@@ -360,10 +362,8 @@ class SpeechSeparation(ModelStage):
                 stats[f"speech_s_{k}"] = round(speech, 4)
                 stats[f"silent_{k}"] = bool(speech < self.min_speech_seconds or rms_dbfs(rms) < self.silence_dbfs)
                 cand.members[TRACKS[k]] = flac_bytes(track)
-            cand.info["separate"] = {
-                "model": self.model, "random_weights": self.is_random, "rate": AUDIO_RATE,
-                "speech": [[list(s) for s in v.segments] for v in vads],
-            }
+            cand.put(Separation(self.model, self.is_random, AUDIO_RATE, [[list(s) for s in v.segments] for v in vads],
+                                silent=tuple(bool(stats.get(f"silent_{k}")) for k in range(len(spk)))))
             self.settle(cand, stats)
         return batch
 

@@ -24,21 +24,24 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
+from mtcc.facts import ClipFaces, Separation, Speakers, SyncResult
 from mtcc.media.audio_io import flac_bytes, read_track
 from mtcc.media.clip import AUDIO_RATE, CHARACTERS, FPS
-from mtcc.media.crops import CropGeometry, clip_media
+from mtcc.media.crops import CropGeometry
 from mtcc.media.members import TRACKS
 from mtcc.nets import loading
 from mtcc.nets.sync_math import VSHIFT, binding, cross_matrix
 from mtcc.nets.weights import Pin, Weights
 
-from .base import CLIP_MEDIA, RESOURCES, Candidate, Info, Key, Member, Rejection, Resources, Stat, StatView
+from .base import CLIP_MEDIA, RESOURCES, Candidate, Key, Member, Rejection, Resources, StatView, Threshold, optional
+from .clip_media import clip_media
 from .model_stage import ModelStage
 
 CROP_SIZE = 224
@@ -140,11 +143,9 @@ class SyncScores(ModelStage):
              "is what protects later runs)"),)
     # without the separated tracks it scores the mixture; who is silent comes from asd, else separate
     # (see speaking_flags); the tracks it shifts it does not make
-    requires: ClassVar[tuple[Key, ...]] = (
-        CLIP_MEDIA, Info("clip_faces"), *(Member(t, optional=True) for t in TRACKS),
-        *(Stat(s, optional=True) for s in ("asd.silent_0", "asd.silent_1", "asd.random_weights",
-                                           "separate.silent_0", "separate.silent_1")))
-    provides: ClassVar[tuple[Key, ...]] = (Info("sync", sample_meta=True),)
+    requires: ClassVar[tuple[Key | type, ...]] = (
+        CLIP_MEDIA, ClipFaces, *(Member(t, optional=True) for t in TRACKS), optional(Speakers), optional(Separation))
+    provides: ClassVar[tuple[Key | type, ...]] = (SyncResult,)
     reads_clip_media: ClassVar[bool] = True
     stats_schema: ClassVar[dict[str, str]] = {
         "sync_c_0": "float64", "sync_c_1": "float64",
@@ -160,12 +161,12 @@ class SyncScores(ModelStage):
     }
     report_views: ClassVar[tuple[StatView, ...]] = (
         StatView(("sync_c_0", "sync_c_1"), "Sync-C 0/1", plot="sync_c", title="Sync-C (both characters)",
-                 unit="confidence", thresholds=(("min_sync_c (mean)", "min_sync_c", 1),)),
+                 unit="confidence", thresholds=(Threshold("min_sync_c (mean)", "min_sync_c"),)),
         StatView(("sync_d_0", "sync_d_1"), "Sync-D 0/1", plot="sync_d", title="Sync-D (both characters)",
                  unit="distance"),
         StatView(("offset_0", "offset_1"), "offset 0/1", plot="offset", title="AV offset (both characters)",
                  unit="frames at 25 fps", integer=True,
-                 thresholds=(("-max_abs_offset", "max_abs_offset", -1), ("+max_abs_offset", "max_abs_offset", 1))),
+                 thresholds=(Threshold("-max_abs_offset", "max_abs_offset", -1), Threshold("+max_abs_offset", "max_abs_offset"))),
     )
 
     model: loading.OptionalModelSpec = Field(None, description=f"SyncNet v2 state-dict file ({MODEL_FILE} from syncnet_python)")
@@ -198,9 +199,9 @@ class SyncScores(ModelStage):
 
     # -- inputs ---------------------------------------------------------------------------------------
     def _inputs(self, cand: Candidate) -> tuple[_Clip, str]:
-        faces = cand.info["clip_faces"]
-        if len(faces["characters"]) != 2:
-            raise ValueError(f"sync needs exactly 2 characters, clip has {len(faces['characters'])}")
+        n_chars = len(cand.fact(ClipFaces).characters)
+        if n_chars != 2:
+            raise ValueError(f"sync needs exactly 2 characters, clip has {n_chars}")
         media = clip_media(cand, self)
         geom = CropGeometry.from_crop_scale(CROP_SIZE, self.crop_scale)
         crops = np.asarray(media.crops(geom))[..., ::-1]  # RGB -> BGR (cv2.imread)
@@ -265,18 +266,19 @@ class SyncScores(ModelStage):
             silent, silent_source = speaking_flags(cand, source)
             stats = self.stats_from(m, b, silent, windows=clip.windows, source=source)
             stats["silent_source"] = silent_source
-            cand.info["sync"] = {
-                "model": self.model, "random_weights": self.is_random, "audio_source": source,
-                "vshift": VSHIFT, "windows": clip.windows, "cross": m, "a_ac": b["a_ac"],
-                "binding_margin": b["margin"], "swapped": b["swapped"],
-                "axes": "cross[x][i][j]: audio track i x face (character) j",
-            }
+            result = SyncResult(
+                model=self.model, random_weights=self.is_random, audio_source=source,
+                vshift=VSHIFT, windows=clip.windows, cross=m, a_ac=b["a_ac"],
+                binding_margin=b["margin"], swapped=b["swapped"],
+                axes="cross[x][i][j]: audio track i x face (character) j",
+            )
+            cand.put(result)
             if self.settle(cand, stats) is None and self.shift_audio_to_zero and clip.tracks is not None:
                 shifts = [0 if silent[k] else int(stats[f"offset_{k}"]) for k in range(2)]
                 for k in range(2):
                     if shifts[k]:
                         cand.members[TRACKS[k]] = flac_bytes(shift_frames(clip.tracks[k], shifts[k]))
-                cand.info["sync"]["shifted_frames"] = shifts
+                cand.put(replace(result, shifted_frames=shifts))
         return batch
 
     def stats_from(self, m: dict[str, Any], b: dict[str, Any], silent: list[bool | None], *, windows: int,
@@ -338,10 +340,12 @@ class SyncScores(ModelStage):
 def speaking_flags(cand: Candidate, audio_source: str) -> tuple[list[bool | None], str]:
     """Which characters are silent, and who said so: the asd stage (Light-ASD on faces and mixture) when it
     ran with real weights; else the separate stage's VAD on the separated tracks; else nobody (None flags)."""
-    if all(f"asd.silent_{k}" in cand.stats for k in range(2)) and not cand.stats.get("asd.random_weights"):
-        return [bool(cand.stats[f"asd.silent_{k}"]) for k in range(2)], "asd"
+    speakers = cand.maybe(Speakers)
+    if speakers is not None and not speakers.random_weights:
+        return [bool(x) for x in speakers.silent], "asd"
+    separation = cand.maybe(Separation)
     if audio_source == "separated":
-        return [cand.stats.get(f"separate.silent_{k}") for k in range(2)], "separate"
+        return ([bool(x) for x in separation.silent] if separation else [None, None]), "separate"
     return [None, None], "none"
 
 

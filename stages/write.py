@@ -1,8 +1,8 @@
 """Write: the last stage packs a kept clip's sample; it encodes and decodes nothing.
 
 The media members were made once by the ``cut`` stage (``mp4``, ``mix.flac``, plain ``ref{i}.jpg``) and the
-model stages added theirs; what is left is ``faces.json``, written from the clip's face tracks as every
-earlier stage has annotated them. The shard tar itself is written at commit (pipeline/shard.py).
+model stages added theirs; what is left is ``faces.json``, written from the clip's face tracks
+(``ClipFaces``) with asd's speaking logits beside them (``SpeakingCurves``) when asd ran. The shard tar itself is written at commit (pipeline/shard.py).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from mtcc.facts import ClipFaces, CutMedia, SpeakingCurves
 from mtcc.media.members import FACES, MIX, MP4
 
-from .base import RESOURCES, Candidate, Info, Key, Member, Resources, Stage
+from .base import RESOURCES, Candidate, Key, Member, Resources, Stage, optional
 
 
 class ClipWriter(Stage):
@@ -24,8 +25,8 @@ class ClipWriter(Stage):
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 200
     max_actor_cpus: ClassVar[float] = 1.0
-    requires: ClassVar[tuple[Key, ...]] = (Member(MP4), Member(MIX, optional=True),
-                                           Info("media", optional=True), Info("clip_faces", optional=True))
+    requires: ClassVar[tuple[Key | type, ...]] = (Member(MP4), Member(MIX, optional=True), optional(CutMedia),
+                                                  optional(ClipFaces), optional(SpeakingCurves))
     provides: ClassVar[tuple[Key, ...]] = (Member(FACES),)
     reads_clip_media: ClassVar[bool] = True  # packs the members the cut made
     stats_schema: ClassVar[dict[str, str]] = {"frames": "int64", "mp4_bytes": "int64", "flac_bytes": "int64"}
@@ -35,11 +36,17 @@ class ClipWriter(Stage):
     def compute(self, cand: Candidate) -> dict[str, Any]:
         if MP4 not in cand.members:
             raise ValueError(f"{cand.key} has no clip media: list the `cut` stage before `write` in the profile")
-        faces = cand.info.get("clip_faces")
+        faces = cand.maybe(ClipFaces)
         if faces is not None:
-            cand.members[FACES] = json.dumps(faces, sort_keys=True, separators=(",", ":")).encode()
+            doc = faces.to_json()
+            speaking = cand.maybe(SpeakingCurves)
+            if speaking is not None:  # asd's logits beside each character's boxes
+                for ch, curve in zip(doc["characters"], speaking.per_character):
+                    ch["speaking"] = curve
+            cand.members[FACES] = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        media = cand.maybe(CutMedia)
         return {
-            "frames": int((cand.info.get("media") or {}).get("frames") or 0),
+            "frames": media.frames if media else 0,
             "mp4_bytes": cand.member_size(MP4),
             "flac_bytes": cand.member_size(MIX) if MIX in cand.members else 0,
         }

@@ -175,11 +175,11 @@ def talk_clips(sample_dir: Path, max_seconds: float, count: int) -> list:
 
 
 def fresh(cands: list) -> list:
-    """Copies of module-scoped candidates that a stage may annotate (stats, info, members) without the
-    next test seeing it."""
+    """Copies of module-scoped candidates that a stage may annotate (stats, facts, members) without the
+    next test seeing it (facts are frozen: a copy of the map is enough)."""
     from mtcc.stages.base import Candidate
 
-    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "info": copy.deepcopy(c.info),
+    return [Candidate(**{**c.__dict__, "stats": dict(c.stats), "facts": c.facts.copy(),
                          "members": dict(c.members)}) for c in cands]
 
 
@@ -218,7 +218,6 @@ class ClipCache:
         self.dirs, self.max_seconds, self._done = dirs, max_seconds, {}
 
     def __getitem__(self, name: str) -> list:
-        import copy
 
         if name not in self._done:
             path = next((d / name for d in self.dirs if (d / name).is_file()), None)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mtcc.facts import ClipFaces, Separation, Speakers, SpeakingCurves
 from mtcc.media.audio_io import flac_bytes
 from mtcc.sampledata import load_truth
 from mtcc.stages.asd import FPS, ActiveSpeakers, frame_gate
@@ -31,7 +32,7 @@ def asd(light_asd_weights):
 
 def person_of(cand: Candidate, k: int, truth: dict) -> int:
     """The truth person whose planted box is nearest character k's box at the clip's first frame."""
-    box = np.asarray(cand.info["clip_faces"]["characters"][k]["boxes"][0])
+    box = np.asarray(cand.fact(ClipFaces).characters[k].boxes[0])
     first = int(round(cand.start * truth["fps"]))
 
     def dist(p):
@@ -42,7 +43,7 @@ def person_of(cand: Candidate, k: int, truth: dict) -> int:
 
 
 def truth_frames(cand: Candidate, person: int, truth: dict) -> np.ndarray:
-    n = int(cand.info["clip_faces"]["frames"])
+    n = cand.fact(ClipFaces).frames
     t = cand.start + np.arange(n) / FPS
     on = np.zeros(n, bool)
     for s in truth["speech"]:
@@ -75,10 +76,9 @@ def test_who_speaks_when_matches_the_planted_speech(asd, pair_clips, sample_dir,
     scored, gate_only = [], []
     for c in done:
         assert c.pending, (c.key, c.reason, c.message)  # everyone of these clips has a speaker
-        n = int(c.info["clip_faces"]["frames"])
-        chars = c.info["clip_faces"]["characters"]
-        assert [len(ch["speaking"]) for ch in chars] == [n, n]
-        meta = c.info["asd"]
+        n = c.fact(ClipFaces).frames
+        assert [len(curve) for curve in c.fact(SpeakingCurves).per_character] == [n, n]
+        meta = c.fact(Speakers).to_json()
         voiced = frame_gate(meta["speech"], n)
         for k in range(2):
             actual = truth_frames(c, person_of(c, k, truth), truth)
@@ -129,30 +129,31 @@ def muted_clips(sample_dir, tmp_path_factory):
     return ClipCache([d])["two_talk.mp4"]
 
 
-def test_nobody_speaking_is_rejected_as_no_speaker(asd, muted_clips, pair_clips):
+def test_nobody_speaking_is_rejected_as_no_speaker(asd, muted_clips):
     done = asd.run_batch(copy.deepcopy(muted_clips))
     assert all(c.status == "rejected" and c.reason == "no_speaker" and c.stage == "asd" for c in done)
     assert "nobody speaks" in done[0].message and "min_speaking_fraction" in done[0].message
-    assert done[0].info["asd"]["speech"] == []
+    assert done[0].fact(Speakers).speech == []
     # the mouths move while nothing is heard: Light-ASD alone would call it speaking, hence the gate
     assert max(done[0].stats["asd.logit_mean_0"], done[0].stats["asd.logit_mean_1"]) > 0
-    kept = ActiveSpeakers(model=asd.model, no_speaker="keep").run_batch(pair_clips["two_talk.mp4"][:1])
-    assert kept[0].pending
+    # the same muted clips with no_speaker=keep: recorded as silent, kept
+    kept = ActiveSpeakers(model=asd.model, no_speaker="keep").run_batch(copy.deepcopy(muted_clips))
+    assert kept and all(c.pending and c.stats["asd.n_speaking"] == 0 for c in kept)
 
 
 def test_random_weights_record_but_never_decide(muted_clips, tmp_path):
     made = ActiveSpeakers.make_tiny(tmp_path / "tiny")
     done = ActiveSpeakers(**made).run_batch(copy.deepcopy(muted_clips))
     assert all(c.pending and c.stats["asd.random_weights"] is True for c in done)
-    assert done[0].info["asd"]["random_weights"] is True
+    assert done[0].fact(Speakers).random_weights is True
 
 
 def test_batched_over_clips_gives_each_clip_its_own_scores(asd, pair_clips):
     a, b = pair_clips["two_talk.mp4"][0], pair_clips["two_cross.mp4"][0]
     together = asd.run_batch([a, b])
     alone = asd.run_batch(pair_clips["two_cross.mp4"][:1])
-    got = np.asarray([ch["speaking"] for ch in together[1].info["clip_faces"]["characters"]])
-    want = np.asarray([ch["speaking"] for ch in alone[0].info["clip_faces"]["characters"]])
+    got = np.asarray(together[1].fact(SpeakingCurves).per_character)
+    want = np.asarray(alone[0].fact(SpeakingCurves).per_character)
     np.testing.assert_allclose(got, want, atol=1e-3)
 
 
@@ -167,37 +168,42 @@ def test_separated_voices_score_highest_on_their_own_faces(asd, pair_clips, samp
             voice, _ = sf.read(sample_dir / f"{name}.voice{person_of(c, k, truth)}.wav", dtype="float32")
             c.members[f"spk{k}.flac"] = flac_bytes(voice[a:b])
         (c,) = asd.run_batch([c])
-        m = np.asarray(c.info["asd"]["track_face"])
+        m = np.asarray(c.fact(Speakers).track_face)
         assert m.shape == (2, 2) and m[0, 0] > m[1, 0] and m[1, 1] > m[0, 1], (name, m)
         assert c.stats["asd.track_face_margin"] > 0.3
     plain = asd.run_batch(pair_clips["two_talk.mp4"][:1])[0]
-    assert plain.info["asd"]["track_face"] is None and plain.stats["asd.track_face_margin"] is None
+    assert plain.fact(Speakers).track_face is None and plain.stats["asd.track_face_margin"] is None
 
 
 def test_outputs_follow_the_export_contract(asd, pair_clips):
     (c,) = asd.run_batch(pair_clips["two_cross.mp4"][:1])
-    meta = c.info["asd"]
+    meta = c.fact(Speakers).to_json()
     assert {"model", "random_weights", "fps", "speaking_fraction", "intervals", "both_speaking", "turns",
             "track_face"} <= set(meta)
     assert meta["fps"] == 25 and meta["turns"] == c.stats["asd.turns"] >= 1
     for k in range(2):
         spans = meta["intervals"][k]
         assert all(0 <= s < e <= c.end - c.start + 1e-6 for s, e in spans)
-        assert all(round(x, 4) == x for x in c.info["clip_faces"]["characters"][k]["speaking"])
+        assert all(round(x, 4) == x for x in c.fact(SpeakingCurves).per_character[k])
     for col in ("speaking_0", "speaking_1", "both_speaking", "turns", "random_weights"):
         assert f"asd.{col}" in c.stats
     json.dumps(meta)
-    from mtcc.pipeline.shard import sample_meta
+    from mtcc.pipeline.sample_tar import sample_meta
 
-    assert sample_meta(c, {}, ActiveSpeakers.sample_meta())["asd"] == meta
+    assert sample_meta(c, {}, [ActiveSpeakers])["asd"] == meta
 
 
 def test_sync_takes_single_speaker_from_asd():
-    cand = Candidate(key="k", video_id="v", source="s", shard=0,
-                     stats={"asd.silent_0": False, "asd.silent_1": True, "asd.random_weights": False,
-                            "separate.silent_0": False, "separate.silent_1": False})
+    def speakers(random: bool) -> Speakers:
+        return Speakers(model="m", random_weights=random, fps=25, dtype="float32", speaking_fraction=[0.5, 0.0],
+                        intervals=[[], []], both_speaking=0.0, turns=1, track_face=None, speech=None, axes="",
+                        silent=(False, True))
+
+    cand = Candidate(key="k", video_id="v", source="s", shard=0)
+    cand.put(speakers(False))
+    cand.put(Separation(model="m", random_weights=False, rate=16000, speech=[[], []], silent=(False, False)))
     assert speaking_flags(cand, "separated") == ([False, True], "asd")
-    cand.stats["asd.random_weights"] = True  # random ASD decides nothing: the separated tracks' VAD does
+    cand.put(speakers(True))  # random ASD decides nothing: the separated tracks' VAD does
     assert speaking_flags(cand, "separated") == ([False, False], "separate")
     assert speaking_flags(cand, "mixture") == ([None, None], "none")
 

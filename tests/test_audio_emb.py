@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture
 
+from mtcc.facts import AudioEmbeddingMeta, ClipFaces
 from mtcc.media.audio_io import flac_bytes, read_track
 from mtcc.nets import loading
 from mtcc.stages import audio_emb as ae
@@ -61,7 +62,7 @@ def with_tracks(cand: Candidate, voices: list[np.ndarray]) -> Candidate:
     # as the separate stage writes them: round(duration x rate) samples from the clip's start
     a, n = int(round(cand.start * RATE)), int(round((cand.end - cand.start) * RATE))
     members = {f"spk{k}.flac": flac_bytes(v[a:a + n]) for k, v in enumerate(voices)}
-    return Candidate(**{**cand.__dict__, "stats": dict(cand.stats), "info": dict(cand.info), "members": members})
+    return Candidate(**{**cand.__dict__, "stats": dict(cand.stats), "facts": cand.facts.copy(), "members": members})
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,7 @@ def test_stage_embeds_each_characters_track(batched):
     for cand in batched:
         arr = load(cand)
         assert arr.shape == (2, 67, 12, 768) and arr.dtype == np.float16 and np.isfinite(arr).all()
-        assert cand.stats["audio_emb.frames"] == cand.info["clip_faces"]["frames"] == 67
+        assert cand.stats["audio_emb.frames"] == cand.fact(ClipFaces).frames == 67
         assert cand.stats["audio_emb.cnn_frames"] == 133  # 42667 samples at 50 rows/s
         assert (cand.stats["audio_emb.layers"], cand.stats["audio_emb.hidden"]) == (12, 768)
         assert cand.stats["audio_emb.random_weights"] is True
@@ -174,9 +175,9 @@ def test_stage_embeds_each_characters_track(batched):
             assert cand.stats[f"audio_emb.rms_{k}"] == pytest.approx(rms, rel=1e-5)
         recorded = {k.split(".", 1)[1] for k in cand.stats if k.startswith("audio_emb.")}
         assert recorded == set(AudioEmbeddings.stats_schema)
-        info = cand.info["audio_emb"]
-        assert info["shape"] == [2, 67, 12, 768] and info["fps"] == 25 and info["model"].endswith("audio_emb")
-        assert info["revision"] is None and info["random_weights"] is True  # a local directory: no hub commit
+        info = cand.fact(AudioEmbeddingMeta)
+        assert info.shape == [2, 67, 12, 768] and info.fps == 25 and info.model.endswith("audio_emb")
+        assert info.revision is None and info.random_weights is True  # a local directory: no hub commit
         assert np.abs(arr[0].astype(np.float32) - arr[1].astype(np.float32)).max() > 0.1  # two characters, two voices
     assert np.abs(load(batched[0]).astype(np.float32) - load(batched[1]).astype(np.float32)).max() > 0.1
 

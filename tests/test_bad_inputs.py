@@ -59,8 +59,9 @@ def corpus_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bad_build(corpus_dir, tmp_path_factory, ray_local, tiny_overrides):
+    from mtcc.manifests.report_data import read_manifests
     from mtcc.manifests.shard_tar import read_samples
-    from mtcc.pipeline.build import build, read_manifests
+    from mtcc.pipeline.build import build
     from mtcc.pipeline.config import load_config, resolve_config
 
     corpus = load_corpus(corpus_dir)

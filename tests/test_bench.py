@@ -46,6 +46,7 @@ def test_decode_cost_model(gop_video):
 
 
 def test_audit_counts_what_stages_read(gop_video):
+    from mtcc.facts import ProbeResult
     from mtcc.media.video import open_frames
     from mtcc.stages.base import Candidate
     from mtcc.stages.probe import Probe
@@ -55,7 +56,7 @@ def test_audit_counts_what_stages_read(gop_video):
     audit = DecodeAudit()
     with audited(audit):
         audit.stage = "reader"
-        vf = open_frames(str(gop_video), c.info["probe"], None)
+        vf = open_frames(str(gop_video), c.fact(ProbeResult).to_json(), None)
         got = [i for idx, _ in vf.batches([3, 4, 25], 8) for i in idx]
         audit.stage = "encoder"
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", "1.0", "-t", "0.4", "-i", str(gop_video),

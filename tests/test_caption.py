@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture
 
-from mtcc.media.crops import clip_media
+from mtcc.facts import CaptionMeta, CutMedia, ProbeResult
 from mtcc.nets import loading
 from mtcc.stages.base import Candidate
 from mtcc.stages.caption import ClipCaption, frame_times
+from mtcc.stages.clip_media import clip_media
 from mtcc.stages.cut import ClipCut
 from mtcc.stages.probe import Probe
 
@@ -98,8 +99,8 @@ def test_tiny_model_captions_real_clips_through_the_stage(captioned, stage):
         s = {k.split(".", 1)[1]: v for k, v in c.stats.items() if k.startswith("caption.")}
         assert set(s) == set(ClipCaption.stats_schema)
         # 2.667 s at 1 fps: frames at 0, 1, 2 s, the last repeated to fill the second temporal patch
-        assert s["n_frames"] == 4 and c.info["caption"]["frames"] == [0.0, 1.0, 2.0, 2.0]
-        t, h, w = c.info["caption"]["grid"]
+        assert s["n_frames"] == 4 and c.fact(CaptionMeta).frames == [0.0, 1.0, 2.0, 2.0]
+        t, h, w = c.fact(CaptionMeta).grid
         assert (t, h, w) == (2, 20, 36)  # 640x360 -> 504x280 within 360*420 pixels, 14-px patches
         assert s["visual_tokens"] == t * h * w // 4
         # the prompt is the chat template around one <|video_pad|> per merged visual token
@@ -107,8 +108,8 @@ def test_tiny_model_captions_real_clips_through_the_stage(captioned, stage):
         assert s["prompt_tokens"] == len(template) - 1 + s["visual_tokens"]
         # the tiny model's control-token logits are zero, so it writes text until max_new_tokens
         assert s["new_tokens"] == NEW and s["caption_chars"] == len(text) and s["random_weights"] is True
-        assert c.info["caption"]["model"] == stage.model and c.info["caption"]["backend"] == "transformers"
-        assert c.info["caption"]["fps"] == 1.0
+        assert c.fact(CaptionMeta).model == stage.model and c.fact(CaptionMeta).backend == "transformers"
+        assert c.fact(CaptionMeta).fps == 1.0
     # greedy, keeping the checkpoint's repetition penalty and stop tokens (the real one ships both)
     assert (stage._gen.do_sample, stage._gen.top_k, stage._gen.repetition_penalty) == (False, None, 1.05)
     tok = stage._processor.tokenizer
@@ -168,9 +169,9 @@ def test_frames_are_the_clips_source_frames_at_the_fed_size(stage, clips):
     times, frames = stage.frames(clip)
     assert list(times) == [0.0, 1.0, 2.0, 2.0] and frames.shape == (4, 284, 504, 3) and frames.dtype == np.uint8
     np.testing.assert_array_equal(frames[3], frames[2])
-    w, h = clip.info["media"]["size"]
+    w, h = clip.fact(CutMedia).size
     ref = open_frames(clip_media(clip, stage).mp4(), {"width": w, "height": h}, 504)  # the delivered clip
-    src = open_frames(clip.source, clip.info["probe"], 504)
+    src = open_frames(clip.source, clip.fact(ProbeResult).to_json(), 504)
     for k, t in enumerate(times[:3]):
         np.testing.assert_array_equal(frames[k], ref.frame(int(round(t * 25))))
         # and that is the source's picture at that time, up to the clip's compression

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from mtcc.benchmarks.http_source import CountingServer
-from mtcc.pipeline.build import build, read_manifests
+from mtcc.manifests.report_data import read_manifests
+from mtcc.pipeline.build import build
 from mtcc.pipeline.config import load_config, resolve_config
 from mtcc.pipeline.inputs import fingerprint
 from mtcc.storage.workspace import NodeWorkspace, WorkspaceError
@@ -185,17 +186,19 @@ def cut_clip(sample_dir):
 def test_cut_media_line_up_with_the_delivered_mp4(cut_clip, tmp_path):
     """The shared crops are cut from the very pictures the mp4 encodes: cropping the decoded mp4 with the
     same boxes gives the same crops (up to compression), frame for frame, for every clip frame."""
-    from mtcc.media.crops import ClipMedia, clip_boxes, crop_characters
+    from mtcc.facts import ClipFaces, CutMedia
+    from mtcc.media.crops import clip_boxes, crop_characters
     from mtcc.media.video import open_frames
+    from mtcc.stages.clip_media import ClipMedia
 
     media = ClipMedia(cut_clip, NodeWorkspace(tmp_path / "elsewhere"), "test")  # a node the cut did not run on
     rebuilt = media.crops()  # decoded from the mp4 member
-    cut_ws = next(s for s in [cut_clip]).info["media"]
-    assert rebuilt.shape == (2, cut_ws["frames"], 224, 224, 3)
-    w, h = cut_ws["size"]
+    cut_ws = cut_clip.fact(CutMedia)
+    assert rebuilt.shape == (2, cut_ws.frames, 224, 224, 3)
+    w, h = cut_ws.size
     video = open_frames(media.mp4(), {"width": w, "height": h}, None)
-    assert video.n_frames == cut_ws["frames"] == len(cut_clip.info["clip_faces"]["characters"][0]["boxes"])
-    boxes = clip_boxes(cut_clip.info["clip_faces"], media.scale)
+    assert video.n_frames == cut_ws.frames == len(cut_clip.fact(ClipFaces).characters[0].boxes)
+    boxes = clip_boxes(cut_clip.fact(ClipFaces).boxes(), media.scale)
     frame = video.frame(37)
     assert np.abs(crop_characters(frame, boxes[:, 37]).astype(int) - rebuilt[:, 37].astype(int)).mean() < 1.0
     # against the neighbouring frame the difference is far larger: the two characters walk across
@@ -214,15 +217,17 @@ def test_cut_puts_a_key_frame_every_second(cut_clip, tmp_path):
 
 def test_derived_crops_match_crops_cut_from_the_frame(cut_clip, tmp_path):
     """A stage's own crop geometry cut from the shared crops equals that crop cut from the picture itself."""
-    from mtcc.media.crops import ClipMedia, CropGeometry, clip_boxes, crop_characters
+    from mtcc.facts import ClipFaces, CutMedia
+    from mtcc.media.crops import CropGeometry, clip_boxes, crop_characters
     from mtcc.media.video import open_frames
+    from mtcc.stages.clip_media import ClipMedia
 
     media = ClipMedia(cut_clip, NodeWorkspace(tmp_path / "w"), "test")
     geom = CropGeometry(96, 1.2, 0.0)  # prescore's: partly outside the shared square (black there, as outside a frame)
     derived = media.crops(geom)
-    w, h = cut_clip.info["media"]["size"]
+    w, h = cut_clip.fact(CutMedia).size
     frame = open_frames(media.mp4(), {"width": w, "height": h}, None).frame(12)
-    direct = crop_characters(frame, clip_boxes(cut_clip.info["clip_faces"], media.scale)[:, 12], geom)
+    direct = crop_characters(frame, clip_boxes(cut_clip.fact(ClipFaces).boxes(), media.scale)[:, 12], geom)
     inside = slice(int(96 * 0.1 / 1.2) + 2, 96)  # below the band above the shared square
     assert np.abs(derived[:, 12, inside].astype(int) - direct[:, inside].astype(int)).mean() < 4.0
 
@@ -234,7 +239,7 @@ def test_stages_after_the_cut_never_open_the_source(cut_clip, tmp_path):
     from mtcc.stages.prescore import MouthPrescore
     from mtcc.stages.write import ClipWriter
 
-    clip = dataclasses.replace(cut_clip, source=str(tmp_path / "deleted.mp4"), stats={}, info=dict(cut_clip.info),
+    clip = dataclasses.replace(cut_clip, source=str(tmp_path / "deleted.mp4"), stats={}, facts=cut_clip.facts.copy(),
                                members=dict(cut_clip.members))
     out = MouthPrescore(reject=False).run_batch([clip])
     out = ClipWriter().run_batch(out)

@@ -79,9 +79,10 @@ def recovered_binding(clip: dict, emb: np.ndarray) -> list[list[int]]:
 
 # -- planted binding fields on the real build's sample ---------------------------------------------------------
 def asd_meta(speaking: tuple[float, float], track_face: list[list[float]] | None, overlap: float = 0.0) -> dict:
-    """The asd output as /work/notes/asd_contract.md specifies it."""
-    return {"model": "planted", "random_weights": False, "fps": 25, "speaking_fraction": list(speaking),
-            "intervals": [[], []], "both_speaking": overlap, "turns": 1, "track_face": track_face}
+    """The asd stage's sample meta (the ``Speakers`` fact) with planted verdicts."""
+    return {"model": "planted", "random_weights": False, "fps": 25, "dtype": "float32",
+            "speaking_fraction": list(speaking), "intervals": [[], []], "both_speaking": overlap, "turns": 1,
+            "track_face": track_face, "speech": None, "axes": ""}
 
 
 FACE_IDENT = [[0.9, 0.1], [0.2, 0.8]]  # track i scores high on face i
@@ -102,10 +103,13 @@ EXPORTED = {k for k, v in PLANTS.items() if isinstance(v[3], list)}
 
 def plant(real_out: Path, out: Path) -> dict[str, dict]:
     """Shards 0 and 1 of ``out``: the real sample under the PLANTS keys, with the planted meta."""
+    from mtcc.facts import ALL, ProbeResult, SourceHash
     from mtcc.manifests.paths import OutPaths
     from mtcc.pipeline.shard import commit_shard
     from mtcc.stages import SAMPLE_META, STAGES
     from mtcc.stages.base import Candidate
+
+    FACTS = {f.key: f for f in ALL}
 
     (key, members), = list(read_samples(next((real_out / "shards").glob("*.tar"))))
     meta = json.loads(members.pop("json"))
@@ -116,19 +120,18 @@ def plant(real_out: Path, out: Path) -> dict[str, dict]:
     planted: dict[str, dict] = {}
     shards: dict[int, list[Candidate]] = {}
     for name, (shard, asd, sync_swapped, _) in PLANTS.items():
-        info = {k: meta[k] for k in (*SAMPLE_META, "probe") if k in meta}
-        info["sha256"] = meta["source_sha256"]
+        meta_of = {k: meta[k] for k in SAMPLE_META if k in meta}
         # the planted measures stand for real ones: tracks from a real separator, scored by a real SyncNet
-        info["separate"] = {**meta["separate"], "random_weights": False}
+        meta_of["separate"] = {**meta["separate"], "random_weights": False}
         sync = {**meta["sync"], "random_weights": False}
         if sync_swapped is None:
             sync.update(audio_source="mixture", binding_margin=0.0, swapped=False)
         else:
             sync.update(audio_source="separated", swapped=sync_swapped, binding_margin=-1.5 if sync_swapped
                         else 1.5, a_ac=SWAP if sync_swapped else IDENTITY)
-        info["sync"] = sync
+        meta_of["sync"] = sync
         if asd is not None:
-            info["asd"] = asd
+            meta_of["asd"] = asd
         m = dict(members)
         if name == "holes":  # character 2 loses its mask on frames 10 and 40: no 49-frame window is whole
             doc = json.loads(m["masks.rle.json"])
@@ -138,7 +141,11 @@ def plant(real_out: Path, out: Path) -> dict[str, dict]:
             m["masks.rle.json"] = json.dumps(doc).encode()
         c = Candidate(key=f"{name}_0000", video_id=name, source=meta["source"], shard=shard, level="clip",
                       clip_idx=0, start=meta["start"], end=meta["end"], status="kept", stats=dict(meta["stats"]),
-                      info=info, members=m)
+                      members=m)
+        c.put(SourceHash(meta["source_sha256"]))
+        c.put(ProbeResult.from_json(meta["probe"]))
+        for k, v in meta_of.items():
+            c.put(FACTS[k].from_json(v))
         shards.setdefault(shard, []).append(c)
         planted[c.key] = {"members": m, "asd": asd}
     for shard, cands in shards.items():

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mtcc.manifests.report_data import read_manifests
 from mtcc.media.tracking import iou_matrix
-from mtcc.pipeline.build import build, read_manifests
+from mtcc.pipeline.build import build
 from mtcc.pipeline.config import load_config, resolve_config
 
 pytestmark = pytest.mark.slow
@@ -227,7 +228,28 @@ def test_split_screen_debate_is_named_and_a_single_head_gives_no_clip(offline_bu
     assert (head["status"], head["reason"]) == ("rejected", "no_two_face_segment")
 
 
-def test_different_face_sizes_are_not_rejected(offline_build):
+def test_different_face_sizes_are_recorded_not_rejected():
+    """A host close to the camera and a guest three times smaller (planted boxes): the size ratio is a stat
+    in the manifest, never a reason; only the distance between the faces decides."""
+    from mtcc.facts import ClipCharacter, ClipFaces
+    from mtcc.stages.base import Candidate
+    from mtcc.stages.distance import FaceDistance
+
+    def clip(guest_x: float) -> Candidate:
+        c = Candidate(key=f"g{guest_x:g}", video_id="v", source="s", shard=0, level="clip")
+        host = ClipCharacter(0, 0, [[100.0, 100.0, 250.0, 250.0]] * 3, [[0.0] * 10] * 3, [0.9] * 3)
+        guest = ClipCharacter(1, 1, [[guest_x, 150.0, guest_x + 50.0, 200.0]] * 3, [[0.0] * 10] * 3, [0.9] * 3)
+        c.put(ClipFaces(25, 3, "left_to_right_at_first_frame", (host, guest)))
+        return c
+
+    near, far = FaceDistance(min_ratio=0.15).run_batch([clip(300.0), clip(1500.0)])
+    assert near.pending and near.stats["distance.size_ratio"] == pytest.approx((50 * 50) / (150 * 150))
+    assert near.stats["distance.face_px"] == pytest.approx(100.0)
+    assert (far.status, far.reason) == ("rejected", "too_distant")  # the distance decides, at the same sizes
+    assert far.stats["distance.size_ratio"] == near.stats["distance.size_ratio"]
+
+
+def test_every_clip_past_the_distance_stage_has_its_size_ratio(offline_build):
     _, rows = offline_build
-    assert not [r for r in rows if r["reason"] == "size_mismatch"]
-    assert all(r["distance.size_ratio"] is not None for r in rows if r["level"] == "clip" and r["stage"] not in ("segment", "layout"))
+    scored = [r for r in rows if r["level"] == "clip" and r["stage"] not in ("segment", "layout")]
+    assert scored and all(r["distance.size_ratio"] is not None for r in scored)

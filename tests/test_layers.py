@@ -14,14 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 ALLOWED: dict[str, set[str]] = {
     "storage": set(),
     "media": {"storage"},
+    "facts": {"media"},
     "nets": {"media", "storage"},
-    "stages": {"nets", "media", "storage"},
-    "manifests": {"stages", "nets", "media", "storage"},
+    "stages": {"facts", "nets", "media", "storage"},
+    "manifests": {"stages", "facts", "nets", "media", "storage"},
     "configs": set(),
-    "pipeline": {"manifests", "stages", "nets", "media", "storage", "configs"},
-    "training": {"pipeline", "manifests", "stages", "nets", "media", "storage"},
-    "sampledata": {"pipeline", "nets", "media", "storage"},
-    "benchmarks": {"pipeline", "training", "sampledata", "manifests", "stages", "nets", "media", "storage", "configs"},
+    "pipeline": {"manifests", "stages", "facts", "nets", "media", "storage", "configs"},
+    "training": {"pipeline", "manifests", "stages", "facts", "nets", "media", "storage"},
+    "sampledata": {"pipeline", "facts", "nets", "media", "storage"},
+    "benchmarks": {"pipeline", "training", "sampledata", "manifests", "stages", "facts", "nets", "media", "storage",
+                   "configs"},
 }
 # the command line sits above everything it runs: the benchmark, training, export and sample-data commands
 APP = {"mtcc.pipeline.cli": {"benchmarks", "training", "sampledata"}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mtcc.facts import SeamEvidence
 from mtcc.sampledata import load_truth
 from mtcc.stages.layout import PanelLayout, SeamCollector, peaks, seam_evidence, separating_fraction
 
@@ -72,11 +73,11 @@ def test_pairs_in_one_scene_are_kept(pair_clips, name):
         assert c.pending and not c.stats["layout.split_screen"], (name, c.stats)
         assert c.stats["layout.seam_strength"] < limit - 0.05  # a margin below the threshold
         # the faces stage's evidence travels with the clip, one entry per shot of its video
-        assert c.info["seams"]["shots"] and c.info["seams"]["size"]
+        assert c.fact(SeamEvidence).shots and c.fact(SeamEvidence).size
 
 
 def test_missing_evidence_is_an_error_that_names_the_fix(pair_clips):
     c = pair_clips["two_talk.mp4"][0]
-    del c.info["seams"]
+    c.facts.drop(SeamEvidence)
     (c,) = PanelLayout().run_batch([c])
-    assert c.reason == "error" and "run faces before layout" in c.message
+    assert c.reason == "error" and "SeamEvidence" in c.message and "list 'faces' before" in c.message

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture
 from PIL import Image
 
+from mtcc.facts import ClipFaces, MaskResult
 from mtcc.media import rle as rle_codec
 from mtcc.media.geometry import LatentGeometry, letterbox_mask, route_index_mask
 from mtcc.media.mask_outputs import cutout, mask_stats, masks_json, ref_window, route_windows
@@ -44,7 +45,7 @@ tiny = tiny_fixture(CharacterMasks)
 def clips(sample_dir) -> list[Candidate]:
     """two_talk.mp4 (640x360) through the real probe -> faces -> segment -> cut: three 67-frame clips."""
     out = talk_clips(sample_dir, 2.7, 3)
-    assert [c.info["clip_faces"]["frames"] for c in out] == [67, 67, 67]
+    assert [c.fact(ClipFaces).frames for c in out] == [67, 67, 67]
     return out
 
 
@@ -296,22 +297,22 @@ def test_reprompts_are_bounded_and_drift_is_left_when_they_run_out():
 
 def test_outputs_on_a_real_clip(done, clips):
     for cand in done:
-        faces = cand.info["clip_faces"]
-        n = faces["frames"]
+        faces = cand.fact(ClipFaces)
+        n = faces.frames
         assert {"masks.rle.json", "route.npy", "ref0.jpg", "ref1.jpg"} <= set(cand.members)
         doc = json.loads(cand.members["masks.rle.json"])
         assert doc["size"] == [360, 640] and doc["frames"] == n and doc["fps"] == 25
-        assert [c["track_id"] for c in doc["characters"]] == [c["track_id"] for c in faces["characters"]]
+        assert [c["track_id"] for c in doc["characters"]] == [c.track_id for c in faces.characters]
         masks = [[rle_codec.decode(r) for r in c["rle"]] for c in doc["characters"]]
         assert [len(m) for m in masks] == [n, n] and masks[0][0].shape == (360, 640)
 
         route = np.load(io.BytesIO(cand.members["route.npy"]), allow_pickle=False)
-        info = cand.info["masks"]
+        fact_json = cand.fact(MaskResult).to_json()
         assert route.dtype == np.int8 and route.shape == (2, 13, 30, 45)
-        assert info["windows"] == [[0, 49], [18, 67]] and info["geometry"] == GEO.model_dump()
+        assert fact_json["windows"] == [[0, 49], [18, 67]] and fact_json["geometry"] == GEO.model_dump()
         assert set(np.unique(route)) <= {-1, 0, 1}
         # route.npy is the trainer's recipe applied to exactly the masks in masks.rle.json
-        for wi, (s, e) in enumerate(info["windows"]):
+        for wi, (s, e) in enumerate(fact_json["windows"]):
             vol = np.stack([[letterbox_mask(masks[k][f], GEO) for f in range(s, e)] for k in range(2)])
             np.testing.assert_array_equal(route[wi], route_index_mask(vol, GEO))
 
@@ -321,14 +322,14 @@ def test_outputs_on_a_real_clip(done, clips):
         again = mask_stats([c["rle"] for c in doc["characters"]], np.zeros((2, n)))
         for key in ("area_0", "area_1", "empty_0", "empty_1", "stability_0", "stability_1", "overlap"):
             assert st[key] == pytest.approx(again[key]), key
-        assert st["random_weights"] is True and info["random_weights"] is True
-        assert 0 <= st["reprompts"] <= 2 and len(info["prompt_frames"]) == st["reprompts"] + 1
+        assert st["random_weights"] is True and fact_json["random_weights"] is True
+        assert 0 <= st["reprompts"] <= 2 and len(fact_json["prompt_frames"]) == st["reprompts"] + 1
 
         # references: the character's crop at its best frame, background where its mask is not
         for k in range(2):
             ref = np.asarray(Image.open(io.BytesIO(cand.members[f"ref{k}.jpg"])).convert("RGB")).astype(int)
-            best = info["ref_frames"][k]
-            box = np.asarray(faces["characters"][k]["boxes"][best])
+            best = fact_json["ref_frames"][k]
+            box = np.asarray(faces.characters[k].boxes[best])
             xa, ya, xb, yb = ref_window(box, 1.6, 640, 360)
             assert ref.shape == (yb - ya, xb - xa, 3)
             inside = masks[k][best][ya:yb, xa:xb]
@@ -348,21 +349,21 @@ def test_one_state_for_both_characters_runs_the_encoder_once_per_frame(stage, cl
     s._model, s._random, s._config_used = stage._model, stage._random, stage._config_used
     out, calls = encoder_calls(s, fresh(clips[:1]))
     assert out[0].stats["masks.reprompts"] == 0
-    assert calls == clips[0].info["clip_faces"]["frames"]  # 67, not 2 x 67
+    assert calls == clips[0].fact(ClipFaces).frames  # 67, not 2 x 67
 
 
 def test_forced_reprompts_are_recorded_bounded_and_follow_production_order(stage, clips):
     s = stage.model_copy(update={"max_reprompts": 2, "drift_min_cover": 1.01})  # every frame "drifts"
     s._model, s._random, s._config_used = stage._model, stage._random, stage._config_used
     out, calls = encoder_calls(s, fresh(clips[:1]))
-    n = clips[0].info["clip_faces"]["frames"]
-    faces = clips[0].info["clip_faces"]["characters"]
-    p = prompt_frame(np.array([c["boxes"] for c in faces]), np.array([c["scores"] for c in faces]))
+    n = clips[0].fact(ClipFaces).frames
+    faces = clips[0].fact(ClipFaces).characters
+    p = prompt_frame(np.array([c.boxes for c in faces]), np.array([c.scores for c in faces]))
     assert 1 < p < n - 2
-    info = out[0].info["masks"]
-    assert out[0].stats["masks.reprompts"] == 2 and info["reprompts"] == 2
+    fact_json = out[0].fact(MaskResult).to_json()
+    assert out[0].stats["masks.reprompts"] == 2 and fact_json["reprompts"] == 2
     # first produced after the prompt: p+1 (forward pass); then the earliest left: p-1 (backward pass)
-    assert info["prompt_frames"] == [p, p + 1, p - 1]
+    assert fact_json["prompt_frames"] == [p, p + 1, p - 1]
     # n, plus one prompt frame and the re-propagated frames (forward from p+1, backward from p-1) each
     assert calls == n + 1 + (n - p - 2) + 1 + (p - 1)
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from mtcc.manifests.paths import OutPaths
+from mtcc.manifests.report_data import read_manifests
 from mtcc.media.ffmpeg import ffprobe
-from mtcc.pipeline.build import build, read_manifests
+from mtcc.pipeline.build import build
 from mtcc.pipeline.config import load_config, resolve_config
 from mtcc.pipeline.errors import BuildError, LockBusy
 from mtcc.pipeline.lock import RunLock

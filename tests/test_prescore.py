@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 import subprocess
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from mtcc.facts import CutMedia, FrameTimes, MouthCurves, ProbeResult
 from mtcc.stages.base import Candidate
 from mtcc.stages.cut import ClipCut
 from mtcc.stages.faces import FaceTrack
@@ -62,11 +62,11 @@ def run(clip: Candidate, tracks: list[np.ndarray] | None = None, source: str | N
         **cfg) -> Candidate:
     """Prescore on ``clip`` with ``tracks`` as its separated tracks; ``source``: the clip cut again from
     another file (its own clip media: stages after the cut read nothing else)."""
-    c = Candidate(**{**clip.__dict__, "stats": dict(clip.stats), "info": dict(clip.info),
+    c = Candidate(**{**clip.__dict__, "stats": dict(clip.stats), "facts": clip.facts.copy(),
                      "members": dict(clip.members)})
     if source is not None:
         c.source, c.members = source, {}
-        c.info.pop("media")
+        c.facts.drop(CutMedia)
         c = ClipCut().run_batch([c])[0]
     c.members.update({} if tracks is None else {f"spk{i}.flac": flac(t) for i, t in enumerate(tracks)})
     return MouthPrescore(**cfg).run_batch([c])[0]
@@ -109,10 +109,11 @@ def test_mouth_region_sits_on_the_mouth_in_crop_pixels():
 
 
 def test_repeated_source_frames_are_found():
-    cand = SimpleNamespace(start=0.0, info={"probe": {"fps": 16.0, "video_start": 0.0}})
+    cand = Candidate(key="k", video_id="v", source="s", shard=0, start=0.0)
+    cand.put(ProbeResult(duration=2.0, has_video=True, has_audio=True, fps=16.0, video_start=0.0))
     rep = repeated_frames(cand, 50, 25.0)
     assert rep.sum() == 50 - 32 and not rep[0]
-    cand.info["probe"]["fps"] = 30.0
+    cand.put(ProbeResult(duration=2.0, has_video=True, has_audio=True, fps=30.0, video_start=0.0))
     assert not repeated_frames(cand, 50, 25.0).any()
 
 
@@ -121,7 +122,9 @@ def test_repeated_frames_of_a_variable_rate_source_are_its_gaps():
     frame before each gap, exactly at the dropped frames' slots."""
     kept = [n for n in range(70) if n % 7 not in (2, 5)]
     clock = {"fps": 25.0, "n_frames": len(kept), "times": [n / 25 for n in kept], "end": 70 / 25}
-    cand = SimpleNamespace(start=0.4, info={"probe": {"fps": 25.0, "video_start": 0.0}, "frame_clock": clock})
+    cand = Candidate(key="k", video_id="v", source="s", shard=0, start=0.4)
+    cand.put(ProbeResult(duration=2.8, has_video=True, has_audio=True, fps=25.0, video_start=0.0))
+    cand.put(FrameTimes.from_json(clock))
     rep = repeated_frames(cand, 50, 25.0)
     assert np.flatnonzero(rep).tolist() == [j for j in range(50) if (10 + j) % 7 in (2, 5)]
 
@@ -165,7 +168,7 @@ def test_in_sync_clip_is_kept_on_its_mixture(clips, name):
     assert s["corr_max"] >= MouthPrescore().min_corr
     best = int(np.argmax([s["corr_0"], s["corr_1"]]))
     assert abs(s[f"offset_{best}"]) <= 1
-    assert len(c.info["prescore"]["curves"]) == 2 and len(c.info["prescore"]["curves"][0]) == 31
+    assert len(c.fact(MouthCurves).curves) == 2 and len(c.fact(MouthCurves).curves[0]) == 31
 
 
 def test_clip_with_another_fixtures_audio_is_rejected(clips, sample_dir, tmp_path):

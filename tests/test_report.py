@@ -28,7 +28,8 @@ import pytest
 
 from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.report import evenly, pick_rejected, write_report
-from mtcc.pipeline.build import build, read_manifests
+from mtcc.manifests.report_data import read_manifests
+from mtcc.pipeline.build import build
 from mtcc.pipeline.cli import main
 from mtcc.pipeline.config import load_config, resolve_config
 

@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 from conftest import fresh, ready, run_pending, talk_clips, tiny_fixture, weights_error
 
+from mtcc.facts import Separation
 from mtcc.media.ffmpeg import ff_input, run_tool
 from mtcc.media.windows import window_starts
 from mtcc.nets import loading
@@ -177,7 +178,7 @@ def test_separation_writes_a_track_per_character_of_the_clip_length(batched):
         assert cand.stats["separate.n_windows"] == 4  # 2.667 s in 1 s windows, 0.6 s hop
         assert cand.stats["separate.residual_ratio"] >= 0
         assert set(SpeechSeparation.stats_schema) <= {k.split(".", 1)[1] for k in cand.stats if k.startswith("separate.")}
-        assert cand.info["separate"]["random_weights"] is True and len(cand.info["separate"]["speech"]) == 2
+        assert cand.fact(Separation).random_weights is True and len(cand.fact(Separation).speech) == 2
         assert cand.pending  # silent tracks are recorded, not rejected, unless reject_silent
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from mtcc.manifests.members import MEMBERS, member_rank, members_except
 from mtcc.manifests.shard_tar import ShardTarError, read_samples
-from mtcc.pipeline.shard import write_tar
+from mtcc.pipeline.sample_tar import write_tar
 from mtcc.stages.base import Candidate
 
 BIG = 1 << 20
@@ -118,23 +118,32 @@ def test_member_subsets_name_schema_members():
     assert sorted(["json", "zz", "mp4", "aa"], key=member_rank) == ["mp4", "json", "aa", "zz"]
 
 
-def test_sample_json_carries_the_info_its_stages_declare(tmp_path):
-    """The json of a sample holds the ``Candidate.info`` entries its stages declare as sample meta, and no
-    other info: the writer learns them from the stages, and an undeclared entry stays out of the shard."""
+def test_sample_json_carries_the_facts_its_stages_declare(tmp_path):
+    """The json of a sample holds the facts its stages declare as sample meta, and no other: the writer
+    learns them from the stages, and an undeclared fact stays out of the shard."""
+    from mtcc.facts import ClipFaces, ProbeResult, Speakers, SyncResult
     from mtcc.manifests.paths import OutPaths
     from mtcc.pipeline.shard import commit_shard
     from mtcc.stages import SAMPLE_META, STAGES
 
     assert {"separate", "asd", "sync", "masks", "audio_emb", "caption"} == set(SAMPLE_META)
     assert STAGES["sync"].sample_meta() == ("sync",) and STAGES["faces"].sample_meta() == ()
-    info = {"sync": {"a_ac": [[1, 0], [0, 1]]}, "asd": {"turns": 3}, "clip_faces": {"frames": 9}, "probe": {"fps": 25}}
+    sync = SyncResult(model="m", random_weights=False, audio_source="separated", vshift=15, windows=3, cross=None,
+                      a_ac=[[1, 0], [0, 1]], binding_margin=1.0, swapped=False, axes="")
+    asd = Speakers(model="m", random_weights=False, fps=25, dtype="float32", speaking_fraction=[0.5, 0.5],
+                   intervals=[[], []], both_speaking=0.0, turns=3, track_face=None, speech=None, axes="")
+    probe = ProbeResult(duration=2.0, has_video=True, has_audio=False, fps=25.0)
     c = Candidate(key="k0", video_id="k0", source="/in/k0.mp4", shard=0, level="clip", status="kept",
-                  info=info, members={"mp4": b"v"})
+                  members={"mp4": b"v"})
+    for fact in (sync, asd, probe, ClipFaces(25, 9, "left_to_right_at_first_frame", ())):
+        c.put(fact)
     layout = OutPaths(tmp_path)
     for d in layout.dirs():
         d.mkdir(parents=True)
     commit_shard(layout, 0, [c], [STAGES["sync"], STAGES["faces"]], {"config_hash": "h"})
     (_, members), = read_samples(layout.tar(0))
     meta = json.loads(members["json"])
-    assert meta["sync"] == info["sync"] and meta["probe"] == info["probe"]
+    assert meta["sync"] == sync.to_json() and meta["sync"]["a_ac"] == [[1, 0], [0, 1]]
+    assert "shifted_frames" not in meta["sync"]  # left out while None, as the stage leaves it out
+    assert meta["probe"] == {"duration": 2.0, "has_video": True, "has_audio": False, "fps": 25.0}
     assert "asd" not in meta and "clip_faces" not in meta  # asd is not among the stages; clip_faces is not meta

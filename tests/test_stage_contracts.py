@@ -8,10 +8,11 @@ import dataclasses
 
 import pytest
 
+from mtcc.facts import SourceFile
 from mtcc.pipeline.config import build_config, load_config, resolve_config
 from mtcc.pipeline.errors import ConfigError
 from mtcc.stages import STAGES
-from mtcc.stages.base import CLIP_MEDIA, FROM_INPUT, Candidate, Info, Member, Stat
+from mtcc.stages.base import CLIP_MEDIA, FROM_INPUT, Candidate, FactKey, Member, Stat
 
 PROFILES = ("offline", "mtcc", "spine")
 FULL = ["probe", "faces", "segment", "layout", "distance", "cut", "prescore", "separate", "asd", "sync", "masks",
@@ -48,7 +49,7 @@ def test_sync_before_separate_is_refused_naming_both():
     order.insert(order.index("sync") + 1, "separate")
     msg = refusal(*order)
     assert "stages.sync needs member 'spk0.flac', member 'spk1.flac'" in msg
-    assert "stat 'separate.silent_0'" in msg and "(made by separate): list it after 'separate'" in msg
+    assert "fact Separation" in msg and "(made by separate): list it after 'separate'" in msg
 
 
 def test_an_optional_input_may_be_absent_but_not_late():
@@ -57,24 +58,23 @@ def test_an_optional_input_may_be_absent_but_not_late():
     order = without.copy()
     order.remove("asd")
     order.insert(order.index("sync") + 1, "asd")  # sync takes asd's verdict on who is silent
-    assert "stages.sync needs stat 'asd.silent_0', stat 'asd.silent_1', stat 'asd.random_weights' (made by asd): " \
-           "list it after 'asd'" in refusal(*order)
+    assert "stages.sync needs fact Speakers (made by asd): list it after 'asd'" in refusal(*order)
 
 
 def test_a_required_input_no_stage_makes_is_refused():
     msg = refusal(*[n for n in FULL if n != "separate"])
     assert "stages.audio_emb needs member 'spk0.flac', member 'spk1.flac', made by no enabled stage: list " \
            "'separate' before it" in msg
-    assert "stages.sync needs info 'clip_faces', made by no enabled stage: list 'segment' before it" in \
+    assert "stages.sync needs fact ClipFaces, made by no enabled stage: list 'segment' before it" in \
         refusal("probe", "clip", "cut", "sync", "write")
 
 
 def test_every_problem_is_named_at_once():
     msg = refusal("probe", "clip", "layout", "write")
     assert msg.startswith("invalid stage order:")
-    assert "stages.layout needs info 'frame_clock', info 'seams', made by no enabled stage: list 'faces' before it" \
-        in msg
-    assert "stages.layout needs info 'clip_faces', made by no enabled stage: list 'segment' before it" in msg
+    assert "stages.layout needs fact FrameTimes, fact SeamEvidence, made by no enabled stage: list 'faces' before " \
+           "it" in msg
+    assert "stages.layout needs fact ClipFaces, made by no enabled stage: list 'segment' before it" in msg
     assert "stages.write needs member 'mp4', made by no enabled stage: list 'cut' before it" in msg
 
 
@@ -98,7 +98,7 @@ def test_declarations_name_what_some_stage_makes():
 # -- the declarations against what the stages do -------------------------------------------------------
 
 def new_facts(before: Candidate, after: Candidate) -> set[tuple[str, str]]:
-    return ({("info", k) for k in after.info.keys() - before.info.keys()}
+    return ({("fact", k) for k in after.facts.keys() - before.facts.keys()}
             | {("member", k) for k in after.members.keys() - before.members.keys()}
             | {("stat", k) for k in after.stats.keys() - before.stats.keys()})
 
@@ -115,7 +115,8 @@ def chain(tmp_path_factory):
     quiet = [dataclasses.replace(p, says=[]) for p in scene.persons]
     render(dataclasses.replace(scene, duration=3.0, persons=quiet), d, seed=0)
     video = d / "two_talk.mp4"
-    cand = Candidate(key=video.stem, video_id=video.stem, source=str(video), shard=0, info={"fingerprint": None})
+    cand = Candidate(key=video.stem, video_id=video.stem, source=str(video), shard=0)
+    cand.put(SourceFile())
     runs = {}
     for name, kw in [("probe", {}), ("faces", {"detector": "centerface", "sample_fps": 5}), ("segment", {}),
                      ("layout", {}), ("distance", {}), ("cut", {}), ("write", {})]:
@@ -141,10 +142,32 @@ def test_a_stage_leaves_what_it_declares(chain, name):
 @pytest.mark.parametrize("name", ["segment", "layout", "distance", "write"])
 def test_a_stage_fails_without_each_input_it_requires(chain, name):
     given, _ = chain[name]
-    needs = [k for k in STAGES[name].requires if not k.optional and isinstance(k, (Info, Member))]
+    needs = [k for k in STAGES[name].requires if not k.optional and isinstance(k, (FactKey, Member))]
     assert needs
     for need in needs:
         cand = copy.deepcopy(given)
-        (cand.info if isinstance(need, Info) else cand.members).pop(need.name)
+        if isinstance(need, FactKey):
+            cand.facts.drop(need.fact)
+        else:
+            cand.members.pop(need.name)
         out = STAGES[name]().run_batch([cand])
         assert out[0].status == "rejected" and out[0].reason == "error", (need, out[0].status)
+
+
+def test_a_report_threshold_names_a_real_setting_of_its_stage():
+    """Thresholds the report draws are typed references: one naming a setting its stage does not have fails
+    when the stage class is defined, not as a missing line in some report."""
+    from typing import ClassVar
+
+    from mtcc.stages.base import Stage, StatView, Threshold
+    from mtcc.stages.distance import FaceDistance
+    from mtcc.stages.segment import TwoFaceSegments
+
+    face_px = next(v for v in FaceDistance.report_views if v.stats == ("face_px",))
+    assert face_px.thresholds[0].stage is TwoFaceSegments and "min_face_px" in TwoFaceSegments.model_fields
+    with pytest.raises(TypeError, match="names 'min_px', which is not a setting of stage 'segment'"):
+        class Stale(Stage):
+            name: ClassVar[str] = "stale"
+            stats_schema: ClassVar[dict[str, str]] = {"px": "float64"}
+            report_views: ClassVar[tuple] = (StatView(("px",), "px", plot="px",
+                                                      thresholds=(Threshold("min", "min_px", stage=TwoFaceSegments),)),)

@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 from conftest import talk_clips, tiny_fixture, weights_error
 
+from mtcc.facts import SyncResult
 from mtcc.nets import loading
 from mtcc.nets.sync_math import VSHIFT, binding, cross_matrix, distance_curve, sync_score
 from mtcc.stages import sync as sync_mod
@@ -147,7 +148,7 @@ def voices(sample_dir: Path, clip: Candidate) -> list[np.ndarray]:
 
 def with_tracks(clip: Candidate, tracks: list[np.ndarray] | None) -> Candidate:
     members = {**clip.members, **({} if tracks is None else {f"spk{i}.flac": flac(t) for i, t in enumerate(tracks)})}
-    return Candidate(**{**clip.__dict__, "stats": dict(clip.stats), "info": dict(clip.info), "members": members})
+    return Candidate(**{**clip.__dict__, "stats": dict(clip.stats), "facts": clip.facts.copy(), "members": members})
 
 
 @pytest.fixture(scope="module")
@@ -194,32 +195,32 @@ def test_stage_outputs_shapes_and_stats(batched, stage):
     assert next(stage._net.parameters()).device.type == "cpu"
     for c in batched:
         assert c.pending, c.message
-        info = c.info["sync"]
-        json.dumps(info)
-        assert info["audio_source"] == "separated" and info["random_weights"] is True
+        fact_json = c.fact(SyncResult).to_json()
+        json.dumps(fact_json)
+        assert fact_json["audio_source"] == "separated" and fact_json["random_weights"] is True
         # 2 s clip: 50 frames, 32000 samples -> min(50, 50) - 5 windows, as syncnet_python counts
-        assert info["windows"] == 45
-        assert np.asarray(info["cross"]["c"]).shape == (2, 2)
-        assert np.asarray(info["cross"]["dists"]).shape == (2, 2, 2 * VSHIFT + 1)
-        assert info["a_ac"] in ([[1, 0], [0, 1]], [[0, 1], [1, 0]])
+        assert fact_json["windows"] == 45
+        assert np.asarray(fact_json["cross"]["c"]).shape == (2, 2)
+        assert np.asarray(fact_json["cross"]["dists"]).shape == (2, 2, 2 * VSHIFT + 1)
+        assert fact_json["a_ac"] in ([[1, 0], [0, 1]], [[0, 1], [1, 0]])
         stats = {k.split(".", 1)[1]: v for k, v in c.stats.items() if k.startswith("sync.")}
         assert set(stats) == set(SyncScores.stats_schema)
-        assert stats["sync_c_0"] == info["cross"]["c"][0][0] and stats["cross_c_10"] == info["cross"]["c"][1][0]
+        assert stats["sync_c_0"] == fact_json["cross"]["c"][0][0] and stats["cross_c_10"] == fact_json["cross"]["c"][1][0]
         assert all(abs(stats[f"offset_{k}"]) <= VSHIFT for k in range(2))
         assert stats["random_weights"] is True and stats["audio_source"] == "separated"
 
 
 def test_batching_across_clips_gives_the_same_numbers(batched, alone):
-    mb, ma = batched[0].info["sync"]["cross"], alone[0].info["sync"]["cross"]
+    mb, ma = batched[0].fact(SyncResult).to_json()["cross"], alone[0].fact(SyncResult).to_json()["cross"]
     np.testing.assert_allclose(mb["dists"], ma["dists"], rtol=1e-4, atol=1e-4)
     assert mb["offset"] == ma["offset"]
     # and the clips of one batch do not leak into each other
-    assert not np.allclose(batched[1].info["sync"]["cross"]["dists"], mb["dists"])
+    assert not np.allclose(batched[1].fact(SyncResult).to_json()["cross"]["dists"], mb["dists"])
 
 
 def test_tracks_are_paired_with_their_rows(batched):
     """spk{i}.flac is row i of the cross matrix: silencing track 1 changes row 1 only."""
-    ref, half = batched[1].info["sync"]["cross"], batched[2].info["sync"]["cross"]
+    ref, half = batched[1].fact(SyncResult).to_json()["cross"], batched[2].fact(SyncResult).to_json()["cross"]
     np.testing.assert_allclose(half["dists"][0], ref["dists"][0], rtol=1e-4, atol=1e-4)
     assert np.abs(np.subtract(half["dists"][1], ref["dists"][1])).max() > 1e-2
 
@@ -228,7 +229,7 @@ def test_shift_audio_to_zero_moves_kept_tracks(batched, clips, sample_dir):
     c = batched[1]
     v = voices(sample_dir, clips[1])
     offsets = [c.stats["sync.offset_0"], c.stats["sync.offset_1"]]
-    assert c.info["sync"]["shifted_frames"] == offsets
+    assert c.fact(SyncResult).to_json()["shifted_frames"] == offsets
     for k in range(2):
         got, _ = sf.read(io.BytesIO(c.members[f"spk{k}.flac"]), dtype="float32")
         want, _ = sf.read(io.BytesIO(flac(v[k])), dtype="float32")
@@ -246,11 +247,11 @@ def test_mixture_fallback_scores_both_faces_on_the_mixture(tiny, clips):
     s = SyncScores(**tiny, shift_audio_to_zero=True)  # default thresholds
     s.setup()
     c = s.run_batch([with_tracks(clips[1], None)])[0]
-    info = c.info["sync"]
-    assert info["audio_source"] == "mixture" and c.stats["sync.audio_source"] == "mixture"
-    cm = info["cross"]["c"]
+    fact_json = c.fact(SyncResult).to_json()
+    assert fact_json["audio_source"] == "mixture" and c.stats["sync.audio_source"] == "mixture"
+    cm = fact_json["cross"]["c"]
     assert cm[0] == cm[1]  # same audio in both rows
-    assert info["binding_margin"] == 0.0 and not info["swapped"]
+    assert fact_json["binding_margin"] == 0.0 and not fact_json["swapped"]
     assert c.stats["sync.silent_0"] is None and not any(n.startswith("spk") for n in c.members)  # nothing shifted
     # a random model's Sync-C is near 0: the LatentSync default keeps nothing
     assert c.status == "rejected" and c.reason == "low_sync" and "min_sync_c 3.0" in c.message
@@ -305,11 +306,11 @@ def test_a_clip_scored_alone_is_the_full_model_over_every_track_and_face(alone, 
     """What the CPU real-time factor below is the time of: full-size SyncNet v2, both separated tracks
     against both faces, every window of the clip (the factor itself is `mtcc bench`'s sync row)."""
     c, dt = alone
-    info = c.info["sync"]
+    fact_json = c.fact(SyncResult).to_json()
     assert sum(p.numel() for p in stage._net.parameters()) > 13_000_000
-    assert np.asarray(info["cross"]["dists"]).shape == (2, 2, 2 * VSHIFT + 1)
-    assert np.isfinite(np.asarray(info["cross"]["dists"])).all()
+    assert np.asarray(fact_json["cross"]["dists"]).shape == (2, 2, 2 * VSHIFT + 1)
+    assert np.isfinite(np.asarray(fact_json["cross"]["dists"])).all()
     frames = int(round((c.end - c.start) * 25))
-    assert info["windows"] == frames - 5  # syncnet_python's count: every 5-frame window of the clip
+    assert fact_json["windows"] == frames - 5  # syncnet_python's count: every 5-frame window of the clip
     print(f"\nSyncNet v2 CPU ({torch.get_num_threads()} threads), 2 characters x 2 tracks: {dt:.2f} s for a "
           f"{c.end - c.start:.2f} s clip, RTF {dt / (c.end - c.start):.2f}")

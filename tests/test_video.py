@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import clips_through_stages
 
+from mtcc.facts import ClipFaces, FrameTimes, ProbeResult
 from mtcc.media.tracking import iou_matrix
 from mtcc.media.video import open_frames
 from mtcc.stages.base import Candidate
@@ -28,7 +29,7 @@ def rotated(sample_dir, tmp_path_factory):
 def probe(path) -> dict:
     c = Candidate(key="v", video_id="v", source=str(path), shard=0)
     Probe().run_batch([c])
-    return c.info["probe"]
+    return c.fact(ProbeResult).to_json()
 
 
 def test_rotated_frames_come_in_display_orientation(rotated, sample_dir):
@@ -49,9 +50,9 @@ def test_face_boxes_on_rotated_footage_are_in_display_coordinates(rotated, sampl
     width = truth["width"]
     clips = clips_through_stages(rotated, max_seconds=10.0)
     assert len(clips) == 1
-    faces = clips[0].info["clip_faces"]
-    for ch in faces["characters"]:
-        got = np.asarray(ch["boxes"])[::10]
+    faces = clips[0].fact(ClipFaces)
+    for ch in faces.characters:
+        got = np.asarray(ch.boxes)[::10]
         best = 0.0
         for person in truth["persons"]:
             b = np.asarray([box[1:] for box in person["boxes"]], np.float64)[::10][: len(got)]
@@ -161,7 +162,8 @@ def test_clip_frames_are_the_source_frames_the_stages_map_them_to(ramp, containe
         start = round(float(video.time_of(video.index_at(first / RAMP_FPS))), 6)
         end = round(start + 1.13, 6)  # inside the 2.24 s video, and not on a frame
         cand = Candidate(key="r_0000", video_id="r", source=path, shard=0, level="clip", clip_idx=0,
-                         start=start, end=end, info={"probe": p})
+                         start=start, end=end)
+        cand.put(ProbeResult.from_json(p))
         ClipCut().compute(cand)
         clip = tmp_path / f"clip_{first}.mp4"
         clip.write_bytes(cand.members["mp4"])
@@ -182,23 +184,21 @@ def cross_vfr(sample_dir, tmp_path_factory):
 
 
 def test_face_boxes_of_variable_rate_footage_sit_at_their_times(cross_vfr, sample_dir):
-    from mtcc.media.video import FrameClock
-
     truth = json.loads((sample_dir / "two_cross.truth.json").read_text())
     clips = clips_through_stages(cross_vfr, max_seconds=3.0)  # several windows: inner bounds are snapped
     assert len(clips) >= 2
-    clock = FrameClock.from_info(clips[0].info["frame_clock"])
+    clock = clips[0].fact(FrameTimes).clock()
     assert clock.variable
-    t0 = float(clips[0].info["probe"].get("video_start") or 0.0)  # file time of the scene's time 0
+    t0 = clips[0].fact(ProbeResult).start  # file time of the scene's time 0
     covered = 0.0
     for clip in clips:
-        faces = clip.info["clip_faces"]
+        faces = clip.fact(ClipFaces)
         # a clip starts on a frame: the encode's timeline then begins at the clip start
         assert np.abs(clock.times - (clip.start - t0)).min() < 1e-5, clip.start
-        times = clip.start - t0 + np.arange(faces["frames"]) / faces["fps"]
+        times = clip.start - t0 + np.arange(faces.frames) / faces.fps
         scene = np.clip(np.round(times * truth["fps"]).astype(int), 0, truth["n_frames"] - 1)
-        for ch in faces["characters"]:
-            got = np.asarray(ch["boxes"])
+        for ch in faces.characters:
+            got = np.asarray(ch.boxes)
             best = 0.0
             for person in truth["persons"]:
                 table = {f: b for f, *b in person["boxes"]}

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mtcc.facts import Fact, MaskResult, SyncResult
 from mtcc.media.ffmpeg import BITEXACT_FLAGS
 from mtcc.media.geometry import LatentGeometry, letterbox_mask, route_index_mask
 from mtcc.media.members import AUDIO_EMB, CAPTION, FACES, MASKS, MIX, MP4, REFS, ROUTE, TRACKS
@@ -130,16 +131,22 @@ def make_sample(key: str, index: int, frames: int, size: tuple[int, int], geo: L
             rows.append(route_index_mask(canvas, geo))
         members[ROUTE] = npy_bytes(np.stack(rows).astype(np.int8))
     matrix = [[0, 1], [1, 0]] if index % 3 == 2 else [[1, 0], [0, 1]]
-    info: dict[str, Any] = {"masks": {"windows": [list(x) for x in wins], "geometry": geo.model_dump(), "size": [h, w]}}
+    # the facts the trainer reads (mask windows and geometry, the audio-character matrix); the rest of
+    # their fields say what made them
+    facts: list[Fact] = [MaskResult(windows=[list(x) for x in wins], geometry=geo.model_dump(), size=[h, w],
+                                    prompt_frames=[], reprompts=0, ref_frames=[], model="synthetic", config="",
+                                    image_size=0, random_weights=False)]
     if a_ac:
-        info["sync"] = {"a_ac": matrix}
+        facts.append(SyncResult(model="synthetic", random_weights=False, audio_source="planted", vshift=0, windows=0,
+                                cross=None, a_ac=matrix, binding_margin=None, swapped=matrix == [[0, 1], [1, 0]],
+                                axes="a_ac[i][j]: audio track i x character j (planted)"))
     truth = Planted(key, -1, frames, size, float(1 + index % 7), matrix if a_ac else None, wins)
-    return members, info, truth
+    return members, facts, truth
 
 
 _SYNC = SimpleNamespace(name="sync", stats_schema={"sync_c_mean": "float64", "swapped": "bool"},
-                        sample_meta=lambda: ("sync",))
-_MASKS = SimpleNamespace(name="masks", stats_schema={"overlap": "float64"}, sample_meta=lambda: ("masks",))
+                        sample_facts=lambda: (SyncResult,))
+_MASKS = SimpleNamespace(name="masks", stats_schema={"overlap": "float64"}, sample_facts=lambda: (MaskResult,))
 
 
 def write_shards(out: str | Path, n_shards: int, per_shard: int, *, frames: int | list[int] = 30,
@@ -149,7 +156,8 @@ def write_shards(out: str | Path, n_shards: int, per_shard: int, *, frames: int 
     ``rejected_per_shard`` rejected manifest rows each); ``frames`` may cycle through several lengths.
     Returns the planted truth by key."""
     from mtcc.manifests.paths import OutPaths
-    from mtcc.pipeline.shard import commit_shard, write_tar
+    from mtcc.pipeline.sample_tar import write_tar
+    from mtcc.pipeline.shard import commit_shard
     from mtcc.stages.base import Candidate
 
     geo = geometry or LatentGeometry(frames=9, height=64, width=96)
@@ -171,8 +179,10 @@ def write_shards(out: str | Path, n_shards: int, per_shard: int, *, frames: int 
                 c.reject("sync", "low_sync", "synthetic rejected row")
                 cands.append(c)
                 continue
-            members, info, t = make_sample(key, i, lengths[i % len(lengths)], size, geo, route=route, a_ac=a_ac)
-            c.members, c.info, c.status = members, info, "kept"
+            members, facts, t = make_sample(key, i, lengths[i % len(lengths)], size, geo, route=route, a_ac=a_ac)
+            c.members, c.status = members, "kept"
+            for f in facts:
+                c.put(f)
             c.stats["sync.sync_c_mean"] = t.sync_c
             c.stats["sync.swapped"] = t.a_ac == [[0, 1], [1, 0]]
             t.shard = shard
@@ -182,5 +192,5 @@ def write_shards(out: str | Path, n_shards: int, per_shard: int, *, frames: int 
         if commit:
             commit_shard(layout, shard, cands, [_SYNC, _MASKS], run_info)
         else:
-            write_tar(layout.tar(shard), [c for c in cands if c.status == "kept"], run_info, ("sync", "masks"))
+            write_tar(layout.tar(shard), [c for c in cands if c.status == "kept"], run_info, [_SYNC, _MASKS])
     return truth
