@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mtcc.manifests import format_funnel
 from mtcc.manifests.paths import OutPaths
@@ -307,9 +308,7 @@ def cmd_export_bya(args: argparse.Namespace) -> int:
     return 1 if summary.errors or summary.shards_failed else 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mtcc", description="Build multi-talking-character video datasets on Ray.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _add_run(sub: Any) -> None:
 
     r = sub.add_parser("run", help="build (or resume) a dataset")
     r.add_argument("config", help="YAML config path or bundled profile name (offline, mtcc)")
@@ -330,10 +329,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)
 
+
+def _add_status(sub: Any) -> None:
     s = sub.add_parser("status", help="per-shard state and the funnel")
     s.add_argument("output")
     s.set_defaults(fn=cmd_status)
 
+
+def _add_verify(sub: Any) -> None:
     v = sub.add_parser("verify", help="check every shard against its commit (checksums, readability)")
     v.add_argument("output", help="OUT: a folder or an fsspec URL")
     v.add_argument("--uncommit", action="store_true",
@@ -341,6 +344,8 @@ def parser() -> argparse.ArgumentParser:
                         "OUT, whose resume compares sizes, not checksums)")
     v.set_defaults(fn=cmd_verify)
 
+
+def _add_report(sub: Any) -> None:
     rp = sub.add_parser("report", help="write OUT/report/index.html: funnel, histograms, throughput, gallery",
                         description="Renders the dataset report from OUT's committed shards (safe while a build "
                                     "runs; `mtcc run` refreshes it at the end of every run). Open "
@@ -350,6 +355,8 @@ def parser() -> argparse.ArgumentParser:
                     help="kept and rejected candidates shown in the gallery (default 4 each)")
     rp.set_defaults(fn=cmd_report)
 
+
+def _add_config(sub: Any) -> None:
     cf = sub.add_parser("config", help="the resolved config of a profile")
     cfsub = cf.add_subparsers(dest="config_cmd", required=True)
     cs = cfsub.add_parser("show", help="every setting of a profile after its models.yaml and --set, where its value "
@@ -359,6 +366,8 @@ def parser() -> argparse.ArgumentParser:
     cs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, as for mtcc run")
     cs.set_defaults(fn=cmd_config_show)
 
+
+def _add_models(sub: Any) -> None:
     m = sub.add_parser("models", help="model weights: fetch, check, make-tiny")
     msub = m.add_subparsers(dest="models_cmd", required=True)
     mt = msub.add_parser("make-tiny", help="write random-initialised models of the real classes and DIR/models.yaml "
@@ -392,12 +401,16 @@ def parser() -> argparse.ArgumentParser:
     mc.add_argument("--only", metavar="STAGE[,STAGE]", help="only these stages")
     mc.set_defaults(fn=cmd_models_check)
 
+
+def _add_train(sub: Any) -> None:
     from mtcc.training.cli import add_arguments as add_train_arguments
 
     t = sub.add_parser("train", help="train the embedding router on the shards (mtcc.training)")
     add_train_arguments(t)
     t.set_defaults(fn=cmd_train)
 
+
+def _add_sample_data(sub: Any) -> None:
     d = sub.add_parser("sample-data", help="generate sample videos with ground truth")
     d.add_argument("dir")
     d.add_argument("--seed", type=int, default=0)
@@ -410,6 +423,8 @@ def parser() -> argparse.ArgumentParser:
                    help="instead: split-screen composites (side by side, stacked) with planted panel borders")
     d.set_defaults(fn=cmd_sample_data)
 
+
+def _add_export(sub: Any) -> None:
     from mtcc.training.export.bya_clip import ExportOptions
 
     ex = sub.add_parser("export", help="write a build in the layout another trainer reads")
@@ -436,6 +451,8 @@ def parser() -> argparse.ArgumentParser:
     eb.add_argument("--no-progress", action="store_true")
     eb.set_defaults(fn=cmd_export_bya)
 
+
+def _add_bench(sub: Any) -> None:
     b = sub.add_parser("bench", help="per-stage throughput, decode work and the four performance ratios "
                                      "(benchmarks/harness.py); --gpu: model stages at full size on the GPU")
     b.add_argument("--config", default=None, help="profile name or YAML (default: offline; mtcc with --plan)")
@@ -485,6 +502,22 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--corpus-hours", type=float, default=200.0,
                    help="plan mode: hours of raw video to project the wall time for (default: the paper's 200)")
     b.set_defaults(fn=cmd_bench)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per job, each added by its own ``_add_*``."""
+    p = argparse.ArgumentParser(prog="mtcc", description="Build multi-talking-character video datasets on Ray.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _add_run(sub)
+    _add_status(sub)
+    _add_verify(sub)
+    _add_report(sub)
+    _add_config(sub)
+    _add_models(sub)
+    _add_train(sub)
+    _add_sample_data(sub)
+    _add_export(sub)
+    _add_bench(sub)
     return p
 
 

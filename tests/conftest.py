@@ -16,18 +16,31 @@ LIGHT_ASD = REPO.parent / "shared" / "models" / "light_asd"
 S3_BUCKET = "bucket"  # the bucket the s3 fixture makes
 
 
-# Modules whose builds run the offline profile's actors on Ray (each such build holds ~10 GB of memory, a
-# simulated cluster more). `make test` runs two pytest-xdist workers with --dist loadgroup: each module is
-# a group of its own (its module fixtures are made once), these all one group, so they run one after
-# another on one worker while the other takes the rest, and two of them never share the machine's memory.
-# test_pipeline too: it SIGKILLs a busy stage actor found by its process title, which must be its build's.
-RAY_HEAVY = {"test_face_stages", "test_bad_inputs", "test_export_bya", "test_training", "test_cluster",
-             "test_long_sources", "test_pipeline"}
+# `make test` runs two pytest-xdist workers with --dist loadgroup: each module is a group of its own (its
+# module fixtures are made once), handed out heaviest first so that neither worker is left alone with a
+# long module at the end. At most two builds run at once (one per worker: ~15 GB at peak for the two
+# heaviest offline-profile builds together, measured on this 24 GB machine).
+# Modules by the wall seconds they took here (2026-12), heaviest first; the rest follow in file order.
+HEAVIEST_FIRST = ["test_cluster", "test_face_stages", "test_bad_inputs", "test_video", "test_remote_io",
+                  "test_data_path", "test_long_sources", "test_remote_out", "test_export_bya", "test_report",
+                  "test_bench", "test_pipeline", "test_training"]
+# modules whose tests take minutes each and share only cheap fixtures: every test function a group of its
+# own (its parametrized cases together, so two simulated clusters never run at once), so both workers take them
+SPLIT_BY_TEST = {"test_cluster"}
+
+
+def _module(item) -> str:
+    return item.module.__name__.rsplit(".", 1)[-1]
 
 
 def pytest_itemcollected(item) -> None:
-    module = item.module.__name__.rsplit(".", 1)[-1]
-    item.add_marker(pytest.mark.xdist_group("ray_heavy" if module in RAY_HEAVY else module))
+    module = _module(item)
+    item.add_marker(pytest.mark.xdist_group(f"{module}.{item.originalname}" if module in SPLIT_BY_TEST else module))
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {m: i for i, m in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda it: rank.get(_module(it), len(rank)))  # stable: a module's own order is kept
 
 
 @pytest.fixture(scope="session")

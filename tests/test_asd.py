@@ -14,20 +14,57 @@ import soundfile as sf
 from mtcc.facts import ClipFaces, Separation, Speakers, SpeakingCurves
 from mtcc.media.audio_io import flac_bytes
 from mtcc.sampledata import load_truth
-from mtcc.stages.asd import FPS, ActiveSpeakers, frame_gate
+from mtcc.stages.asd import FPS, ActiveSpeakers, frame_gate, turns
 from mtcc.stages.base import Candidate
 from mtcc.stages.layout import PanelLayout
 from mtcc.stages.sync import speaking_flags
 
-# the two-person generated fixtures; F1 of per-frame speaking against the planted speech, both characters
-F1_FLOOR = 0.75  # measured 0.78-0.95 (see README); the goal is 0.9
+# What the stage gave on the generated two-person fixtures, recorded 2026-12-05 at bfloat16 (pinned below):
+# per character, F1 of per-frame speaking against the planted speech (None: the character never speaks,
+# so any speaking it is given is wrong), and per clip the error of the both-speaking fraction against the
+# truth. Floors are the recorded F1 less MARGIN, per character: one good character cannot hide a poor one.
+# The turn count must equal the truth's. two_talk_30fps is the known gap (see the xfail test below).
+MARGIN = 0.05
+RECORDED = {  # name: ((F1 character 0, character 1), largest |both_speaking - truth| over its clips)
+    "two_talk": ((0.882, 0.931), 0.17),
+    "two_talk_30fps": ((0.902, 0.658), 0.40),
+    "two_cross": ((0.897, 1.0), 0.07),
+    "two_far": ((0.818, 0.935), 0.128),
+    "scene_events": ((None, 0.934), 0.0),
+    "panels_side_by_side": ((0.865, 0.931), 0.26),
+    "panels_stacked": ((0.925, 0.932), 0.067),
+}
 
 
 @pytest.fixture(scope="module")
 def asd(light_asd_weights):
-    stage = ActiveSpeakers(model=str(light_asd_weights))
+    stage = ActiveSpeakers(model=str(light_asd_weights), dtype="bfloat16")
     stage.setup()
     return stage
+
+
+def scored_against_truth(asd, clips, truth) -> dict:
+    """Per character the (truth, said) frame pairs over the clips, the gate-only pairs, and per clip the
+    stage's both-speaking fraction and turns next to the truth's."""
+    done = asd.run_batch(clips)
+    per = {0: [], 1: []}
+    gate = []
+    rows = []
+    for c in done:
+        assert c.pending, (c.key, c.reason, c.message)  # everyone of these clips has a speaker
+        n = c.fact(ClipFaces).frames
+        assert [len(curve) for curve in c.fact(SpeakingCurves).per_character] == [n, n]
+        meta = c.fact(Speakers)
+        voiced = frame_gate(meta.speech, n)
+        actual = [truth_frames(c, person_of(c, k, truth), truth) for k in range(2)]
+        for k in range(2):
+            said = predicted_frames(meta.intervals[k], n)
+            assert meta.speaking_fraction[k] == pytest.approx(said.mean(), abs=0.01)
+            per[k].append((actual[k], said))
+            gate.append((actual[k], voiced))  # "everyone speaks whenever someone does": no ASD at all
+        rows.append({"key": c.key, "both": meta.both_speaking, "true_both": float((actual[0] & actual[1]).mean()),
+                     "turns": meta.turns, "true_turns": turns(actual)})
+    return {"per": per, "gate": gate, "rows": rows}
 
 
 def person_of(cand: Candidate, k: int, truth: dict) -> int:
@@ -66,28 +103,35 @@ def f1(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
     return 2 * tp / max(1, 2 * tp + fp + fn)
 
 
-@pytest.mark.parametrize("name", ["two_talk", "two_talk_30fps", "two_cross", "two_far", "scene_events",
-                                  "panels_side_by_side", "panels_stacked"])
+@pytest.mark.parametrize("name", list(RECORDED))
 def test_who_speaks_when_matches_the_planted_speech(asd, pair_clips, sample_dir, panel_dir, name):
     clips = pair_clips[f"{name}.mp4"]
     assert clips, name
     truth = load_truth((panel_dir if name.startswith("panels") else sample_dir) / f"{name}.mp4")
-    done = asd.run_batch(clips)
-    scored, gate_only = [], []
-    for c in done:
-        assert c.pending, (c.key, c.reason, c.message)  # everyone of these clips has a speaker
-        n = c.fact(ClipFaces).frames
-        assert [len(curve) for curve in c.fact(SpeakingCurves).per_character] == [n, n]
-        meta = c.fact(Speakers).to_json()
-        voiced = frame_gate(meta["speech"], n)
-        for k in range(2):
-            actual = truth_frames(c, person_of(c, k, truth), truth)
-            said = predicted_frames(meta["intervals"][k], n)
-            assert meta["speaking_fraction"][k] == pytest.approx(said.mean(), abs=0.01)
-            scored.append((actual, said))
-            gate_only.append((actual, voiced))  # "everyone speaks whenever someone does": no ASD at all
-    got, baseline = f1(scored), f1(gate_only)
-    assert got >= F1_FLOOR and got >= baseline + 0.1, (name, round(got, 3), round(baseline, 3))
+    r = scored_against_truth(asd, clips, truth)
+    floors, both_error = RECORDED[name]
+    for k, floor in enumerate(floors):
+        if floor is None:  # never speaks: nobody may say it does
+            assert not any(said.any() for _, said in r["per"][k]), (name, k)
+        else:
+            assert f1(r["per"][k]) >= floor - MARGIN, (name, k, round(f1(r["per"][k]), 3), floor)
+    pooled = [p for k in (0, 1) for p in r["per"][k]]
+    assert f1(pooled) >= f1(r["gate"]) + 0.1, (name, round(f1(pooled), 3), round(f1(r["gate"]), 3))
+    for row in r["rows"]:
+        assert abs(row["both"] - row["true_both"]) <= both_error + MARGIN, (name, row)
+        if name != "two_talk_30fps":
+            assert row["turns"] == row["true_turns"], (name, row)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: on the 30 fps render Light-ASD gives character 1 speaking "
+                                       "while character 0 talks (F1 0.66, both speaking 0.46 where the truth is "
+                                       "0.06, 1 turn for 3); the 25 fps render of the same scene is right. Fixing "
+                                       "it makes this test pass, and strict xfail then fails the suite: update it")
+def test_a_30fps_source_is_scored_as_well_as_its_25fps_render(asd, pair_clips, sample_dir):
+    truth = load_truth(sample_dir / "two_talk_30fps.mp4")
+    r = scored_against_truth(asd, pair_clips["two_talk_30fps.mp4"], truth)
+    assert min(f1(r["per"][k]) for k in range(2)) >= 0.8
+    assert all(row["turns"] == row["true_turns"] and abs(row["both"] - row["true_both"]) <= 0.1 for row in r["rows"])
 
 
 def test_same_scene_pair_keeps_the_speaker_of_each_turn(asd, pair_clips):

@@ -60,10 +60,31 @@ def read_layout(dest: Path) -> dict[str, dict]:
                      for side in ("left_audio", "right_audio")]
             first = next(iter(docs["corresponding_data"]))  # their first id with a face
             # their matrix: identity iff the first id's frame-0 mask is on the speaker's side
-            af = IDENTITY if mask_side(masks[first][0]) == e["speaker"] else SWAP
+            af = [[1, 0], [0, 1]] if their_side(masks[first][0]) == e["speaker"] else [[0, 1], [1, 0]]
             clips[name] = {"entry": e, "video": video, "frames": frames, "masks": masks, "audio": audio, "af": af,
                            "bbox": json.loads((base / "refine_bbox_jsons" / f"{name}.json").read_text()), **docs}
     return clips
+
+
+def their_side(mask: np.ndarray) -> str:
+    """Their dataset's side rule, written here from their code and not taken from the exporter: split the
+    mask at width // 2, the half with more mask pixels is the character's side."""
+    half = mask.shape[1] // 2
+    left, right = int((mask[:, :half] > 0).sum()), int((mask[:, half:] > 0).sum())
+    return "left" if left > right else "right" if right > left else "neither"
+
+
+def test_their_side_rule_and_matrix_on_literal_masks():
+    """The exporter's side rule and matrix against literal masks and the matrices their rule gives."""
+    on_left = np.array([[0, 0, 0, 0, 0, 0], [255, 255, 0, 0, 0, 0], [255, 0, 0, 0, 0, 0]], np.uint8)
+    on_right = on_left[:, ::-1].copy()
+    straddle = np.array([[0, 0, 255, 255, 0, 0]], np.uint8)  # as much on each side of the middle
+    assert (mask_side(on_left), mask_side(on_right), mask_side(straddle)) == ("left", "right", "equal_or_none")
+    assert (their_side(on_left), their_side(on_right)) == ("left", "right")
+    assert their_af_matrix(mask_side(on_left), "left") == [[1, 0], [0, 1]]
+    assert their_af_matrix(mask_side(on_right), "left") == [[0, 1], [1, 0]]
+    assert their_af_matrix(mask_side(on_right), "right") == [[1, 0], [0, 1]]
+    assert their_af_matrix(mask_side(straddle), "left") == [[0, 1], [1, 0]]  # matches neither side
 
 
 def recovered_binding(clip: dict, emb: np.ndarray) -> list[list[int]]:

@@ -81,3 +81,36 @@ def test_missing_evidence_is_an_error_that_names_the_fix(pair_clips):
     c.facts.drop(SeamEvidence)
     (c,) = PanelLayout().run_batch([c])
     assert c.reason == "error" and "SeamEvidence" in c.message and "list 'faces' before" in c.message
+
+
+@pytest.fixture(scope="module")
+def framed(real_dir, tmp_path_factory):
+    """The real same-scene pair re-framed three ways a broadcast does it, one scene each: pillarboxed (black
+    bars left and right), letterboxed (bars above and below), and beside a flat graphics panel (a strong
+    full-height border, with both people on one side of it)."""
+    import subprocess
+
+    from conftest import ClipCache
+
+    d = tmp_path_factory.mktemp("framed")
+    src = real_dir / "same_scene_pair_16fps.mp4"
+    pads = {"pillarbox.mp4": "pad=iw+384:ih:192:0:black", "letterbox.mp4": "pad=iw:ih+256:0:128:black",
+            "graphics_panel.mp4": "pad=iw+576:ih:0:0:0x3060c0"}
+    for name, vf in pads.items():
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(src), "-vf", vf, "-c:v", "libx264", "-preset",
+                        "veryfast", "-crf", "18", "-c:a", "copy", str(d / name)], check=True)
+    return ClipCache([d])
+
+
+@pytest.mark.parametrize("name, axis, at", [("pillarbox.mp4", "v", 192 / 1536), ("letterbox.mp4", "h", 128 / 1024),
+                                            ("graphics_panel.mp4", "v", 1152 / 1728)])
+def test_one_scene_framed_by_bars_or_a_panel_is_kept(framed, name, axis, at):
+    clips = framed[name]
+    assert clips, f"{name}: the two people must still give a clip"
+    for c in clips:
+        # the frame's border is there, full strength, where it was planted ...
+        seams = [s for shot in c.fact(SeamEvidence).shots for s in shot[2]]
+        assert any(a == axis and p == pytest.approx(at, abs=0.02) and s > 0.9 for a, p, s in seams), (name, seams)
+    # ... and it does not split the two people, so the clip is one scene and kept
+    for c in PanelLayout().run_batch(clips):
+        assert c.pending and not c.stats["layout.split_screen"], (name, c.stats)

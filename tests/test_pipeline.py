@@ -183,17 +183,18 @@ def test_verify_finds_corruption_and_the_rerun_redoes_exactly_that_shard(built, 
     assert digests(out) == digests(src)
 
 
-def _stage_actor_pids() -> list[int]:
-    """Processes of MTCC's Ray stage actors (Ray titles them ``ray::_StageActor...``)."""
+def _stage_actor_pids(session: int | None = None) -> list[int]:
+    """Processes of MTCC's Ray stage actors (Ray titles them ``ray::_StageActor...``); with ``session``, only
+    those of that session (a run started in a session of its own: other builds on the machine are spared)."""
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
                 cmd = (d / "cmdline").read_bytes()
+                if cmd.startswith(b"ray::_StageActor") and (session is None or os.getsid(int(d.name)) == session):
+                    pids.append(int(d.name))
             except OSError:
                 continue  # exited meanwhile
-            if cmd.startswith(b"ray::_StageActor"):
-                pids.append(int(d.name))
     return pids
 
 
@@ -211,8 +212,8 @@ def test_killed_stage_actor_mid_run_loses_nothing(built, sample_dir, tmp_path):
     while not killed:
         assert proc.poll() is None, "run ended before an actor could be killed"
         assert time.monotonic() < deadline
-        # actors of this run only: the test session's own embedded Ray runs none
-        busy = [p for p in _stage_actor_pids()
+        # actors of this run only: its own session's (another build may run beside this test)
+        busy = [p for p in _stage_actor_pids(proc.pid)
                 if b".process" in Path(f"/proc/{p}/cmdline").read_bytes()] if (victim_out / "plan.parquet").exists() else []
         for pid in busy[:1]:
             os.kill(pid, signal.SIGKILL)
