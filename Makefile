@@ -54,8 +54,7 @@ demo: install
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc sample-data $(DEMO_DIR)/videos
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc run configs/offline.yaml --input $(DEMO_DIR)/videos --output $(DEMO_DIR)/out
 
-# two workers, a test module per worker, the modules that run the offline profile's actors on Ray all on one
-# (tests/conftest.py), so two of them never share the machine's memory
+# two workers, a test module at a time per worker, the heaviest modules first (tests/conftest.py)
 test: install test-sysdeps
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n 2 --dist loadgroup tests
 
