@@ -16,8 +16,10 @@ import struct
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from .http_source import LocalHTTPServer
 
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your '
              b'request rate.</Message></Error>')
@@ -42,37 +44,18 @@ class Faults:
 
 
 @dataclass
-class FlakyProxy:
+class FlakyProxy(LocalHTTPServer):
     upstream: str  # http://host:port
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
         self.injected: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()  # by method
-        self.sent: Counter[str] = Counter()  # body bytes sent, by request path (without the query)
         self.down = False
         self._lock = threading.Lock()
         up = urlsplit(self.upstream)
         self._up = (up.hostname or "127.0.0.1", up.port or 80)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FlakyProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    @property
-    def base(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def total_sent(self) -> int:
-        return sum(self.sent.values())
+        super().__init__(self._handler())  # ``sent``: body bytes, by request path (without the query)
 
     def reset_counts(self) -> None:
         with self._lock:

@@ -17,22 +17,17 @@ from urllib.parse import quote, unquote
 CHUNK = 1 << 20
 
 
-class CountingServer:
-    """``with CountingServer(folder) as srv: srv.url("a.mp4")``; ``srv.sent[name]``: body bytes sent.
-    ``swap={name: (n, path)}``: after ``n`` HEAD requests for ``name`` it serves the file at ``path`` instead
-    (an object replaced between a build's planning, which asks its size once, and its fetch)."""
+class LocalHTTPServer:
+    """A threaded HTTP server on a free local port, serving ``handler`` while in its ``with`` block, counting
+    body bytes sent (``sent``, by name)."""
 
-    def __init__(self, root: str | os.PathLike, swap: dict[str, tuple[int, Path]] | None = None):
-        self.root = Path(root).resolve()
-        self.swap = dict(swap or {})
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
         self.sent: Counter[str] = Counter()
-        self.requests: Counter[str] = Counter()
-        self.heads: Counter[str] = Counter()  # HEAD requests by name (what swap counts)
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> CountingServer:
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -45,11 +40,25 @@ class CountingServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def url(self, name: str) -> str:
-        return f"{self.base}/{quote(name)}"
-
     def total_sent(self) -> int:
         return sum(self.sent.values())
+
+
+class CountingServer(LocalHTTPServer):
+    """``with CountingServer(folder) as srv: srv.url("a.mp4")``; ``srv.sent[name]``: body bytes sent.
+    ``swap={name: (n, path)}``: after ``n`` HEAD requests for ``name`` it serves the file at ``path`` instead
+    (an object replaced between a build's planning, which asks its size once, and its fetch)."""
+
+    def __init__(self, root: str | os.PathLike, swap: dict[str, tuple[int, Path]] | None = None):
+        self.root = Path(root).resolve()
+        self.swap = dict(swap or {})
+        self.requests: Counter[str] = Counter()
+        self.heads: Counter[str] = Counter()  # HEAD requests by name (what swap counts)
+        self._lock = threading.Lock()
+        super().__init__(self._handler())
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/{quote(name)}"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
