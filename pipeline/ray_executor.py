@@ -20,8 +20,6 @@ do not depend on the schedule.
 from __future__ import annotations
 
 import itertools
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,90 +35,16 @@ from .executor import (
     WorkerLost,
     WorkspaceSpec,
     attach_members,
-    run_ticket,
-    split_members,
-    stage_thread_count,
     wire_bytes,
 )
 from .flow import StageLoad
 from .pools import Node, PoolPlan, Shape, StageNeed, plan_pools
+from .ray_actor import StageActor
 
 MB = 1 << 20
 # how long a new actor may take to load its models before it is given up on (it is killed and the plan
 # tries again at the next rebalance)
 START_TIMEOUT_S = 900.0
-
-
-class _StageActor:
-    """Holds one configured stage; ``setup`` ran once when the actor started."""
-
-    def __init__(self, stage_cls: type[Stage], config: dict[str, Any], workspace: WorkspaceSpec,
-                 clear_workspace: bool = True):
-        self.stage = stage_cls.model_validate(config)
-        self.error: str | None = None
-        self.workspace = workspace.open()
-        if clear_workspace and not _restarted():
-            self.workspace.clear()  # the start of a run: a killed run's leftovers on this node go
-        self.stage.attach(self.workspace)
-        # the stage's thread count, as in-process runs use (stage_threads), rather than whatever Ray and the
-        # OpenMP runtime picked; torch is only pinned once something imported it: stages without a model
-        # never pay for importing torch (a dozen actors doing so is a third of a small run's start-up)
-        self.threads = stage_thread_count(self.stage)
-        os.environ["OMP_NUM_THREADS"] = str(self.threads)
-        try:
-            self.stage.setup()
-        except Exception as e:  # noqa: BLE001 - reported to the driver by ready(), which stops the run
-            self.error = f"stage '{self.stage.name}' failed to set up: {type(e).__name__}: {e}"
-        self._pin_threads()
-
-    def _pin_threads(self) -> None:
-        # an OpenMP runtime loaded before the variable was set (scipy's, say) ignores it: set torch's directly
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-
-    def ready(self) -> str | None:
-        return self.error
-
-    def process(self, batch: list[Candidate], chunk: dict[str, Any] | None = None,
-                parts: list[Any] | None = None) -> tuple[Any, ...]:
-        """(the batch's candidates, the seconds this actor spent on them), then (one return value each, owned
-        by the driver) the members made for each: the driver fetches only the first. A part ticket returns its
-        ``(kind, result)`` in place of the candidates, and no members."""
-        self._pin_threads()
-        t0 = time.perf_counter()
-        got = run_ticket(self.stage, batch, chunk, parts)
-        if chunk is not None:
-            return ((got, time.perf_counter() - t0), *([None] * len(batch)))
-        out, heavy = split_members(batch, got)
-        return ((out, time.perf_counter() - t0), *heavy)
-
-    def evict(self, sources: list[str], clips: list[str]) -> None:
-        self.workspace.evict_sources(sources)
-        self.workspace.evict_clips(clips)
-
-    def io_counts(self) -> dict[str, dict[str, int]]:
-        return self.workspace.remote.counts.snapshot()
-
-    def peak_memory_mb(self) -> float:
-        """The most host memory this actor's process has held (its models loaded, its batches run)."""
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-    def cleanup(self) -> None:
-        self.workspace.clear()
-
-
-def _restarted() -> bool:
-    """Whether this actor is a restart after its worker died (then its node's workspace is in use)."""
-    import warnings
-
-    import ray
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Ray's own use of its actor_id property
-        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 @dataclass
@@ -199,7 +123,7 @@ class RayExecutor(Executor):
         # driver receives (none, by design), and the members the commit fetches (each once)
         self.driver_bytes: dict[str, int] = {"sent": 0, "received": 0, "member_bytes_received": 0,
                                              "member_bytes_resolved": 0}
-        self._remote_cls = ray.remote(_StageActor)
+        self._remote_cls = ray.remote(StageActor)
         self._ids = itertools.count()
         self.pools: list[list[Slot]] = [[] for _ in stages]
         self._slots: dict[int, Slot] = {}

@@ -19,18 +19,40 @@ from __future__ import annotations
 import sys
 import traceback
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from mtcc.facts import CutMedia, Fact, FactMap, MissingFact, SourceFile
+from mtcc.facts import Fact, SourceFile
 from mtcc.media.members import REFS, TRACKS  # noqa: F401 - the stages' own names for them
 from mtcc.storage.workspace import Fetched, NodeWorkspace
 
-Status = Literal["pending", "kept", "rejected", "expanded"]
-F = TypeVar("F", bound=Fact)
-Level = Literal["video", "clip"]
+# the contract's vocabulary, defined in their own modules, importable from here as every stage does
+from .candidate import (  # noqa: F401
+    Candidate,
+    Level,
+    MemberData,
+    MemberLost,
+    MemberRef,
+    PendingMember,
+    Rejection,
+    Status,
+    UndeclaredFact,
+)
+from .keys import (  # noqa: F401
+    CLIP_MEDIA,
+    CLIPS,
+    FROM_INPUT,
+    Clips,
+    FactKey,
+    Key,
+    Member,
+    Stat,
+    as_key,
+    fact_key,
+    optional,
+)
 
 # the stat every stage with weights records: whether they were random-initialised (plumbing-only output)
 RANDOM_WEIGHTS = "random_weights"
@@ -38,85 +60,6 @@ RANDOM_WEIGHTS = "random_weights"
 # Stat column types a stage may declare; the manifest schema is built from them so that every shard's
 # Parquet file has the same columns whatever its content.
 STAT_TYPES = ("float64", "int64", "bool", "string")
-
-
-@dataclass(frozen=True)
-class Key:
-    """One fact a candidate carries from stage to stage. ``optional``: the reader does without it when no
-    enabled stage makes it; when one does, it must still be listed first. ``if_earlier``: taken only when a
-    stage listed earlier made it, and a maker listed later is no error (a cheap gate placed before an
-    expensive stage on purpose)."""
-
-    name: str
-    optional: bool = False
-    if_earlier: bool = False
-    kind: ClassVar[str] = ""
-
-    @property
-    def ident(self) -> tuple[str, str]:
-        return self.kind, self.name
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.name!r}"
-
-
-@dataclass(frozen=True)
-class FactKey(Key):
-    """A typed fact (``mtcc.facts``) a stage reads or leaves. In ``requires`` / ``provides`` a stage lists the
-    fact class itself (``ClipFaces``), or ``optional(ClipFaces)`` / ``if_earlier(ClipFaces)``."""
-
-    fact: type[Fact] | None = None
-    kind: ClassVar[str] = "fact"
-
-    def __str__(self) -> str:
-        return f"fact {self.fact.__name__ if self.fact else self.name}"
-
-
-def fact_key(fact: type[Fact], *, optional: bool = False, if_earlier: bool = False) -> FactKey:
-    return FactKey(fact.key, optional, if_earlier, fact)
-
-
-def optional(fact: type[Fact]) -> FactKey:
-    """A fact the reader does without when no enabled stage makes it (see ``Key``)."""
-    return fact_key(fact, optional=True)
-
-
-def as_key(entry: Key | type[Fact]) -> Key:
-    """A ``requires`` / ``provides`` entry as a key: fact classes stand for themselves."""
-    if isinstance(entry, Key):
-        return entry
-    if isinstance(entry, type) and issubclass(entry, Fact):
-        return fact_key(entry)
-    raise TypeError(f"not a fact class or key: {entry!r}")
-
-
-class Member(Key):
-    """A sample file in ``Candidate.members``."""
-
-    kind: ClassVar[str] = "member"
-
-
-class Stat(Key):
-    """A recorded stat, ``"<stage>.<stat>"``; every stage provides its ``stats_schema`` without saying so."""
-
-    kind: ClassVar[str] = "stat"
-
-
-class Clips(Key):
-    """Clip candidates (a start and an end in the video): made by the stage that ``expands``."""
-
-    kind: ClassVar[str] = "clips"
-
-    def __str__(self) -> str:
-        return "clip candidates"
-
-
-CLIPS = Clips("clips")
-# the clip's media the ``cut`` stage leaves in the node's workspace, described by its ``CutMedia`` fact and
-# backed by its ``mp4`` / ``mix.flac`` members
-CLIP_MEDIA = fact_key(CutMedia)
-# what the build itself puts on every video candidate, from the input listing
-FROM_INPUT: tuple[Key, ...] = (fact_key(SourceFile),)
 
 
 def refuse_renamed(model: type[BaseModel], data: Any) -> Any:
@@ -206,124 +149,6 @@ class StatView:
     level: Level = "clip"
     thresholds: tuple[Threshold, ...] = ()
     card: bool = True
-
-
-@dataclass(frozen=True)
-class PendingMember:
-    """Placeholder a stage worker leaves for a member it returns apart from the candidate (see
-    ``mtcc.pipeline.executor``): ``slot`` is the candidate's position in the batch it came in with."""
-
-    slot: int
-    size: int
-
-
-@dataclass(frozen=True)
-class MemberRef:
-    """A member held in Ray's object store: ``ref`` is the object of one candidate's members from one stage
-    call (a dict name -> bytes), owned by the driver and stored on the node that made it. The driver routes
-    the reference; only the worker that reads the member, and the commit, fetch the bytes."""
-
-    ref: Any
-    name: str
-    size: int
-
-    def fetch(self) -> bytes:
-        import ray
-
-        try:
-            return ray.get(self.ref)[self.name]
-        except (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError) as e:
-            raise MemberLost(f"member {self.name!r} was lost with the node that held it: {type(e).__name__}") from e
-
-
-class UndeclaredFact(RuntimeError):
-    """A stage left a fact it does not declare: a bug in the stage, not in the candidate's input."""
-
-
-class MemberLost(RuntimeError):
-    """A member held in the object store is gone (its node died): not the candidate's fault, so no stage
-    turns it into an ``error`` row; the build makes the candidate's shard again from its inputs."""
-
-
-MemberData = bytes | PendingMember | MemberRef
-
-
-@dataclass
-class Candidate:
-    """One unit flowing through the stages: a whole input video, or a clip cut from one.
-
-    ``facts`` carries the typed facts later stages need (read with :meth:`fact`); ``members`` carries the
-    sample files produced so far (member name -> bytes, or a reference to bytes held elsewhere: read them
-    with :meth:`member`), written into the shard tar at commit.
-    """
-
-    key: str
-    video_id: str
-    source: str
-    shard: int
-    level: Level = "video"
-    clip_idx: int | None = None
-    start: float | None = None
-    end: float | None = None
-    from_stage: str = ""
-    status: Status = "pending"
-    stage: str = ""
-    reason: str | None = None
-    message: str | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-    facts: FactMap = field(default_factory=FactMap)
-    members: dict[str, MemberData] = field(default_factory=dict)
-    # members fetched from the object store by this worker; never sent anywhere
-    _fetched: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_fetched"] = {}
-        return state
-
-    @property
-    def pending(self) -> bool:
-        return self.status == "pending"
-
-    def fact(self, cls: type[F]) -> F:
-        """The candidate's fact of class ``cls``; a stage only asks for what it ``requires``."""
-        value = self.facts.get(cls)
-        if value is None:
-            raise MissingFact(f"{self.key} carries no {cls.__name__} fact: the '{cls.made_by}' stage makes it; list "
-                              f"'{cls.made_by}' before the stage that reads it in the profile")
-        return value
-
-    def maybe(self, cls: type[F]) -> F | None:
-        """The candidate's fact of class ``cls``, or None (for what a stage ``requires`` as optional)."""
-        return self.facts.get(cls)
-
-    def put(self, fact: Fact) -> None:
-        """Leave ``fact`` for the stages after this one (a stage leaves only what it ``provides``)."""
-        self.facts.put(fact)
-
-    def member(self, name: str) -> bytes:
-        """The bytes of member ``name``, fetched (once per worker) when the candidate holds a reference."""
-        value = self.members[name]
-        if isinstance(value, bytes):
-            return value
-        if isinstance(value, MemberRef):
-            if name not in self._fetched:
-                self._fetched[name] = value.fetch()
-            return self._fetched[name]
-        raise RuntimeError(f"{self.key}: member {name!r} is still in transit ({value}); the executor resolves it")
-
-    def member_size(self, name: str) -> int:
-        value = self.members[name]
-        return len(value) if isinstance(value, bytes) else value.size
-
-    def reject(self, stage: str, reason: str, message: str) -> None:
-        self.status, self.stage, self.reason, self.message = "rejected", stage, reason, message
-
-
-@dataclass(frozen=True)
-class Rejection:
-    reason: str
-    message: str
 
 
 ENABLED = "run this stage (false: skip it; a later stage that needs what it makes is refused at load)"

@@ -121,10 +121,10 @@ def test_ray_actor_threads(ray_local, tmp_path):
     import ray
 
     from mtcc.pipeline.executor import WorkspaceSpec
-    from mtcc.pipeline.ray_executor import _StageActor
+    from mtcc.pipeline.ray_actor import StageActor
     from mtcc.stages.probe import Probe
 
-    actor_cls = ray.remote(_StageActor)
+    actor_cls = ray.remote(StageActor)
     work = WorkspaceSpec(str(tmp_path / "work"), 1 << 30)
     wide = actor_cls.options(num_cpus=0.05).remote(Probe, {"resources": {"num_cpus": 0.05, "threads": 3}}, work)
     plain = actor_cls.options(num_cpus=0.05).remote(Probe, {"resources": {"num_cpus": 0.05}}, work)

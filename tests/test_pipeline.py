@@ -184,14 +184,14 @@ def test_verify_finds_corruption_and_the_rerun_redoes_exactly_that_shard(built, 
 
 
 def _stage_actor_pids(session: int | None = None) -> list[int]:
-    """Processes of MTCC's Ray stage actors (Ray titles them ``ray::_StageActor...``); with ``session``, only
+    """Processes of MTCC's Ray stage actors (Ray titles them ``ray::StageActor...``); with ``session``, only
     those of that session (a run started in a session of its own: other builds on the machine are spared)."""
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
                 cmd = (d / "cmdline").read_bytes()
-                if cmd.startswith(b"ray::_StageActor") and (session is None or os.getsid(int(d.name)) == session):
+                if cmd.startswith(b"ray::StageActor") and (session is None or os.getsid(int(d.name)) == session):
                     pids.append(int(d.name))
             except OSError:
                 continue  # exited meanwhile
