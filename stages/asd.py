@@ -16,18 +16,15 @@ and every window of every character of every clip of a batch goes through the vi
 ``forward_batch`` windows per forward; the audio encoder runs once per clip on the mixture (and on each
 separated track when the ``separate`` stage ran before). The encoders see only +-6 frames of context, so the
 windows barely matter to them; the sequence model (two GRUs, ~1 % of the cost) is what the authors' chunking
-is about: it runs on chunks of ``context_frames`` (1 s, their shortest chunking). Longer chunks let a
-speaker's state run on into the other's turn: on the generated fixtures (speech-gated, see below) frame F1
-was 0.77-0.92 with 1 s chunks, 0.67-0.92 with 4 s chunks and 0.71-0.92 with the authors' own 11-chunking
-average (1-6 s), measured 2026-12 on the same crops; on the shared real footage 1 s and the authors' average
-agree on who speaks. Every
+is about: it runs on chunks of ``context_frames`` (1 s, their shortest chunking; longer chunks let a
+speaker's state run on into the other's turn, docs/calibration.md). Every
 (audio, face) pair is scored from the same embeddings, so the 2x2 of separated tracks x faces costs two more
 audio encodings and back-end passes.
 
 Outputs (the contract the export reads): per character the raw speaking logit of every clip frame (the
 ``SpeakingCurves`` fact, which ``write`` puts beside the boxes in ``faces.json``: key ``speaking``; > 0 =
-the model says speaking), and the ``Speakers`` fact (sample json ``asd``): speaking intervals, fractions, both-speaking fraction, turns, the mixture's voice
-activity (``speech``), and with separated tracks the 2x2 mean logit of track i against face j.
+the model says speaking), and the ``Speakers`` fact (sample json ``asd``): speaking intervals, fractions,
+both-speaking fraction, turns, the mixture's voice activity (``speech``), and with separated tracks the 2x2 mean logit of track i against face j.
 Intervals: frames outside the mixture's voice activity (Silero VAD, ``speech_gate``) are set far below
 the threshold (nobody speaks in silence: Light-ASD alone calls a face with moving lips speaking even with
 the sound muted, mean logit 2.3 on a muted fixture), then a centred moving average of ``smooth_frames``

@@ -1,4 +1,4 @@
-"""OutPaths: split-screen and stacked-panel composites (two camera feeds side by side or one above the
+"""PanelLayout: split-screen and stacked-panel composites (two camera feeds side by side or one above the
 other, a character per panel) are not one scene; they are rejected as ``split_screen``.
 
 Evidence (computed by the faces stage on the frames it already decodes, see :class:`SeamCollector`): a
@@ -14,10 +14,7 @@ two characters on opposite sides (each face box wholly on its own side, on at le
 clip's frames) makes the clip ``split_screen``. A pillarbox or letterbox edge is a seam too, but both faces
 sit on the same side of it, so it never counts.
 
-Measured (2026-12): the shared TV debate's border, strength 1.0; the planted panels of
-``mtcc sample-data --panels``, 1.0; the strongest seam between the two characters of a one-scene clip: 0.73
-(``two_far``: a launch tower behind them, blurred), 0 for the other generated fixtures and the shared
-same-scene pair. Hence ``min_strength`` 0.85.
+Why ``min_strength`` is 0.85: docs/calibration.md (the seams measured on panels and on one-scene clips).
 """
 
 from __future__ import annotations

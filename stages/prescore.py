@@ -19,12 +19,7 @@ overlaps at large lags cannot win on few samples) gives the best correlation and
 Offsets follow SyncNet's sign: ``offset = k`` means video frame ``t`` matches audio frame ``t - k``;
 audio that arrives ``d`` frames late gives ``offset = -d``.
 
-Measured (2026-11): on the generated fixtures, each face against its own clean voice 0.53-0.77 at
-offset 0; the better face against the clip's mixture 0.43-0.56; against another clip's mixture or
-voices at most 0.34; hence ``min_corr`` 0.38. On the real footage in ``shared/fixtures/real`` (TV debate
-with overlapping speech, a generated 16 fps pair) the best correlations with the mixture are only
-0.16-0.24, so the default would reject those clips: calibrate ``min_corr`` on labelled real clips, or run
-with ``reject: false`` (stats only) until then.
+Why ``min_corr`` is 0.38, and why real footage needs its own: docs/calibration.md.
 """
 
 from __future__ import annotations
