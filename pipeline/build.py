@@ -289,18 +289,8 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: OutPaths, todo: lis
     stages = cfg.active_stages
     run_info = {"config_hash": cfg.config_hash(), "pipeline_version": PIPELINE_VERSION, "versions": versions(),
                 "profile": cfg.profile, "models": model_ids(cfg)}
-    work = workspace_spec(cfg, layout)
     t_start = time.monotonic()
-    if runner == "ray":
-        from .ray_executor import RayExecutor
-
-        init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
-        executor: Executor = RayExecutor(stages, work, log=log)
-        log(f"pools: {' '.join(f'{k}={v}' for k, v in executor.pool_sizes().items())}")
-    elif runner == "inprocess":
-        executor = InProcessExecutor(stages, work)
-    else:
-        raise BuildError(f"unknown runner {runner!r}; allowed: ray, inprocess")
+    executor = _start_executor(cfg, runner, address, workspace_spec(cfg, layout), log)
     result.startup_s = time.monotonic() - t_start  # Ray init + actors set up: a fixed cost per run
     random = random_weight_stages(cfg)
     if random:
@@ -345,38 +335,9 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: OutPaths, todo: lis
     flow = Flow(stages, executor, on_done, cfg.run.max_batch_retries, on_progress=on_progress,
                 max_clips_in_flight=cfg.run.max_clips_in_flight,
                 replan=lambda shard: shard_candidates(rows[shard], sources), on_redo=on_redo)
-    pending = list(todo)
-    next_health = time.monotonic() + HEALTH_EVERY_S
-    rebalance = getattr(executor, "rebalance", None)
-    next_rebalance = time.monotonic() + cfg.run.rebalance_s
     try:
-        while True:
-            while pending and flow.open_shards < cfg.run.max_shards_in_flight:
-                s = pending.pop(0)
-                flow.add_shard(s, *shard_candidates(rows[s], sources))
-            flow.more_coming = bool(pending)
-            lost = None
-            try:
-                if not flow.step(timeout=0.5) and not pending and flow.open_shards == 0:
-                    break
-            except CapacityLost as e:
-                lost = f"{e}; rerun when the cluster is back"
-            except RemoteError as e:  # a publish failed for good (see _publisher): OUT takes nothing more
-                lost = f"OUT stopped taking shards ({e}); rerun the same command to resume"
-            if not lost and time.monotonic() >= next_health:
-                next_health = time.monotonic() + HEALTH_EVERY_S
-                lost = executor.capacity_lost()
-                lost = lost and f"{lost}; rerun when the cluster is back"
-                bar.set_postfix_str(progress_text(counts, flow, executor), refresh=True)
-            if not lost and rebalance is not None and time.monotonic() >= next_rebalance:
-                next_rebalance = time.monotonic() + cfg.run.rebalance_s
-                rebalance(flow.loads())
-            if lost:
-                # nothing of an unfinished shard was committed: name them all, the rerun redoes them
-                for s in [*flow.outstanding, *pending]:
-                    result.shards_failed[s] = lost
-                log(f"stopping: {lost}; {len(result.shards_failed)} shard(s) not built")
-                break
+        _drive(cfg, flow, executor, list(todo), lambda s: shard_candidates(rows[s], sources), result, log,
+               lambda: bar.set_postfix_str(progress_text(counts, flow, executor), refresh=True))
         workers_io = executor.io_counts()
         summary = getattr(executor, "pools_summary", None)
         result.pools = summary() if summary is not None else {}
@@ -387,6 +348,60 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: OutPaths, todo: lis
     result.driver_bytes = executor.driver_bytes
     log(f"{len(result.shards_built)} shards built from {n_inputs} inputs")
     return workers_io
+
+
+def _start_executor(cfg: PipelineConfig, runner: str, address: str | None, work: WorkspaceSpec,
+                    log: Callable[[str], None]) -> Executor:
+    """The executor of ``runner``, its stages set up (on Ray: the cluster joined, every pool started)."""
+    stages = cfg.active_stages
+    if runner == "ray":
+        from .ray_executor import RayExecutor
+
+        init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
+        executor: Executor = RayExecutor(stages, work, log=log)
+        log(f"pools: {' '.join(f'{k}={v}' for k, v in executor.pool_sizes().items())}")
+        return executor
+    if runner == "inprocess":
+        return InProcessExecutor(stages, work)
+    raise BuildError(f"unknown runner {runner!r}; allowed: ray, inprocess")
+
+
+def _drive(cfg: PipelineConfig, flow: Flow, executor: Executor, pending: list[int],
+           candidates: Callable[[int], tuple[list[Candidate], list[Candidate]]], result: BuildResult,
+           log: Callable[[str], None], refresh: Callable[[], None]) -> None:
+    """Feed the shards ``pending`` to ``flow`` (``run.max_shards_in_flight`` at a time) and step it until
+    all are through, checking the cluster's health and rebalancing the pools on the way. A lost cluster or
+    an OUT that stopped taking shards ends the run: every shard not committed is named failed."""
+    next_health = time.monotonic() + HEALTH_EVERY_S
+    rebalance = getattr(executor, "rebalance", None)
+    next_rebalance = time.monotonic() + cfg.run.rebalance_s
+    while True:
+        while pending and flow.open_shards < cfg.run.max_shards_in_flight:
+            s = pending.pop(0)
+            flow.add_shard(s, *candidates(s))
+        flow.more_coming = bool(pending)
+        lost = None
+        try:
+            if not flow.step(timeout=0.5) and not pending and flow.open_shards == 0:
+                return
+        except CapacityLost as e:
+            lost = f"{e}; rerun when the cluster is back"
+        except RemoteError as e:  # a publish failed for good (see OutURL.publisher): OUT takes nothing more
+            lost = f"OUT stopped taking shards ({e}); rerun the same command to resume"
+        if not lost and time.monotonic() >= next_health:
+            next_health = time.monotonic() + HEALTH_EVERY_S
+            lost = executor.capacity_lost()
+            lost = lost and f"{lost}; rerun when the cluster is back"
+            refresh()
+        if not lost and rebalance is not None and time.monotonic() >= next_rebalance:
+            next_rebalance = time.monotonic() + cfg.run.rebalance_s
+            rebalance(flow.loads())
+        if lost:
+            # nothing of an unfinished shard was committed: name them all, the rerun redoes them
+            for s in [*flow.outstanding, *pending]:
+                result.shards_failed[s] = lost
+            log(f"stopping: {lost}; {len(result.shards_failed)} shard(s) not built")
+            return
 
 
 def progress_text(counts: dict[str, int], flow: Flow, executor: Executor) -> str:
