@@ -1,4 +1,6 @@
-"""ffprobe/ffmpeg through argument lists only (file names never reach a shell)."""
+"""Every ffprobe/ffmpeg run of the product goes through here (``run_tool``, ``open_tool``, ``ffprobe``):
+argument lists only, file names behind ``file:`` (never a shell, never an option); the bit-exact flags that
+make reruns give identical bytes."""
 
 from __future__ import annotations
 
@@ -41,6 +43,13 @@ def run_tool(args: list[str], *, what: str, timeout: float = 600.0, stdin: bytes
         tail = " | ".join(err[-3:]) if err else f"exit code {proc.returncode}"
         raise MediaError(f"{args[0]} failed on {what}: {tail}")
     return proc.stdout
+
+
+def open_tool(args: list[str], *, pipe_stdout: bool = True, stderr: Any = subprocess.PIPE) -> subprocess.Popen:
+    """A media tool started with its output to read as it comes (raw frames): an argument list, never a shell.
+    The caller reads ``stdout``, waits and checks the exit code (``stderr``: a pipe, or a file to keep it in)."""
+    require_tool(args[0])
+    return subprocess.Popen(args, stdout=subprocess.PIPE if pipe_stdout else subprocess.DEVNULL, stderr=stderr)
 
 
 def ffprobe(path: str) -> dict[str, Any]:

@@ -8,14 +8,13 @@ metadata when it resizes; those go through an ffmpeg pipe that streams display-o
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mtcc.media.ffmpeg import ff_input, require_tool, run_tool
+from mtcc.media.ffmpeg import ff_input, open_tool, require_tool, run_tool
 
 # Timestamps that stray from i/fps by less than this share of a frame (millisecond-rounded Matroska/WebM
 # times, float32 in decord) still describe a constant rate; such a video keeps frame i at exactly i/fps
@@ -191,7 +190,7 @@ class VideoFrames:
             args += ["-frames:v", str(count)]
         args += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
         size = self.width * self.height * 3
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = open_tool(args)
         try:
             assert proc.stdout is not None
             while data := proc.stdout.read(size):

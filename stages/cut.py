@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -27,7 +26,7 @@ from pydantic import Field
 
 from mtcc.facts import ClipFaces, CutMedia, ProbeResult, SourceFile
 from mtcc.media.crops import SHARED_CROPS, clip_boxes, crop_characters
-from mtcc.media.ffmpeg import BITEXACT, MediaError, ff_input, require_tool
+from mtcc.media.ffmpeg import BITEXACT, MediaError, ff_input, open_tool, require_tool
 from mtcc.media.members import MIX, MP4, REFS
 
 from .base import CLIP_MEDIA, CLIPS, RESOURCES, Candidate, Key, Member, Resources, Stage, optional
@@ -161,8 +160,7 @@ class ClipCut(Stage):
         """Run the cut; with faces, read the raw pictures it pipes out and crop them as they come."""
         w, h = size
         with open(tmp / "stderr.txt", "w+b") as err:
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE if faces is not None else subprocess.DEVNULL,
-                                    stderr=err)
+            proc = open_tool(args, pipe_stdout=faces is not None, stderr=err)
             timer = threading.Timer(self.timeout_s, proc.kill)
             timer.start()
             crops, refs, got, last = None, {}, 0, None

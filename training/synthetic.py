@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mtcc.facts import Fact, MaskResult, SyncResult
-from mtcc.media.ffmpeg import BITEXACT_FLAGS
+from mtcc.media.ffmpeg import BITEXACT_FLAGS, run_tool
 from mtcc.media.geometry import LatentGeometry, letterbox_mask, route_index_mask
 from mtcc.media.members import AUDIO_EMB, CAPTION, FACES, MASKS, MIX, MP4, REFS, ROUTE, TRACKS
 from mtcc.media.npy import npy_bytes
@@ -78,7 +77,7 @@ def encode_mp4(frames: np.ndarray, fps: int = 25) -> bytes:
                "-t", f"{n / fps:.6f}", "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast",
                "-crf", "12", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ar", "16000", "-ac", "1", "-shortest",
                *BITEXACT_FLAGS, str(out)]
-        subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
+        run_tool(cmd, what="a synthetic clip", stdin=frames.tobytes())
         return out.read_bytes()
 
 
