@@ -56,10 +56,10 @@ demo: install
 
 # two workers, a test module at a time per worker, the heaviest modules first (tests/conftest.py)
 test: install test-sysdeps
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n 2 --dist loadgroup tests
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n 2 --dist loadgroup --no-loadscope-reorder tests
 
 test-fast: install test-sysdeps
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n 2 --dist loadgroup -m "not slow" tests
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n 2 --dist loadgroup --no-loadscope-reorder -m "not slow" tests
 
 clean:
 	rm -rf $(DEMO_DIR) build *.egg-info .mtcc

@@ -17,8 +17,9 @@ S3_BUCKET = "bucket"  # the bucket the s3 fixture makes
 
 
 # `make test` runs two pytest-xdist workers with --dist loadgroup: each module is a group of its own (its
-# module fixtures are made once), handed out heaviest first so that neither worker is left alone with a
-# long module at the end. At most two builds run at once (one per worker: ~15 GB at peak for the two
+# module fixtures are made once), handed out heaviest first (the order below; --no-loadscope-reorder keeps
+# xdist from reordering groups by their number of tests) so that neither worker is left alone with a long
+# module at the end. At most two builds run at once (one per worker: ~15 GB at peak for the two
 # heaviest offline-profile builds together, measured on this 24 GB machine).
 # Modules by the wall seconds they took here (2026-12), heaviest first; the rest follow in file order.
 HEAVIEST_FIRST = ["test_cluster", "test_face_stages", "test_bad_inputs", "test_video", "test_remote_io",
