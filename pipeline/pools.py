@@ -184,7 +184,32 @@ def plan_pools(needs: list[StageNeed], nodes: list[Node], grow: bool = True) -> 
         _fill_gpus(needs, count, lambda n, shape: place(n, shape))
         _grow_gpus(needs, count, placement, free, shapes)
         _grow(needs, count, placement, free, shapes)
+    _in_ray_order(needs, count, placement, free, shapes)
     return PoolPlan(count, shapes, free, placement, pace)
+
+
+def _in_ray_order(needs: list[StageNeed], count: dict[str, int], placement: dict[str, list[str]], free: list[Node],
+                  shapes: dict[str, Shape]) -> None:
+    """The plan placed shares in planning order; Ray places them in creation order (largest first, best
+    fit). Where the two differ so that a share would find no device, an actor of the auto GPU stage with the
+    most actors on that node goes (never below its min_actors): an actor Ray cannot place waits forever."""
+    by_name = {n.name: n for n in needs}
+    for node in free:
+        while not _packs(node, placement, shapes):
+            gone = [n for n in by_name.values() if n.pinned is None and shapes[n.name].gpus > 0
+                    and node.id in placement[n.name] and count[n.name] > max(1, n.min_actors)]
+            if not gone:
+                break  # nothing of ours to drop: the pinned or first actors are what they are
+            drop = max(gone, key=lambda n: (placement[n.name].count(node.id), n.name))
+            placement[drop.name].remove(node.id)
+            count[drop.name] -= 1
+            shape = shapes[drop.name]
+            node.cpus += shape.cpus
+            node.gpus += shape.gpus
+            node.memory += shape.memory
+        devices = pack_like_ray(_shares_on(node, placement, shapes), node.gpu_units)
+        if devices is not None:
+            node.gpu_free = devices
 
 
 def _fill_gpus(needs: list[StageNeed], count: dict[str, int], place) -> None:
@@ -255,33 +280,36 @@ def _grow_gpus(needs: list[StageNeed], count: dict[str, int], placement: dict[st
         extra = {k: v * 0.8 for k, v in extra.items()}
 
 
-def _packs(node: Node, placement: dict[str, list[str]], shapes: dict[str, Shape]) -> bool:
-    """Whether the fractional GPU shares placed on ``node`` fit its devices (first fit, largest first)."""
-    units = node.gpu_units
-    shares = sorted((shapes[s].gpus for s, ids in placement.items() for i in ids if i == node.id and shapes[s].gpus > 0),
-                    reverse=True)
-    if not shares:
-        return True
-    devices = [1.0] * max(units, int(math.ceil(sum(shares) - EPS)))
-    devices = devices[:units] if units else []
-    for g in shares:
-        d = next((k for k, f in enumerate(devices) if f + EPS >= g), None)
-        if d is None:
-            return False
+def pack_like_ray(shares: list[float], units: int) -> list[float] | None:
+    """Each device's free share after placing the fractional GPU ``shares`` as Ray does when the executor
+    creates the actors largest share first: every share on the device it fits most tightly (Ray's raylet
+    allocates a fractional GPU demand by best fit, the first such device on a tie). None when one does not
+    fit: Ray would leave that actor pending however much GPU the node has in total."""
+    devices = [1.0] * units
+    for g in sorted(shares, reverse=True):
+        fits = [k for k, f in enumerate(devices) if f + EPS >= g]
+        if not fits:
+            return None
+        d = min(fits, key=lambda k: devices[k] - g)
         devices[d] -= g
-    return True
+    return devices
+
+
+def _shares_on(node: Node, placement: dict[str, list[str]], shapes: dict[str, Shape]) -> list[float]:
+    return [shapes[s].gpus for s, ids in placement.items() for i in ids if i == node.id and 0 < shapes[s].gpus]
+
+
+def _packs(node: Node, placement: dict[str, list[str]], shapes: dict[str, Shape]) -> bool:
+    """Whether the fractional GPU shares placed on ``node`` fit its devices as Ray will place them."""
+    shares = _shares_on(node, placement, shapes)
+    return not shares or pack_like_ray(shares, node.gpu_units) is not None
 
 
 def _repack(nodes: dict[str, Node], placement: dict[str, list[str]], shapes: dict[str, Shape]) -> None:
-    """Each node's free share per device after the shares grew (first fit, largest first)."""
+    """Each node's free share per device after the shares grew, as Ray will place them."""
     for node in nodes.values():
-        devices = [1.0] * node.gpu_units
-        for g in sorted((shapes[s].gpus for s, ids in placement.items() for i in ids if i == node.id
-                         and shapes[s].gpus > 0), reverse=True):
-            d = next((k for k, f in enumerate(devices) if f + EPS >= g), None)
-            if d is not None:
-                devices[d] -= g
-        node.gpu_free = devices
+        devices = pack_like_ray(_shares_on(node, placement, shapes), node.gpu_units)
+        node.gpu_free = devices if devices is not None else [0.0] * node.gpu_units
 
 
 def _floor(x: float, step: float = 0.01) -> float:

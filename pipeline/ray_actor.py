@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -16,7 +17,9 @@ from .executor import WorkspaceSpec, run_ticket, split_members, stage_thread_cou
 
 
 class StageActor:
-    """Holds one configured stage; ``setup`` ran once when the actor started."""
+    """Holds one configured stage. Its constructor returns at once, so that the executor can tell an actor
+    placed (``placed`` answers) from one still loading its models: ``setup`` runs in a thread of its own, and
+    ``ready`` / ``process`` wait for it."""
 
     def __init__(self, stage_cls: type[Stage], config: dict[str, Any], workspace: WorkspaceSpec,
                  clear_workspace: bool = True):
@@ -31,11 +34,19 @@ class StageActor:
         # never pay for importing torch (a dozen actors doing so is a third of a small run's start-up)
         self.threads = stage_thread_count(self.stage)
         os.environ["OMP_NUM_THREADS"] = str(self.threads)
+        self._setup = threading.Thread(target=self._set_up, name=f"setup-{self.stage.name}", daemon=True)
+        self._setup.start()
+
+    def _set_up(self) -> None:
         try:
             self.stage.setup()
         except Exception as e:  # noqa: BLE001 - reported to the driver by ready(), which stops the run
             self.error = f"stage '{self.stage.name}' failed to set up: {type(e).__name__}: {e}"
         self._pin_threads()
+
+    def placed(self) -> bool:
+        """Answers as soon as the actor exists: Ray has given it its resources (its models may still load)."""
+        return True
 
     def _pin_threads(self) -> None:
         # an OpenMP runtime loaded before the variable was set (scipy's, say) ignores it: set torch's directly
@@ -44,6 +55,7 @@ class StageActor:
             torch.set_num_threads(self.threads)
 
     def ready(self) -> str | None:
+        self._setup.join()
         return self.error
 
     def process(self, batch: list[Candidate], chunk: dict[str, Any] | None = None,
@@ -51,6 +63,7 @@ class StageActor:
         """(the batch's candidates, the seconds this actor spent on them), then (one return value each, owned
         by the driver) the members made for each: the driver fetches only the first. A part ticket returns its
         ``(kind, result)`` in place of the candidates, and no members."""
+        self._setup.join()
         self._pin_threads()
         t0 = time.perf_counter()
         got = run_ticket(self.stage, batch, chunk, parts)

@@ -38,13 +38,16 @@ from .executor import (
     wire_bytes,
 )
 from .flow import StageLoad
-from .pools import Node, PoolPlan, Shape, StageNeed, plan_pools
+from .pools import Node, PoolPlan, Shape, StageNeed, pack_like_ray, plan_pools
 from .ray_actor import StageActor
 
 MB = 1 << 20
 # how long a new actor may take to load its models before it is given up on (it is killed and the plan
 # tries again at the next rebalance)
 START_TIMEOUT_S = 900.0
+# how long Ray may take to give a new GPU actor its share before it counts as unplaceable (a worker process
+# starts in a second or two; a share that finds no device with room would wait forever)
+PLACE_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -136,14 +139,35 @@ class RayExecutor(Executor):
             plan = plan_pools(expected_needs(stages), self._nodes(free_only=True))
         except PlanError as e:
             raise StageSetupError(str(e)) from e
-        # largest GPU share first: Ray gives a fractional share the first device it fits, so this order packs the
-        # devices as the plan did (in stage order, a late small share can find every device too full)
+        # largest GPU share first, each placed before the next is asked for: Ray gives a fractional share the
+        # device it fits most tightly, in the order the requests reach it, so this packs the devices as the plan
+        # did (requests racing each other could leave a later share no device with room, pending for good)
         order = sorted(((i, node) for i, s in enumerate(stages) for node in plan.placement[s.name]),
                        key=lambda x: (-plan.shapes[stages[x[0]].name].gpus, x[0]))
         for i, node in order:
-            self._start(i, plan.shapes[stages[i].name], node, clear=True)
+            slot = self._start(i, plan.shapes[stages[i].name], node, clear=True)
+            if 0 < slot.shape.gpus < 1:
+                self._wait_placed(i, slot)
         self._wait_started()
         self._record("start")
+
+    def _wait_placed(self, i: int, slot: Slot) -> None:
+        """Wait until Ray has placed ``slot``'s actor (not loaded: placed). One that cannot be placed within
+        PLACE_TIMEOUT_S leaves its pool (a stage's last one stops the run, naming it and what it asks for)."""
+        try:
+            self.ray.get(slot.handle.placed.remote(), timeout=PLACE_TIMEOUT_S)
+            return
+        except self.ray.exceptions.GetTimeoutError:
+            pass
+        self._drop(i, slot)
+        name = self.stages[i].name
+        what = f"{slot.shape.cpus:g} CPUs, {slot.shape.gpus:g} GPU, {slot.shape.memory / 2**30:.1f} GiB"
+        if not self.pools[i]:
+            self.shutdown()
+            raise StageSetupError(f"stage '{name}': Ray could not place its actor ({what}) on the planned node "
+                                  f"in {PLACE_TIMEOUT_S:.0f}s; lower stages.{name}.resources or add nodes")
+        self.log(f"pools: an actor of {name} ({what}) could not be placed in {PLACE_TIMEOUT_S:.0f}s; "
+                 f"its pool goes on with {len(self.pools[i])}")
 
     def _wait_started(self) -> None:
         """Wait for every first actor to load its models: a setup error stops the run naming the stage; the
@@ -194,14 +218,11 @@ class RayExecutor(Executor):
                 m += sum(h.memory for h in held)
             node = Node(nid, c, g, int(m))
             if free_only and node.gpu_units:
-                # per device, what this build's actors leave (packed as Ray packs them, largest first), so a
-                # new fractional actor is only started where one device has room for it
-                devices = [1.0] * int(round(total.get("GPU", 0.0)))
-                for share in sorted((x.shape.gpus for pool in self.pools for x in pool if x.node == nid
-                                     and x.shape.gpus > 0), reverse=True):
-                    d = next((k for k, f in enumerate(devices) if f + 1e-9 >= share), None)
-                    if d is not None:
-                        devices[d] -= share
+                # per device, what this build's actors leave (placed as Ray places them: largest first, best
+                # fit), so a new fractional actor is only started where one device has room for it
+                units = int(round(total.get("GPU", 0.0)))
+                devices = pack_like_ray([x.shape.gpus for pool in self.pools for x in pool
+                                         if x.node == nid and x.shape.gpus > 0], units) if units else None
                 node.gpu_free = [f for f in devices if f > 1e-9] if devices else node.gpu_free
             nodes.append(node)
         self._cluster = {"CPU": cpu, "GPU": gpu, "nodes": float(len(nodes))}
