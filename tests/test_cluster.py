@@ -259,7 +259,7 @@ def test_a_node_lost_mid_build_shrinks_the_pools_and_the_shards_do_not_change(sa
 
 
 def test_a_planted_slow_stage_gets_the_most_actors(sample_dir, tmp_path):
-    r = scenario(tmp_path, {"head": {"num_cpus": 6}, "profile": "spine", "slow": 5.0,
+    r = scenario(tmp_path, {"head": {"num_cpus": 6}, "profile": "spine", "slow": 8.0,
                             "sets": ["run.videos_per_shard=4", "run.max_shards_in_flight=4", "run.rebalance_s=1"],
                             "inputs": str(sample_dir), "out": str(tmp_path / "out")})
     assert not r["failed"], r
