@@ -124,10 +124,13 @@ def test_tracks_follow_the_true_faces_and_never_swap(offline_build, sample_dir, 
 def test_kept_clips_carry_faces_and_reference_images(offline_build, sample_dir):
     from PIL import Image
 
+    from mtcc.media.mask_outputs import ref_window
+
     out, rows = offline_build
     got = samples(out)
     kept = [r for r in rows if r["status"] == "kept"]
     assert set(got) == {r["key"] for r in kept}
+    told_apart = 0
     for r in kept:
         s = got[r["key"]]
         assert {"mp4", "mix.flac", "spk0.flac", "spk1.flac", "faces.json", "ref0.jpg", "ref1.jpg", "json"} <= set(s)
@@ -136,10 +139,21 @@ def test_kept_clips_carry_faces_and_reference_images(offline_build, sample_dir):
         assert meta["random_weights"] == ["audio_emb", "caption", "masks", "separate", "sync"]
         assert set(meta["stats"]) >= {"sync.sync_c_0", "sync.offset_1", "prescore.corr_0", "separate.rms_1"}
         faces = json.loads(s["faces.json"])
+        # each reference is character i's own: the window around ITS box at ITS best frame (the masks
+        # stage's cutout), to the pixel, so a swapped ref0/ref1 shows wherever the two windows differ
+        h, w = meta["masks"]["size"]
+        sx, sy = w / int(meta["probe"]["width"]), h / int(meta["probe"]["height"])
+        sizes = []
         for i in (0, 1):
             img = Image.open(io.BytesIO(s[f"ref{i}.jpg"]))
-            box = np.asarray(faces["characters"][i]["boxes"]).mean(0)
+            best = meta["masks"]["ref_frames"][i]
+            box = np.asarray(faces["characters"][i]["boxes"], np.float64).reshape(-1, 4)[best] * [sx, sy, sx, sy]
+            xa, ya, xb, yb = ref_window(box, 1.6, w, h)
+            assert img.size == (xb - xa, yb - ya), (r["key"], i)
             assert img.size[0] >= 0.9 * (box[2] - box[0])  # the crop holds the whole face
+            sizes.append(img.size)
+        told_apart += sizes[0] != sizes[1]
+    assert told_apart, "no kept sample whose two references differ in size: a swap would go unseen"
 
 
 def test_every_kept_sample_has_every_member_of_the_schema(offline_build):
