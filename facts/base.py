@@ -52,11 +52,13 @@ class Fact:
 
 
 def _plain(value: Any) -> Any:
+    """The json form of a field's value: a fact by its own rule, any other dataclass (a clip character) field
+    by field, tuples as lists."""
     if isinstance(value, Fact):
         return value.to_json()
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, list):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     return value
 

@@ -22,10 +22,6 @@ class ClipCharacter:
     landmarks: list[Any]
     scores: list[float]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "track_id": self.track_id, "boxes": self.boxes, "landmarks": self.landmarks,
-                "scores": self.scores}
-
     def box_array(self) -> np.ndarray:
         return np.asarray(self.boxes, np.float64).reshape(-1, 4)
 
@@ -46,10 +42,6 @@ class ClipFaces(Fact):
         chars = tuple(ClipCharacter(**{k: c[k] for k in ("index", "track_id", "boxes", "landmarks", "scores")})
                       for c in data["characters"])
         return cls(data["fps"], int(data["frames"]), str(data.get("order", "left_to_right_at_first_frame")), chars)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"fps": self.fps, "frames": self.frames, "order": self.order,
-                "characters": [c.to_json() for c in self.characters]}
 
     def boxes(self) -> np.ndarray:
         """``[C, T, 4]`` face boxes in source pixels."""

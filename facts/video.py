@@ -81,17 +81,13 @@ class FrameTimes(Fact):
     end: float | None = None
 
     @classmethod
-    def of(cls, clock: FrameClock) -> FrameTimes:
-        return cls.from_json(clock.to_info())
-
-    @classmethod
     def from_json(cls, data: dict[str, Any]) -> FrameTimes:
         times = data.get("times")
         return cls(float(data["fps"]), int(data["n_frames"]), None if times is None else tuple(times),
                    data.get("end"))
 
     def clock(self) -> FrameClock:
-        return FrameClock(self.fps, self.n_frames, None if self.times is None else list(self.times), self.end)
+        return FrameClock(self.fps, self.n_frames, self.times, self.end)
 
 
 @dataclass(frozen=True)
