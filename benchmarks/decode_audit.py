@@ -38,11 +38,13 @@ class StreamIndex:
 
     @classmethod
     def probe(cls, path: str) -> StreamIndex:
-        from mtcc.media.ffmpeg import ff_input, require_tool
+        from mtcc.media.ffmpeg import MediaError, probe_command, run_tool
 
-        out = subprocess.run([require_tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-show_entries",
-                              "packet=pts_time,flags", "-of", "csv=p=0", ff_input(path)],
-                             capture_output=True, check=False).stdout.decode(errors="replace")
+        try:
+            out = run_tool(probe_command(path, stream="v:0", entries="packet=pts_time,flags",
+                                         output_format="csv=p=0"), what=path).decode(errors="replace")
+        except MediaError:
+            out = ""  # a broken input of the set: no packets, no key frames (it decodes nothing either)
         pts, key = [], []
         for line in out.splitlines():
             parts = line.split(",")

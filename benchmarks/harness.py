@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from contextlib import nullcontext
@@ -62,11 +61,13 @@ def _peak_rss_mb() -> float | None:
 
 
 def ffmpeg_decode_s(path: str) -> float:
-    from mtcc.media.ffmpeg import ff_input, require_tool
+    from mtcc.media.ffmpeg import MediaError, decode_command, run_tool
 
     t0 = time.monotonic()
-    subprocess.run([require_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", ff_input(path), "-f", "null", "-"],
-                   capture_output=True, check=False)  # broken inputs are part of the set: their failed read counts
+    try:
+        run_tool(decode_command(path), what=path)
+    except MediaError:
+        pass  # broken inputs are part of the set: their failed read counts as read
     return time.monotonic() - t0
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.shard_tar import ShardTarError
-from mtcc.media.ffmpeg import MediaError, ff_input, run_tool
+from mtcc.media.ffmpeg import MediaError, clip_frame_command, run_tool, source_frame_command
 from mtcc.media.members import CAPTION, FACES, MASKS, META, MP4, REFS, TRACKS
 from mtcc.storage.files import is_remote_source, local_source
 
@@ -61,9 +61,7 @@ def _decode_png(data: bytes) -> np.ndarray:
 def clip_frame(mp4: bytes, index: int) -> np.ndarray:
     """Frame ``index`` of a clip given as bytes (the write stage puts the moov atom first, so ffmpeg
     reads it from a pipe: no temp file)."""
-    png = run_tool(["ffmpeg", "-v", "error", "-i", "pipe:0", "-vf", f"select=eq(n\\,{int(index)})",
-                    "-fps_mode", "passthrough", "-frames:v", "1", "-f", "image2pipe", "-c:v", "png", "pipe:1"],
-                   what=f"clip frame {index}", stdin=mp4, timeout=FRAME_TIMEOUT_S)
+    png = run_tool(clip_frame_command(index), what=f"clip frame {index}", stdin=mp4, timeout=FRAME_TIMEOUT_S)
     if not png:
         raise MediaError(f"ffmpeg returned no frame {index}")
     return _decode_png(png)
@@ -71,9 +69,7 @@ def clip_frame(mp4: bytes, index: int) -> np.ndarray:
 
 def source_frame(source: str, t: float, width: int = 480) -> np.ndarray:
     path = local_source(source)
-    png = run_tool(["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{max(t, 0.0):.3f}", "-i", ff_input(path),
-                    "-frames:v", "1", "-vf", f"scale={width}:-2", "-f", "image2pipe", "-c:v", "png", "pipe:1"],
-                   what=path, timeout=FRAME_TIMEOUT_S)
+    png = run_tool(source_frame_command(path, t, width), what=path, timeout=FRAME_TIMEOUT_S)
     if not png:
         raise MediaError(f"ffmpeg found no frame at {t:.2f}s")
     return _decode_png(png)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mtcc.media.clip import AUDIO_RATE, FPS
-from mtcc.media.ffmpeg import run_tool
+from mtcc.media.ffmpeg import probe_command, run_tool
 from mtcc.media.members import AUDIO_EMB, CAPTION, FACES, MASKS, META, MIX, MP4, REFS, ROUTE, TRACKS
 
 from .members import REQUIRED
@@ -38,9 +38,8 @@ def _flac(data: bytes) -> tuple[int, int, int]:
 
 def _mp4(data: bytes) -> dict[str, Any]:
     # ffprobe reads the clip from stdin: no temp file, no file name on a command line
-    out = run_tool(["ffprobe", "-v", "error", "-show_entries",
-                    "stream=codec_type,codec_name,width,height,avg_frame_rate,nb_frames,sample_rate,channels",
-                    "-of", "json", "-i", "pipe:0"], what="the sample's mp4", stdin=data, timeout=120)
+    entries = "stream=codec_type,codec_name,width,height,avg_frame_rate,nb_frames,sample_rate,channels"
+    out = run_tool(probe_command(None, entries=entries), what="the sample's mp4", stdin=data, timeout=120)
     streams = json.loads(out)["streams"]
     return {s["codec_type"]: s for s in streams}
 

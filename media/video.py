@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mtcc.media.ffmpeg import ff_input, open_tool, require_tool, run_tool
+from mtcc.media.ffmpeg import frames_command, open_tool, probe_command, run_tool
 
 # Timestamps that stray from i/fps by less than this share of a frame (millisecond-rounded Matroska/WebM
 # times, float32 in decord) still describe a constant rate; such a video keeps frame i at exactly i/fps
@@ -181,14 +181,8 @@ class VideoFrames:
         return next(self._pipe(start=max(0.0, start), count=1))
 
     def _pipe(self, start: float | None = None, count: int | None = None) -> Iterator[np.ndarray]:
-        args = [require_tool("ffmpeg"), "-nostdin", "-v", "error"]
-        if start is not None:
-            args += ["-ss", f"{start:.6f}"]
-        args += ["-i", ff_input(self.path), "-map", "0:v:0", "-fps_mode", "passthrough",
-                 "-vf", f"scale={self.width}:{self.height}", "-threads", str(self.threads)]
-        if count is not None:
-            args += ["-frames:v", str(count)]
-        args += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+        args = frames_command(self.path, width=self.width, height=self.height, threads=self.threads,
+                              start=start, count=count)
         size = self.width * self.height * 3
         proc = open_tool(args)
         try:
@@ -218,9 +212,8 @@ def coded_size(probe: dict) -> tuple[int, int]:
 
 def _packet_clock(path: str, fps: float) -> FrameClock:
     """The frame clock from the video packets' timestamps (ffprobe reads packets, decodes nothing)."""
-    out = run_tool([require_tool("ffprobe"), "-v", "error", "-select_streams", "v:0",
-                    "-show_entries", "stream=start_time:packet=pts_time,duration_time,flags", "-of", "json",
-                    ff_input(path)], what=path)
+    out = run_tool(probe_command(path, stream="v:0",
+                                 entries="stream=start_time:packet=pts_time,duration_time,flags"), what=path)
     doc = json.loads(out.decode("utf-8", "replace") or "{}")
     # packets an edit list cuts off are flagged D (discard): the decoder drops them, they are no frames
     packets = [p for p in doc.get("packets") or [] if "D" not in p.get("flags", "")]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import struct
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from mtcc.media.ffmpeg import convert_command, run_tool
 
 from . import speech
 from .scene import NOISE_FLOOR, fixture_rng
@@ -71,10 +72,9 @@ def audio_only(out_dir: Path, seed: int, *, rate: int = 44100, duration: float =
     with tempfile.TemporaryDirectory(prefix="mtcc-sample-") as tmp:
         wav = Path(tmp) / "a.wav"
         sf.write(str(wav), np.clip(mix, -1, 1).astype(np.float32), rate, subtype="PCM_16")
-        subprocess.run(["ffmpeg", "-nostdin", "-y", "-hide_banner", "-loglevel", "error", "-i", str(wav),
-                        "-vn", "-c:a", "aac", "-b:a", "128k", "-ar", str(rate), "-ac", "2", "-t", f"{duration:.6f}",
-                        "-fflags", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1", str(out)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        run_tool(convert_command(wav, out, vn=None, ar=rate, ac=2, t=f"{duration:.6f}", fflags="+bitexact",
+                                 map_metadata=-1, **{"c:a": "aac", "b:a": "128k", "flags:a": "+bitexact"}),
+                 what=str(out))
     truth = _blank_truth("audio_only", "no_video")
     truth["duration"] = duration
     truth["audio"] = {"rate": rate, "channels": 2}

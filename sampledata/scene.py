@@ -4,7 +4,6 @@ mixed speech, encoded by ffmpeg (raw RGB on stdin, wav as second input), plus th
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from mtcc.media.ffmpeg import BITEXACT_FLAGS, NO_METADATA
+from mtcc.media.ffmpeg import BITEXACT_OPTIONS, encode_frames_command, open_tool
 
 from . import speech
 from .backgrounds import background
@@ -157,7 +156,7 @@ def _blend(frame: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, ox: int, oy: i
 def ffmpeg_stdin(cmd: list[str], name: str) -> Iterator[Callable[[bytes], object]]:
     """An ffmpeg process fed raw frames through the yielded write function. If ffmpeg stops early the
     pipe breaks; its own error message is raised instead of the BrokenPipeError."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = open_tool(cmd, pipe_stdin=True, pipe_stdout=False)
     assert proc.stdin is not None and proc.stderr is not None
     try:
         yield proc.stdin.write
@@ -173,18 +172,12 @@ def ffmpeg_video_cmd(out: Path, width: int, height: int, fps: int, duration: flo
                      wav: Path | None, rate: int | None, channels: int, *, pix_fmt_in: str = "rgb24",
                      preset: str = "veryfast", crf: int = 18) -> list[str]:
     """ffmpeg reading raw frames (``pix_fmt_in``) on stdin and, if given, a wav; H.264 + AAC out."""
-    cmd = ["ffmpeg", "-nostdin", "-y", "-hide_banner", "-loglevel", "error",
-           "-f", "rawvideo", "-pix_fmt", pix_fmt_in, "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
-    if wav is not None:
-        cmd += ["-i", str(wav), "-map", "0:v:0", "-map", "1:a:0"]
-    cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-            "-threads", "2", "-g", str(2 * fps)]
-    if wav is not None:
-        cmd += ["-c:a", "aac", "-b:a", "128k", "-ar", str(rate), "-ac", str(channels)]
-    else:
-        cmd += ["-an"]
-    cmd += ["-t", f"{duration:.6f}", *BITEXACT_FLAGS, *NO_METADATA, str(out)]
-    return cmd
+    video = {"c:v": "libx264", "preset": preset, "crf": crf, "pix_fmt": "yuv420p", "threads": 2, "g": 2 * fps,
+             "t": f"{duration:.6f}", **BITEXACT_OPTIONS}
+    sound = {"an": None} if wav is None else {"c:a": "aac", "b:a": "128k", "ar": rate, "ac": channels}
+    return encode_frames_command(out, width=width, height=height, fps=fps, pix_fmt_in=pix_fmt_in,
+                                 video_options=video, sound=None if wav is None else ("file", wav),
+                                 sound_options=sound)
 
 
 def render(scene: Scene, out_dir: Path, seed: int, *, file_name: str | None = None) -> dict:

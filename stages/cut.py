@@ -26,7 +26,7 @@ from pydantic import Field
 
 from mtcc.facts import ClipFaces, CutMedia, ProbeResult, SourceFile
 from mtcc.media.crops import SHARED_CROPS, clip_boxes, crop_characters
-from mtcc.media.ffmpeg import BITEXACT, MediaError, ff_input, open_tool, require_tool
+from mtcc.media.ffmpeg import BITEXACT_OPTIONS, MediaError, cut_command, open_tool
 from mtcc.media.members import MIX, MP4, REFS
 
 from .base import CLIP_MEDIA, CLIPS, RESOURCES, Candidate, Key, Member, Resources, Stage, optional
@@ -93,31 +93,23 @@ class ClipCut(Stage):
 
     def _args(self, src: str, start: float, dur: float, n: int, has_audio: bool, pipe: bool,
               mp4: Path, flac: Path) -> list[str]:
-        vf = f"fps={self.fps},scale=trunc(iw/2)*2:trunc(ih/2)*2,setsar=1"
         gop = max(1, int(round(self.keyframe_seconds * self.fps)))
-        args = [require_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-ss", f"{start:.6f}", "-t", f"{dur:.6f}",
-                "-i", ff_input(src)]
-        if pipe:
-            args += ["-filter_complex", f"[0:v:0]{vf},split=2[enc][raw]", "-map", "[enc]"]
-        else:
-            args += ["-map", "0:v:0", "-vf", vf]
-        args += ["-map", "0:a:0?",
-                 "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
-                 "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
-                 "-threads", str(self.threads),
-                 # exactly the frames faces.json and the sound count: fps= holds the last picture for its
-                 # whole duration, which in a variable-rate source can reach past the clip's end
-                 "-frames:v", str(n),
-                 "-c:a", "aac", "-b:a", self.audio_bitrate, "-ar", str(self.audio_rate), "-ac", "1",
-                 *BITEXACT, "-movflags", "+faststart", "-f", "mp4", str(mp4)]
-        if has_audio:
-            # padded with silence to the exact clip length: sources whose audio ends early still give
-            # tracks aligned sample for sample with the separated ones
-            args += ["-map", "0:a:0", "-ac", "1", "-ar", str(self.audio_rate), "-af", f"apad=whole_dur={dur:.6f}",
-                     "-c:a", "flac", *BITEXACT, "-f", "flac", str(flac)]
-        if pipe:
-            args += ["-map", "[raw]", "-frames:v", str(n), "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-        return args
+        mp4_options = {
+            "c:v": "libx264", "preset": self.preset, "crf": self.crf, "pix_fmt": "yuv420p",
+            "g": gop, "keyint_min": gop, "sc_threshold": 0, "threads": self.threads,
+            # exactly the frames faces.json and the sound count: fps= holds the last picture for its
+            # whole duration, which in a variable-rate source can reach past the clip's end
+            "frames:v": n,
+            "c:a": "aac", "b:a": self.audio_bitrate, "ar": self.audio_rate, "ac": 1,
+            **BITEXACT_OPTIONS, "movflags": "+faststart", "format": "mp4"}
+        # padded with silence to the exact clip length: sources whose audio ends early still give
+        # tracks aligned sample for sample with the separated ones
+        flac_options = {"ac": 1, "ar": self.audio_rate, "af": f"apad=whole_dur={dur:.6f}", "c:a": "flac",
+                        **BITEXACT_OPTIONS, "format": "flac"}
+        filters = [("fps", (self.fps,)), ("scale", ("trunc(iw/2)*2", "trunc(ih/2)*2")), ("setsar", (1,))]
+        return cut_command(src, start, dur, filters=filters, mp4=mp4, mp4_options=mp4_options,
+                           flac=flac if has_audio else None, flac_options=flac_options,
+                           raw_frames=n if pipe else None)
 
     def _references(self, faces: ClipFaces, best: list[int], boxes: np.ndarray, img: np.ndarray,
                     frame: int) -> dict[str, bytes]:

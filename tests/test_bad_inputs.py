@@ -14,10 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from mtcc.media.ffmpeg import encoders
 from mtcc.sampledata.bad.case import Case, expect_path
 from mtcc.sampledata.bad.check import check, expectation, tree_state
 from mtcc.sampledata.bad.corpus import case_list, load_corpus
-from mtcc.sampledata.bad.encode import encoders
 
 REPO = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow

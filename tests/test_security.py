@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CODE = [p for d in ("pipeline", "stages", "manifests", "sampledata", "training", "benchmarks")
+CODE = [p for d in ("pipeline", "stages", "facts", "media", "nets", "storage", "manifests", "sampledata", "training",
+                    "benchmarks")
         for p in (REPO / d).rglob("*.py")]
 
 
@@ -32,3 +33,12 @@ def test_torch_load_only_with_weights_only():
 
 def test_yaml_and_pickle_are_never_loaded_unsafely():
     assert _calls(r"yaml\.load\(|yaml\.unsafe_load|pickle\.loads?\(|(?<![\w.])(eval|exec)\(") == []
+
+
+def test_ffmpeg_and_ffprobe_are_started_only_by_the_media_module():
+    """media/ffmpeg.py builds every command (ffmpeg-python) and starts it; a second place that spells out
+    a command line would bypass its quoting, its bit-exact options and its error messages."""
+    owner = "media/ffmpeg.py"
+    starts = _calls(r"""\[\s*["'](ffmpeg|ffprobe)["']|require_tool\(\s*["'](ffmpeg|ffprobe)|ffmpeg\.(run|probe)\(""")
+    assert [loc for loc in starts if not loc.startswith(owner)] == []
+    assert any(loc.startswith(owner) for loc in starts)  # the pattern does see a start where there is one

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mtcc.facts import Fact, MaskResult, SyncResult
-from mtcc.media.ffmpeg import BITEXACT_FLAGS, run_tool
+from mtcc.media.ffmpeg import BITEXACT_FLAG_OPTIONS, encode_frames_command, run_tool
 from mtcc.media.geometry import LatentGeometry, letterbox_mask, route_index_mask
 from mtcc.media.members import AUDIO_EMB, CAPTION, FACES, MASKS, MIX, MP4, REFS, ROUTE, TRACKS
 from mtcc.media.npy import npy_bytes
@@ -72,11 +72,11 @@ def encode_mp4(frames: np.ndarray, fps: int = 25) -> bytes:
     n, h, w, _ = frames.shape
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "clip.mp4"
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
-               "-r", str(fps), "-i", "pipe:0", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
-               "-t", f"{n / fps:.6f}", "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast",
-               "-crf", "12", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ar", "16000", "-ac", "1", "-shortest",
-               *BITEXACT_FLAGS, str(out)]
+        video = {"t": f"{n / fps:.6f}", "c:v": "libx264", "preset": "veryfast", "crf": 12, "pix_fmt": "yuv420p",
+                 "shortest": None, **BITEXACT_FLAG_OPTIONS}
+        cmd = encode_frames_command(out, width=w, height=h, fps=fps, video_options=video,
+                                    sound=("lavfi", "anullsrc=r=16000:cl=mono"),
+                                    sound_options={"c:a": "aac", "ar": 16000, "ac": 1})
         run_tool(cmd, what="a synthetic clip", stdin=frames.tobytes())
         return out.read_bytes()
 

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import struct
-import subprocess
 from pathlib import Path
 
-from mtcc.media.ffmpeg import BITEXACT, BITEXACT_FLAGS, NO_METADATA
+from mtcc.media.ffmpeg import BITEXACT, BITEXACT_FLAGS, NO_METADATA, run_written_out
 
 from .. import broken
 
 
 def ff(*args: str | Path) -> None:
-    cmd = ["ffmpeg", "-nostdin", "-y", "-hide_banner", "-loglevel", "error", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed writing {cmd[-1]}: {proc.stderr.decode(errors='replace').strip()}")
-
-
-@functools.cache
-def encoders() -> frozenset[str]:
-    """Encoder names this ffmpeg has (builds differ: HEVC, VP9, AV1 and MP3 encoders are optional)."""
-    out = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True, check=False).stdout
-    return frozenset(parts[1] for parts in (line.split() for line in out.splitlines()) if len(parts) > 1)
+    """One deliberately odd encode: each case's recipe is a malformation (wrong flags, damaged streams, odd
+    containers) that reads best as ffmpeg's own arguments."""
+    run_written_out(*args)
 
 
 def remux(src: Path, dst: Path, tag: str, *extra: str) -> None:

@@ -3,11 +3,11 @@ kept clips, or at least be processed without an error."""
 
 from __future__ import annotations
 
-from mtcc.media.ffmpeg import BITEXACT
+from mtcc.media.ffmpeg import BITEXACT, encoders
 
 from .base import BASE_SECONDS
 from .case import KEPT, PROCESSED, Plan, vid
-from .encode import X264, encoders, ff, patch_mkv_duration, patch_mp4_rotation, recode, remux
+from .encode import X264, ff, patch_mkv_duration, patch_mp4_rotation, recode, remux
 
 
 def add_shapes(plan: Plan) -> None:
