@@ -197,6 +197,10 @@ def run_builds(cfg: Any, in_dir: Path, root: Path, repeats: int) -> dict[str, An
             "ratio": round(med["ray"] / med["inprocess"], 3),
             "ratio_excluding_startup": round((med["ray"] - st["ray"]) / (med["inprocess"] - st["inprocess"]), 3),
             "ray_stage_busy_s": {k: round(v["busy_s"], 2) for k, v in timing.items()},
+            # what each stage gets through: seconds of media in per CPU second it spent (the cheap stages
+            # before the models, picture among them, should be far above the model stages)
+            "ray_stage_media_s_per_cpu_s": {k: round(v["media_in"] / v["cpu_s"], 2) for k, v in timing.items()
+                                            if v.get("cpu_s") and v.get("media_in")},
             # candidates between the driver and the workers before commit; the commit's own fetch of the
             # members (once, to where the shard is written) is not in it
             "driver_bytes": driver, "kept_clips": kept,

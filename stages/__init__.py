@@ -12,6 +12,7 @@ from .distance import FaceDistance
 from .faces import FaceTrack
 from .layout import PanelLayout
 from .masks import CharacterMasks
+from .picture import PictureQuality
 from .prescore import MouthPrescore
 from .probe import Probe
 from .segment import TwoFaceSegments
@@ -22,7 +23,7 @@ from .write import ClipWriter
 STAGES: dict[str, type[Stage]] = {
     cls.name: cls
     for cls in (Probe, FaceTrack, TwoFaceSegments, PanelLayout, WholeVideoClip, FaceDistance, ClipCut,
-                MouthPrescore, SpeechSeparation, ActiveSpeakers, SyncScores, CharacterMasks, AudioEmbeddings,
+                PictureQuality, MouthPrescore, SpeechSeparation, ActiveSpeakers, SyncScores, CharacterMasks, AudioEmbeddings,
                 ClipCaption, ClipWriter)
 }
 
