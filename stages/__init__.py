@@ -17,13 +17,14 @@ from .prescore import MouthPrescore
 from .probe import Probe
 from .segment import TwoFaceSegments
 from .separate import SpeechSeparation
+from .sound import SoundQuality
 from .sync import SyncScores
 from .write import ClipWriter
 
 STAGES: dict[str, type[Stage]] = {
     cls.name: cls
     for cls in (Probe, FaceTrack, TwoFaceSegments, PanelLayout, WholeVideoClip, FaceDistance, ClipCut,
-                PictureQuality, MouthPrescore, SpeechSeparation, ActiveSpeakers, SyncScores, CharacterMasks, AudioEmbeddings,
+                PictureQuality, MouthPrescore, SpeechSeparation, SoundQuality, ActiveSpeakers, SyncScores, CharacterMasks, AudioEmbeddings,
                 ClipCaption, ClipWriter)
 }
 
