@@ -25,7 +25,7 @@ class FaceDistance(Stage):
     # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
     expected_cost: ClassVar[float] = 0.001
     typical_keep: ClassVar[float] = 0.8
-    actor_memory_mb: ClassVar[int] = 200
+    actor_memory_mb: ClassVar[int] = 185
     max_actor_cpus: ClassVar[float] = 1.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}
     requires: ClassVar[tuple[Key | type, ...]] = (ClipFaces,)

@@ -115,7 +115,7 @@ class CharacterMasks(ModelStage):
     # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
     expected_cost: ClassVar[float] = 1.7
     typical_keep: ClassVar[float] = 0.9
-    actor_memory_mb: ClassVar[int] = 1160
+    actor_memory_mb: ClassVar[int] = 1115
     max_actor_cpus: ClassVar[float] = 8.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(

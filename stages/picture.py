@@ -98,7 +98,7 @@ class PictureQuality(Stage):
     # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
     expected_cost: ClassVar[float] = 0.02
     typical_keep: ClassVar[float] = 1.0
-    actor_memory_mb: ClassVar[int] = 220
+    actor_memory_mb: ClassVar[int] = 310
     max_actor_cpus: ClassVar[float] = 1.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}
     requires: ClassVar[tuple[Key | type, ...]] = (CLIP_MEDIA, ClipFaces, ProbeResult)

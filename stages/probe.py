@@ -108,7 +108,7 @@ class Probe(Stage):
     # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
     expected_cost: ClassVar[float] = 0.01
     typical_keep: ClassVar[float] = 0.95
-    actor_memory_mb: ClassVar[int] = 200
+    actor_memory_mb: ClassVar[int] = 185
     max_actor_cpus: ClassVar[float] = 1.0
     requires: ClassVar[tuple[Key | type, ...]] = (optional(SourceFile),)
     provides: ClassVar[tuple[Key | type, ...]] = (ProbeResult, SourceHash)

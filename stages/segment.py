@@ -67,7 +67,7 @@ class TwoFaceSegments(Stage):
     # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
     expected_cost: ClassVar[float] = 0.002
     typical_keep: ClassVar[float] = 0.2
-    actor_memory_mb: ClassVar[int] = 200
+    actor_memory_mb: ClassVar[int] = 185
     max_actor_cpus: ClassVar[float] = 1.0
     clip_fields: ClassVar[dict[str, str]] = {"characters": "n_faces", "fps": "out_fps"}
     requires: ClassVar[tuple[Key | type, ...]] = (VideoTracks, ProbeResult, optional(FrameTimes), optional(Shots))

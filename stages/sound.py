@@ -42,7 +42,7 @@ class SoundQuality(Stage):
     # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
     expected_cost: ClassVar[float] = 0.1
     typical_keep: ClassVar[float] = 1.0
-    actor_memory_mb: ClassVar[int] = 260
+    actor_memory_mb: ClassVar[int] = 360
     max_actor_cpus: ClassVar[float] = 1.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "audio_rate": AUDIO_RATE}
     # the separated tracks only when a stage listed earlier made them

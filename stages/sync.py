@@ -131,7 +131,7 @@ class SyncScores(ModelStage):
     # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
     expected_cost: ClassVar[float] = 2.6
     typical_keep: ClassVar[float] = 0.4
-    actor_memory_mb: ClassVar[int] = 1560
+    actor_memory_mb: ClassVar[int] = 1440
     max_actor_cpus: ClassVar[float] = 8.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "fps": FPS, "audio_rate": AUDIO_RATE}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(

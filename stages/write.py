@@ -23,7 +23,7 @@ class ClipWriter(Stage):
     # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
     expected_cost: ClassVar[float] = 0.001
     typical_keep: ClassVar[float] = 1.0
-    actor_memory_mb: ClassVar[int] = 200
+    actor_memory_mb: ClassVar[int] = 190
     max_actor_cpus: ClassVar[float] = 1.0
     requires: ClassVar[tuple[Key | type, ...]] = (Member(MP4), Member(MIX, optional=True), optional(CutMedia),
                                                   optional(ClipFaces), optional(SpeakingCurves))
