@@ -25,13 +25,22 @@ from typing import Any
 
 import ffmpeg as ffpy  # ffmpeg-python
 
-# Flags that keep ffmpeg from writing its version string (BITEXACT_FLAGS) and the input's metadata
-# (NO_METADATA): reruns give identical bytes.
-BITEXACT_FLAGS = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact"]
-NO_METADATA = ["-map_metadata", "-1"]
-BITEXACT = [*NO_METADATA, *BITEXACT_FLAGS]
+# Options that keep ffmpeg from writing its version string (BITEXACT_FLAG_OPTIONS) and the input's metadata:
+# reruns give identical bytes. As ffmpeg-python options, and written out (BITEXACT_FLAGS, NO_METADATA,
+# BITEXACT) for the recipes that spell their arguments out.
 BITEXACT_FLAG_OPTIONS: dict[str, Any] = {"fflags": "+bitexact", "flags:v": "+bitexact", "flags:a": "+bitexact"}
-BITEXACT_OPTIONS: dict[str, Any] = {"map_metadata": -1, **BITEXACT_FLAG_OPTIONS}
+NO_METADATA_OPTIONS: dict[str, Any] = {"map_metadata": -1}
+BITEXACT_OPTIONS: dict[str, Any] = {**NO_METADATA_OPTIONS, **BITEXACT_FLAG_OPTIONS}
+
+
+def written_out(options: Mapping[str, Any]) -> list[str]:
+    """ffmpeg-python options as ffmpeg's own arguments: ``{"fflags": "+bitexact"}`` -> ``["-fflags", "+bitexact"]``."""
+    return [a for k, v in options.items() for a in (f"-{k}", str(v))]
+
+
+BITEXACT_FLAGS = written_out(BITEXACT_FLAG_OPTIONS)
+NO_METADATA = written_out(NO_METADATA_OPTIONS)
+BITEXACT = written_out(BITEXACT_OPTIONS)
 # every ffmpeg run: no keyboard on stdin, only errors on stderr (which MediaError quotes)
 QUIET = ("-nostdin", "-v", "error")
 

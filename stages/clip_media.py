@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +92,16 @@ class ClipMedia:
         _atomic_save(path, mix)
         return mix
 
-    def crops(self, geom: CropGeometry = SHARED_CROPS) -> np.ndarray:
-        """uint8 RGB ``[C, T, size, size, 3]`` face crops of ``geom``, derived from the shared ones."""
+    def crops(self, geom: CropGeometry = SHARED_CROPS, frames: Sequence[int] | None = None) -> np.ndarray:
+        """uint8 RGB ``[C, T, size, size, 3]`` face crops of ``geom``, derived from the shared ones; of the
+        clip's ``frames`` only, when given (read and resized for those alone)."""
         path = self.dir / self.CROPS
         if path.exists():
             shared = np.load(path, mmap_mode="r")
         else:
             shared = self._crop_from_mp4()
             _atomic_save(path, shared)
-        return derive(np.asarray(shared), geom)
+        return derive(np.asarray(shared if frames is None else shared[:, list(frames)]), geom)
 
     def _crop_from_mp4(self) -> np.ndarray:
         """The shared crops rebuilt from the clip's mp4 (a node the cut did not run on): one decode of the

@@ -87,8 +87,8 @@ def global_motion(grey: np.ndarray) -> np.ndarray:
     return np.array([cv2.phaseCorrelate(g[t - 1], g[t], window)[0] for t in range(1, len(g))], np.float64)
 
 
-def bits_per_pixel(probe: ProbeResult | None) -> float:
-    if probe is None or not (probe.size_bytes and probe.duration and probe.width and probe.height and probe.fps):
+def bits_per_pixel(probe: ProbeResult) -> float:
+    if not (probe.size_bytes and probe.duration and probe.width and probe.height and probe.fps):
         return float("nan")
     return float(probe.size_bytes) * 8 / float(probe.duration) / (probe.width * probe.height * float(probe.fps))
 
@@ -158,13 +158,14 @@ class PictureQuality(Stage):
         faces = cand.fact(ClipFaces)
         probe = cand.fact(ProbeResult)
         media = clip_media(cand, self)
-        crops = media.crops(CropGeometry(self.face_size, 1.0))  # [C, T, S, S, 3]: the face box, squared
-        n = crops.shape[1]
+        n = media.frames
         frames = np.arange(0, n, self.frame_step)
+        # [C, len(frames), S, S, 3]: the face box, squared, on the measured frames
+        crops = media.crops(CropGeometry(self.face_size, 1.0), frames)
         stats: dict[str, Any] = {}
         width, height = float(probe.width or 0), float(probe.height or 0)
         for k, ch in enumerate(faces.characters):
-            grey = crops[k, frames].astype(np.float32) @ GREY
+            grey = crops[k].astype(np.float32) @ GREY
             stats[f"sharpness_{k}"] = float(np.median(laplacian_variance(grey)))
             stats[f"luminance_{k}"] = float(grey.mean())
             stats[f"contrast_{k}"] = float(np.median(grey.reshape(len(grey), -1).std(axis=1)))
@@ -179,7 +180,7 @@ class PictureQuality(Stage):
             w = boxes[:, 2] - boxes[:, 0]
             stats[f"size_change_{k}"] = float(w.max() / max(w.min(), 1e-6)) if len(w) else float("nan")
         stats["bits_per_pixel"] = bits_per_pixel(probe)
-        stats.update(self._camera(media.mp4(), tuple(media.info.size), float(faces.fps or 25.0)))
+        stats.update(self._camera(media.mp4(), tuple(media.info.size), media.info.fps))
         return stats
 
     def _camera(self, mp4: str, size: tuple[int, int], fps: float) -> dict[str, float]:

@@ -23,14 +23,13 @@ from pydantic import Field
 from mtcc.media.audio_io import read_track
 from mtcc.media.clip import AUDIO_RATE, CHARACTERS
 from mtcc.media.members import TRACKS
+from mtcc.nets.vad import RATES
 
 from .base import CLIP_MEDIA, RESOURCES, Candidate, Key, Member, Rejection, Resources, Stage, StatView, Threshold
 from .clip_media import clip_media
 
-CHUNK_S = 512 / AUDIO_RATE  # Silero VAD's chunk at 16 kHz
 
-
-def chunk_dbfs(track: np.ndarray, chunks: int, size: int = 512) -> np.ndarray:
+def chunk_dbfs(track: np.ndarray, chunks: int, size: int) -> np.ndarray:
     """``[chunks]`` RMS level in dBFS of each ``size``-sample chunk (the last zero-padded)."""
     x = np.asarray(track, np.float64)
     x = np.pad(x, (0, max(0, chunks * size - len(x))))[:chunks * size].reshape(chunks, size)
@@ -103,7 +102,7 @@ class SoundQuality(Stage):
             stats.update({f"sig_{who}": s[0], f"bak_{who}": s[1], f"ovrl_{who}": s[2]})
         probs = self._vad.probs(mix, AUDIO_RATE)[0]
         speech = probs >= self.vad_threshold
-        loud = chunk_dbfs(mix, len(probs)) > self.sound_floor_dbfs
+        loud = chunk_dbfs(mix, len(probs), RATES[AUDIO_RATE][0]) > self.sound_floor_dbfs  # the VAD's chunks
         stats["speech_fraction"] = float(speech.mean()) if len(speech) else 0.0
         stats["nonspeech_sound"] = float((~speech & loud).mean()) if len(speech) else 0.0
         return stats
