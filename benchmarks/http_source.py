@@ -130,9 +130,16 @@ class CountingServer(LocalHTTPServer):
                         block = f.read(min(CHUNK, left))
                         if not block:
                             break
-                        self.wfile.write(block)
-                        left -= len(block)
+                        # counted before the write: once the client holds the last byte, the count has it too
+                        # (counted after, a test reading it could see the last block missing)
                         with server._lock:
                             server.sent[name] += len(block)
+                        try:
+                            self.wfile.write(block)
+                        except OSError:
+                            with server._lock:
+                                server.sent[name] -= len(block)
+                            raise
+                        left -= len(block)
 
         return Handler
