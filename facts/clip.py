@@ -197,3 +197,21 @@ class CaptionMeta(Fact):
     fps: float
     frames: list[float]
     grid: list[int]
+
+
+@dataclass(frozen=True)
+class ScreenTextLines(Fact):
+    """Made by ``text``: the lines of text PP-OCRv4 read on the frames it looked at (clip seconds ``times``),
+    per frame their boxes (x0, y0, x1, y1 in the clip mp4's pixels, of picture size ``size``) and readings,
+    and ``static``: the boxes of the text that stays in place across the clip (logos, lower thirds,
+    tickers, burnt-in subtitles), for a trainer that crops or masks them."""
+
+    key: ClassVar[str] = "text"
+    made_by: ClassVar[str] = "text"
+    sample_meta: ClassVar[bool] = True
+    model: str
+    size: list[int]
+    times: list[float]
+    boxes: list[list[list[float]]]
+    texts: list[list[str]]
+    static: list[list[float]]

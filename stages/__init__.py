@@ -15,6 +15,7 @@ from .masks import CharacterMasks
 from .picture import PictureQuality
 from .prescore import MouthPrescore
 from .probe import Probe
+from .screen_text import ScreenText
 from .segment import TwoFaceSegments
 from .separate import SpeechSeparation
 from .sound import SoundQuality
@@ -24,7 +25,8 @@ from .write import ClipWriter
 STAGES: dict[str, type[Stage]] = {
     cls.name: cls
     for cls in (Probe, FaceTrack, TwoFaceSegments, PanelLayout, WholeVideoClip, FaceDistance, ClipCut,
-                PictureQuality, MouthPrescore, SpeechSeparation, SoundQuality, ActiveSpeakers, SyncScores, CharacterMasks, AudioEmbeddings,
+                PictureQuality, ScreenText, MouthPrescore, SpeechSeparation, SoundQuality, ActiveSpeakers, SyncScores,
+                CharacterMasks, AudioEmbeddings,
                 ClipCaption, ClipWriter)
 }
 

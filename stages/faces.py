@@ -61,7 +61,7 @@ class FaceTrack(WeightsStage):
     # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
     expected_cost: ClassVar[float] = 1.2
     typical_keep: ClassVar[float] = 1.0
-    actor_memory_mb: ClassVar[int] = 1500
+    actor_memory_mb: ClassVar[int] = 1050
     max_actor_cpus: ClassVar[float] = 4.0
     weights: ClassVar[tuple[Weights, ...]] = (
         _insightface_pack(

@@ -280,7 +280,7 @@ class SpeechSeparation(ModelStage):
     # the pool planner's figures until the build measures its own (see Stage, pipeline/pools.py)
     expected_cost: ClassVar[float] = 2.7
     typical_keep: ClassVar[float] = 1.0
-    actor_memory_mb: ClassVar[int] = 1840
+    actor_memory_mb: ClassVar[int] = 1150
     max_actor_cpus: ClassVar[float] = 8.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "audio_rate": AUDIO_RATE}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(

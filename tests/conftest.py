@@ -156,6 +156,22 @@ def clips_through_stages(video: Path, max_seconds: float, cut: bool = True) -> l
     return [c for c in batch if c.level == "clip"]
 
 
+def recut(clip, source: Path, out: Path, **options) -> object:
+    """``clip`` cut again, by the real cut stage, from a copy of its ``source`` that ffmpeg writes to ``out``
+    with ``options`` (a filter changing the picture or the sound, the codecs): the same faces, boxes and
+    times over changed pixels or samples, i.e. planted truth."""
+    from mtcc.facts import CutMedia
+    from mtcc.media.ffmpeg import convert_command, run_tool
+    from mtcc.stages.cut import ClipCut
+
+    run_tool(convert_command(source, out, **options), what=str(out))
+    c = fresh([clip])[0]
+    c.source, c.members = str(out), {}
+    c.facts.drop(CutMedia)
+    (cut,) = ClipCut().run_batch([c])
+    return cut
+
+
 def tiny_fixture(stage_cls):
     """A module-scoped ``tiny`` fixture: ``stage_cls.make_tiny`` written once into a temporary folder, its
     settings (model path, allow_random_weights) returned."""

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import clips_through_stages, fresh
+from conftest import clips_through_stages, fresh, recut
 
-from mtcc.facts import ClipFaces, CutMedia
-from mtcc.media.ffmpeg import convert_command, run_tool
+from mtcc.facts import ClipFaces
 from mtcc.pipeline.config import load_config, resolve_config
 from mtcc.stages.base import Candidate
-from mtcc.stages.cut import ClipCut
 from mtcc.stages.picture import PictureQuality, head_pose
 
 # the same picture, changed pixel by pixel (boxes and landmarks stay where the faces are)
@@ -37,16 +35,9 @@ def talk(sample_dir) -> Candidate:
 def variants(talk, sample_dir, tmp_path_factory) -> dict[str, Candidate]:
     """``talk`` as is, and cut again from each planted copy of its source."""
     d = tmp_path_factory.mktemp("picture")
-    out = {"original": talk}
-    for name, vf in PLANTED.items():
-        path = d / f"{name}.mp4"
-        run_tool(convert_command(sample_dir / "two_talk.mp4", path, vf=vf, **{"c:v": "libx264", "crf": 18,
-                                                                            "c:a": "copy"}), what=str(path))
-        c = fresh([talk])[0]
-        c.source, c.members = str(path), {}
-        c.facts.drop(CutMedia)
-        (out[name],) = ClipCut().run_batch([c])
-    return out
+    return {"original": talk, **{name: recut(talk, sample_dir / "two_talk.mp4", d / f"{name}.mp4", vf=vf,
+                                              **{"c:v": "libx264", "crf": 18, "c:a": "copy"})
+                                 for name, vf in PLANTED.items()}}
 
 
 def scored(cand: Candidate, **cfg) -> Candidate:

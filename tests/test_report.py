@@ -36,6 +36,7 @@ from mtcc.pipeline.config import load_config, resolve_config
 HOSTILE = "<img src=x onerror=alert('x')><script>alert(1)<\\script> \"q\" &.mp4"
 PLOTS = ["funnel", "rejections", "duration_video", "duration_clip", "face_size", "distance_ratio", "face_sharpness",
          "face_luminance", "face_contrast", "face_yaw", "face_complete", "bits_per_pixel", "camera_shake",
+         "text_cover", "static_text", "text_over_face",
          "dnsmos_ovrl", "dnsmos_bak", "dnsmos_sig", "speech_fraction", "nonspeech_sound", "sync_c", "sync_d", "offset",
          "mask_area", "throughput"]
 BAD_EVENTS = ("Runtime.exceptionThrown", "Network.loadingFailed", "Page.javascriptDialogOpening")

@@ -9,13 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import clips_through_stages, fresh
+from conftest import clips_through_stages, fresh, recut
 
-from mtcc.facts import CutMedia
-from mtcc.media.ffmpeg import convert_command, run_tool
 from mtcc.nets.dnsmos import WINDOW, DnsMos, windows
 from mtcc.stages.base import Candidate
-from mtcc.stages.cut import ClipCut
 from mtcc.stages.sound import SoundQuality
 
 # the same clip with its sound changed (one audio filter; the picture copied)
@@ -54,16 +51,9 @@ def test_windows_cover_the_track_side_by_side():
 def variants(sample_dir, tmp_path_factory) -> dict[str, Candidate]:
     (talk,) = clips_through_stages(sample_dir / "two_talk.mp4", max_seconds=10.0)
     d = tmp_path_factory.mktemp("sound")
-    out = {"original": talk}
-    for name, af in PLANTED.items():
-        path = d / f"{name}.mp4"
-        run_tool(convert_command(sample_dir / "two_talk.mp4", path, af=af, **{"c:v": "copy", "c:a": "aac"}),
-                 what=str(path))
-        c = fresh([talk])[0]
-        c.source, c.members = str(path), {}
-        c.facts.drop(CutMedia)
-        (out[name],) = ClipCut().run_batch([c])
-    return out
+    return {"original": talk, **{name: recut(talk, sample_dir / "two_talk.mp4", d / f"{name}.mp4", af=af,
+                                              **{"c:v": "copy", "c:a": "aac"})
+                                 for name, af in PLANTED.items()}}
 
 
 @pytest.fixture(scope="module")
