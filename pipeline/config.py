@@ -16,7 +16,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,10 +53,14 @@ class RayConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    address: str | None = Field(None, description="None = embedded local Ray; 'auto' or 'ray://host:port'")
+    address: str | None = Field(None, description="None: RAY_ADDRESS when set (ray job submit, ray start), else an "
+                                                  "embedded local Ray; 'local': always the embedded one; 'auto', "
+                                                  "host:port or 'ray://host:port'")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
     object_store_mb: int | None = Field(None, ge=64, description="object store of the embedded local Ray, MiB "
                                                                  "(default: Ray's)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="what Ray logs on the driver (mtcc run --log-level)")
 
 
 class ModelsRef(BaseModel):

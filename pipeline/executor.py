@@ -178,15 +178,30 @@ def stage_threads(stage: Stage) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def init_ray(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None) -> dict[str, Any]:
-    """Connect to a cluster (``address``) or start an embedded local one."""
+def ray_address(address: str | None) -> tuple[str | None, str]:
+    """The cluster a build joins and how it was chosen: ``address`` (``--address`` or the config's ``ray.address``)
+    when given, else ``RAY_ADDRESS`` (what ``ray job submit`` and ``ray start`` leave for the processes they
+    start), else none: an embedded local Ray. ``local`` forces the embedded one whatever ``RAY_ADDRESS`` says."""
+    if address:
+        return (None, "embedded local Ray (--address local)") if address == "local" else (address, f"Ray at {address}")
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and env != "local":
+        return env, f"Ray at RAY_ADDRESS={env}"
+    return None, "embedded local Ray"
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None,
+             log_level: str = "WARNING") -> dict[str, Any]:
+    """Connect to a cluster (``address``, or ``RAY_ADDRESS``: see :func:`ray_address`) or start an embedded
+    local one."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray writes a token under ~/.ray
     import ray
 
     if ray.is_initialized():
         return ray.cluster_resources()
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
-    if address and address != "local":
+    address, _ = ray_address(address)
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": log_level, "log_to_driver": True}
+    if address:
         ray.init(address=address, **kwargs)
     else:
         # "local": a fresh embedded Ray even when RAY_ADDRESS or a running cluster would be picked up

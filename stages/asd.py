@@ -192,6 +192,7 @@ class ActiveSpeakers(ModelStage):
     expected_cost: ClassVar[float] = 0.45
     typical_keep: ClassVar[float] = 0.9
     actor_memory_mb: ClassVar[int] = 1024
+    uses: ClassVar[tuple[str, ...]] = ("torch", "silero-vad")
     max_actor_cpus: ClassVar[float] = 8.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "fps": FPS, "audio_rate": AUDIO_RATE}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(

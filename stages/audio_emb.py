@@ -242,6 +242,7 @@ class AudioEmbeddings(ModelStage):
     expected_cost: ClassVar[float] = 0.1
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 1125
+    uses: ClassVar[tuple[str, ...]] = ("transformers", "torch")
     max_actor_cpus: ClassVar[float] = 8.0
     clip_fields: ClassVar[dict[str, str]] = {"fps": "fps"}
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "audio_rate": AUDIO_RATE}

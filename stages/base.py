@@ -199,6 +199,8 @@ class Stage(BaseModel):
     schedule_fields: ClassVar[frozenset[str]] = frozenset()
     actor_memory_mb: ClassVar[int] = 400
     max_actor_cpus: ClassVar[float] = 1.0
+    # the libraries (distribution names, see mtcc.pipeline.node.LIBRARIES) the stage imports, for `mtcc env`
+    uses: ClassVar[tuple[str, ...]] = ()
 
     enabled: bool = Field(True, description=ENABLED)
     resources: Resources = Field(default_factory=Resources, description=RESOURCES)
@@ -210,6 +212,11 @@ class Stage(BaseModel):
     @classmethod
     def _renamed(cls, data: Any) -> Any:
         return refuse_renamed(cls, data)
+
+    def libraries(self) -> tuple[str, ...]:
+        """The libraries this stage imports with its settings (``uses``; a stage whose settings pick a library
+        says which)."""
+        return self.uses
 
     def attach(self, workspace: NodeWorkspace) -> None:
         """Share the node's workspace (fetched sources, clip media) with this stage; builds do this for

@@ -123,6 +123,7 @@ class ClipCaption(ModelStage):
     expected_cost: ClassVar[float] = 0.08
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 1040
+    uses: ClassVar[tuple[str, ...]] = ("transformers", "torch")
     max_actor_cpus: ClassVar[float] = 8.0
     weights: ClassVar[tuple[Weights, ...]] = (Weights(
         title="Qwen2-VL-7B-Instruct (captions)",

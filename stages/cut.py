@@ -66,6 +66,7 @@ class ClipCut(Stage):
     expected_cost: ClassVar[float] = 0.25
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 280
+    uses: ClassVar[tuple[str, ...]] = ("ffmpeg-python",)
     max_actor_cpus: ClassVar[float] = 2.0
     clip_fields: ClassVar[dict[str, str]] = {"fps": "fps", "audio_rate": "audio_rate"}
     requires: ClassVar[tuple[Key | type, ...]] = (CLIPS, ProbeResult, optional(ClipFaces), optional(SourceFile))

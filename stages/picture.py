@@ -99,6 +99,7 @@ class PictureQuality(Stage):
     expected_cost: ClassVar[float] = 0.02
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 310
+    uses: ClassVar[tuple[str, ...]] = ("opencv-python-headless", "decord")
     max_actor_cpus: ClassVar[float] = 1.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}
     requires: ClassVar[tuple[Key | type, ...]] = (CLIP_MEDIA, ClipFaces, ProbeResult)

@@ -109,6 +109,7 @@ class Probe(Stage):
     expected_cost: ClassVar[float] = 0.01
     typical_keep: ClassVar[float] = 0.95
     actor_memory_mb: ClassVar[int] = 185
+    uses: ClassVar[tuple[str, ...]] = ("ffmpeg-python",)
     max_actor_cpus: ClassVar[float] = 1.0
     requires: ClassVar[tuple[Key | type, ...]] = (optional(SourceFile),)
     provides: ClassVar[tuple[Key | type, ...]] = (ProbeResult, SourceHash)

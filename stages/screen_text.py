@@ -69,6 +69,7 @@ class ScreenText(Stage):
     expected_cost: ClassVar[float] = 0.12
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 470
+    uses: ClassVar[tuple[str, ...]] = ("rapidocr-onnxruntime", "pyclipper", "shapely", "onnxruntime", "decord")
     max_actor_cpus: ClassVar[float] = 2.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}
     requires: ClassVar[tuple[Key | type, ...]] = (CLIP_MEDIA, ClipFaces)

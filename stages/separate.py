@@ -281,6 +281,7 @@ class SpeechSeparation(ModelStage):
     expected_cost: ClassVar[float] = 2.7
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 1150
+    uses: ClassVar[tuple[str, ...]] = ("clearvoice", "torchaudio", "torch", "silero-vad", "soxr")
     max_actor_cpus: ClassVar[float] = 8.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "audio_rate": AUDIO_RATE}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(

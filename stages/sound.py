@@ -42,6 +42,7 @@ class SoundQuality(Stage):
     expected_cost: ClassVar[float] = 0.1
     typical_keep: ClassVar[float] = 1.0
     actor_memory_mb: ClassVar[int] = 360
+    uses: ClassVar[tuple[str, ...]] = ("speechmos", "silero-vad", "onnxruntime")
     max_actor_cpus: ClassVar[float] = 1.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "audio_rate": AUDIO_RATE}
     # the separated tracks only when a stage listed earlier made them

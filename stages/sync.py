@@ -132,6 +132,7 @@ class SyncScores(ModelStage):
     expected_cost: ClassVar[float] = 2.6
     typical_keep: ClassVar[float] = 0.4
     actor_memory_mb: ClassVar[int] = 1440
+    uses: ClassVar[tuple[str, ...]] = ("syncnet-python", "torch")
     max_actor_cpus: ClassVar[float] = 8.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS, "fps": FPS, "audio_rate": AUDIO_RATE}
     weights: ClassVar[tuple[Weights, ...]] = (Weights(

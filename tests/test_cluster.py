@@ -266,3 +266,76 @@ def test_a_planted_slow_stage_gets_the_most_actors(sample_dir, tmp_path):
     start, peak = r["logs"][0], r["at_sleepy_peak"]
     assert "sleepy=1" in start  # the plan the build started with expected it cheap: one actor
     assert peak["sleepy"] >= 3 and peak["sleepy"] > max(v for k, v in peak.items() if k != "sleepy"), (start, peak)
+
+
+# -- `ray job submit` against a `ray start` head (RAY_ADDRESS honoured) ----------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_builds_on_the_cluster_it_is_submitted_to(sample_dir, tmp_path):
+    """The way Ray users launch work: `ray start --head` (4 logical CPUs, where this machine has 2), then
+    `ray job submit --working-dir WD -- mtcc run PROFILE …`. The job's driver gets RAY_ADDRESS from the job
+    server; the build joins that cluster (not a private embedded Ray): its log names it with the head's 4
+    CPUs, and the cluster's own actor list holds the build's stage actors."""
+    import os
+    import shutil
+    import signal
+    import time
+    import urllib.request
+
+    ray_bin = Path(sys.executable).with_name("ray")
+    port, dash = _free_port(), _free_port()
+    temp = Path(f"/tmp/mtcc-rj-{os.getpid()}")  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{ray_bin.parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
+                             "--num-gpus=0", "--include-dashboard=true", f"--dashboard-port={dash}",
+                             "--dashboard-host=127.0.0.1", f"--temp-dir={temp}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{dash}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/version", timeout=2).read()
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
+                time.sleep(1)
+        wd = tmp_path / "wd"
+        wd.mkdir()
+        # the profile travels in the working dir, as a user's own config would
+        shutil.copy(Path(__file__).resolve().parents[1] / "configs" / "spine.yaml", wd / "my_profile.yaml")
+        inputs = tmp_path / "in"
+        inputs.mkdir()
+        (inputs / "two_talk.mp4").symlink_to(sample_dir / "two_talk.mp4")
+        out = tmp_path / "out"
+        job = subprocess.run([str(ray_bin), "job", "submit", "--address", url, "--working-dir", str(wd), "--",
+                              sys.executable, "-m", "mtcc.pipeline.cli", "run", "my_profile.yaml", "--input",
+                              str(inputs), "--output", str(out), "--no-progress"],
+                             env=env, capture_output=True, text=True, timeout=600)
+        logs = job.stdout + job.stderr
+        assert job.returncode == 0, logs[-4000:]
+        assert "succeeded" in logs, logs[-3000:]
+        # the driver joined the head through RAY_ADDRESS: 4 CPUs is the head's, this machine has 2
+        assert "ray: Ray at RAY_ADDRESS=" in logs and ": 4 CPUs" in logs, logs[-3000:]
+        assert len(list((out / "commits").glob("*.json"))) == 1
+        from ray.util.state import list_actors
+
+        actors = list_actors(address=url, filters=[("class_name", "=", "StageActor")], limit=1000,
+                             raise_on_missing_output=False)
+        assert len(actors) >= 4, actors  # probe, clip, cut and write ran as actors of that cluster
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)

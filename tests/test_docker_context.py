@@ -71,11 +71,17 @@ def test_the_package_installs_from_the_images_build_context(tmp_path):
 
 
 def test_the_image_runs_the_face_detector_on_the_gpu_build_of_onnx_runtime():
+    from mtcc.pipeline.node import setup_commands
+
     text = (REPO / "Dockerfile").read_text()
     steps = text[text.index("RUN python3 -m venv"):]
-    assert "pip uninstall -q -y onnxruntime" in steps
-    assert re.search(r"pip install -q onnxruntime-gpu==\d", steps)
-    assert steps.index("uninstall -q -y onnxruntime") < steps.index("onnxruntime-gpu==")
+    # the image installs the node the way every node is installed, with the GPU build of ONNX Runtime
+    assert re.search(r"pip install -q '\.\[[a-z0-9,]*\]' \\\n && /opt/venv/bin/mtcc setup-node --gpu", steps), steps
+    cmds = [" ".join(c) for c, _ in setup_commands(gpu=True)]
+    uninstall = next(i for i, c in enumerate(cmds) if c.endswith("pip uninstall -q -y onnxruntime"))
+    install = next(i for i, c in enumerate(cmds) if re.search(r"pip install -q onnxruntime-gpu==\d", c))
+    assert uninstall < install
+    assert not any("onnxruntime-gpu" in c for c in (" ".join(c) for c, _ in setup_commands(gpu=False)))
 
 
 def test_device_cuda_without_the_cuda_provider_refuses_to_start_naming_the_package():

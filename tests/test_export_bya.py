@@ -153,6 +153,8 @@ def plant(real_out: Path, out: Path) -> dict[str, dict]:
         meta_of["sync"] = sync
         if asd is not None:
             meta_of["asd"] = asd
+        else:  # no asd output at all (the real build's random-weight asd has its own reason, random_weights)
+            meta_of.pop("asd", None)
         m = dict(members)
         if name == "holes":  # character 2 loses its mask on frames 10 and 40: no 49-frame window is whole
             doc = json.loads(m["masks.rle.json"])
@@ -216,7 +218,8 @@ def test_binding_rules_put_each_voice_where_their_matrix_binds_it():
             assert owner[slot_tracks(b, af)[0]] == b.speaker
     assert read_binding({"sync": {"swapped": False, "binding_margin": 1}}, 0.1).reason == "no_asd"
     random_asd = {**asd_meta((0.7, 0.1), FACE_IDENT), "random_weights": True}
-    assert read_binding({"asd": random_asd, "sync": {"swapped": False, "binding_margin": 1}}, 0.1).reason == "no_asd"
+    assert read_binding({"asd": random_asd, "sync": {"swapped": False, "binding_margin": 1}}, 0.1).reason \
+        == "random_weights"
     assert read_binding({"asd": asd_meta((0.5, 0.5), None)}, 0.1).reason == "binding_unknown"
     contra = {"asd": asd_meta((0.5, 0.5), FACE_IDENT), "sync": {"swapped": True, "binding_margin": -1}}
     assert read_binding(contra, 0.1).reason == "binding_contradicted"
@@ -316,8 +319,10 @@ def test_the_real_build_without_asd_output_is_skipped_and_counted(pipeline_shard
     dest = tmp_path / "dest"
     res = subprocess.run([sys.executable, "-m", "mtcc.pipeline.cli", "export", "bya", str(pipeline_shards), str(dest),
                           "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert "0 exported" in res.stdout and "(no_asd 1)" in res.stdout, res.stdout
+    # nothing to train on: a failure, said loudly, with the real cause (asd ran, on random weights)
+    assert res.returncode == 1, res.stderr
+    assert "0 exported" in res.stdout and "(random_weights 1)" in res.stdout, res.stdout
+    assert "NOTHING TO TRAIN ON" in res.stdout and "train with" not in res.stdout
     assert json.loads((dest / "anno.json").read_text()) == []
     assert (dest / "instance_data_root.txt").read_text() == f"{dest}/videos,{dest}/anno.json,{dest}/anno\n"
     bad = subprocess.run([sys.executable, "-m", "mtcc.pipeline.cli", "export", "bya", str(pipeline_shards),

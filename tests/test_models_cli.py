@@ -112,7 +112,7 @@ def test_fetch_offline_fails_fast_and_prints_every_layout(tmp_path):
     env = {**os.environ, "HF_ENDPOINT": DEAD, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "mtcc.pipeline.cli", "models", "fetch", str(target),
-                        "--url", f"sync={DEAD}/syncnet_v2.model", "--url", f"faces={DEAD}/antelopev2.zip",
+                        "--url", f"sync={DEAD}/syncnet_v2.model", "--url", f"faces={DEAD}/buffalo_l.zip",
                         "--url", f"asd={DEAD}/finetuning_TalkSet.model"],
                        capture_output=True, text=True, env=env, timeout=60)
     wall = time.monotonic() - t0
@@ -185,7 +185,7 @@ def test_fetch_streams_urls_verifies_and_extracts_the_pack(server, tmp_path, cap
         zf.writestr("antelopev2/antelopev2/glintr100.onnx", b"not needed")
     target = tmp_path / "models"
     rc, out = run(["models", "fetch", str(target), "--only", "faces,sync", "--url", f"sync={base}/syncnet_v2.model",
-                   "--url", f"faces={base}/antelopev2.zip"], capsys)
+                   "--faces-pack", "antelopev2", "--url", f"faces={base}/antelopev2.zip"], capsys)
     assert rc == 0, out
     assert (target / "syncnet" / "syncnet_v2.model").read_bytes() == syncnet
     assert (target / "insightface" / "antelopev2" / "scrfd_10g_bnkps.onnx").read_bytes() == detector
@@ -263,12 +263,15 @@ def test_pinned_table_is_well_formed():
 
 
 def test_faces_pack_picks_among_the_packs_the_faces_stage_declares(tmp_path, capsys):
-    assert [w.pack for w in STAGES["faces"].weights] == ["antelopev2", "buffalo_l"]  # the default first
-    rc, out = run(["models", "fetch", str(tmp_path), "--dry-run", "--only", "faces", "--faces-pack", "buffalo_l"],
-                  capsys)
+    assert [w.pack for w in STAGES["faces"].weights] == ["buffalo_l", "antelopev2"]  # the default first
+    rc, out = run(["models", "fetch", str(tmp_path), "--dry-run", "--only", "faces"], capsys)  # its defaults
     assert rc == 0, out
     assert str(tmp_path / "insightface" / "buffalo_l" / "det_10g.onnx") in out and "antelopev2" not in out
-    with pytest.raises(ModelsError, match="choose one of antelopev2, buffalo_l"):
+    rc, out = run(["models", "fetch", str(tmp_path), "--dry-run", "--only", "faces", "--faces-pack", "antelopev2"],
+                  capsys)
+    assert rc == 0, out
+    assert str(tmp_path / "insightface" / "antelopev2" / "scrfd_10g_bnkps.onnx") in out
+    with pytest.raises(ModelsError, match="choose one of buffalo_l, antelopev2"):
         pinned_table({"faces": "retinaface"})
     with pytest.raises(ModelsError, match="no stage offers packs"):
         pinned_table({"probe": "x"})

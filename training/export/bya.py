@@ -70,8 +70,12 @@ class ExportSummary:
         if self.kept_unbound:
             lines.append(f"{self.kept_unbound} exported with a binding that is not measured (--keep-unbound; "
                          f"their anno entries say mtcc.binding unknown/contradicted)")
-        lines.append(f"{self.clips_in_dest} clips in {self.dest / 'anno.json'}; train with "
-                     f"--instance_data_root {self.dest / 'instance_data_root.txt'}")
+        if self.clips_in_dest:
+            lines.append(f"{self.clips_in_dest} clips in {self.dest / 'anno.json'}; train with "
+                         f"--instance_data_root {self.dest / 'instance_data_root.txt'}")
+        else:
+            lines.append(f"NOTHING TO TRAIN ON: {self.dest / 'anno.json'} lists no clip ({why}; "
+                         f"{self.dest / 'export_report.json'} names every clip and why)")
         return "\n".join(lines)
 
     def record(self, res: ClipResult) -> None:

@@ -38,7 +38,7 @@ class Binding:
     swapped: bool  # track 0 is character 1's voice (the value used for the export, a guess unless measured)
     votes: dict[str, str | None]  # per measure: "identity", "swapped", or None (no evidence)
     why: str  # for a binding that is not measured: what is missing or disagrees
-    reason: str | None  # its skip reason: no_asd, binding_unknown, binding_contradicted (None when measured)
+    reason: str | None  # skip reason: no_asd, random_weights, binding_unknown, binding_contradicted (None: measured)
     speaker: int  # character that speaks most (0 left, 1 right)
     speaker_source: Literal["asd", "default"]
     speaking_fraction: tuple[float, float] | None = None
@@ -101,8 +101,9 @@ def read_binding(meta: dict[str, Any], both_min_fraction: float) -> Binding:
              "sync": None if random_tracks or _random(meta.get("sync")) else _vote_sync(meta.get("sync"))}
     cast = [v for v in votes.values() if v is not None]
     if not isinstance(asd, dict):
-        state, reason, why = "unknown", "no_asd", ("the asd stage ran on RANDOM weights (make-tiny)" if random_asd
-                                                   else "no asd output in the sample meta (run the asd stage)")
+        state, reason, why = (("unknown", "random_weights", "the asd stage ran on RANDOM weights (make-tiny): its "
+                               "scores decide nothing; build with real weights (mtcc models fetch)") if random_asd
+                              else ("unknown", "no_asd", "no asd output in the sample meta (run the asd stage)"))
     elif not cast:
         state, reason, why = ("unknown", "binding_unknown",
                               "the separated tracks come from RANDOM weights (make-tiny): nothing binds them"

@@ -120,7 +120,9 @@ def _convert(layout: BYAFolder, job: ClipJob) -> tuple[dict[str, Any], bool]:
     if len(set(lengths.values())) != 1 or emb.shape != (2, n, EMB_LAYERS, EMB_DIM):
         raise SkipClip("inconsistent", f"frame counts differ or audio_emb is {emb.dtype} {emb.shape}: {lengths}")
     if n < opts.min_frames:
-        raise SkipClip("too_short", f"{n} frames < min_frames {opts.min_frames}")
+        raise SkipClip("too_short", f"{n} frames < min_frames {opts.min_frames}: their trainer reads 49 frames and "
+                                    f"skips 2 at each end (the build keeps clips from stages.segment.min_frames; set "
+                                    f"it to {opts.min_frames} to keep only clips this export takes)")
     caption = m[CAPTION].decode("utf-8").strip()
     fps = float(masks.get("fps") or faces.get("fps") or 25)
     h, w = (int(v) for v in masks["size"])
