@@ -119,6 +119,10 @@ def test_commands_refuse_a_folder_that_is_not_a_build_with_exit_2_and_write_noth
         assert res.returncode == 2 and "not an MTCC build" in res.stderr, (cmd, res.stderr)
     assert not (videos / "report").exists()
     assert not missing.exists()
+    # an export of something that is not a build writes no DEST
+    res = mtcc("export", "bya", str(videos), str(tmp_path / "dest"))
+    assert res.returncode == 2 and "no shards found" in res.stderr, res.stderr
+    assert not (tmp_path / "dest").exists()
 
 
 def test_version_names_mtcc_and_its_main_libraries():

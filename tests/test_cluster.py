@@ -332,6 +332,13 @@ def test_ray_job_submit_builds_on_the_cluster_it_is_submitted_to(sample_dir, tmp
         actors = list_actors(address=url, filters=[("class_name", "=", "StageActor")], limit=1000,
                              raise_on_missing_output=False)
         assert len(actors) >= 4, actors  # probe, clip, cut and write ran as actors of that cluster
+        # and `mtcc env --all-nodes` checks every node of that cluster, from a task on each
+        res = subprocess.run([sys.executable, "-m", "mtcc.pipeline.cli", "env", "spine", "--all-nodes", "--json"],
+                             env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        (node,) = json.loads(res.stdout)["nodes"]
+        assert node["ok"] and "RAY_ADDRESS" in node["node"], node
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:

@@ -106,10 +106,11 @@ def export_bya(out: str | Path, dest: str | Path, *, options: ExportOptions | No
     except LayoutError as e:
         raise ExportError(str(e)) from e
     summary = ExportSummary(layout.root)
+    shards = _committed_shards(out)  # before DEST is touched: an OUT with nothing to export leaves no DEST
     layout.root.mkdir(parents=True, exist_ok=True)
     try:
         with RunLock(layout.lock):
-            _export_locked(out, layout, line, options, workers, summary, progress, log)
+            _export_locked(out, shards, layout, line, options, workers, summary, progress, log)
     except LockBusy as e:
         raise ExportError(f"another export is writing {layout.root}: {e}") from e
     for url, why in summary.shards_failed.items():
@@ -117,15 +118,14 @@ def export_bya(out: str | Path, dest: str | Path, *, options: ExportOptions | No
     return summary
 
 
-def _export_locked(out: str | Path, layout: BYAFolder, line: str, options: ExportOptions, workers: int,
-                   summary: ExportSummary, progress: bool, log: Callable[[str], None]) -> None:
+def _export_locked(out: str | Path, shards: list[Any], layout: BYAFolder, line: str, options: ExportOptions,
+                   workers: int, summary: ExportSummary, progress: bool, log: Callable[[str], None]) -> None:
     t0 = time.monotonic()
     for d in layout.dirs():
         d.mkdir(parents=True, exist_ok=True)
     n = remove_temporaries(layout)
     if n:
         log(f"removed {n} temporary leftover(s) of an interrupted export in {layout.root}")
-    shards = _committed_shards(out)
     summary.shards = len(shards)
     done: set[str] = set()
     _run(shards, layout, options, workers, summary, done, progress)
