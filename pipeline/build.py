@@ -323,11 +323,16 @@ def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: OutPaths, todo: lis
     sources = dict(zip(plan.column("video_id").to_pylist(), plan.column("source").to_pylist()))
     n_inputs = sum(len(rows[s]) for s in todo)
     bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not progress, file=sys.stderr)
-    counts = {"candidates": 0, "samples": 0}
+    counts = {"inputs": n_inputs, "videos": 0, "clips": 0, "kept": 0, "samples": 0}
 
-    def on_progress(n: int) -> None:
-        counts["candidates"] += n
-        bar.set_postfix_str(progress_text(counts, flow, executor), refresh=False)
+    def on_progress(c: Candidate) -> None:
+        if c.level == "clip":
+            counts["clips"] += 1
+            counts["kept"] += c.status == "kept"
+        else:
+            counts["videos"] += 1
+        # shown at once: a shard of many long videos moves its bar only when all are through
+        bar.set_postfix_str(progress_text(counts, flow, executor), refresh=True)
 
     def on_done(shard: int, cands: list[Candidate]) -> None:
         try:
@@ -427,12 +432,14 @@ def _drive(cfg: PipelineConfig, flow: Flow, executor: Executor, pending: list[in
 
 
 def progress_text(counts: dict[str, int], flow: Flow, executor: Executor) -> str:
-    """The progress line's tail: candidates through, samples committed, then per stage with work: its pool's
-    actors (Ray), what waits for it (queued candidates and batches in its actors) and its rate, seconds of
-    media taken in per second of the run (``faces 3a q5 2.4x``)."""
+    """The progress line's tail, moving with every candidate: videos through (split into clips or rejected) of
+    the run's, clips through and kept, samples committed, then per stage with work: its pool's actors (Ray),
+    what waits for it (queued candidates and batches in its actors) and its rate, seconds of media taken in
+    per second of the run (``faces 3a q5 2.4x``)."""
     sizes = getattr(executor, "pool_sizes", lambda: {})()
     elapsed = max(time.monotonic() - flow.started, 1e-6)
-    parts = [f"{counts['candidates']} cand", f"{counts['samples']} samples"]
+    parts = [f"videos {counts['videos']}/{counts['inputs']}", f"clips {counts['clips']} ({counts['kept']} kept)",
+             f"{counts['samples']} samples"]
     for load_name, load in flow.loads().items():
         if load.done and not load.queued and not load.inflight:
             continue

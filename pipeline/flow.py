@@ -76,7 +76,7 @@ class Flow:
     on_shard_done: Callable[[int, list[Candidate]], None]
     max_batch_retries: int = 2
     flush_seconds: float = 2.0
-    on_progress: Callable[[int], None] | None = None
+    on_progress: Callable[[Candidate], None] | None = None  # each candidate through (kept, rejected, expanded)
     # a lost worker's batch waits before its retry: the actor restarts meanwhile, and a node that is gone
     # has time to be marked dead, so a lost node stops the build instead of turning its batches into errors
     retry_backoff_s: float = 2.0
@@ -241,7 +241,7 @@ class Flow:
         self.finished[c.shard].append(c)
         self.outstanding[c.shard] -= 1
         if self.on_progress:
-            self.on_progress(1)
+            self.on_progress(c)
         if self.outstanding[c.shard] == 0:
             self._close(c.shard)
 

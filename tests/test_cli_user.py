@@ -172,3 +172,12 @@ def test_every_library_a_stage_declares_is_known_and_setup_node_installs_the_no_
         assert lib.spec in res.stdout
     assert "--no-deps" in res.stdout and "SAM2_BUILD_CUDA=0" in res.stdout and "onnxruntime-gpu" not in res.stdout
     assert "onnxruntime-gpu" in mtcc("setup-node", "--dry-run", "--gpu").stdout
+
+
+def test_progress_moves_with_every_video_and_clip(videos, tmp_path):
+    res = mtcc("run", "spine", "--input", str(videos), "--output", str(tmp_path / "out"), "--runner", "inprocess",
+               "--set", "run.videos_per_shard=2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    # one shard of two videos: the bar's shard count alone would sit at 0/1 until the end
+    assert "videos 1/2" in res.stderr and "videos 2/2" in res.stderr, res.stderr[-2000:]
+    assert "clips 2 (2 kept)" in res.stderr
