@@ -291,12 +291,18 @@ def test_ray_job_submit_builds_on_the_cluster_it_is_submitted_to(sample_dir, tmp
 
     ray_bin = Path(sys.executable).with_name("ray")
     port, dash = _free_port(), _free_port()
+    # every port of the head its own: other Ray nodes on this machine (the suite's embedded ones) hold the
+    # defaults, and a dashboard agent that cannot bind its port leaves the job server with no agent
+    ports = {flag: _free_port() for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                             "runtime-env-agent-port", "metrics-export-port",
+                                             "ray-client-server-port", "node-manager-port", "object-manager-port")}
     temp = Path(f"/tmp/mtcc-rj-{os.getpid()}")  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{ray_bin.parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
                              "--num-gpus=0", "--include-dashboard=true", f"--dashboard-port={dash}",
-                             "--dashboard-host=127.0.0.1", f"--temp-dir={temp}"],
+                             "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
+                             *(f"--{flag}={p}" for flag, p in ports.items())],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
