@@ -145,17 +145,18 @@ class ScreenText(Stage):
         area = float(size[0] * size[1])
         to_mp4 = np.array([video.scale_x, video.scale_y, video.scale_x, video.scale_y])  # mp4 px per read px
         face_boxes = clip_boxes(faces.boxes(), media.scale) / to_mp4
+        under = [covered(b, size) for b in boxes]  # per frame read, the picture under its text
         stats: dict[str, Any] = {
             "text_frames": float(np.mean([len(b) > 0 for b in boxes])),
-            "text_cover": float(np.mean([covered(b, size).sum() / area for b in boxes])),
+            "text_cover": float(np.mean([m.sum() / area for m in under])),
             "static_text": float(covered(np.concatenate([b[s] for b, s in zip(boxes, static)]), size).sum() / area),
         }
         for k in range(len(faces.characters)):
             over = []
-            for f, b in zip(idx, boxes):
+            for f, text in zip(idx, under):
                 face = face_boxes[k, min(f, face_boxes.shape[1] - 1)]
                 face_area = max((face[2] - face[0]) * (face[3] - face[1]), 1e-6)
-                inter = covered(b, size) & covered(face[None], size)
+                inter = text & covered(face[None], size)
                 over.append(inter.sum() / face_area >= self.face_overlap)
             stats[f"text_over_face_{k}"] = float(np.mean(over))
         stats["text_read"] = self._static_reading(read, static)
