@@ -111,6 +111,18 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def new_sources(inputs: list[str] | None, rio: RemoteIO, name: str, warn: Callable[[str], None]) -> list[str]:
+    """The videos the inputs name, for an OUT with no plan yet (BuildError when there are none)."""
+    if not inputs:
+        raise BuildError(f"{name} has no plan yet: pass --input")
+    disc = discover(inputs, rio)
+    for w in disc.warnings:
+        warn(w)
+    if not disc.sources:
+        raise BuildError(f"no videos found in {', '.join(inputs)} (extensions: .mp4 .mkv .avi .mov .webm ...)")
+    return disc.sources
+
+
 def load_or_make_plan(layout: OutPaths, inputs: list[str] | None, videos_per_shard: int,
                       warn: Callable[[str], None], name: str | None = None, rio: RemoteIO | None = None) -> pa.Table:
     sources: list[str] | None = None
@@ -136,14 +148,7 @@ def load_or_make_plan(layout: OutPaths, inputs: list[str] | None, videos_per_sha
                 p.unlink()
         sources = plan.column("source").to_pylist()
     else:
-        if not inputs:
-            raise BuildError(f"{name} has no plan yet: pass --input")
-        disc = discover(inputs, rio)
-        for w in disc.warnings:
-            warn(w)
-        if not disc.sources:
-            raise BuildError(f"no videos found in {', '.join(inputs)} (extensions: .mp4 .mkv .avi .mov .webm ...)")
-        sources = disc.sources
+        sources = new_sources(inputs, rio, name, warn)
     plan = make_plan(sources, videos_per_shard, rio)
     plan = plan.replace_schema_metadata({"videos_per_shard": str(videos_per_shard)})
     tmp = layout.temp(layout.plan)

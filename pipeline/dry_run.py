@@ -14,7 +14,7 @@ import yaml
 from mtcc.storage.remote_io import RemoteIO
 
 from .config import PipelineConfig
-from .errors import BuildError, PlanError
+from .errors import PlanError
 from .executor import ray_address
 from .pools import Node, cluster_nodes, plan_pools
 from .ray_executor import expected_needs
@@ -43,7 +43,8 @@ def local_node(cfg: PipelineConfig) -> tuple[Node, str]:
 
 def plan_lines(cfg: PipelineConfig, inputs: list[str], out: str) -> list[str]:
     """What OUT holds and what the inputs add: videos, shards, shards left to build."""
-    from .inputs import discover, make_plan
+    from .build import new_sources
+    from .inputs import make_plan
 
     rio = RemoteIO(cfg.run.remote)
     per = cfg.run.videos_per_shard
@@ -57,19 +58,15 @@ def plan_lines(cfg: PipelineConfig, inputs: list[str], out: str) -> list[str]:
             done = sum((commits / f"{s:06d}.json").exists() for s in shards)
             return [f"OUT {out} has a plan: {len(shards)} shards, {done} committed, {len(shards) - done} to build "
                     f"(a resume: the plan is frozen, --input must name the same videos)"]
-    if not inputs:
-        raise BuildError(f"{out} has no plan yet: pass --input")
-    disc = discover(inputs, rio)
-    if not disc.sources:
-        raise BuildError(f"no videos found in {', '.join(inputs)} (extensions: .mp4 .mkv .avi .mov .webm ...)")
-    plan = make_plan(disc.sources, per, rio)
+    warnings: list[str] = []
+    sources = new_sources(inputs, rio, out, warnings.append)
+    plan = make_plan(sources, per, rio)
     shards = len(set(plan.column("shard").to_pylist()))
     dups = sum(d is not None for d in plan.column("duplicate_of").to_pylist())
     size = sum(plan.column("size").to_pylist())
-    lines = [f"{len(disc.sources)} videos ({size / 2**20:.1f} MiB) in {shards} shards of up to {per} videos"
+    lines = [f"{len(sources)} videos ({size / 2**20:.1f} MiB) in {shards} shards of up to {per} videos"
              + (f"; {dups} are byte-identical copies of another (planned once)" if dups else "")]
-    lines += [f"warning: {w}" for w in disc.warnings]
-    return lines
+    return lines + [f"warning: {w}" for w in warnings]
 
 
 def resource_lines(cfg: PipelineConfig, address: str | None, cluster: str | None) -> list[str]:
