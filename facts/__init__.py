@@ -8,6 +8,8 @@ from .clip import (
                    ClipCharacter,
                    ClipFaces,
                    CutMedia,
+                   FaceIdentities,
+                   Fingerprints,
                    MaskResult,
                    MouthCurves,
                    ScreenTextLines,
@@ -21,10 +23,10 @@ from .video import FrameTimes, ProbeResult, SeamEvidence, Shots, SourceFile, Sou
 ALL: tuple[type[Fact], ...] = (
     SourceFile, SourceHash, ProbeResult, FrameTimes, Shots, SeamEvidence, VideoTracks, ClipFaces, CutMedia,
     SpeakingCurves, Speakers, Separation, SyncResult, MaskResult, MouthCurves, AudioEmbeddingMeta, CaptionMeta,
-    ScreenTextLines,
+    ScreenTextLines, FaceIdentities, Fingerprints,
 )
 
-__all__ = ["ALL", "LOCAL", "AudioEmbeddingMeta", "CaptionMeta", "ClipCharacter", "ClipFaces", "CutMedia", "Fact",
-           "FactMap", "FrameTimes", "MaskResult", "MissingFact", "MouthCurves", "ProbeResult", "ScreenTextLines",
+__all__ = ["ALL", "LOCAL", "AudioEmbeddingMeta", "CaptionMeta", "ClipCharacter", "ClipFaces", "CutMedia", "FaceIdentities", "Fact",
+           "FactMap", "Fingerprints", "FrameTimes", "MaskResult", "MissingFact", "MouthCurves", "ProbeResult", "ScreenTextLines",
            "SeamEvidence", "Separation", "Shots", "SourceFile", "SourceHash", "Speakers", "SpeakingCurves",
            "SyncResult", "VideoTracks"]

@@ -215,3 +215,29 @@ class ScreenTextLines(Fact):
     boxes: list[list[list[float]]]
     texts: list[list[str]]
     static: list[list[float]]
+
+
+@dataclass(frozen=True)
+class FaceIdentities(Fact):
+    """Made by ``identity``: which model described each character's face, on which clip frames
+    (``frames[k]``, one list per character, the rows of ``identity.npy``), and the distance under which two
+    descriptors are one person (the model's operating point, what ``mtcc index`` clusters with)."""
+
+    key: ClassVar[str] = "identity"
+    made_by: ClassVar[str] = "identity"
+    sample_meta: ClassVar[bool] = True
+    model: str
+    frames: list[list[int]]
+    same_person: float
+
+
+@dataclass(frozen=True)
+class Fingerprints(Fact):
+    """Made by ``fingerprint``: how the clip's near-duplicate fingerprints were taken (the hashes themselves
+    are manifest columns, read by ``mtcc index`` without opening a tar)."""
+
+    key: ClassVar[str] = "fingerprint"
+    made_by: ClassVar[str] = "fingerprint"
+    sample_meta: ClassVar[bool] = True
+    frame_times: list[float]
+    audio_hop_s: float

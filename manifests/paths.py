@@ -42,6 +42,35 @@ class OutPaths:
     def uncommit(self, shard: int) -> None:
         self.commit(shard).unlink(missing_ok=True)
 
+    # the whole-build index (mtcc index) and the selections (mtcc select): layers over the committed
+    # shards, which they never change
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def index_state(self) -> Path:
+        return self.index_dir / "state.json"
+
+    @property
+    def identities(self) -> Path:
+        return self.index_dir / "identities.parquet"
+
+    @property
+    def identity_centres(self) -> Path:
+        return self.index_dir / "identity_centres.parquet"
+
+    @property
+    def duplicates(self) -> Path:
+        return self.index_dir / "duplicates.parquet"
+
+    @property
+    def duplicate_pairs(self) -> Path:
+        return self.index_dir / "duplicate_pairs.parquet"
+
+    def selection(self, name: str) -> Path:
+        return self.root / "selections" / f"{name}.parquet"
+
     @staticmethod
     def temp(path: Path) -> Path:
         return path.with_name(f".{path.name}.tmp")

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from mtcc.manifests.funnel import StageCount, funnel
@@ -51,6 +52,7 @@ from .report_data import (
     timing_rows,
 )
 from .report_html import render_html
+from .report_index import index_section
 from .report_views import histogram_section, stat_views
 
 DEFAULT_SAMPLES = 4
@@ -156,4 +158,9 @@ def _render(layout: OutPaths, samples: int, stage_dir: Path, warn: Callable[[str
         ctx["random"] = sorted(c.split(".")[0] for c in table.column_names
                                if c.endswith(".random_weights") and pc.any(table.column(c)).as_py())
         ctx["gallery"] = gallery(layout, table, samples, stage_dir, warn, views, url)
+        kept = sum(int((s.commit or {}).get("samples") or 0) for s in states if s.state == "committed")
+        try:
+            ctx["index"] = index_section(layout, kept)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            warn(f"report: the index under {layout.index_dir} is unreadable ({e}); run `mtcc index` again")
     return render_html(ctx)

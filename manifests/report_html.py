@@ -79,4 +79,5 @@ def render_html(ctx: dict[str, Any]) -> str:
                      for r in timing],
         runner=lr.get("runner") or "", wall_s=fmt(lr.get("wall_s")), startup_s=fmt(lr.get("startup_s")),
         pools=ctx.get("pools"), pool_rows=pool_rows(ctx.get("pools")),
+        index=ctx.get("index") or {"indexed": False, "selections": []}, samples=samples,
         kept=kept, rejected=rejected)

@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from mtcc.stages.base import STAT_TYPES, Candidate, Stage
 
-_ARROW = {"float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_(), "string": pa.string()}
+_ARROW = {"float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_(), "string": pa.string(),
+          "float32[]": pa.list_(pa.float32()), "int64[]": pa.list_(pa.int64())}
 
 BASE_FIELDS = [
     ("key", pa.string()),
@@ -50,6 +51,8 @@ def manifest_schema(stages: Sequence[Stage]) -> pa.Schema:
 def _cell(value: Any, kind: pa.DataType) -> Any:
     if value is None:
         return None
+    if pa.types.is_list(kind):
+        return [_cell(v, kind.value_type) for v in value]
     if pa.types.is_floating(kind):
         return float(value)
     if pa.types.is_integer(kind):

@@ -92,3 +92,14 @@ def clip_boxes(boxes: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
     px)."""
     sx, sy = scale
     return np.asarray(boxes, np.float64) * [sx, sy, sx, sy]
+
+
+def box_in_crop(boxes: np.ndarray, geom: CropGeometry = SHARED_CROPS) -> np.ndarray:
+    """Where the face box lies in its own crop of ``geom``: ``[..., 4]`` boxes (any pixels) -> ``[..., 4]``
+    in crop pixels. It depends on the box's shape only (the crop is cut around it), so no frame is read."""
+    b = np.asarray(boxes, np.float64)
+    w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    side = np.maximum(np.maximum(w, h), 2.0)
+    k = geom.size / (geom.scale * side)  # crop pixels per box pixel
+    cx, cy = geom.size / 2, geom.size / 2 - geom.shift * side * k
+    return np.stack([cx - w * k / 2, cy - h * k / 2, cx + w * k / 2, cy + h * k / 2], axis=-1)

@@ -12,9 +12,10 @@ MASKS = "masks.rle.json"  # per character per frame SAM2 mask, COCO RLE (masks)
 ROUTE = "route.npy"  # routing ground truth on the latent grid, one slice per training window (masks)
 AUDIO_EMB = "audio_emb.npy"  # Wav2Vec2 hidden states of each separated track (audio_emb)
 REFS = ("ref0.jpg", "ref1.jpg")  # each character's reference picture (cut, then masks)
+IDENTITY = "identity.npy"  # each character's face descriptors, [characters, frames, 128] float32 (identity)
 CAPTION = "caption.txt"  # Qwen2-VL caption (caption)
 META = "json"  # the sample's meta: source, stats, facts, models, versions (commit)
 
 # tar order within a sample; a member a stage adds beyond these follows them, sorted by name
-MEMBERS = (MP4, MIX, *TRACKS, FACES, MASKS, ROUTE, AUDIO_EMB, *REFS, CAPTION, META)
+MEMBERS = (MP4, MIX, *TRACKS, FACES, MASKS, ROUTE, AUDIO_EMB, *REFS, IDENTITY, CAPTION, META)
 

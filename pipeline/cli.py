@@ -14,6 +14,7 @@ from mtcc.manifests import format_funnel
 from mtcc.manifests.paths import OutPaths
 from mtcc.storage.remote_io import RemoteIO
 
+from .cli_index import add_index, add_select
 from .config import load_config, resolve_config
 from .errors import ConfigError, InputError, LockBusy, RemoteError
 from .remote import RemoteOut, is_remote_out, local_root
@@ -362,6 +363,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
         return 0
+    if args.index:
+        from mtcc.benchmarks.index_speed import index_bench
+
+        doc = index_bench(args.index, log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(doc, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        return 0
     if args.long_scan:
         from mtcc.benchmarks.long_scan import long_scan
 
@@ -396,7 +405,8 @@ def cmd_export_bya(args: argparse.Namespace) -> int:
         options = ExportOptions(keep_unbound=args.keep_unbound, min_frames=args.min_frames,
                                 both_min_fraction=args.both_min_fraction)
         summary = export_bya(args.output, args.dest, options=options, workers=args.workers,
-                             index_root=args.index_root, progress=not args.no_progress, log=_warn)
+                             index_root=args.index_root, progress=not args.no_progress, selection=args.selection,
+                             selection_part=args.part, log=_warn)
     except (ExportError, LockBusy, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -615,6 +625,11 @@ def _add_export(sub: Any) -> None:
     eb.add_argument("--index-root", default=None, metavar="PATH",
                     help="the path DEST will have where the trainer runs, written into instance_data_root.txt "
                          "(default: DEST's absolute path here)")
+    eb.add_argument("--selection", default=None, metavar="NAME",
+                    help="only the clips of a selection `mtcc select` made (its name, or the path of its .parquet); "
+                         "give it a DEST of its own")
+    eb.add_argument("--part", default="train", help="with --selection: the part to export (train, or a part its "
+                                                    "--split named)")
     eb.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     eb.set_defaults(fn=cmd_export_bya)
 
@@ -636,6 +651,9 @@ def _add_bench(sub: Any) -> None:
     b.add_argument("--long-url", type=float, default=None, metavar="MINUTES",
                    help="instead: one generated video of this many minutes, served over local HTTP, built on Ray "
                         "without the model stages: bytes fetched and the node-local disk use over time")
+    b.add_argument("--index", type=int, default=None, metavar="CLIPS",
+                   help="instead: `mtcc index` and `mtcc select` over a generated build of this many kept clips "
+                        "(planted people and re-uploads; no video): wall time, memory, agreement with the truth")
     b.add_argument("--long-scan", type=float, default=None, metavar="MINUTES",
                    help="instead: one generated video of this many minutes scanned by faces whole on one actor and "
                         "in 2-minute parts on two, on embedded Ray: wall times, and whether the shards are the same")
@@ -737,6 +755,8 @@ def parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample_data(sub)
     _add_export(sub)
+    add_index(sub)
+    add_select(sub)
     _add_bench(sub)
     _teach(p)
     return p

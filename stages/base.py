@@ -58,8 +58,10 @@ from .keys import (  # noqa: F401
 RANDOM_WEIGHTS = "random_weights"
 
 # Stat column types a stage may declare; the manifest schema is built from them so that every shard's
-# Parquet file has the same columns whatever its content.
-STAT_TYPES = ("float64", "int64", "bool", "string")
+# Parquet file has the same columns whatever its content. The list types hold vectors a build-wide index
+# reads without opening a tar (face descriptors, fingerprints); they stay out of the sample's json.
+STAT_TYPES = ("float64", "int64", "bool", "string", "float32[]", "int64[]")
+LIST_STAT_TYPES = ("float32[]", "int64[]")
 
 
 def refuse_renamed(model: type[BaseModel], data: Any) -> Any:

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from itertools import product
@@ -361,3 +362,29 @@ def test_votes_on_tracks_from_random_weights_bind_nothing():
     tiny_sync = {**measured, "sync": {**measured["sync"], "random_weights": True}}
     b = read_binding(tiny_sync, 0.1)
     assert (b.state, b.votes) == ("measured", {"asd": "swapped", "sync": None})
+
+
+def test_selection_exports_its_clips_only(planted_out, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtcc.pipeline.selection import select
+    from mtcc.training.export.bya import ExportError
+
+    out, planted = planted_out
+    sel_out = tmp_path / "out"
+    shutil.copytree(out, sel_out)
+    shards = sorted(int(p.stem) for p in (sel_out / "commits").glob("*.json"))
+    pq.write_table(pa.table({"shard": pa.array(shards, pa.int32()), "source": [f"s{s}" for s in shards]}),
+                   sel_out / "plan.parquet")  # what `mtcc run` plans; select refuses a folder without it
+    want = sorted(EXPORTED)[:2]
+    keys = ", ".join(f"'{k}_0000'" for k in want)
+    select(sel_out, "two", where=f"key in [{keys}]", keep_duplicates=True, log=lambda m: None)
+    summary = export_bya(sel_out, tmp_path / "dest", selection="two", progress=False)
+    anno = json.loads((tmp_path / "dest" / "anno.json").read_text())
+    assert summary.exported == 2 and len(anno) == 2, (summary.format(), anno)
+    assert sorted(p.name for p in (tmp_path / "dest" / "anno" / "track_masks_data").iterdir()) == \
+        [f"{k}_0000" for k in want]
+    with pytest.raises(ExportError, match="no part 'val'"):
+        export_bya(sel_out, tmp_path / "dest2", selection="two", selection_part="val", progress=False)
+    assert not (tmp_path / "dest2").exists()

@@ -40,7 +40,8 @@ def test_the_face_stages_off_still_load():
                       ["models=null", *(f"stages.{s}.enabled=false" for s in
                                         ("separate", "asd", "sync", "masks", "audio_emb", "caption"))])
     assert [s.name for s in cfg.active_stages] == ["probe", "faces", "segment", "layout", "distance", "cut",
-                                                   "picture", "text", "prescore", "sound", "write"]
+                                                   "picture", "text", "prescore", "sound", "identity",
+                                                   "fingerprint", "write"]
 
 
 def test_sync_before_separate_is_refused_naming_both():

@@ -283,3 +283,33 @@ def test_stats_names_and_small_decoders(synth):
     assert np.array_equal(v[:, 1], v[:, 2])
     assert npy_view(members["audio_emb.npy"]).shape[0] == 2
     assert set(loader(str(out)).stats()) == set(STATS)
+
+
+def test_selection_reads_its_part_only(synth, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtcc.manifests.selections import SelectionError, read_selection
+    from mtcc.pipeline.selection import select
+
+    src, truth = synth
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    shards = sorted({t.shard for t in truth.values()})
+    pq.write_table(pa.table({"shard": pa.array(shards, pa.int32()), "source": [f"s{s}" for s in shards]}),
+                   out / "plan.parquet")  # what `mtcc run` plans; select refuses a folder without it
+    s = select(out, "strong", where="sync.sync_c_mean >= 2", split="val=0.3", by="clip", keep_duplicates=True,
+               log=lambda m: None)
+    table, _ = read_selection(s.path)
+    parts = {p: {k for k, q in zip(table["key"].to_pylist(), table["part"].to_pylist()) if q == p}
+             for p in ("train", "val")}
+    assert parts["train"] and parts["val"] and parts["train"] | parts["val"] == {k for k, t in truth.items()
+                                                                                   if t.sync_c >= 2}
+    for part, want in parts.items():
+        ld = loader(str(out), geometry=SMALL, num_workers=0, ref_size=16, selection="strong", selection_part=part)
+        assert {k for k, _ in items_of(collect(ld))} == want, part
+        assert ld.stats()["shards_read"] == len({truth[k].shard for k in want})  # the others are not opened
+    with pytest.raises(SelectionError, match="no part 'test'"):
+        loader(str(out), selection="strong", selection_part="test")
+    with pytest.raises(SelectionError, match="mtcc select"):
+        loader(str(out), selection="missing")

@@ -55,6 +55,11 @@ class DataConfig(_Strict):
         "manifest conditions, all of which a sample must meet, e.g. 'sync.sync_c_mean >= 4' (column, one "
         "of < <= > >= == !=, a number, true/false or a string); evaluated on the shard's manifest, so "
         "samples that fail are skipped in the tar without being decoded"))
+    selection: str | None = Field(None, description=(
+        "read only the samples of a selection `mtcc select` made: its name (found under the OUT the shards "
+        "are in) or the path/URL of its .parquet; shards it does not name are not opened"))
+    selection_part: str = Field("train", description=(
+        "the part of the selection to read: train, or a part its --split named (e.g. val)"))
     committed_only: bool = Field(True, description="read only shards whose commits/<shard>.json exists")
     ref_size: int = Field(224, ge=8, description="reference images are letterboxed into this square")
     audio_margin: int = Field(2, ge=0, description="audio_emb rows of context each side of the window's frames")

@@ -72,6 +72,7 @@ class Loader:
         self.conditions = parse_filters(config.filters)
         if self.conditions:
             self._check_filters()
+        self.selected = self._selection() if config.selection else None
         workers = max(1, config.num_workers)
         self.split = choose_split(config.split, len(self.shards), self.world_size * workers)
         if config.split == "auto" and self.split == "window" and not config.resampled:
@@ -92,6 +93,34 @@ class Loader:
         with open_read(with_manifest[0].manifest) as f:
             check_columns(self.conditions, pq.read_schema(f))
 
+    def _selection(self) -> dict[int, frozenset[str]]:
+        """The selection's samples by shard; the loader's shards narrowed to the ones it names."""
+        from mtcc.manifests.selections import SelectionError, read_selection, selected_keys, selection_url
+        from mtcc.storage.remote_io import open_read
+
+        outs = sorted({s.manifest.rsplit("/manifests/", 1)[0] for s in self.shards if s.manifest})
+        name = self.cfg.selection
+        if not name.endswith(".parquet") and len(outs) != 1:
+            raise SelectionError(f"data.selection {name!r} names a selection of one MTCC output, and the shards "
+                                 f"are in {len(outs)} ({', '.join(outs) or 'none'}): give the path of its .parquet")
+        url = selection_url(outs[0] if outs else "", name)
+        try:
+            with open_read(url) as f:
+                table, _ = read_selection(f)
+        except FileNotFoundError:
+            raise SelectionError(f"no selection at {url}: make it with `mtcc select OUT --name {name}`") from None
+        keys = selected_keys(table, self.cfg.selection_part, where=url)
+        have = {s.shard_id for s in self.shards}
+        gone = sorted(set(keys) - have)
+        if gone:
+            log.warning("selection %s names %d shard(s) the loader does not read (first %06d: not committed?)",
+                        url, len(gone), gone[0])
+        self.shards = [s for s in self.shards if s.shard_id in keys]
+        if not self.shards:
+            raise SelectionError(f"selection {url}, part {self.cfg.selection_part!r}: none of its shards is among "
+                                 f"the loader's")
+        return keys
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
@@ -101,7 +130,7 @@ class Loader:
 
     def dataset(self) -> ShardStream:
         return ShardStream(self.shards, self.cfg, rank=self.rank, world_size=self.world_size, epoch=self._epoch_t,
-                           split=self.split, conditions=self.conditions, stats=self._stats)
+                           split=self.split, conditions=self.conditions, stats=self._stats, selected=self.selected)
 
     def _finish(self, batch: dict[str, Any]) -> dict[str, Any]:
         if self.cfg.video_dtype != "uint8":

@@ -59,8 +59,10 @@ class ShardStream(IterableDataset):
     """One epoch (or an endless stream) of batches for one rank; a DataLoader runs it in its workers."""
 
     def __init__(self, shards: list[ShardRef], cfg: DataConfig, *, rank: int, world_size: int, epoch: torch.Tensor,
-                 split: str, conditions: list[Condition], stats: torch.Tensor):
+                 split: str, conditions: list[Condition], stats: torch.Tensor,
+                 selected: dict[int, frozenset[str]] | None = None):
         self.shards, self.cfg, self.rank, self.world_size = shards, cfg, rank, world_size
+        self.selected = selected
         self.epoch_t, self.split, self.conditions, self.stats = epoch, split, conditions, stats
         self.epoch = int(epoch[0])
         self.geo = cfg.geometry
@@ -139,8 +141,9 @@ class ShardStream(IterableDataset):
             log.warning("skipping corrupt shard %s after %d item(s): %s: %s", ref.url, n, type(e).__name__, e)
 
     def _allowed(self, ref: ShardRef) -> set[str] | None:
+        chosen = None if self.selected is None else set(self.selected.get(ref.shard_id, ()))
         if not self.conditions:
-            return None
+            return chosen
         if ref.manifest is None:
             raise ValueError("filters need the shard's manifest, and this tar is not inside an MTCC output")
         import pyarrow.parquet as pq
@@ -148,7 +151,8 @@ class ShardStream(IterableDataset):
         cols = sorted({"key", "status", *(c.column for c in self.conditions)})
         with open_read(ref.manifest) as f:
             table = pq.read_table(f, columns=cols)
-        return passing_keys(table, self.conditions)
+        passing = passing_keys(table, self.conditions)
+        return passing if chosen is None else passing & chosen
 
     def _read(self, ref: ShardRef, allowed: set[str] | None) -> Iterator[Sample]:
         def finish(key: str, members: dict[str, bytes]) -> Sample | None:

@@ -91,9 +91,12 @@ class ExportSummary:
 
 
 def export_bya(out: str | Path, dest: str | Path, *, options: ExportOptions | None = None, workers: int = 1,
-               index_root: str | None = None, progress: bool = True,
+               index_root: str | None = None, progress: bool = True, selection: str | None = None,
+               selection_part: str = "train",
                log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> ExportSummary:
-    """Export every committed clip of ``out`` into ``dest`` (see the module docstring)."""
+    """Export every committed clip of ``out`` into ``dest`` (see the module docstring); with ``selection`` (a
+    name `mtcc select` made, or the path of its .parquet), only the clips of its part ``selection_part``
+    (use a DEST of its own: anno.json lists every complete clip in DEST)."""
     from mtcc.pipeline.errors import LockBusy
     from mtcc.pipeline.lock import RunLock
 
@@ -107,10 +110,13 @@ def export_bya(out: str | Path, dest: str | Path, *, options: ExportOptions | No
         raise ExportError(str(e)) from e
     summary = ExportSummary(layout.root)
     shards = _committed_shards(out)  # before DEST is touched: an OUT with nothing to export leaves no DEST
+    chosen = _selection(out, selection, selection_part) if selection else None
+    if chosen is not None:
+        shards = [r for r in shards if r.shard_id in chosen]
     layout.root.mkdir(parents=True, exist_ok=True)
     try:
         with RunLock(layout.lock):
-            _export_locked(out, shards, layout, line, options, workers, summary, progress, log)
+            _export_locked(out, shards, layout, line, options, workers, summary, progress, log, chosen)
     except LockBusy as e:
         raise ExportError(f"another export is writing {layout.root}: {e}") from e
     for url, why in summary.shards_failed.items():
@@ -118,8 +124,23 @@ def export_bya(out: str | Path, dest: str | Path, *, options: ExportOptions | No
     return summary
 
 
+def _selection(out: str | Path, name: str, part: str) -> dict[int, frozenset[str]]:
+    from mtcc.manifests.selections import SelectionError, read_selection, selected_keys, selection_url
+
+    url = selection_url(str(out), name)
+    try:
+        with open_read(url) as f:
+            table, _ = read_selection(f)
+        return selected_keys(table, part, where=url)
+    except FileNotFoundError:
+        raise ExportError(f"no selection at {url}: make it with `mtcc select {out} --name {name}`") from None
+    except SelectionError as e:
+        raise ExportError(str(e)) from e
+
+
 def _export_locked(out: str | Path, shards: list[Any], layout: BYAFolder, line: str, options: ExportOptions,
-                   workers: int, summary: ExportSummary, progress: bool, log: Callable[[str], None]) -> None:
+                   workers: int, summary: ExportSummary, progress: bool, log: Callable[[str], None],
+                   chosen: dict[int, frozenset[str]] | None = None) -> None:
     t0 = time.monotonic()
     for d in layout.dirs():
         d.mkdir(parents=True, exist_ok=True)
@@ -128,7 +149,7 @@ def _export_locked(out: str | Path, shards: list[Any], layout: BYAFolder, line: 
         log(f"removed {n} temporary leftover(s) of an interrupted export in {layout.root}")
     summary.shards = len(shards)
     done: set[str] = set()
-    _run(shards, layout, options, workers, summary, done, progress)
+    _run(shards, layout, options, workers, summary, done, progress, chosen)
     entries = _complete_entries(layout, done)
     write_if_changed(layout.anno, json.dumps(entries, indent=1, ensure_ascii=False).encode() + b"\n")
     write_if_changed(layout.index, (line + "\n").encode())
@@ -167,15 +188,23 @@ def _shard_total(ref: Any) -> int | None:
 
 
 def _jobs(shards: list[Any], layout: BYAFolder, options: ExportOptions, summary: ExportSummary, done: set[str],
-          tick: Callable[[], None]) -> Iterator[ClipJob]:
+          tick: Callable[[], None], chosen: dict[int, frozenset[str]] | None = None) -> Iterator[ClipJob]:
     from mtcc.manifests.shard_tar import read_samples
 
     wanted = options.model_dump()
     names: set[str] = set()
     for ref in shards:
+        allowed = None if chosen is None else chosen.get(ref.shard_id, frozenset())
+
+        def select(key: str, allowed: frozenset[str] | None = allowed) -> frozenset[str]:
+            return NEEDED if allowed is None or key in allowed else frozenset()  # others are not read
+
         try:
             with open_read(ref.url) as f:
-                for key, members in read_samples(f):
+                for key, members in read_samples(f, select=select):
+                    if allowed is not None and key not in allowed:
+                        tick()
+                        continue
                     try:
                         name = check_name(key)
                     except LayoutError as e:
@@ -201,7 +230,7 @@ def _jobs(shards: list[Any], layout: BYAFolder, options: ExportOptions, summary:
 
 
 def _run(shards: list[Any], layout: BYAFolder, options: ExportOptions, workers: int, summary: ExportSummary,
-         done: set[str], progress: bool) -> None:
+         done: set[str], progress: bool, chosen: dict[int, frozenset[str]] | None = None) -> None:
     from tqdm import tqdm
 
     totals = [_shard_total(r) for r in shards]
@@ -219,7 +248,7 @@ def _run(shards: list[Any], layout: BYAFolder, options: ExportOptions, workers: 
             done.add(res.name)
         tick()
 
-    jobs = _jobs(shards, layout, options, summary, done, tick)
+    jobs = _jobs(shards, layout, options, summary, done, tick, chosen)
     try:
         if workers == 1:
             for job in jobs:

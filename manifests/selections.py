@@ -1,0 +1,53 @@
+"""Reading a selection (``OUT/selections/NAME.parquet``, written by ``mtcc select``): which samples of which
+shards, and the part each belongs to. The training loader and the export read selections through here, so
+they need neither the index nor the pipeline."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TRAIN = "train"
+META_KEY = b"mtcc.selection"
+
+
+class SelectionError(ValueError):
+    """A selection that cannot be made or read as asked; the message says why and what to do."""
+
+
+def selection_url(out: str, name: str) -> str:
+    """Where selection ``name`` of the OUT at ``out`` (a folder or a URL) lives; ``name`` may itself be a
+    path or URL ending in .parquet."""
+    if name.endswith(".parquet"):
+        return name
+    if not NAME_RE.match(name):
+        raise SelectionError(f"selection {name!r}: a name made by `mtcc select --name`, or a path to its .parquet")
+    return f"{out.rstrip('/')}/selections/{name}.parquet"
+
+
+def read_selection(source: Any) -> tuple[pa.Table, dict[str, Any]]:
+    """A selection's rows (``shard``, ``key``, ``part``) and how it was made; ``source`` is a path or an
+    open file."""
+    table = pq.read_table(source)
+    missing = {"shard", "key", "part"} - set(table.column_names)
+    if missing:
+        raise SelectionError(f"{source}: not a selection (no {', '.join(sorted(missing))} column)")
+    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    return table, meta
+
+
+def selected_keys(table: pa.Table, part: str | None = TRAIN, where: str = "selection") -> dict[int, frozenset[str]]:
+    """Shard -> the keys of ``part`` (``None``: every part)."""
+    parts = sorted(set(table["part"].to_pylist()))
+    if part is not None and part not in parts and table.num_rows:
+        raise SelectionError(f"{where} has no part {part!r} (it has {', '.join(parts)})")
+    out: dict[int, set[str]] = {}
+    for s, k, p in zip(table["shard"].to_pylist(), table["key"].to_pylist(), table["part"].to_pylist()):
+        if part is None or p == part:
+            out.setdefault(int(s), set()).add(k)
+    return {s: frozenset(v) for s, v in out.items()}
