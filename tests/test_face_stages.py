@@ -267,3 +267,42 @@ def test_every_clip_past_the_distance_stage_has_its_size_ratio(offline_build):
     _, rows = offline_build
     scored = [r for r in rows if r["level"] == "clip" and r["stage"] not in ("segment", "layout")]
     assert scored and all(r["distance.size_ratio"] is not None for r in scored)
+
+
+def test_index_finds_the_planted_people_and_no_false_duplicate(offline_build, sample_dir, tmp_path):
+    """The generated videos paste real photos (astronaut, chandler, phoebe, ross) as their people, some in
+    several videos: each photo must be one person id wherever it appears, different photos different ids, the
+    real pair's two people ids of their own; and nothing in the whole set is a near-duplicate of another."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from mtcc.pipeline.index import index_out
+
+    src, rows = offline_build
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    index_out(out, log=lambda m: None)
+    ids: dict[str, set[int]] = {}
+    for r in pq.read_table(out / "index" / "identities.parquet").to_pylist():
+        ids.setdefault(r["key"], set()).add(r["identity"])
+    kept = [r for r in rows if r["level"] == "clip" and r["status"] == "kept"]
+    photos: dict[str, set[int]] = {}  # photo -> the ids of the clips it is in, intersected
+    real: set[int] = set()
+    for r in kept:
+        name = Path(r["source"]).name
+        t = sample_dir / f"{Path(name).stem}.truth.json"
+        if not t.exists():
+            real |= ids[r["key"]]
+            continue
+        mid = (r["start"] + r["end"]) / 2
+        there = [p["photo"] for p in truth(sample_dir, name)["persons"] if p["appear"] <= mid <= p["disappear"]]
+        assert len(there) == 2 and len(ids[r["key"]]) == 2, (r["key"], there, ids[r["key"]])
+        for photo in there:
+            photos[photo] = photos.get(photo, ids[r["key"]]) & ids[r["key"]]
+    assert len(photos) >= 4 and all(len(v) == 1 for v in photos.values()), photos
+    found = [next(iter(v)) for v in photos.values()]
+    assert len(set(found)) == len(found), photos  # different photos, different people
+    assert real and not real & set(found), (real, photos)  # the real footage's people are nobody generated
+    groups = pq.read_table(out / "index" / "duplicates.parquet")
+    assert groups.num_rows == 0, groups.to_pylist()

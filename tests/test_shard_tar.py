@@ -126,7 +126,8 @@ def test_sample_json_carries_the_facts_its_stages_declare(tmp_path):
     from mtcc.pipeline.shard import commit_shard
     from mtcc.stages import SAMPLE_META, STAGES
 
-    assert {"text", "separate", "asd", "sync", "masks", "audio_emb", "caption"} == set(SAMPLE_META)
+    assert {"text", "separate", "asd", "sync", "masks", "audio_emb", "identity", "fingerprint", "caption"} == \
+        set(SAMPLE_META)
     assert STAGES["sync"].sample_meta() == ("sync",) and STAGES["faces"].sample_meta() == ()
     sync = SyncResult(model="m", random_weights=False, audio_source="separated", vshift=15, windows=3, cross=None,
                       a_ac=[[1, 0], [0, 1]], binding_margin=1.0, swapped=False, axes="")

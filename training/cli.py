@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="MTCC output folder, tar path/URL, brace pattern or glob; repeatable (replaces data.shards)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. run.steps=500 or data.geometry.frames=17")
+    p.add_argument("--selection", default=None, metavar="NAME",
+                   help="train on a selection `mtcc select` made (its name, or the path of its .parquet): sets "
+                        "data.selection; data.selection_part picks its part (default train)")
     p.add_argument("--launcher", choices=LAUNCHERS, default="local",
                    help="local: this process (joins torchrun's group when started by torchrun); torchrun: N "
                         "processes on this node; ray: Ray Train TorchTrainer (launch.ray.*)")
@@ -45,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     path = resolve(args.config)
+    if args.selection:
+        args.set = [*args.set, f"data.selection={args.selection}"]  # travels to torchrun's processes too
     cfg = load_train_config(path, args.set, args.shards or None)
     launcher = args.launcher
     if launcher == "torchrun" and _under_torchrun():
