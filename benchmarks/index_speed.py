@@ -88,7 +88,8 @@ def generate(root: Path, clips: int, per_shard: int = 100, people: int = 1000, c
                              "source": [f"generated/{s}" for s in range(shards)]}), layout.plan)
     for s in range(shards):
         sha = hashlib.sha256(layout.manifest(s).read_bytes()).hexdigest()
-        layout.commit(s).write_text(json.dumps({"shard": s, "manifest": {"sha256": sha}}))
+        samples = min(per_shard, clips - s * per_shard)
+        layout.commit(s).write_text(json.dumps({"shard": s, "samples": samples, "manifest": {"sha256": sha}}))
     return {"people": who.tolist(), "copy_of": copy_of.tolist(), "originals": originals, "shards": shards}
 
 

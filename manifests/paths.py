@@ -68,6 +68,10 @@ class OutPaths:
     def duplicate_pairs(self) -> Path:
         return self.index_dir / "duplicate_pairs.parquet"
 
+    def index_files(self) -> list[Path]:
+        """Every file of the index, its state last (a reader that sees the state sees what it describes)."""
+        return [self.identities, self.identity_centres, self.duplicates, self.duplicate_pairs, self.index_state]
+
     def selection(self, name: str) -> Path:
         return self.root / "selections" / f"{name}.parquet"
 

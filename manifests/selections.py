@@ -51,3 +51,16 @@ def selected_keys(table: pa.Table, part: str | None = TRAIN, where: str = "selec
         if part is None or p == part:
             out.setdefault(int(s), set()).add(k)
     return {s: frozenset(v) for s, v in out.items()}
+
+
+def load_selected(url: str, part: str | None = TRAIN) -> dict[int, frozenset[str]]:
+    """Shard -> the keys of ``part`` of the selection at ``url`` (a path or an fsspec URL, read under the
+    remote retry policy); a missing file is named with the command that makes it."""
+    from mtcc.storage.remote_io import open_read
+
+    try:
+        with open_read(url) as f:
+            table, _ = read_selection(f)
+    except FileNotFoundError:
+        raise SelectionError(f"no selection at {url}: make it with `mtcc select OUT --name NAME`") from None
+    return selected_keys(table, part, where=url)

@@ -20,11 +20,6 @@ OK, REFUSED = 0, 2
 OUT_HELP = "the build's output folder (the --output of `mtcc run`), or an fsspec URL such as s3://bucket/prefix"
 
 
-def _index_files(layout: OutPaths) -> list[Path]:
-    # the state last: a reader that sees it sees the files it describes
-    return [layout.identities, layout.identity_centres, layout.duplicates, layout.duplicate_pairs, layout.index_state]
-
-
 @contextmanager
 def _local(out: str, also: Callable[[OutPaths], list[Path]] = lambda lay: []) -> Iterator[Path]:
     """OUT as a local folder for the block; for a URL OUT, a view of it (its commits, manifests, index and
@@ -35,7 +30,7 @@ def _local(out: str, also: Callable[[OutPaths], list[Path]] = lambda lay: []) ->
         return
     remote = RemoteOut(out)
     with remote.view() as layout:
-        files = _index_files(layout) + also(layout)
+        files = layout.index_files() + also(layout)
         before = {p: p.read_bytes() if p.exists() else None for p in files}
         yield layout.root
         for path in files:

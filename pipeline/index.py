@@ -95,7 +95,8 @@ class IndexSummary:
         return out
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """``table`` at ``path`` by atomic rename: a reader sees the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = OutPaths.temp(path)
     pq.write_table(table, tmp, compression="zstd")
@@ -119,14 +120,15 @@ def kept_clips(layout: OutPaths, shards: list[int]) -> pa.Table:
     source picture's height (from the clip's video row), which decides the member a duplicate group keeps."""
     parts = []
     for s in shards:
-        table = pq.read_table(layout.manifest(s))
-        names = set(table.column_names)
+        names = set(pq.read_schema(layout.manifest(s)).names)
         cols = [c for c in (*CLIP_COLUMNS, *DESCRIPTORS, FRAME_HASHES, FRAME_TIMES, AUDIO_HASHES) if c in names]
+        # only the columns read here: the other stats are most of a manifest's bytes
+        table = pq.read_table(layout.manifest(s), columns=[*cols, *(["probe.height"] if "probe.height" in names
+                                                                  else [])])
         videos = table.filter(pc.equal(table["level"], "video"))
         heights = dict(zip(videos["video_id"].to_pylist(), videos["probe.height"].to_pylist())) \
             if "probe.height" in names else {}
-        clips = table.filter(pc.and_(pc.equal(table["level"], "clip"),
-                                             pc.equal(table["status"], "kept"))).select(cols)
+        clips = table.filter(pc.and_(pc.equal(table["level"], "clip"), pc.equal(table["status"], "kept"))).select(cols)
         clips = clips.append_column("height", pa.array([heights.get(v) for v in clips["video_id"].to_pylist()],
                                                        pa.int64()))
         parts.append(clips)
@@ -167,8 +169,8 @@ def index_identities(layout: OutPaths, clips: pa.Table, settings: IndexSettings,
                     "distance": pa.array(rows["distance"], pa.float32())})
     old = pq.read_table(layout.identities) if layout.identities.exists() else None
     table = new if old is None else pa.concat_tables([old, new])
-    _write_parquet(table, layout.identities)
-    _write_parquet(pa.table({"identity": pa.array(range(book.size), pa.int32()),
+    write_parquet(table, layout.identities)
+    write_parquet(pa.table({"identity": pa.array(range(book.size), pa.int32()),
                              "count": pa.array(book.counts(), pa.int64()),
                              "centre": pa.array(book.centres().astype(np.float32).tolist(), pa.list_(pa.float32()))}),
                    layout.identity_centres)
@@ -279,8 +281,8 @@ def index_duplicates(layout: OutPaths, every: pa.Table, new_shards: set[int], se
     old = pq.read_table(layout.duplicate_pairs) if layout.duplicate_pairs.exists() else None
     pairs = found if old is None else pa.concat_tables([old, found])
     groups = duplicate_groups(pairs, clips)
-    _write_parquet(pairs, layout.duplicate_pairs)
-    _write_parquet(groups, layout.duplicates)
+    write_parquet(pairs, layout.duplicate_pairs)
+    write_parquet(groups, layout.duplicates)
     summary.pairs_new = found.num_rows
     summary.groups = len(set(groups["group"].to_pylist()))
     summary.duplicates_dropped = groups.num_rows - summary.groups
@@ -298,8 +300,7 @@ def read_state(layout: OutPaths) -> dict[str, Any]:
 
 
 def _start_over(layout: OutPaths) -> None:
-    for p in (layout.index_state, layout.identities, layout.identity_centres, layout.duplicates,
-              layout.duplicate_pairs):
+    for p in layout.index_files():
         p.unlink(missing_ok=True)
 
 
@@ -332,8 +333,10 @@ def index_out(root: Path, settings: IndexSettings | None = None, log: Callable[[
         summary.has_fingerprint = all(c in names for c in (FRAME_HASHES, FRAME_TIMES, AUDIO_HASHES))
         if summary.has_identity:
             index_identities(layout, fresh, settings, summary)
-        if summary.has_fingerprint:
-            every = kept_clips(layout, sorted({*done, *new_shards}))
+        if summary.has_fingerprint:  # new clips are matched against every clip: the old shards' are read too
+            every = pa.concat_tables([kept_clips(layout, sorted(done)), fresh], promote_options="default") \
+                if done else fresh
+            every = every.sort_by([("shard", "ascending"), ("key", "ascending")])
             index_duplicates(layout, every, set(new_shards), settings, summary)
     summary.clips = _kept_count(layout, committed)
     layout.index_dir.mkdir(parents=True, exist_ok=True)
@@ -350,12 +353,8 @@ def index_out(root: Path, settings: IndexSettings | None = None, log: Callable[[
 
 
 def _kept_count(layout: OutPaths, committed: dict[int, str]) -> int:
-    n = 0
-    for s in committed:
-        t = pq.read_table(layout.manifest(s), columns=["level", "status"])
-        n += int(pc.sum(pc.and_(pc.equal(t["level"], "clip"),
-                                                pc.equal(t["status"], "kept"))).as_py() or 0)
-    return n
+    """Kept clips of the committed shards: each commit counts its samples (no manifest is read again)."""
+    return sum(int(json.loads(layout.commit(s).read_text())["samples"]) for s in committed)
 
 
 def _fill_totals(layout: OutPaths, summary: IndexSummary) -> None:

@@ -297,11 +297,10 @@ class RemoteOut:
         layout = OutPaths(dst)
         for d in layout.dirs():
             d.mkdir(parents=True, exist_ok=True)
-        index = [layout.identities, layout.identity_centres, layout.duplicates, layout.duplicate_pairs,
-                 layout.index_state]  # the report's people and duplicates (mtcc index)
         for rel, local in (("plan.parquet", layout.plan), ("config.json", layout.run_config),
                            ("report/last_run.json", layout.root / "report" / "last_run.json"),
-                           *((p.relative_to(dst).as_posix(), p) for p in index)):
+                           # the report's people and duplicates (mtcc index)
+                           *((p.relative_to(dst).as_posix(), p) for p in layout.index_files())):
             data = self.read(rel)
             if data is not None:
                 local.parent.mkdir(parents=True, exist_ok=True)

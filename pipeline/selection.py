@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import pyarrow.parquet as pq
 from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.selections import META_KEY, NAME_RE, TRAIN, SelectionError
 
-from .index import FRAME_HASHES, committed_shards, read_state
+from .index import FRAME_HASHES, committed_shards, read_state, write_parquet
 from .where import parse_where
 
 SPLIT_BY = ("identity", "video", "clip")
@@ -80,10 +79,10 @@ def stable_rank(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
-def _kept_rows(layout: OutPaths, shards: list[int]) -> pa.Table:
+def _kept_rows(layout: OutPaths, shards: list[int], columns: list[str]) -> pa.Table:
     tables = []
     for s in shards:
-        t = pq.read_table(layout.manifest(s))
+        t = pq.read_table(layout.manifest(s), columns=columns)
         tables.append(t.filter(pc.and_(pc.equal(t["level"], "clip"), pc.equal(t["status"], "kept"))))
     if not tables:
         return pa.table({"shard": pa.array([], pa.int32()), "key": pa.array([], pa.string())})
@@ -191,11 +190,7 @@ def _write(path: Path, chosen: list[tuple[int, str]], labels: list[str], meta: d
     out = pa.table({"shard": pa.array([c[0] for c in chosen], pa.int32()),
                     "key": pa.array([c[1] for c in chosen], pa.string()),
                     "part": pa.array(labels, pa.string())})
-    out = out.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OutPaths.temp(path)
-    pq.write_table(out, tmp, compression="zstd")
-    os.replace(tmp, path)
+    write_parquet(out.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)}), path)
 
 
 def _check_arguments(root: Path, name: str, by: str) -> OutPaths:
@@ -220,17 +215,21 @@ def select(root: Path, name: str, *, where: str | None = None, max_per_identity:
     committed = committed_shards(layout)
     if not committed:
         raise SelectionError(f"{root} has no committed shard yet: nothing to select from")
-    if not keep_duplicates and FRAME_HASHES not in pq.read_schema(layout.manifest(min(committed))).names:
+    schema = pq.read_schema(layout.manifest(min(committed)))  # one schema for every shard of a build
+    condition = parse_where(where, schema) if where else None
+    if not keep_duplicates and FRAME_HASHES not in schema.names:
         log("note: the build's profile has no `fingerprint` stage: its near-duplicates are unknown, none dropped")
         keep_duplicates = True
     needs = [why for why, on in (("dropping near-duplicates (leave it with --keep-duplicates)", not keep_duplicates),
                                  ("--max-per-identity", max_per_identity is not None),
                                  ("--split --by identity", bool(parts) and by == "identity")) if on]
     state = _index_ready(layout, committed, needs[0]) if needs else {}
-    table = _kept_rows(layout, sorted(committed))
+    # only the columns the condition reads: the vectors and other stats are most of a manifest's bytes
+    columns = sorted({"shard", "key", "video_id", "level", "status", *(condition.columns if condition else ())})
+    table = _kept_rows(layout, sorted(committed), columns)
     summary = SelectionSummary(name, layout.selection(name), kept=table.num_rows)
-    if where:
-        table = table.filter(pa.array(np.asarray(parse_where(where, table.schema).mask(table), bool)))
+    if condition is not None:
+        table = table.filter(pa.array(np.asarray(condition.mask(table), bool)))
     summary.where = table.num_rows
     clips = list(zip(table["shard"].to_pylist(), table["key"].to_pylist()))
     keep = np.ones(len(clips), bool)

@@ -95,8 +95,7 @@ class Loader:
 
     def _selection(self) -> dict[int, frozenset[str]]:
         """The selection's samples by shard; the loader's shards narrowed to the ones it names."""
-        from mtcc.manifests.selections import SelectionError, read_selection, selected_keys, selection_url
-        from mtcc.storage.remote_io import open_read
+        from mtcc.manifests.selections import SelectionError, load_selected, selection_url
 
         outs = sorted({s.manifest.rsplit("/manifests/", 1)[0] for s in self.shards if s.manifest})
         name = self.cfg.selection
@@ -104,12 +103,7 @@ class Loader:
             raise SelectionError(f"data.selection {name!r} names a selection of one MTCC output, and the shards "
                                  f"are in {len(outs)} ({', '.join(outs) or 'none'}): give the path of its .parquet")
         url = selection_url(outs[0] if outs else "", name)
-        try:
-            with open_read(url) as f:
-                table, _ = read_selection(f)
-        except FileNotFoundError:
-            raise SelectionError(f"no selection at {url}: make it with `mtcc select OUT --name {name}`") from None
-        keys = selected_keys(table, self.cfg.selection_part, where=url)
+        keys = load_selected(url, self.cfg.selection_part)
         have = {s.shard_id for s in self.shards}
         gone = sorted(set(keys) - have)
         if gone:

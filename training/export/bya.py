@@ -125,15 +125,10 @@ def export_bya(out: str | Path, dest: str | Path, *, options: ExportOptions | No
 
 
 def _selection(out: str | Path, name: str, part: str) -> dict[int, frozenset[str]]:
-    from mtcc.manifests.selections import SelectionError, read_selection, selected_keys, selection_url
+    from mtcc.manifests.selections import SelectionError, load_selected, selection_url
 
-    url = selection_url(str(out), name)
     try:
-        with open_read(url) as f:
-            table, _ = read_selection(f)
-        return selected_keys(table, part, where=url)
-    except FileNotFoundError:
-        raise ExportError(f"no selection at {url}: make it with `mtcc select {out} --name {name}`") from None
+        return load_selected(selection_url(str(out), name), part)
     except SelectionError as e:
         raise ExportError(str(e)) from e
 
