@@ -4,11 +4,17 @@ import copy
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The two pytest-xdist workers share this machine's 2 cores with each other and with the Ray actors of the
+# builds: torch's default of a thread per core in a test's own process then spends its time in OpenMP
+# barriers (a quarter of test_asd's CPU beside one other busy process). One thread, as the stages' actors
+# and the in-process runner give most stages (Stage.thread_count); read when torch is first imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "fixtures" / "real"
@@ -44,14 +50,31 @@ def pytest_collection_modifyitems(items) -> None:
     items.sort(key=lambda it: rank.get(_module(it), len(rank)))  # stable: a module's own order is kept
 
 
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], object]) -> tuple[Path, str]:
+    """``make(folder)`` run once per test session, not once per pytest-xdist worker: the first worker to
+    ask makes it under a lock in the folder the workers share, the others wait and reuse it (a build the
+    two workers would each make is minutes of this 2-core machine). What ``make`` returns is kept beside
+    the folder when it is a string. Only for things that are the same whoever makes them, and that tests only read."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's, under xdist
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way leaves no half folder
+            folder.mkdir()
+            made = make(folder)
+            done.write_text(made if isinstance(made, str) else "", encoding="utf-8")
+    return folder, done.read_text(encoding="utf-8")
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """The generated sample videos (with ground truth), made once per test session."""
     from mtcc.sampledata import generate
 
-    d = tmp_path_factory.mktemp("samples")
-    generate(d, seed=0)
-    return d
+    return made_once(tmp_path_factory, "samples", lambda d: generate(d, seed=0))[0]
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +91,7 @@ def tiny_overrides(tmp_path_factory) -> list[str]:
     ``models:`` at their models.yaml (only the stages the profile lists get their settings)."""
     from mtcc.pipeline.weights.tiny import write_tiny
 
-    return [f"models={write_tiny(tmp_path_factory.mktemp('tiny'), out=lambda s: None)}"]
+    return [f"models={made_once(tmp_path_factory, 'tiny', lambda d: str(write_tiny(d, out=lambda s: None)))[1]}"]
 
 
 @pytest.fixture(scope="session")
@@ -91,22 +114,23 @@ def ray_local():
 def pipeline_shards(sample_dir, tiny_overrides, ray_local, tmp_path_factory) -> Path:
     """A sample video through the whole offline pipeline (faces, separation, sync, masks, audio embeddings,
     captions on tiny random models) into a committed shard, built once per session (the trainer and the
-    export tests read it). The video is cut to its first 2.4 s (one 60-frame clip: the masks stage is the
-    slow one on CPU)."""
+    export tests read it, and only read it). The video is cut to its first 2.4 s (one 60-frame clip: the
+    masks stage is the slow one on CPU)."""
     from mtcc.pipeline.build import build
     from mtcc.pipeline.config import load_config, resolve_config
 
-    tmp = tmp_path_factory.mktemp("train_e2e")
-    videos = tmp / "videos"
-    videos.mkdir()
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(sample_dir / "two_talk.mp4"), "-t", "2.4",
-                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(videos / "two_talk_2s.mp4")],
-                   check=True)
-    cfg = load_config(resolve_config("offline"), [*tiny_overrides, "stages.prescore.reject=false"])
-    assert {"masks", "audio_emb", "caption"} <= {s.name for s in cfg.active_stages}
-    res = build(cfg, [str(videos)], tmp / "out", runner="ray", progress=False)
-    assert not res.shards_failed, res.shards_failed
-    return tmp / "out"
+    def make(tmp: Path) -> str:
+        videos = tmp / "videos"
+        videos.mkdir()
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(sample_dir / "two_talk.mp4"), "-t", "2.4",
+                        "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(videos / "two_talk_2s.mp4")],
+                       check=True)
+        cfg = load_config(resolve_config("offline"), [*tiny_overrides, "stages.prescore.reject=false"])
+        assert {"masks", "audio_emb", "caption"} <= {s.name for s in cfg.active_stages}
+        res = build(cfg, [str(videos)], tmp / "out", runner="ray", progress=False)
+        assert not res.shards_failed, res.shards_failed
+
+    return made_once(tmp_path_factory, "train_e2e", make)[0] / "out"
 
 
 @pytest.fixture(scope="session")
@@ -240,9 +264,7 @@ def panel_dir(tmp_path_factory) -> Path:
     """The split-screen sample videos (planted panel borders, with ground truth), made once per session."""
     from mtcc.sampledata import generate_panels
 
-    d = tmp_path_factory.mktemp("panels")
-    generate_panels(d, seed=0)
-    return d
+    return made_once(tmp_path_factory, "panels", lambda d: generate_panels(d, seed=0))[0]
 
 
 class ClipCache:

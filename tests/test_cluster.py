@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import made_once
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,7 @@ def digests(out: Path) -> dict[str, str]:
     return {str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
-def test_worker_node_lost_mid_run_names_failed_shards_and_the_rerun_completes_them(sample_dir, tmp_path):
+def test_worker_node_lost_mid_run_names_failed_shards_and_the_rerun_completes_them(sample_dir, spine_ref, tmp_path):
     script = tmp_path / "cluster_run.py"
     script.write_text(SCRIPT)
     out = tmp_path / "out"
@@ -88,13 +89,8 @@ def test_worker_node_lost_mid_run_names_failed_shards_and_the_rerun_completes_th
     assert sorted(r["second_skipped"]) == sorted(r["first_built"])
     assert r["second_failed"] == {}
 
-    # same bytes as an uninterrupted run on the embedded local Ray
-    ref = tmp_path / "ref"
-    cmd = [sys.executable, "-m", "mtcc.pipeline.cli", "run", "spine", "--input", str(sample_dir),
-           "--output", str(ref), "--no-progress", *[a for o in OVERRIDES for a in ("--set", o)]]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert digests(out) == digests(ref)
+    # same bytes as an uninterrupted run
+    assert digests(out) == digests(spine_ref)
 
 
 # -- pools that grow with the cluster (pipeline/pools.py, pipeline/ray_executor.py) ---------------------------
@@ -228,15 +224,17 @@ def test_auto_pools_hold_90_percent_of_the_cluster_with_the_offline_profile(node
 
 @pytest.fixture(scope="module")
 def spine_ref(sample_dir, tmp_path_factory) -> Path:
-    """The sample set through the spine profile in one process: the bytes every schedule must give."""
+    """The sample set through the spine profile in one process: the bytes every schedule must give (made
+    once for both workers: this module's tests are spread over them)."""
     from mtcc.pipeline.build import build
     from mtcc.pipeline.config import load_config, resolve_config
 
-    out = tmp_path_factory.mktemp("spine_ref") / "out"
-    res = build(load_config(resolve_config("spine"), OVERRIDES), [str(sample_dir)], out, runner="inprocess",
-                progress=False)
-    assert not res.shards_failed
-    return out
+    def make(d: Path) -> None:
+        res = build(load_config(resolve_config("spine"), OVERRIDES), [str(sample_dir)], d / "out",
+                    runner="inprocess", progress=False)
+        assert not res.shards_failed
+
+    return made_once(tmp_path_factory, "spine_ref", make)[0] / "out"
 
 
 def test_a_node_added_mid_build_is_used_and_the_shards_do_not_change(sample_dir, spine_ref, tmp_path):

@@ -14,10 +14,13 @@ from mtcc.pipeline.config import load_config, resolve_config
 
 pytestmark = pytest.mark.slow
 
-MODEL_STAGES = ("separate", "asd", "sync", "masks", "audio_emb", "caption")
+# the stages after the cut that only score its clips: a scan split differently would already show in the
+# tracks, clips and media the shards hold
+SCORING_STAGES = ("picture", "text", "separate", "sound", "asd", "sync", "masks", "audio_emb", "identity",
+                  "fingerprint", "caption")
 # detection at a smaller size: the comparison is between two scans of the same settings
 QUICK = ["stages.faces.input_size=320", "stages.prescore.reject=false",
-         *[f"stages.{s}.enabled=false" for s in MODEL_STAGES]]
+         *[f"stages.{s}.enabled=false" for s in SCORING_STAGES]]
 
 
 def digests(out: Path) -> dict[str, str]:

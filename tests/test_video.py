@@ -226,7 +226,8 @@ def _upright_frame(path, t: float) -> np.ndarray:
 @pytest.fixture(scope="module")
 def phone_build(real_dir, light_asd_weights, tiny_overrides, tmp_path_factory):
     """The real same-scene fixture as it is and stored sideways with each display rotation that turns it
-    upright again, built together (offline profile, real Light-ASD, the stages after asd off)."""
+    upright again, built together (offline profile, real Light-ASD; the stages that score what the test
+    does not read are off: the separation and sound scores, on-screen text, and every stage after asd)."""
     from mtcc.pipeline.build import build
     from mtcc.pipeline.config import load_config, resolve_config
 
@@ -241,7 +242,8 @@ def phone_build(real_dir, light_asd_weights, tiny_overrides, tmp_path_factory):
         _ff("-i", stored, "-c", "copy", "-metadata:s:v:0", f"rotate={rot}", videos / f"rot{rot:03d}.mp4")
     cfg = load_config(resolve_config("offline"), [
         *tiny_overrides, f"stages.asd.model={light_asd_weights}", "stages.asd.allow_random_weights=false",
-        *[f"stages.{s}.enabled=false" for s in ("separate", "sync", "masks", "audio_emb", "caption")]])
+        *[f"stages.{s}.enabled=false" for s in ("text", "separate", "sound", "sync", "masks", "audio_emb",
+                                                 "identity", "fingerprint", "caption")]])
     res = build(cfg, [str(videos)], base / "out", runner="inprocess", progress=False)
     assert not res.shards_failed, res.shards_failed
     from mtcc.manifests.shard_tar import read_samples
