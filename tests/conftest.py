@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-import copy
+import hashlib
 import os
+import pickle
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -167,9 +168,45 @@ def copy_inputs(src: Path, dst: Path, names: list[str]) -> Path:
     return dst
 
 
+class ClipMemo:
+    """What :func:`clips_through_stages` returned for a video, kept on disk for the whole session (both
+    xdist workers): a dozen modules run their stages on the same few videos. The clips carry their media as
+    members (the cut's workspace is gone once it returns), so a pickled copy is all of it; every caller gets
+    copies of its own. A video is known by its path, size and mtime, with the settings of the call."""
+
+    folder: Path | None = None  # the session's (set by the ``clip_memo`` fixture)
+
+    @classmethod
+    def get(cls, video: Path, settings: tuple, make: Callable[[], list]) -> list:
+        if cls.folder is None:
+            return make()
+        from filelock import FileLock
+
+        st = video.stat()
+        key = hashlib.sha256(repr((str(video.resolve()), st.st_size, st.st_mtime_ns, settings)).encode()).hexdigest()
+        path = cls.folder / f"{key[:24]}.pickle"
+        with FileLock(str(path) + ".lock"):
+            if not path.is_file():
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(pickle.dumps(make()))
+                tmp.replace(path)
+            return pickle.loads(path.read_bytes())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clip_memo(tmp_path_factory):
+    ClipMemo.folder = made_once(tmp_path_factory, "clips", lambda d: None)[0]
+    yield
+    ClipMemo.folder = None
+
+
 def clips_through_stages(video: Path, max_seconds: float, cut: bool = True) -> list:
     """Clip candidates of ``video`` from the real probe -> faces -> segment stages, and (``cut``) with their
-    media cut by the real cut stage, as every later stage reads them."""
+    media cut by the real cut stage, as every later stage reads them (once a session: :class:`ClipMemo`)."""
+    return ClipMemo.get(video, (max_seconds, cut), lambda: _clips_through_stages(video, max_seconds, cut))
+
+
+def _clips_through_stages(video: Path, max_seconds: float, cut: bool) -> list:
     from mtcc.stages.base import Candidate
     from mtcc.stages.cut import ClipCut
     from mtcc.stages.faces import FaceTrack
@@ -268,19 +305,17 @@ def panel_dir(tmp_path_factory) -> Path:
 
 
 class ClipCache:
-    """Clip candidates of a video by file name, computed on first use (probe -> shots -> faces -> segment)."""
+    """Clip candidates of a video by file name (probe -> shots -> faces -> segment -> cut, once a session),
+    a copy of its own for every test: stages write into candidates."""
 
     def __init__(self, dirs: list[Path], max_seconds: float = 10.0):
-        self.dirs, self.max_seconds, self._done = dirs, max_seconds, {}
+        self.dirs, self.max_seconds = dirs, max_seconds
 
     def __getitem__(self, name: str) -> list:
-
-        if name not in self._done:
-            path = next((d / name for d in self.dirs if (d / name).is_file()), None)
-            if path is None:
-                raise KeyError(f"{name} in none of {self.dirs}")
-            self._done[name] = clips_through_stages(path, self.max_seconds)
-        return copy.deepcopy(self._done[name])  # stages write into candidates: every test gets its own
+        path = next((d / name for d in self.dirs if (d / name).is_file()), None)
+        if path is None:
+            raise KeyError(f"{name} in none of {self.dirs}")
+        return clips_through_stages(path, self.max_seconds)
 
 
 @pytest.fixture(scope="session")
