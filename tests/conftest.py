@@ -33,7 +33,7 @@ HEAVIEST_FIRST = ["test_cluster", "test_face_stages", "test_bad_inputs", "test_v
                   "test_data_path", "test_long_sources", "test_remote_out", "test_export_bya", "test_report",
                   "test_bench", "test_pipeline", "test_training"]
 # modules whose tests take minutes each and share only cheap fixtures: every test function a group of its
-# own (its parametrized cases together, so two simulated clusters never run at once), so both workers take them
+# own (its parametrized cases together), so both workers take them
 SPLIT_BY_TEST = {"test_cluster"}
 
 
@@ -41,9 +41,13 @@ def _module(item) -> str:
     return item.module.__name__.rsplit(".", 1)[-1]
 
 
-def pytest_itemcollected(item) -> None:
+def _group(item) -> str:
     module = _module(item)
-    item.add_marker(pytest.mark.xdist_group(f"{module}.{item.originalname}" if module in SPLIT_BY_TEST else module))
+    return f"{module}.{item.originalname}" if module in SPLIT_BY_TEST else module
+
+
+def pytest_itemcollected(item) -> None:
+    item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -55,7 +59,8 @@ def made_once(tmp_path_factory, name: str, make: Callable[[Path], object]) -> tu
     """``make(folder)`` run once per test session, not once per pytest-xdist worker: the first worker to
     ask makes it under a lock in the folder the workers share, the others wait and reuse it (a build the
     two workers would each make is minutes of this 2-core machine). What ``make`` returns is kept beside
-    the folder when it is a string. Only for things that are the same whoever makes them, and that tests only read."""
+    the folder when it is a string. Only for things that are the same whoever makes them, and that tests
+    only read."""
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
