@@ -62,5 +62,9 @@ def load_selected(url: str, part: str | None = TRAIN) -> dict[int, frozenset[str
         with open_read(url) as f:
             table, _ = read_selection(f)
     except FileNotFoundError:
-        raise SelectionError(f"no selection at {url}: make it with `mtcc select OUT --name NAME`") from None
+        # a selection where OUT keeps them: the command that makes it, with its OUT and name
+        out, sep, file = url.rpartition("/selections/")
+        how = f"mtcc select {out} --name {file[:-len('.parquet')]}" if sep and file.endswith(".parquet") \
+            else "mtcc select OUT --name NAME"
+        raise SelectionError(f"no selection at {url}: make it with `{how}`") from None
     return selected_keys(table, part, where=url)

@@ -288,3 +288,14 @@ def test_bench_index_finds_the_planted_people_and_copies():
     assert doc["shards_grown"] >= 1 and doc["index_grown_s"] > 0
     assert doc["identities"] == doc["people_planted"] and doc["impure_identities"] == doc["split_people"] == 0, doc
     assert doc["copies_found"] == doc["copies_planted"] > 0 and doc["mixed_groups"] == 0, doc
+
+
+def test_a_missing_selection_names_the_command_that_makes_it(tmp_path):
+    from mtcc.manifests.selections import SelectionError, load_selected, selection_url
+
+    with pytest.raises(SelectionError) as e:
+        load_selected(selection_url(str(tmp_path / "out"), "val_set"))
+    assert f"make it with `mtcc select {tmp_path / 'out'} --name val_set`" in str(e.value)
+    with pytest.raises(SelectionError) as e:  # a path given as is: OUT and the name are not known
+        load_selected(str(tmp_path / "mine.parquet"))
+    assert "make it with `mtcc select OUT --name NAME`" in str(e.value)
