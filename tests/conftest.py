@@ -55,24 +55,35 @@ def pytest_collection_modifyitems(items) -> None:
     items.sort(key=lambda it: rank.get(_module(it), len(rank)))  # stable: a module's own order is kept
 
 
-def made_once(tmp_path_factory, name: str, make: Callable[[Path], object]) -> tuple[Path, str]:
-    """``make(folder)`` run once per test session, not once per pytest-xdist worker: the first worker to
-    ask makes it under a lock in the folder the workers share, the others wait and reuse it (a build the
-    two workers would each make is minutes of this 2-core machine). What ``make`` returns is kept beside
-    the folder when it is a string. Only for things that are the same whoever makes them, and that tests
-    only read."""
+def once(done: Path, make: Callable[[], bytes]) -> bytes:
+    """The bytes at ``done``, which ``make`` gives the first process to ask (both xdist workers may): made
+    under a lock beside it, written whole or not at all, read by everyone after."""
     from filelock import FileLock
 
+    with FileLock(f"{done}.lock"):
+        if not done.is_file():
+            tmp = done.with_name(f"{done.name}.tmp")
+            tmp.write_bytes(make())
+            tmp.replace(done)
+    return done.read_bytes()
+
+
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], object]) -> tuple[Path, str]:
+    """``make(folder)`` run once per test session, not once per pytest-xdist worker: the first worker to
+    ask makes it in the folder the workers share, the others wait and reuse it (a build the two workers
+    would each make is minutes of this 2-core machine). What ``make`` returns is kept beside the folder
+    when it is a string. Only for things that are the same whoever makes them, and that tests only read."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's, under xdist
-    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
-    with FileLock(str(root / f"shared-{name}.lock")):
-        if not done.is_file():
-            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way leaves no half folder
-            folder.mkdir()
-            made = make(folder)
-            done.write_text(made if isinstance(made, str) else "", encoding="utf-8")
-    return folder, done.read_text(encoding="utf-8")
+    folder = root / f"shared-{name}"
+
+    def fill() -> bytes:
+        shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way leaves no half folder
+        folder.mkdir()
+        made = make(folder)
+        return (made if isinstance(made, str) else "").encode()
+
+    return folder, once(root / f"shared-{name}.done", fill).decode()
 
 
 @pytest.fixture(scope="session")
@@ -185,17 +196,9 @@ class ClipMemo:
     def get(cls, video: Path, settings: tuple, make: Callable[[], list]) -> list:
         if cls.folder is None:
             return make()
-        from filelock import FileLock
-
         st = video.stat()
         key = hashlib.sha256(repr((str(video.resolve()), st.st_size, st.st_mtime_ns, settings)).encode()).hexdigest()
-        path = cls.folder / f"{key[:24]}.pickle"
-        with FileLock(str(path) + ".lock"):
-            if not path.is_file():
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(pickle.dumps(make()))
-                tmp.replace(path)
-            return pickle.loads(path.read_bytes())
+        return pickle.loads(once(cls.folder / f"{key[:24]}.pickle", lambda: pickle.dumps(make())))
 
 
 @pytest.fixture(scope="session", autouse=True)
