@@ -27,27 +27,22 @@ S3_BUCKET = "bucket"  # the bucket the s3 fixture makes
 # module fixtures are made once), handed out heaviest first (the order below; --no-loadscope-reorder keeps
 # xdist from reordering groups by their number of tests) so that neither worker is left alone with a long
 # module at the end. At most two builds run at once (one per worker: ~15 GB at peak for the two
-# heaviest offline-profile builds together, measured on this 24 GB machine).
+# heaviest offline-profile builds together, measured on this 24 GB machine). test_cluster goes first and
+# whole to one worker: its scenarios spend about half their time waiting (simulated nodes coming up,
+# planted sleeps), which the other worker's builds fill; two of them at once left the 2 cores a third idle
+# for the suite's first 4 minutes (measured 2026-12-06).
 # Modules by the wall seconds they took here (2026-12), heaviest first; the rest follow in file order.
 HEAVIEST_FIRST = ["test_cluster", "test_face_stages", "test_bad_inputs", "test_video", "test_remote_io",
                   "test_data_path", "test_long_sources", "test_remote_out", "test_export_bya", "test_report",
                   "test_bench", "test_pipeline", "test_training"]
-# modules whose tests take minutes each and share only cheap fixtures: every test function a group of its
-# own (its parametrized cases together), so both workers take them
-SPLIT_BY_TEST = {"test_cluster"}
 
 
 def _module(item) -> str:
     return item.module.__name__.rsplit(".", 1)[-1]
 
 
-def _group(item) -> str:
-    module = _module(item)
-    return f"{module}.{item.originalname}" if module in SPLIT_BY_TEST else module
-
-
 def pytest_itemcollected(item) -> None:
-    item.add_marker(pytest.mark.xdist_group(_group(item)))
+    item.add_marker(pytest.mark.xdist_group(_module(item)))
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -127,6 +122,11 @@ def ray_local():
     ray.shutdown()
 
 
+# the settings of pipeline_shards' build besides the tiny models (its clip is short: prescore's bound is
+# about lip motion that a random-weight pipeline need not pass)
+E2E_SETS = ["stages.prescore.reject=false"]
+
+
 @pytest.fixture(scope="session")
 def pipeline_shards(sample_dir, tiny_overrides, ray_local, tmp_path_factory) -> Path:
     """A sample video through the whole offline pipeline (faces, separation, sync, masks, audio embeddings,
@@ -142,7 +142,7 @@ def pipeline_shards(sample_dir, tiny_overrides, ray_local, tmp_path_factory) -> 
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(sample_dir / "two_talk.mp4"), "-t", "2.4",
                         "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(videos / "two_talk_2s.mp4")],
                        check=True)
-        cfg = load_config(resolve_config("offline"), [*tiny_overrides, "stages.prescore.reject=false"])
+        cfg = load_config(resolve_config("offline"), [*tiny_overrides, *E2E_SETS])
         assert {"masks", "audio_emb", "caption"} <= {s.name for s in cfg.active_stages}
         res = build(cfg, [str(videos)], tmp / "out", runner="ray", progress=False)
         assert not res.shards_failed, res.shards_failed

@@ -225,7 +225,7 @@ def test_auto_pools_hold_90_percent_of_the_cluster_with_the_offline_profile(node
 @pytest.fixture(scope="module")
 def spine_ref(sample_dir, tmp_path_factory) -> Path:
     """The sample set through the spine profile in one process: the bytes every schedule must give (made
-    once for both workers: this module's tests are spread over them)."""
+    once a session: the node-lost and node-added scenarios compare with it)."""
     from mtcc.pipeline.build import build
     from mtcc.pipeline.config import load_config, resolve_config
 

@@ -1,4 +1,5 @@
-"""The offline profile end to end on real Ray: the visual stages (real CenterFace weights, PySceneDetect)
+"""The offline profile end to end, in one process (the Ray runner gives the same bytes for every stage of
+it: test_pipeline.py): the visual stages (real CenterFace weights, PySceneDetect)
 checked against the ground truth the sample generator planted, and the audio stages (tiny random
 models of the real separation and SyncNet classes) checked for what they must write."""
 
@@ -21,11 +22,11 @@ FPS = 25
 
 
 @pytest.fixture(scope="module")
-def offline_build(sample_dir, real_dir, tmp_path_factory, ray_local, tiny_overrides, light_asd_weights):
+def offline_build(sample_dir, real_dir, tmp_path_factory, tiny_overrides, light_asd_weights):
     out = tmp_path_factory.mktemp("faces") / "out"
     # who speaks when from the authors' real Light-ASD weights, as a user runs the offline profile
     cfg = load_config(resolve_config("offline"), [*tiny_overrides, f"stages.asd.model={light_asd_weights}"])
-    res = build(cfg, [str(sample_dir), str(real_dir)], out, runner="ray", progress=False)
+    res = build(cfg, [str(sample_dir), str(real_dir)], out, runner="inprocess", progress=False)
     assert not res.shards_failed
     rows = read_manifests(out).to_pylist()
     return out, rows

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import E2E_SETS
 
 from mtcc.manifests.paths import OutPaths
 from mtcc.manifests.report_data import read_manifests
@@ -133,6 +134,18 @@ def test_inprocess_runner_gives_the_same_bytes(built, sample_dir, tmp_path):
     other = tmp_path / "inproc"
     build(cfg(), [str(sample_dir)], other, runner="inprocess", progress=False)
     assert digests(other) == digests(out)
+
+
+def test_inprocess_runner_gives_the_same_bytes_on_the_offline_profile(pipeline_shards, tiny_overrides, tmp_path):
+    """Every stage of the offline profile (tiny models of the real classes) writes the same shards, manifests
+    and commit in one process as on Ray (conftest.pipeline_shards, built on the session's Ray): what lets the
+    face stages' end-to-end tests run in one process."""
+    other = tmp_path / "inproc"
+    cfg = load_config(resolve_config("offline"), [*tiny_overrides, *E2E_SETS])
+    res = build(cfg, [str(pipeline_shards.parent / "videos")], other, runner="inprocess", progress=False)
+    assert res.shards_built == [0] and not res.shards_failed
+    assert {"masks", "audio_emb", "caption"} <= {s.name for s in cfg.active_stages}
+    assert digests(other) == digests(pipeline_shards)
 
 
 def test_killed_run_resumes_to_identical_shards(built, sample_dir, tmp_path):
