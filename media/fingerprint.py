@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import scipy.fft
 
 # The fingerprint's own rate, not the build's clip rate: hashes stay comparable across builds only if they
 # are computed from audio at this one rate.
@@ -75,6 +74,8 @@ def frame_hashes(frames: np.ndarray) -> np.ndarray:
         raise ValueError(f"frames must be uint8 [N, H, W, 3], got {frames.dtype} {frames.shape}")
     if len(frames) == 0:
         return np.zeros(0, np.int64)
+    import scipy.fft  # here: its import is start-up time for every actor that loads the stage registry
+
     small = np.stack([_luma_32(f) for f in frames]).astype(np.float32)
     low = scipy.fft.dctn(small, type=2, axes=(1, 2), norm="ortho")[:, :HASH_LOW, :HASH_LOW].reshape(len(frames), -1)
     bits = low > np.median(low, axis=1, keepdims=True)

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -22,6 +21,15 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     return (inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)).astype(np.float32)
+
+
+def best_pairs(ious: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the one-to-one matching of largest total IoU (the Hungarian method)."""
+    # imported here: scipy.optimize is a quarter second of start-up for every stage actor and CLI command
+    # that imports the stage registry, and only the faces stage matches boxes
+    from scipy.optimize import linear_sum_assignment
+
+    return linear_sum_assignment(-ious)
 
 
 @dataclass
@@ -70,7 +78,7 @@ def associate(samples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], *, 
         ious = iou_matrix(np.array([t.boxes[-1] for t in active]).reshape(-1, 4), boxes)
         matched_t, matched_d = set(), set()
         if ious.size:
-            rows, cols = linear_sum_assignment(-ious)
+            rows, cols = best_pairs(ious)
             for r, c in zip(rows, cols):
                 if ious[r, c] >= iou_min:
                     t = active[r]

@@ -21,11 +21,10 @@ from typing import Any, ClassVar, Literal
 import cv2
 import numpy as np
 from pydantic import Field
-from scipy.optimize import linear_sum_assignment
 
 from mtcc.facts import FrameTimes, ProbeResult, SeamEvidence, Shots, SourceFile, VideoTracks
 from mtcc.media.shots import ShotDetector, ShotSettings
-from mtcc.media.tracking import Track, associate, fill_and_smooth, iou_matrix
+from mtcc.media.tracking import Track, associate, best_pairs, fill_and_smooth, iou_matrix
 from mtcc.media.video import VideoFrames, open_frames, reduced_size
 from mtcc.nets import loading
 from mtcc.nets.face_detectors import INSIGHTFACE_PACK_URL, INSIGHTFACE_PACKS
@@ -45,7 +44,7 @@ def faces_change(a: Detection, b: Detection, iou_min: float) -> bool:
     if len(a[0]) == 0:
         return False
     ious = iou_matrix(a[0], b[0])
-    rows, cols = linear_sum_assignment(-ious)
+    rows, cols = best_pairs(ious)
     return bool((ious[rows, cols] < iou_min).any())
 
 
