@@ -1,6 +1,7 @@
 """The spine end to end on real Ray, real ffmpeg and the generated sample videos: plan, commit, resume,
 verify, lock. Uses the bundled `spine` profile (probe -> whole videos as clips -> write) so that every build
-here takes seconds; the face stages are tested end to end in test_face_stages.py."""
+here takes seconds; the face stages are tested end to end in test_face_stages.py, which runs them in one
+process on the ground of the one offline-profile test here (Ray and in-process give the same bytes)."""
 
 from __future__ import annotations
 
