@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+FOLDER = "selections"  # under OUT
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TRAIN = "train"
 META_KEY = b"mtcc.selection"
@@ -27,7 +28,17 @@ def selection_url(out: str, name: str) -> str:
         return name
     if not NAME_RE.match(name):
         raise SelectionError(f"selection {name!r}: a name made by `mtcc select --name`, or a path to its .parquet")
-    return f"{out.rstrip('/')}/selections/{name}.parquet"
+    return f"{out.rstrip('/')}/{FOLDER}/{name}.parquet"
+
+
+def make_command(url: str) -> str:
+    """The ``mtcc select`` command that writes ``url``: with its OUT and name where ``url`` is where
+    :func:`selection_url` puts a named selection, the generic form for a path given as is."""
+    out, _, file = url.rpartition(f"/{FOLDER}/")
+    name = file.removesuffix(".parquet")
+    if out and NAME_RE.match(name) and selection_url(out, name) == url:
+        return f"mtcc select {out} --name {name}"
+    return "mtcc select OUT --name NAME"
 
 
 def read_selection(source: Any) -> tuple[pa.Table, dict[str, Any]]:
@@ -62,9 +73,5 @@ def load_selected(url: str, part: str | None = TRAIN) -> dict[int, frozenset[str
         with open_read(url) as f:
             table, _ = read_selection(f)
     except FileNotFoundError:
-        # a selection where OUT keeps them: the command that makes it, with its OUT and name
-        out, sep, file = url.rpartition("/selections/")
-        how = f"mtcc select {out} --name {file[:-len('.parquet')]}" if sep and file.endswith(".parquet") \
-            else "mtcc select OUT --name NAME"
-        raise SelectionError(f"no selection at {url}: make it with `{how}`") from None
+        raise SelectionError(f"no selection at {url}: make it with `{make_command(url)}`") from None
     return selected_keys(table, part, where=url)
