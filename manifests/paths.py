@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+# the folder of the selections (mtcc select) under OUT; its name is also in the URLs users pass to training
+SELECTIONS_DIR = "selections"
+
 
 @dataclass(frozen=True)
 class OutPaths:
@@ -72,8 +75,12 @@ class OutPaths:
         """Every file of the index, its state last (a reader that sees the state sees what it describes)."""
         return [self.identities, self.identity_centres, self.duplicates, self.duplicate_pairs, self.index_state]
 
+    @property
+    def selections_dir(self) -> Path:
+        return self.root / SELECTIONS_DIR
+
     def selection(self, name: str) -> Path:
-        return self.root / "selections" / f"{name}.parquet"
+        return self.selections_dir / f"{name}.parquet"
 
     @staticmethod
     def temp(path: Path) -> Path:

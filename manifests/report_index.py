@@ -49,7 +49,7 @@ def index_section(layout: OutPaths, kept_clips: int) -> dict[str, Any]:
 
 
 def _selections(layout: OutPaths) -> list[tuple[str, str, int, str]]:
-    d = layout.root / "selections"
+    d = layout.selections_dir
     rows = []
     for path in sorted(d.glob("*.parquet")) if d.is_dir() else []:
         try:

@@ -11,7 +11,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FOLDER = "selections"  # under OUT
+from .paths import SELECTIONS_DIR
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TRAIN = "train"
 META_KEY = b"mtcc.selection"
@@ -28,13 +29,13 @@ def selection_url(out: str, name: str) -> str:
         return name
     if not NAME_RE.match(name):
         raise SelectionError(f"selection {name!r}: a name made by `mtcc select --name`, or a path to its .parquet")
-    return f"{out.rstrip('/')}/{FOLDER}/{name}.parquet"
+    return f"{out.rstrip('/')}/{SELECTIONS_DIR}/{name}.parquet"
 
 
 def make_command(url: str) -> str:
     """The ``mtcc select`` command that writes ``url``: with its OUT and name where ``url`` is where
     :func:`selection_url` puts a named selection, the generic form for a path given as is."""
-    out, _, file = url.rpartition(f"/{FOLDER}/")
+    out, _, file = url.rpartition(f"/{SELECTIONS_DIR}/")
     name = file.removesuffix(".parquet")
     if out and NAME_RE.match(name) and selection_url(out, name) == url:
         return f"mtcc select {out} --name {name}"

@@ -320,12 +320,12 @@ class RemoteOut:
         return layout
 
     def _pull_selections(self, layout: OutPaths) -> None:
-        pattern = f"{self.root}/selections/*.parquet"
+        pattern = f"{self.layout.selections_dir}/*.parquet"
         found = self._call(f"listing {self.show(pattern)}", self.fs.glob, pattern)
         for path in sorted(found):
             name = PurePosixPath(path).name
             if not name.startswith((".", "_")):
-                dst = layout.root / "selections" / name
+                dst = layout.selections_dir / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.write_bytes(self._call(f"reading {self.show(path)}", self.fs.cat_file, path))
 
