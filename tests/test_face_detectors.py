@@ -151,6 +151,38 @@ def test_centerface_decode_agrees_with_reference_decoder(centerface, sample_dir)
         np.testing.assert_allclose(d.landmarks, rl[order].reshape(-1, 5, 2), atol=1e-3)
 
 
+def test_centerface_session_gives_the_outputs_of_the_graph_as_exported(centerface, sample_dir):
+    """Our session runs the export with its weights as constants (so onnxruntime folds BatchNorm and fuses
+    Conv+Relu); the export as published lists them as inputs. Both graphs, on the same real frames, must give
+    the same network outputs: the folding may move rounding, never a detection."""
+    import onnx
+    import onnxruntime as ort
+
+    exported = onnx.load(str(default_centerface_path()))
+    weights = {i.name for i in exported.graph.initializer}
+    assert sum(i.name in weights for i in exported.graph.input) > 100  # the export's weights-as-inputs
+    assert [i.name for i in centerface.session.get_inputs()] == [centerface.input_name]
+    image = next(i for i in exported.graph.input if i.name not in weights)
+    for vi, names in [(image, "BCHW"), *((o, "BChw") for o in exported.graph.output)]:
+        for d, n in zip(vi.type.tensor_type.shape.dim, names):
+            if n != "C":
+                d.ClearField("dim_value")
+                d.dim_param = n
+    del exported.graph.value_info[:]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    as_exported = ort.InferenceSession(exported.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    frames = np.concatenate([read_frames(sample_dir / "two_talk.mp4", [0, 50]),
+                             read_frames(sample_dir / "three_people.mp4", [60])])
+    blob = np.zeros((len(frames), 3, 384, 640), np.float32)
+    blob[:, :, :360] = frames.transpose(0, 3, 1, 2)
+    ours = centerface.session.run(centerface.output_names, {centerface.input_name: blob})
+    theirs = as_exported.run(centerface.output_names, {image.name: blob})
+    for name, a, b in zip(centerface.output_names, ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4, err_msg=name)
+    assert (ours[0] >= THRESH).any()  # faces are in these frames: the heatmap compared is not all zeros
+
+
 def test_centerface_batch_equals_single_calls(centerface, sample_dir):
     frames = np.concatenate(
         [read_frames(sample_dir / "two_talk.mp4", [0, 40, 80, 120]), read_frames(sample_dir / "three_people.mp4", [0, 30, 60, 90])]
