@@ -67,7 +67,8 @@ class ClipMedia:
 
     @property
     def scale(self) -> tuple[float, float]:
-        """mp4 pixels per source pixel (the clip is the source's picture, rounded to even dimensions)."""
+        """mp4 pixels per source pixel (the clip is the source's picture, scaled down to the cut's size cap when
+        it is larger, rounded to even dimensions)."""
         return self.info.scale
 
     def mp4(self) -> str:

@@ -34,8 +34,18 @@ from .clip_media import ClipMedia
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:
-    """The clip's picture size: the source's, rounded down to even dimensions (H.264 4:2:0)."""
+    """A picture size rounded down to even dimensions (H.264 4:2:0)."""
     return max(2, int(width) // 2 * 2), max(2, int(height) // 2 * 2)
+
+
+def clip_size(width: int, height: int, max_short_side: int | None) -> tuple[int, int]:
+    """The clip's picture size: the source's, scaled down (aspect kept) so that its shorter side is at most
+    ``max_short_side`` when that is set, then rounded down to even dimensions."""
+    w, h = int(width), int(height)
+    short = min(w, h)
+    if max_short_side is not None and short > max_short_side:
+        w, h = round(w * max_short_side / short), round(h * max_short_side / short)
+    return even_size(w, h)
 
 
 def best_frames(faces: ClipFaces) -> list[int]:
@@ -82,18 +92,23 @@ class ClipCut(Stage):
     audio_rate: int = Field(16000, ge=8000, description="Hz of the mixture and the mp4's audio (the models take "
                                                         "16 kHz)")
     crf: int = Field(18, ge=0, le=51, description="libx264 quality of the mp4 (lower: better, larger)")
-    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = Field(
-        "veryfast", description="libx264 speed preset (slower: smaller mp4 at the same crf)")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                    "veryslow"] = Field("veryfast", description="libx264 speed preset (slower: smaller mp4 at the "
+                                                                "same crf)")
     threads: int = Field(2, ge=1, le=64, description="fixed so that encodes are byte-identical on every machine")
     audio_bitrate: str = Field("64k", pattern=r"^[0-9]+k$", description="AAC bitrate of the mp4's audio")
+    max_short_side: int | None = Field(None, ge=16, description="scale a clip down (aspect kept) so that its "
+                                       "shorter side is at most this many pixels (1080: nothing larger than "
+                                       "1080p, portrait or landscape); unset: the source's own size")
     keyframe_seconds: float = Field(1.0, gt=0, description="a key frame (and nothing but) every this many seconds: "
                                                            "1 fps frame samples land on key frames")
     ref_margin: float = Field(1.6, ge=1.0, description="reference crop side / face box side")
     timeout_s: float = Field(600.0, gt=0, description="one clip's ffmpeg run")
-    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=1), description=RESOURCES)
+    resources: Resources = Field(default_factory=lambda: Resources(num_cpus=1.0, candidates_per_call=1),
+                                 description=RESOURCES)
 
     def _args(self, src: str, start: float, dur: float, n: int, has_audio: bool, pipe: bool,
-              mp4: Path, flac: Path) -> list[str]:
+              mp4: Path, flac: Path, size: tuple[Any, ...]) -> list[str]:
         gop = max(1, int(round(self.keyframe_seconds * self.fps)))
         mp4_options = {
             "c:v": "libx264", "preset": self.preset, "crf": self.crf, "pix_fmt": "yuv420p",
@@ -107,7 +122,7 @@ class ClipCut(Stage):
         # tracks aligned sample for sample with the separated ones
         flac_options = {"ac": 1, "ar": self.audio_rate, "af": f"apad=whole_dur={dur:.6f}", "c:a": "flac",
                         **BITEXACT_OPTIONS, "format": "flac"}
-        filters = [("fps", (self.fps,)), ("scale", ("trunc(iw/2)*2", "trunc(ih/2)*2")), ("setsar", (1,))]
+        filters = [("fps", (self.fps,)), ("scale", size), ("setsar", (1,))]
         return cut_command(src, start, dur, filters=filters, mp4=mp4, mp4_options=mp4_options,
                            flac=flac if has_audio else None, flac_options=flac_options,
                            raw_frames=n if pipe else None)
@@ -126,13 +141,16 @@ class ClipCut(Stage):
         has_audio = bool(probe.has_audio)
         faces = cand.maybe(ClipFaces)
         n = int(round(dur * self.fps))
-        w, h = even_size(probe.width, probe.height)
+        w, h = clip_size(probe.width, probe.height, self.max_short_side)
         scale = (w / int(probe.width or 0), h / int(probe.height or 0))
+        # the source's own size, rounded to even, as the decoder gives it; a smaller one by area averaging
+        size = (("trunc(iw/2)*2", "trunc(ih/2)*2") if (w, h) == even_size(probe.width, probe.height)
+                else (w, h, "area"))  # scale=W:H:FLAGS
         what = f"{cand.source} [{start:.2f}s, +{dur:.2f}s]"
         with tempfile.TemporaryDirectory(prefix="mtcc-cut-") as tmp, \
                 self.source(cand) as src:
             mp4, flac = Path(tmp) / "clip.mp4", Path(tmp) / MIX
-            args = self._args(src.path, start, dur, n, has_audio, faces is not None, mp4, flac)
+            args = self._args(src.path, start, dur, n, has_audio, faces is not None, mp4, flac, size)
             crops, refs, piped = self._run(args, what, faces, (w, h), scale, n, Path(tmp))
             cand.members[MP4] = mp4.read_bytes()
             if has_audio:

@@ -194,6 +194,26 @@ def test_kept_cases_are_fully_written(bad_build):
 
 
 @slow
+def test_an_8k_source_is_cut_at_the_offline_profiles_1080_line_cap(bad_build, tmp_path):
+    """The 8K still is decoded at full size by the scan, and its kept clip is written at the offline profile's
+    ``cut.max_short_side`` (1080): a 1920x1080 mp4 whose faces.json still holds the 8K source's boxes."""
+    import cv2
+
+    (r,) = [r for r in bad_build.rows if r["level"] == "clip" and "frames_8k_static" in r["source"]]
+    assert r["status"] == "kept", r
+    members = bad_build.samples[r["key"]]
+    (tmp_path / "clip.mp4").write_bytes(members["mp4"])
+    cap = cv2.VideoCapture(str(tmp_path / "clip.mp4"))
+    try:
+        size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    finally:
+        cap.release()
+    assert size == (1920, 1080)
+    boxes = [b for ch in json.loads(members["faces.json"])["characters"] for b in ch["boxes"]]
+    assert max(b[2] for b in boxes) > 1920  # source pixels: the faces sit in the 7680-wide picture
+
+
+@slow
 def test_the_corpus_is_not_touched_and_nothing_appears_outside_out(bad_build):
     assert bad_build.corpus_after == bad_build.corpus_before
     out = os.fsencode("/" + str(bad_build.out.relative_to(bad_build.base)))

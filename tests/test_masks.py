@@ -28,7 +28,7 @@ from mtcc.media.mask_outputs import cutout, mask_stats, masks_json, ref_window, 
 from mtcc.nets import loading, sam2_model
 from mtcc.nets.mask_tracking import FrameMasks, drifted, face_cover, prompt_frame, track
 from mtcc.stages.base import Candidate
-from mtcc.stages.cut import even_size as clip_size
+from mtcc.stages.cut import even_size
 from mtcc.stages.masks import CharacterMasks
 
 GEO = LatentGeometry()
@@ -136,9 +136,9 @@ def test_letterboxed_canvas_round_trips_through_the_packed_store():
 
 
 def test_clip_size_is_the_cut_stage_even_scaling():
-    assert clip_size(641, 361) == (640, 360)
-    assert clip_size(640, 360) == (640, 360)
-    assert clip_size(1, 1) == (2, 2)
+    assert even_size(641, 361) == (640, 360)
+    assert even_size(640, 360) == (640, 360)
+    assert even_size(1, 1) == (2, 2)
 
 
 # -- RLE ----------------------------------------------------------------------------------------------

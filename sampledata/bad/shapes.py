@@ -81,8 +81,9 @@ def add_shapes(plan: Plan) -> None:
          lambda: (remux(base, v / "duration_header_3h.mkv", "3h"),
                   patch_mkv_duration(v / "duration_header_3h.mkv", 3 * 3600.0)))
     case("frames_8k_static", vid("frames_8k_static.mp4"), PROCESSED,
-         "7680x4320, one still frame of the scene for 2.2 s at 10 fps: decoded and written at full size "
-         "without error (still faces give no lip motion, so a clip is not promised)",
+         "7680x4320, one still frame of the scene for 2.2 s at 10 fps: decoded at full size without error, "
+         "its clip written at the cut's size cap when one is set (still faces give no lip motion, so a clip "
+         "is not promised)",
          lambda: ff("-ss", "1.0", "-i", base, "-i", base, "-map", "0:v:0", "-map", "1:a:0",
                      "-vf", "select='eq(n\\,0)',scale=7680:4320:flags=bilinear,loop=loop=-1:size=1,fps=10",
                      *X264[:2], "-preset", "ultrafast", "-tune", "stillimage", "-crf", "30", "-threads", "2",
