@@ -10,6 +10,7 @@ files with uuids and stamps mtimes).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -168,8 +169,10 @@ def stage_threads(stage: Stage) -> Iterator[None]:
     """Run a batch with the stage's thread count, as its Ray actor would. Without this the in-process
     runner let every model use all cores: small ops on an oversubscribed box then spend their time in
     OpenMP barriers (SAM2's tracker: 65x slower at 2 threads than at 1 beside one other busy process)."""
-    import torch
-
+    torch = sys.modules.get("torch")
+    if torch is None:  # no stage of this run holds a model (those import torch in setup): nothing to pin, and
+        yield  # importing torch only to pin it cost a model-free run 1.7 s
+        return
     before = torch.get_num_threads()
     torch.set_num_threads(stage_thread_count(stage))
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,22 @@ def test_stage_threads_apply_and_restore():
     with stage_threads(stage):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_stage_threads_of_a_model_free_stage_never_import_torch():
+    """In a fresh process (this one has torch): the in-process runner, as its Ray actor, pays for torch only
+    when a stage's model brought it."""
+    code = textwrap.dedent("""
+        import sys
+        from mtcc.pipeline.executor import stage_threads
+        from mtcc.stages import STAGES
+        with stage_threads(STAGES["probe"].model_validate({"resources": {"num_cpus": 0.05, "threads": 3}})):
+            inside = "torch" in sys.modules
+        print(inside, "torch" in sys.modules)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["False", "False"]
 
 
 @pytest.mark.slow
