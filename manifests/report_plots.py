@@ -89,8 +89,8 @@ def histogram_png(title: str, xlabel: str, kept: np.ndarray, rejected: np.ndarra
     else:
         span = hi - lo if hi > lo else max(abs(hi), 1.0) * 0.1
         bins = np.linspace(lo - 0.05 * span, hi + 0.05 * span, 31)
-    # one filled outline per group, not a rectangle per bin: the same picture at half the drawing time (a
-    # build's report draws a histogram for every stat)
+    # one filled outline per group, not a rectangle per bin: the same bars for under half the drawing (every
+    # build's report draws one histogram per stat)
     ax.hist([kept, rejected], bins=bins, stacked=True, histtype="stepfilled", color=[KEPT_COLOR, REJECTED_COLOR],
             label=[f"kept / passed ({kept.size})", f"rejected ({rejected.size})"])
     for name, value in thresholds:

@@ -171,7 +171,7 @@ def stage_threads(stage: Stage) -> Iterator[None]:
     OpenMP barriers (SAM2's tracker: 65x slower at 2 threads than at 1 beside one other busy process)."""
     torch = sys.modules.get("torch")
     if torch is None:  # no stage of this run holds a model (those import torch in setup): nothing to pin, and
-        yield  # importing torch only to pin it cost a model-free run 1.7 s
+        yield  # importing torch only to pin it would be most of a model-free run's start-up
         return
     before = torch.get_num_threads()
     torch.set_num_threads(stage_thread_count(stage))
