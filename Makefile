@@ -49,12 +49,13 @@ demo: install
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc sample-data $(DEMO_DIR)/videos
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc run configs/offline.yaml --input $(DEMO_DIR)/videos --output $(DEMO_DIR)/out
 
-# two workers, a test module at a time per worker, the heaviest modules first (tests/conftest.py)
+# a worker per core and one more, as memory allows (three here), a test module at a time per worker, the
+# heaviest modules first (tests/conftest.py); PYTEST_XDIST_AUTO_NUM_WORKERS=N sets the number of workers
 test: install test-sysdeps
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n 2 --dist loadgroup --no-loadscope-reorder tests
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n auto --dist loadgroup --no-loadscope-reorder tests
 
 test-fast: install test-sysdeps
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n 2 --dist loadgroup --no-loadscope-reorder -m "not slow" tests
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n auto --dist loadgroup --no-loadscope-reorder -m "not slow" tests
 
 clean:
 	rm -rf $(DEMO_DIR) build *.egg-info .mtcc

@@ -23,19 +23,56 @@ LIGHT_ASD = REPO.parent / "shared" / "models" / "light_asd"
 S3_BUCKET = "bucket"  # the bucket the s3 fixture makes
 
 
-# `make test` runs two pytest-xdist workers with --dist loadgroup: each module is a group of its own (its
-# module fixtures are made once), handed out heaviest first (the order below; --no-loadscope-reorder keeps
-# xdist from reordering groups by their number of tests) so that neither worker is left alone with a long
-# module at the end. At most two builds run at once (one per worker: ~15 GB at peak for the two
-# heaviest offline-profile builds together, measured on this 24 GB machine). test_cluster goes first and
-# whole to one worker: its scenarios spend about half their time waiting (simulated nodes coming up,
-# planted sleeps), which the other worker's builds fill; two of them at once left the 2 cores a third idle
-# for the suite's first 4 minutes (measured 2026-12-06). The Ray builds of data_path and long_sources come
-# before the modules that wait on a flaky store (remote_io, remote_out), for the same reason.
+# `make test` runs pytest-xdist workers (`-n auto`: pytest_xdist_auto_num_workers below, three on this 2-core
+# machine) with --dist loadgroup: each module is a group of its own (its module fixtures are made once), handed
+# out heaviest first (the order below; --no-loadscope-reorder keeps xdist from reordering groups by their
+# number of tests) so that no worker is left alone with a long module at the end. test_cluster goes first
+# and whole to one worker: its scenarios spend about half their time waiting (simulated nodes coming up,
+# planted sleeps), which the other workers' builds fill; with two workers, two scenarios at once left the 2
+# cores a third idle for the suite's first 4 minutes (measured 2026-12-06). The Ray builds of data_path and
+# long_sources come before the modules that wait on a flaky store (remote_io, remote_out), for the same reason.
 # Modules by the wall seconds they took here (2026-12), heaviest first; the rest follow in file order.
 HEAVIEST_FIRST = ["test_cluster", "test_face_stages", "test_bad_inputs", "test_video", "test_data_path",
                   "test_long_sources", "test_remote_io", "test_remote_out", "test_export_bya", "test_report",
                   "test_bench", "test_pipeline", "test_training"]
+
+
+# Memory one worker may hold at its peak: a build (one at a time per worker) with its embedded Ray's object
+# store. With three workers on this 24 GB machine, the three heaviest modules (cluster, face_stages,
+# bad_inputs) running at once held about 4 GB each; 6 GB leaves a margin.
+WORKER_MEMORY = 6 << 30
+
+
+def _usable_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit when that is lower."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit in (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")):
+        text = limit.read_text().strip() if limit.is_file() else "max"
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, or its cgroup's CPU quota when that is lower."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = Path("/sys/fs/cgroup/cpu.max")
+    if quota.is_file():
+        limit, _, period = quota.read_text().partition(" ")
+        if limit.isdigit() and period.strip().isdigit():
+            cores = min(cores, max(1, int(limit) // int(period)))
+    return cores
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: a worker per core and one more, as many as memory holds (WORKER_MEMORY each), two at least.
+    The one more fills the time the others' tests wait (a simulated cluster's nodes starting and dying, a
+    flaky store's retries, planted sleeps), when a worker per core leaves the cores idle. Three workers on this
+    2-core machine pass the same tests in less time than two; four contend for the cores and take longer.
+    PYTEST_XDIST_AUTO_NUM_WORKERS=N sets the number."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").isdigit():
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    return max(2, min(_usable_cores() + 1, _usable_memory() // WORKER_MEMORY))
 
 
 def _module(item) -> str:
