@@ -388,7 +388,8 @@ def _start_executor(cfg: PipelineConfig, runner: str, address: str | None, work:
         from .ray_executor import RayExecutor
 
         _, where = ray_address(address or cfg.ray.address)
-        resources = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb, cfg.ray.log_level)
+        resources = init_ray(address or cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb, cfg.ray.log_level,
+                             cfg.ray.memory_mb)
         log(f"ray: {where}: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
         executor: Executor = RayExecutor(stages, work, log=log)
         log(f"pools: {' '.join(f'{k}={v}' for k, v in executor.pool_sizes().items())}")

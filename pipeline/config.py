@@ -59,6 +59,10 @@ class RayConfig(BaseModel):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
     object_store_mb: int | None = Field(None, ge=64, description="object store of the embedded local Ray, MiB "
                                                                  "(default: Ray's)")
+    memory_mb: int | None = Field(None, ge=64, description="host memory the embedded local Ray offers actors, MiB "
+                                                           "(default: Ray's, what is free when it starts less the "
+                                                           "object store): a figure of its own keeps the pools "
+                                                           "the same whatever else the machine runs at that moment")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", description="what Ray logs on the driver (mtcc run --log-level)")
 

@@ -25,7 +25,8 @@ GIB = 2**30
 
 def local_node(cfg: PipelineConfig) -> tuple[Node, str]:
     """This machine as an embedded Ray would offer it to actors: its CPUs (or ``ray.num_cpus``), its NVIDIA
-    GPUs, and about 70 % of the memory available now (Ray keeps the rest for its object store)."""
+    GPUs, and ``ray.memory_mb`` or else about 70 % of the memory available now (Ray keeps the rest for its object
+    store)."""
     cpus = float(cfg.ray.num_cpus or os.cpu_count() or 1)
     gpus_dir = Path("/proc/driver/nvidia/gpus")
     gpus = float(len(list(gpus_dir.iterdir()))) if gpus_dir.is_dir() else 0.0
@@ -36,7 +37,7 @@ def local_node(cfg: PipelineConfig) -> tuple[Node, str]:
                 available = int(line.split()[1]) * 1024
     except OSError:
         available = 0
-    memory = int(available * 0.7)
+    memory = cfg.ray.memory_mb << 20 if cfg.ray.memory_mb else int(available * 0.7)
     return Node("this machine", cpus, gpus, memory), (f"this machine as an embedded Ray sees it: {cpus:g} CPUs, "
                                                       f"{gpus:g} GPUs, {memory / GIB:.1f} GiB for actors")
 

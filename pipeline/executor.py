@@ -194,9 +194,10 @@ def ray_address(address: str | None) -> tuple[str | None, str]:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None,
-             log_level: str = "WARNING") -> dict[str, Any]:
+             log_level: str = "WARNING", memory_mb: int | None = None) -> dict[str, Any]:
     """Connect to a cluster (``address``, or ``RAY_ADDRESS``: see :func:`ray_address`) or start an embedded
-    local one."""
+    local one (``num_cpus``, ``object_store_mb`` and ``memory_mb``, the memory it offers actors: Ray's defaults
+    where None)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray writes a token under ~/.ray
     import ray
 
@@ -210,6 +211,8 @@ def init_ray(address: str | None, num_cpus: int | None = None, object_store_mb: 
         # "local": a fresh embedded Ray even when RAY_ADDRESS or a running cluster would be picked up.
         # Without a dashboard nothing reads Ray's metrics: collecting them cost ~1.7 CPU-s a minute while idle.
         kwargs["address"] = "local"
+        if memory_mb:
+            kwargs["_memory"] = memory_mb << 20
         ray.init(num_cpus=num_cpus or os.cpu_count(),
                  object_store_memory=(object_store_mb << 20) if object_store_mb else None,
                  _system_config={"enable_metrics_collection": False}, **kwargs)

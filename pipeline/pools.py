@@ -150,13 +150,17 @@ def plan_pools(needs: list[StageNeed], nodes: list[Node], grow: bool = True) -> 
             if not place(need, need.shape):
                 total_cpu = sum(n.cpus for n in nodes)
                 total_gpu = sum(n.gpus for n in nodes)
+                # memory alone is short: an embedded Ray offers what was free when it started
+                short = any(need.shape.cpus <= n.cpus + EPS and need.shape.gpus <= n.gpus + EPS for n in free)
                 raise PlanError(
                     f"stage '{need.name}' cannot place actor {count[need.name] + 1} of {want} (each asks for "
                     f"{need.shape.cpus:g} CPUs, {need.shape.gpus:g} GPUs, {need.shape.memory / 2**30:.1f} GiB) "
                     f"beside the other stages' first actors: the cluster has {total_cpu:g} CPUs, {total_gpu:g} "
                     f"GPUs on {len(nodes)} node(s) ({sum(n.memory for n in nodes) / 2**30:.1f} GiB of memory "
                     f"for actors); lower stages.<name>.resources (num_cpus, num_gpus, memory_mb, concurrency), "
-                    f"add nodes, or run in one process (--runner inprocess)")
+                    f"add nodes, or run in one process (--runner inprocess)"
+                    + ("; an embedded Ray offers actors the memory free when it starts, less its object store: "
+                       "ray.memory_mb sets it" if short else ""))
 
     # the filling: one actor at a time to the stage that holds everyone up. A stage that cannot grow (pinned,
     # at its max_actors, or whose actor fits nowhere more) sets the pace for the others: growing a stage

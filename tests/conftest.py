@@ -145,16 +145,19 @@ def tiny_overrides(tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One embedded Ray for the session (init costs seconds)."""
+def ray_local() -> int:
+    """One embedded Ray for the session (init costs seconds); the MiB of memory it offers actors."""
     from mtcc.pipeline.config import load_config, resolve_config
     from mtcc.pipeline.executor import init_ray
 
     # always our own embedded Ray, never a cluster found on the machine, started as the offline profile
-    # starts it (its object store size: the actors' memory is what is left)
+    # starts it (its object store size), with the memory Ray offers actors on this machine when nothing else
+    # runs: by default Ray offers what is free at that moment, which the other xdist workers' builds make
+    # vary, and the offline profile's first actors (~11 GiB declared) were refused when it fell below that
     store = load_config(resolve_config("offline"), ["models=null"]).ray.object_store_mb
-    init_ray("local", num_cpus=2, object_store_mb=store)
-    yield
+    memory_mb = (_usable_memory() >> 20) - store
+    init_ray("local", num_cpus=2, object_store_mb=store, memory_mb=memory_mb)
+    yield memory_mb
     import ray
 
     ray.shutdown()

@@ -47,6 +47,13 @@ def built(sample_dir, tmp_path_factory, ray_local):
     return out, res
 
 
+def test_the_embedded_ray_offers_actors_the_memory_it_is_given(ray_local):
+    """ray.memory_mb (here the session's ray_local) is what the pools plan with, not what happened to be free."""
+    import ray
+
+    assert ray.cluster_resources()["memory"] == ray_local << 20
+
+
 def truths(sample_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sample_dir.glob("*.truth.json"))]
 

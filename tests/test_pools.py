@@ -66,8 +66,13 @@ def test_the_offline_profile_still_fits_a_laptop():
 
 
 def test_a_node_too_small_for_one_actor_of_every_stage_is_refused_naming_a_stage():
-    with pytest.raises(PlanError, match=r"stage '\w+' cannot place actor 1 of 1"):
+    with pytest.raises(PlanError, match=r"stage '\w+' cannot place actor 1 of 1") as short_of_memory:
         plan_pools(expected_needs(offline()), [Node("tiny", 2, 0, 2 * GIB)])
+    # memory is what is short there: the message says how an embedded Ray's memory is set
+    assert "ray.memory_mb" in str(short_of_memory.value)
+    with pytest.raises(PlanError, match=r"stage '\w+' cannot place actor 1 of 1") as short_of_cpus:
+        plan_pools(expected_needs(offline()), [Node("few_cpus", 1, 0, 64 * GIB)])
+    assert "ray.memory_mb" not in str(short_of_cpus.value)
 
 
 def test_pinned_pools_keep_their_size_and_shape_and_bounds_hold():
