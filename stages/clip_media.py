@@ -47,6 +47,9 @@ class ClipMedia:
                              f"list `cut` before `{stage}` in the profile")
         self.cand = cand
         self.info = media
+        # held, not only its folder: a stage's private workspace is removed when it is collected, and files
+        # written after that would be left behind in the temporary folder
+        self.workspace = workspace
         self.dir = workspace.clip_dir(cand.key, media.sha256)
 
     @classmethod

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -147,8 +146,7 @@ class ClipCut(Stage):
         size = (("trunc(iw/2)*2", "trunc(ih/2)*2") if (w, h) == even_size(probe.width, probe.height)
                 else (w, h, "area"))  # scale=W:H:FLAGS
         what = f"{cand.source} [{start:.2f}s, +{dur:.2f}s]"
-        with tempfile.TemporaryDirectory(prefix="mtcc-cut-") as tmp, \
-                self.source(cand) as src:
+        with self.workspace.temp_dir("cut-") as tmp, self.source(cand) as src:
             mp4, flac = Path(tmp) / "clip.mp4", Path(tmp) / MIX
             args = self._args(src.path, start, dur, n, has_audio, faces is not None, mp4, flac, size)
             crops, refs, piped = self._run(args, what, faces, (w, h), scale, n, Path(tmp))

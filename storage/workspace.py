@@ -7,6 +7,8 @@
   the end of the run.
 * ``clips/``: what the ``cut`` stage made of each clip (the clip's mp4, its decoded mixture, the shared face
   crops), read by every later stage on the node instead of the source; removed when the clip is through.
+* ``tmp/``: one job's intermediate files (the cut's encoder output before it becomes members), removed when
+  the job ends, or with the workspace when the worker was killed first.
 
 Workers on one node coordinate through flock(2) on per-entry lock files: a reader holds a shared lock
 while it reads a source, so eviction (which needs the exclusive lock, without waiting) never pulls a file
@@ -240,6 +242,13 @@ class NodeWorkspace:
         return sum(n for _, _, n in self._entries()) if self.sources.is_dir() else 0
 
     # -- clips ----------------------------------------------------------------------------------------
+    def temp_dir(self, prefix: str) -> tempfile.TemporaryDirectory:
+        """A private folder for one job's intermediate files, removed when the block ends; inside the workspace,
+        so that what a killed worker (out of memory, a lost node) could not remove goes with the workspace."""
+        base = self.root / "tmp"
+        base.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix=prefix, dir=base)
+
     def clip_dir(self, key: str, digest: str) -> Path:
         """Where a clip's media live on this node: named by the clip key and its mp4's digest, so a folder
         left by another run or config is never taken for this clip's."""

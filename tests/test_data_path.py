@@ -205,6 +205,25 @@ def test_cut_media_line_up_with_the_delivered_mp4(cut_clip, tmp_path):
     assert np.abs(crop_characters(frame, boxes[:, 37]).astype(int) - rebuilt[:, 30].astype(int)).mean() > 3.0
 
 
+def test_a_stage_used_on_its_own_leaves_nothing_in_the_temporary_folder(cut_clip):
+    """A stage outside a build makes a private workspace; the clip media read through it keep it (and their
+    files) while they are used, however short-lived the stage, and it goes with the last of them: no folder is
+    left behind, not even one the files were written into after the stage itself was gone."""
+    import gc
+
+    from mtcc.stages.clip_media import clip_media
+    from mtcc.stages.fingerprint import ClipFingerprint
+
+    media = clip_media(cut_clip, ClipFingerprint())  # the stage is gone once this line ends
+    gc.collect()
+    mp4, crops = Path(media.mp4()), media.crops()
+    root = mp4.parents[2]  # <workspace>/clips/<clip>/clip.mp4
+    assert mp4.is_file() and root.name.startswith("mtcc-work-") and crops.shape[0] == 2
+    del media
+    gc.collect()
+    assert not root.exists()
+
+
 def test_cut_puts_a_key_frame_every_second(cut_clip, tmp_path):
     mp4 = tmp_path / "clip.mp4"
     mp4.write_bytes(cut_clip.member("mp4"))

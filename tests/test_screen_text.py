@@ -78,9 +78,10 @@ def drawn_boxes(original: Candidate, copy: Candidate, times: list[float], bright
     grown by their border)."""
     out = []
     frames = []
+    holder = ScreenText()  # its workspace holds the two mp4s while they are read
     for c in (original, copy):
         media = c.fact(CutMedia)
-        video = open_frames(_mp4(c), {"width": media.size[0], "height": media.size[1]}, None)
+        video = open_frames(_mp4(c, holder), {"width": media.size[0], "height": media.size[1]}, None)
         idx = [min(media.frames - 1, int(t * media.fps)) for t in times]
         frames.append(np.concatenate([f for _, f in video.batches(idx, len(idx))]).astype(np.int16))
     for a, b in zip(*frames):
@@ -91,10 +92,11 @@ def drawn_boxes(original: Candidate, copy: Candidate, times: list[float], bright
     return out
 
 
-def _mp4(c: Candidate) -> str:
+def _mp4(c: Candidate, stage: ScreenText) -> str:
+    """The clip's mp4, in the workspace of ``stage`` (which must outlive the path's use: it removes it)."""
     from mtcc.stages.clip_media import clip_media
 
-    return clip_media(c, ScreenText()).mp4()
+    return clip_media(c, stage).mp4()
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
