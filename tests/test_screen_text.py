@@ -12,6 +12,7 @@ from mtcc.facts import ClipFaces, CutMedia, ScreenTextLines
 from mtcc.media.video import open_frames
 from mtcc.nets.loading import WeightsError
 from mtcc.stages.base import Candidate
+from mtcc.stages.clip_media import clip_media
 from mtcc.stages.screen_text import ScreenText, same_place
 
 BORDER = 2
@@ -78,10 +79,10 @@ def drawn_boxes(original: Candidate, copy: Candidate, times: list[float], bright
     grown by their border)."""
     out = []
     frames = []
-    holder = ScreenText()  # its workspace holds the two mp4s while they are read
+    holder = ScreenText()  # its workspace holds the two mp4s while they are read (it removes them when collected)
     for c in (original, copy):
         media = c.fact(CutMedia)
-        video = open_frames(_mp4(c, holder), {"width": media.size[0], "height": media.size[1]}, None)
+        video = open_frames(clip_media(c, holder).mp4(), {"width": media.size[0], "height": media.size[1]}, None)
         idx = [min(media.frames - 1, int(t * media.fps)) for t in times]
         frames.append(np.concatenate([f for _, f in video.batches(idx, len(idx))]).astype(np.int16))
     for a, b in zip(*frames):
@@ -90,13 +91,6 @@ def drawn_boxes(original: Candidate, copy: Candidate, times: list[float], bright
         grow = BORDER if brighter else 0  # the glyphs' black border is part of the text drawn
         out.append(np.array([xs.min() - grow, ys.min() - grow, xs.max() + 1 + grow, ys.max() + 1 + grow], np.float64))
     return out
-
-
-def _mp4(c: Candidate, stage: ScreenText) -> str:
-    """The clip's mp4, in the workspace of ``stage`` (which must outlive the path's use: it removes it)."""
-    from mtcc.stages.clip_media import clip_media
-
-    return clip_media(c, stage).mp4()
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
