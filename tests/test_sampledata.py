@@ -7,7 +7,6 @@ generator's own constants.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from fractions import Fraction
@@ -19,11 +18,6 @@ import pytest
 from mtcc.sampledata import generate, generate_long, load_truth
 from mtcc.sampledata.fixtures import good_scenes
 from mtcc.sampledata.scene import render
-
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("ffmpeg") and shutil.which("ffprobe") and shutil.which("espeak-ng")),
-    reason="needs ffmpeg, ffprobe and espeak-ng",
-)
 
 GOOD = ["two_talk", "two_talk_30fps", "two_cross", "one_person", "three_people", "two_far", "scene_events"]
 BROKEN = ["broken_truncated", "broken_empty", "broken_text", "no_audio", "audio_only", "too_short", "tiny_res"]
