@@ -71,7 +71,10 @@ def test_bad_value_and_literal_choices():
 def test_unknown_stage_lists_known():
     with pytest.raises(ConfigError) as e:
         build_config({"stages": {"probe": {}, "clipp": {}, "cut": {}, "write": {}}})
-    assert "stages.clipp: unknown stage" in str(e.value) and "clip" in str(e.value)
+    # every known stage listed, after the unknown name (which itself contains "clip")
+    assert "stages.clipp: unknown stage" in str(e.value)
+    listed = str(e.value).split("known stages: ", 1)[1].split(", ")
+    assert {"probe", "clip", "cut", "write", "asd", "caption"} <= set(listed), listed
 
 
 def test_inconsistent_thresholds_refused():

@@ -55,7 +55,9 @@ def test_a_stage_on_its_own_loads_at_its_first_batch_only():
     for i in range(2):
         out = stage.run_batch(cands(2, 2 * i))
         assert [c.status for c in out] == ["pending"] * 2
-    stage.setup()
+        assert [c.stats["loads.loads"] for c in out] == [1, 1]  # loaded by the first batch, not again
+    assert (stage._tries, stage._loads) == (1, 1)
+    stage.setup()  # an explicit setup after that loads nothing either
     assert (stage._tries, stage._loads) == (1, 1)
 
 
