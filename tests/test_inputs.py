@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,7 +52,8 @@ def test_missing_input_argument_is_an_error(tmp_path):
         discover([str(tmp_path / "nope")])
 
 
-def test_copies_become_duplicates_and_ids_are_safe_and_stable(tmp_path):
+def test_copies_become_duplicates_and_ids_are_safe_and_stable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a shell that saw "$(touch x)" would leave its x
     names = ["$(touch x).mp4", "a;b 'q\".mp4", "new\nline.mp4", "ü..-.mp4", "copy.mp4"]
     data = {n: n.encode() * 100 for n in names}
     data["copy.mp4"] = data[names[0]]
@@ -62,7 +66,14 @@ def test_copies_become_duplicates_and_ids_are_safe_and_stable(tmp_path):
     assert plan.column("shard").to_pylist() == [0, 0, 1, 1, 2]
     dups = [d for d in plan.column("duplicate_of").to_pylist() if d]
     assert len(dups) == 1
-    assert make_plan(srcs, 2).equals(plan)  # stable across reruns
+    assert make_plan(srcs, 2).equals(plan)
+    # stable across reruns: other interpreters, with other seeds of Python's salted string hash, plan the same
+    code = ("import json, sys; from mtcc.pipeline.inputs import make_plan; "
+            "print(json.dumps(make_plan(json.loads(sys.argv[1]), 2).column('video_id').to_pylist()))")
+    for seed in ("1", "2"):
+        run = subprocess.run([sys.executable, "-c", code, json.dumps(srcs)], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}, timeout=120, check=True)
+        assert json.loads(run.stdout) == ids, seed
     assert not (tmp_path / "x").exists()
 
 
