@@ -288,6 +288,10 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, store: Out, *, 
     if result.remote_io["retries"] or result.remote_io["gave_up"]:
         log(f"remote I/O: {result.remote_io['retries']} retries, {result.remote_io['gave_up']} call(s) given up "
             f"({', '.join(f'{k} {v}' for k, v in result.remote_io['retries_by_kind'].items())})")
+    rescans = {k: t["rescans"] for k, t in result.stage_timing.items() if t.get("rescans")}
+    if rescans:  # the parallel scan of a long source fell back to one worker: a straggler the user should know of
+        log(f"long sources done whole because their parts did not join: "
+            f"{', '.join(f'{k} {n}' for k, n in rescans.items())}")
     last_run = layout.root / "report" / "last_run.json"
     _write_json_atomic(last_run, {
         "runner": runner, "wall_s": round(result.wall_s, 3), "startup_s": round(result.startup_s, 3),

@@ -47,6 +47,7 @@ class StageTiming:
     cpu_s: float = 0.0  # the same, in actor-seconds at the stage's declared CPU share
     media_in: float = 0.0  # seconds of media that entered the stage
     parts: int = 0  # part tickets of long candidates (``Stage.chunks``) the stage ran
+    rescans: int = 0  # long candidates whose parts did not join (``Stage.parts_join``): the merge did them whole
 
 
 @dataclass
@@ -207,8 +208,10 @@ class Flow:
         if errors:
             c.reject(self.stages[ticket.stage_idx].name, "error", errors[0])
             return [c]
-        self._parts_q[ticket.stage_idx].appendleft(Ticket(next(self._ids), ticket.stage_idx, [c],
-                                                          parts=[p for _, p in job.results]))
+        parts = [p for _, p in job.results]
+        stage = self.stages[ticket.stage_idx]
+        self.timing[stage.name].rescans += not stage.parts_join(parts)
+        self._parts_q[ticket.stage_idx].appendleft(Ticket(next(self._ids), ticket.stage_idx, [c], parts=parts))
         return []
 
     def _send(self, ticket: Ticket) -> None:

@@ -362,6 +362,11 @@ class Stage(BaseModel):
         """Fill ``cand`` from its parts' results, in order, as ``compute`` would; its stats."""
         raise NotImplementedError
 
+    def parts_join(self, parts: list[Any]) -> bool:
+        """Whether ``merge_chunks`` can use these part results as they are; False: it does the candidate whole
+        instead (one worker, as if it were short). Asked by the driver too, which counts those rescans."""
+        return True
+
     def run_chunk(self, cand: Candidate, chunk: dict[str, Any]) -> tuple[str, Any]:
         """``process_chunk`` with failure isolation: ``("ok", result)``, or ``("error", message)`` (the
         candidate is then rejected as ``error`` once every part is in)."""

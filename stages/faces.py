@@ -170,18 +170,21 @@ class FaceTrack(WeightsStage):
         return {**part, "clock": video.clock.to_info(), "decoded_from": first,
                 "checked_from": max(0, start - int(chunk["overlap"]) // 2)}
 
-    def merge_chunks(self, cand: Candidate, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    def parts_join(self, parts: list[dict[str, Any]]) -> bool:
         owners = [p for p in parts if p.get("first") is not None]
         clock = next((p["clock"] for p in parts if "clock" in p), None)
         n = int(clock["n_frames"]) if clock else -1
-        seamless = (not any(p.get("whole") for p in parts) and owners and owners[0]["first"] == 0
+        return bool(not any(p.get("whole") for p in parts) and owners and owners[0]["first"] == 0
                     and owners[-1]["last"] >= n
                     and all(b["first"] == a["last"] and _same_cuts(a, b) for a, b in zip(owners, owners[1:])))
-        if not seamless:
+
+    def merge_chunks(self, cand: Candidate, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        if not self.parts_join(parts):
             # the parts do not join (a cut seen differently in an overlap, a source the pipe decodes): the
             # whole scan, one actor, as if the video were short
             return self.compute(cand)
-        return self._merge(cand, clock, owners)
+        clock = next(p["clock"] for p in parts if "clock" in p)
+        return self._merge(cand, clock, [p for p in parts if p.get("first") is not None])
 
     def _merge(self, cand: Candidate, clock: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
         """The video's facts and stats from its parts in order (one part: a whole scan). Track ids are

@@ -47,6 +47,7 @@ def test_a_long_source_scanned_in_parts_gives_the_shards_of_a_whole_scan(long_so
     b = build(parted, [str(long_source)], tmp_path / "parted", runner="ray", progress=False)
     assert not a.shards_failed and not b.shards_failed
     assert a.stage_timing["faces"]["parts"] == 0 and b.stage_timing["faces"]["parts"] == 4  # 90 s in 25 s parts
+    assert b.stage_timing["faces"]["rescans"] == 0  # the parts joined: the bytes below are the merge's
     assert digests(tmp_path / "parted") == digests(tmp_path / "whole")
     rows = pq_rows(tmp_path / "whole")
     assert sum(r["level"] == "clip" for r in rows) >= 4  # the long video's shots made clips, not a lone row
