@@ -81,15 +81,20 @@ def test_stage_threads_apply_and_restore():
     from mtcc.pipeline.executor import stage_thread_count, stage_threads
     from mtcc.stages import STAGES
 
-    before = torch.get_num_threads()
     stage = STAGES["probe"].model_validate({"resources": {"num_cpus": 0.05}})
     assert stage_thread_count(stage) == 1  # a fractional CPU share is one thread, as on a Ray actor
     wide = STAGES["probe"].model_validate({"resources": {"num_cpus": 0.05, "threads": 3}})
-    with stage_threads(wide):
-        assert torch.get_num_threads() == 3
-    with stage_threads(stage):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
+    session = torch.get_num_threads()
+    torch.set_num_threads(2)  # neither stage's count (the suite runs at 1), so that each restore shows
+    try:
+        with stage_threads(wide):
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 2
+        with stage_threads(stage):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(session)
 
 
 def test_stage_threads_of_a_model_free_stage_never_import_torch():

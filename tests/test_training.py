@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,6 +120,7 @@ def test_checkpoints_are_atomic_weights_only_and_pruned(tmp_path):
     opt.step()
     state = {"step": 3, "model": m.state_dict(), "optimizer": opt.state_dict(), "rng": [ckpt.rng_state()],
              "config": {"a": [1, 2.5, None, "x"]}}
+    want = (torch.rand(3), np.random.rand(3), random.random())  # what the generators give from the saved state
     root = tmp_path / "checkpoints"
     for step in (1, 2, 3):
         ckpt.save(root, step, {**state, "step": step}, keep_last=2)
@@ -127,10 +130,9 @@ def test_checkpoints_are_atomic_weights_only_and_pruned(tmp_path):
     assert loaded["step"] == 3
     assert ckpt.state_digest(loaded["optimizer"]) == ckpt.state_digest(opt.state_dict())
     assert ckpt.state_digest(loaded["model"]) == ckpt.state_digest(m.state_dict())
-    ckpt.set_rng_state(loaded["rng"][0])
-    a = torch.rand(3)
-    ckpt.set_rng_state(loaded["rng"][0])
-    assert torch.equal(a, torch.rand(3))
+    ckpt.set_rng_state(loaded["rng"][0])  # torch's, numpy's and Python's generators, each back where it was
+    assert torch.equal(torch.rand(3), want[0])
+    assert np.array_equal(np.random.rand(3), want[1]) and random.random() == want[2]
 
 
 # -- end to end -----------------------------------------------------------------------------------------------------
