@@ -46,7 +46,7 @@ def test_concurrent_workers_fetch_a_source_once(served, tmp_path):
 
         def read() -> None:
             with ws.source(url, planned_fp) as f:
-                seen.append((Path(f.path).read_bytes()[:64].hex(), f.sha256))
+                seen.append((hashlib.sha256(Path(f.path).read_bytes()).hexdigest(), f.sha256))
 
         workers = [threading.Thread(target=read) for _ in range(4)]
         for w in workers:
@@ -55,7 +55,8 @@ def test_concurrent_workers_fetch_a_source_once(served, tmp_path):
             w.join()
         assert srv.sent["two_talk.mp4"] == size  # four readers, one fetch
     want = hashlib.sha256((served / "two_talk.mp4").read_bytes()).hexdigest()
-    assert len(seen) == 4 and {s for _, s in seen} == {want}  # the sha256 computed while fetching
+    # every reader opened the whole file, and the sha256 computed while fetching says what it holds
+    assert len(seen) == 4 and set(seen) == {(want, want)}
 
 
 def test_cache_stays_within_its_budget_and_never_evicts_a_source_in_use(served, tmp_path):
@@ -111,7 +112,8 @@ def test_clip_eviction_removes_only_the_named_clips_and_survives_a_removed_works
 # -- a build from URLs ----------------------------------------------------------------------------------
 
 def light_cfg(tiny_overrides, *extra):
-    """The offline profile without its model stages (they read no source): probe, faces, cut read it."""
+    """The offline profile without its slowest model stages (separation, sync, masks, audio embeddings,
+    captions: they read no source); probe, faces and cut read it, asd and the scores on the clips stay on."""
     off = [f"stages.{s}.enabled=false" for s in MODEL_STAGES]
     return load_config(resolve_config("offline"), [*tiny_overrides, *off, "stages.prescore.reject=false", *extra])
 
@@ -184,25 +186,43 @@ def cut_clip(sample_dir):
 
 
 def test_cut_media_line_up_with_the_delivered_mp4(cut_clip, tmp_path):
-    """The shared crops are cut from the very pictures the mp4 encodes: cropping the decoded mp4 with the
-    same boxes gives the same crops (up to compression), frame for frame, for every clip frame."""
+    """The shared crops the cut writes (from its own raw picture pipe, not from the mp4) are cut from the very
+    pictures the mp4 encodes: on every clip frame they differ from the decoded mp4, cropped with the same
+    boxes, by compression only (measured: at most 1.8 of 255 on average), and clearly less than from the
+    neighbouring frames (at most 0.63 of that; the two characters walk across). A node the cut did not run
+    on rebuilds them from the mp4, and gets the same."""
+    from conftest import fresh
+
     from mtcc.facts import ClipFaces, CutMedia
     from mtcc.media.crops import clip_boxes, crop_characters
     from mtcc.media.video import open_frames
     from mtcc.stages.clip_media import ClipMedia
+    from mtcc.stages.cut import ClipCut
 
-    media = ClipMedia(cut_clip, NodeWorkspace(tmp_path / "elsewhere"), "test")  # a node the cut did not run on
-    rebuilt = media.crops()  # decoded from the mp4 member
-    cut_ws = cut_clip.fact(CutMedia)
-    assert rebuilt.shape == (2, cut_ws.frames, 224, 224, 3)
-    w, h = cut_ws.size
+    ws = NodeWorkspace(tmp_path / "cut")
+    c = fresh([cut_clip])[0]
+    c.members = {}
+    c.facts.drop(CutMedia)
+    cut = ClipCut()
+    cut.attach(ws)
+    (c,) = cut.run_batch([c])
+    media = ClipMedia(c, ws, "test")
+    assert (media.dir / ClipMedia.CROPS).is_file()  # the cut's own crops, read below as they are
+    made = media.crops().astype(int)
+    n = c.fact(CutMedia).frames
+    assert made.shape == (2, n, 224, 224, 3)
+    w, h = c.fact(CutMedia).size
     video = open_frames(media.mp4(), {"width": w, "height": h}, None)
-    assert video.n_frames == cut_ws.frames == len(cut_clip.fact(ClipFaces).characters[0].boxes)
-    boxes = clip_boxes(cut_clip.fact(ClipFaces).boxes(), media.scale)
-    frame = video.frame(37)
-    assert np.abs(crop_characters(frame, boxes[:, 37]).astype(int) - rebuilt[:, 37].astype(int)).mean() < 1.0
-    # against the neighbouring frame the difference is far larger: the two characters walk across
-    assert np.abs(crop_characters(frame, boxes[:, 37]).astype(int) - rebuilt[:, 30].astype(int)).mean() > 3.0
+    assert video.n_frames == n == len(c.fact(ClipFaces).characters[0].boxes)
+    boxes = clip_boxes(c.fact(ClipFaces).boxes(), media.scale)
+    for idx, imgs in video.batches(list(range(n)), 32):
+        for j, img in zip(idx, imgs):
+            decoded = crop_characters(img, boxes[:, j]).astype(int)
+            same = np.abs(decoded - made[:, j]).mean()
+            near = min(np.abs(decoded - made[:, k]).mean() for k in (j - 1, j + 1) if 0 <= k < n)
+            assert same < 2.5 and same < 0.8 * near, (j, same, near)
+    rebuilt = ClipMedia(c, NodeWorkspace(tmp_path / "elsewhere"), "test").crops().astype(int)
+    assert rebuilt.shape == made.shape and np.abs(rebuilt - made).mean() < 2.5
 
 
 def test_a_stage_used_on_its_own_leaves_nothing_in_the_temporary_folder(cut_clip):

@@ -81,6 +81,9 @@ def test_every_problem_is_named_at_once():
 
 def test_a_stage_that_gates_before_a_maker_is_not_refused():
     # prescore takes the separated tracks only when made before it; the profiles gate before separating
+    for profile in ("offline", "mtcc"):
+        names = [s.name for s in load_config(resolve_config(profile), ["models=null"]).stages]
+        assert names.index("prescore") < names.index("separate"), profile
     assert FULL.index("prescore") < FULL.index("separate")
     build_config(stages(*FULL))
 
