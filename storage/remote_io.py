@@ -206,11 +206,11 @@ class RemoteIO:
     """Runs remote calls under a :class:`RetryPolicy` and counts what they went through."""
 
     def __init__(self, policy: RetryPolicy | None = None, counts: IOCounts | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
         self.policy = policy or RetryPolicy()
         self.counts = counts or IOCounts()
         self._sleep = sleep
-        self._rng = random.Random()
+        self._rng = rng or random.Random()
 
     def call(self, op: str, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, tried again while it fails transiently. ``op`` groups the counts

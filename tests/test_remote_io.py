@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -84,6 +86,30 @@ def test_retries_back_off_with_jitter_and_stop_at_attempts_or_budget():
     # full jitter under an exponential cap: each wait in [0, min(max_backoff, backoff * 2^k)]
     assert len(waits) == 3 and all(0 <= w <= cap for w, cap in zip(waits, (1.0, 2.0, 4.0)))
     assert rio.counts.snapshot() == {"retries": {"fetch.network": 3}, "gave_up": {}}
+
+    class Top(random.Random):  # the longest wait the jitter may draw: the cap itself
+        def uniform(self, a: float, b: float) -> float:
+            assert a == 0.0
+            return b
+
+    def failing_times(n: int) -> Callable[[], str]:
+        left = {"n": n}
+
+        def fn() -> str:
+            left["n"] -= 1
+            if left["n"] >= 0:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return "ok"
+        return fn
+
+    caps: list[float] = []
+    policy = RetryPolicy(attempts=6, backoff_s=1.0, max_backoff_s=4.0, budget_s=3600)
+    assert RemoteIO(policy, sleep=caps.append, rng=Top()).call("fetch", "x", failing_times(5)) == "ok"
+    assert caps == [1.0, 2.0, 4.0, 4.0, 4.0]  # doubling from backoff_s, held at max_backoff_s
+    drawn: list[float] = []
+    assert RemoteIO(policy, sleep=drawn.append, rng=random.Random(7)).call("fetch", "x", failing_times(5)) == "ok"
+    same = random.Random(7)
+    assert drawn == [same.uniform(0.0, cap) for cap in caps]  # each wait drawn anew, anywhere under its cap
 
     def down() -> None:
         raise _client_response_error(503, "Slow Down")
