@@ -304,6 +304,7 @@ def test_index_finds_the_planted_people_and_no_false_duplicate(offline_build, sa
     assert len(photos) >= 4 and all(len(v) == 1 for v in photos.values()), photos
     found = [next(iter(v)) for v in photos.values()]
     assert len(set(found)) == len(found), photos  # different photos, different people
-    assert real and not real & set(found), (real, photos)  # the real footage's people are nobody generated
+    assert len(real) == 2, real  # the real pair: two women, two people (not one merged, not split in more)
+    assert not real & set(found), (real, photos)  # the real footage's people are nobody generated
     groups = pq.read_table(out / "index" / "duplicates.parquet")
     assert groups.num_rows == 0, groups.to_pylist()

@@ -92,7 +92,7 @@ def test_windows_hold_the_planted_frames_audio_rows_and_padding(synth):
     assert seen_short
 
 
-def test_route_npy_is_used_at_the_shard_geometry_and_equals_the_recomputed_mask(synth, tmp_path):
+def test_route_npy_is_used_at_the_shard_geometry_and_equals_the_recomputed_mask(synth, tmp_path, monkeypatch):
     out, truth = synth
     from_npy = {(k, tuple(w.tolist())): r for b in loader(str(out), geometry=SMALL, num_workers=0,
                                                           windows="all", shuffle_buffer=0)
@@ -103,14 +103,41 @@ def test_route_npy_is_used_at_the_shard_geometry_and_equals_the_recomputed_mask(
     for b in loader(str(bare), geometry=SMALL, num_workers=0):
         for k, w, r in zip(b["key"], b["window"], b["route"]):
             assert torch.equal(r, from_npy[(k, tuple(w.tolist()))])
+    # what the loader gives there is route.npy itself: shards whose route.npy was planted with the two
+    # characters exchanged (their masks unchanged) give the exchanged routes; a short clip's padded window
+    # alone is recomputed from its masks (items.training_windows)
+    from mtcc.training import synthetic
+
+    written = synthetic.route_index_mask
+    monkeypatch.setattr(synthetic, "route_index_mask", lambda canvas, geo: exchanged(written(canvas, geo)))
+    planted = tmp_path / "planted"
+    write_shards(planted, 2, 2, frames=LENGTHS, size=(192, 128), geometry=SHARD_GEO)
+    monkeypatch.undo()
+    seen = 0
+    for b in loader(str(planted), geometry=SMALL, num_workers=0):
+        for k, w, r in zip(b["key"], b["window"], b["route"]):
+            want = from_npy[(k, tuple(w.tolist()))]
+            full = int(w[1]) - int(w[0]) >= SHARD_GEO.frames
+            assert (want >= 0).any() and torch.equal(r, exchanged(want) if full else want), (k, w)
+            seen += full
+    assert seen
     # and another geometry recomputes from the masks too: 17 frames at 128x192, windows of that length
     big = {"frames": 17, "height": 128, "width": 192}
     got = items_of(loader(str(out), geometry=big, num_workers=0, ref_size=32))
     assert Counter(got) == expected_items(truth, LatentGeometry(**big))
 
 
+def exchanged(route):
+    """A route map with characters 0 and 1 exchanged (-1, nobody, stays)."""
+    if isinstance(route, torch.Tensor):
+        return torch.where(route < 0, route, 1 - route)
+    return np.where(route < 0, route, 1 - route).astype(route.dtype)
+
+
 def test_route_from_rle_matches_the_masks_stage_recipe(synth):
-    """route_from_rle on a planted sample equals the route.npy row the writer computed independently."""
+    """route_from_rle on a planted sample equals the route.npy row the writer computed from the planted masks
+    (with the masks stage's letterbox and routing functions: what this checks is the RLE decoding, the frame
+    indexing and the character order around them)."""
     from mtcc.manifests.shard_tar import read_samples
 
     out, truth = synth
