@@ -117,7 +117,7 @@ PLANTS = {
     "swap-both": (0, asd_meta((0.5, 0.45), FACE_SWAP, overlap=0.2), True, SWAP),
     "asd-only-swap": (1, asd_meta((0.02, 0.7), FACE_SWAP), None, SWAP),
     "contra": (1, asd_meta((0.6, 0.03), FACE_IDENT), True, "binding_contradicted"),
-    "no-asd": (1, None, False, "no_asd"),
+    "no-asd": (1, None, True, "no_asd"),  # sync says swapped: an unbound export must follow it (no asd vote)
     "holes": (1, asd_meta((0.6, 0.03), FACE_IDENT), False, "no_window"),
 }
 EXPORTED = {k for k, v in PLANTS.items() if isinstance(v[3], list)}
@@ -310,7 +310,7 @@ def test_keep_unbound_exports_the_unbound_and_says_so(planted_out, tmp_path):
     # the unbound clips still carry a binding true of their files: asd's vote where there is one, else sync's
     emb = np.load(io.BytesIO(planted["contra_0000"]["members"]["audio_emb.npy"]))
     assert recovered_binding(clips["contra_0000"], emb) == IDENTITY
-    assert recovered_binding(clips["no-asd_0000"], emb) == IDENTITY
+    assert recovered_binding(clips["no-asd_0000"], emb) == SWAP
     assert clips["no-asd_0000"]["entry"]["mtcc"]["speaker_source"] == "default"
 
 

@@ -140,12 +140,17 @@ def test_copy_is_grouped_with_its_original_and_nothing_else(indexed):
         assert set(sources) == {"debate", "debate-copy"}, (sources, pairs)
         kept = [r for r in g if r["kept"]]
         assert len(kept) == 1 and source_of(kept[0]["key"]) == "debate", g  # the 720p original is kept
-    for p in pairs:
-        assert p["audio_ber"] < 0.2 and p["frame_distance"] <= 6, p
-        # the copy starts half a second into the original: each copy clip lies ~0.5 s later in its twin
-        # (minus where the segmenter started each clip, the same frames in both)
     print("duplicate pairs:", [(p["a_key"], p["b_key"], round(p["offset_s"], 3), round(p["audio_ber"], 3),
                                p["frame_distance"]) for p in pairs])
+    start = {r["key"]: r["start"] for r in clips(indexed)}
+    assert pairs
+    for p in pairs:
+        assert p["audio_ber"] < 0.2 and p["frame_distance"] <= 6, p
+        # offset_s: b's content sits that much later in a, b(t) = a(t + offset_s). The copy's time u is the
+        # original's u + 0.5 (it starts half a second in), so from the clips' starts in their own sources:
+        a, b = p["a_key"], p["b_key"]
+        want = start[b] - start[a] + (0.5 if source_of(a) == "debate" else -0.5)
+        assert abs(p["offset_s"] - want) <= 0.05, (p, want)
 
 
 def test_same_people_get_the_same_ids(indexed):
