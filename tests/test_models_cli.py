@@ -6,6 +6,7 @@ models) or an unreachable loopback port (the probe); the Hugging Face download i
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import io
 import os
@@ -227,23 +228,44 @@ def test_unzip_refuses_members_that_leave_the_folder(tmp_path, evil):
         zf.writestr(evil, b"evil")
     dest = tmp_path / "sub" / "pack"
     with pytest.raises(ModelsError, match="refused"):
-        extract_members(archive, ["scrfd_10g_bnkps.onnx"], dest)
+        extract_members(archive, {"scrfd_10g_bnkps.onnx": None}, dest)
     assert not dest.exists()
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["pack.zip"]
 
 
-def test_unzip_refuses_a_member_bigger_than_it_declares(tmp_path):
+def test_unzip_refuses_a_member_by_the_size_it_declares_before_writing_anything(tmp_path):
+    """zipfile inflates a member to the size it declares and never past it, so a bomb is refused by what it
+    declares: other than its pin's bytes, where a pin gives them, or above a ceiling; before any member,
+    the good ones included, is written."""
+    archive = tmp_path / "pack.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("antelopev2/w600k_r50.onnx", b"w" * 1000)
+        zf.writestr("antelopev2/det_10g.onnx", b"\0" * 3_000_000)  # deflates to a few KB
+    assert zipfile.ZipFile(archive).getinfo("antelopev2/det_10g.onnx").compress_size < 10_000
+    out = tmp_path / "out"
+    with pytest.raises(ModelsError, match="det_10g.onnx declares 3000000 bytes where its pin says 1000"):
+        extract_members(archive, {"w600k_r50.onnx": 1000, "det_10g.onnx": 1000}, out)
+    with pytest.raises(ModelsError, match="det_10g.onnx declares 3000000 bytes, more than the 1000000"):
+        extract_members(archive, {"w600k_r50.onnx": None, "det_10g.onnx": None}, out, max_bytes=1_000_000)
+    assert not out.exists()
+    got = extract_members(archive, {"w600k_r50.onnx": 1000, "det_10g.onnx": 3_000_000}, out)
+    assert got["w600k_r50.onnx"] == (1000, hashlib.sha256(b"w" * 1000).hexdigest())
+    assert got["det_10g.onnx"][0] == 3_000_000 == (out / "det_10g.onnx").stat().st_size
+    assert sorted(p.name for p in out.iterdir()) == ["det_10g.onnx", "w600k_r50.onnx"]
+
+
+def test_unzip_leaves_nothing_of_a_member_whose_bytes_fail_their_check(tmp_path):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("det_10g.onnx", b"a" * 1000)
     data = bytearray(buf.getvalue())
-    # shrink the declared size in the central directory: the stream then inflates past it
+    # shrink the declared size in the central directory: the first 10 bytes then fail the CRC of all 1000
     cd = data.rfind(b"PK\x01\x02")
     data[cd + 24:cd + 28] = (10).to_bytes(4, "little")
-    (tmp_path / "bomb.zip").write_bytes(bytes(data))
-    with pytest.raises((ModelsError, zipfile.BadZipFile)):
-        extract_members(tmp_path / "bomb.zip", ["det_10g.onnx"], tmp_path / "out")
-    assert not (tmp_path / "out" / "det_10g.onnx").exists()
+    (tmp_path / "bad.zip").write_bytes(bytes(data))
+    with pytest.raises(zipfile.BadZipFile, match="CRC"):
+        extract_members(tmp_path / "bad.zip", {"det_10g.onnx": None}, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []  # not even the temporary file
 
 
 def test_pinned_table_is_well_formed():

@@ -169,7 +169,7 @@ def _download(e: Any, root: Path, need: list, endpoint: str, out: Out) -> str | 
         zpath = root / f".{e.stage}-{os.getpid()}.zip"
         try:
             download_url(e.url, zpath, None, out)
-            extract_members(zpath, [p.path for p in need], folder)
+            extract_members(zpath, {p.path: p.bytes for p in need}, folder)
         finally:
             zpath.unlink(missing_ok=True)
     else:
