@@ -3,9 +3,9 @@
 A profile that says ``models: @tiny`` gets the models.yaml of `mtcc models make-tiny` from
 ``$MTCC_CACHE/tiny/<digest>/`` (``MTCC_CACHE`` defaults to ``$XDG_CACHE_HOME/mtcc``, else ``~/.cache/mtcc``),
 so ``mtcc run offline`` works from any directory. The digest covers the code that decides what make-tiny
-writes (the stage classes, the models file writer) and the versions of the libraries whose classes are
-saved, so a changed stage never reads another version's models. Concurrent first uses (two runs, two test
-workers) make the folder once, under a file lock.
+writes (the stage classes, our own model classes they save, the models file writer) and the versions of the
+libraries whose classes are saved, so a changed stage never reads another version's models. Concurrent first
+uses (two runs, two test workers) make the folder once, under a file lock.
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ def cache_root() -> Path:
 
 
 def code_digest() -> str:
-    import mtcc.pipeline
+    import mtcc.nets
+    import mtcc.pipeline.weights
     import mtcc.stages
 
     h = hashlib.sha256()
-    sources = sorted(Path(mtcc.stages.__path__[0]).glob("*.py"))
-    sources += sorted((Path(mtcc.pipeline.__path__[0]) / "models").glob("*.py"))
-    for f in sources:
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    # the stage classes (make_tiny), the model classes of our own they save (nets/) and the models file writer
+    for package in (mtcc.stages, mtcc.nets, mtcc.pipeline.weights):
+        for f in sorted(Path(package.__path__[0]).glob("*.py")):
+            h.update(f"{package.__name__}.{f.name}".encode() + b"\0" + f.read_bytes() + b"\0")
     for lib in LIBRARIES:
         try:
             version = metadata.version(lib)

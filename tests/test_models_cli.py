@@ -488,3 +488,23 @@ def test_offline_profile_runs_from_any_directory_making_its_tiny_models_once(tmp
     models.unlink()  # a first use killed before it finished
     out, err, rc = (lambda p: p.communicate() + (p.returncode,))(start())
     assert rc == 0 and "making" in err and models.is_file()
+
+
+def test_the_tiny_cache_is_keyed_by_the_code_that_decides_the_tiny_models(tmp_path, monkeypatch):
+    """A change to a stage class, to one of our own model classes or to the models-file writer gives another
+    cache folder: the first use after it makes the models again instead of loading the old ones."""
+    import mtcc.nets
+    import mtcc.pipeline.weights
+    import mtcc.stages
+    from mtcc.pipeline.tiny_cache import code_digest
+
+    before = code_digest()
+    for package in (mtcc.stages, mtcc.nets, mtcc.pipeline.weights):
+        changed = tmp_path / package.__name__
+        shutil.copytree(package.__path__[0], changed, ignore=shutil.ignore_patterns("__pycache__"))
+        last = sorted(changed.glob("*.py"))[-1]
+        last.write_text(last.read_text() + "\n# changed\n")
+        monkeypatch.setattr(package, "__path__", [str(changed)])
+        assert code_digest() != before, package.__name__
+        monkeypatch.undo()
+    assert code_digest() == before
