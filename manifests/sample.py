@@ -18,11 +18,12 @@ import numpy as np
 
 from mtcc.media.clip import AUDIO_RATE, FPS
 from mtcc.media.ffmpeg import probe_command, run_tool
-from mtcc.media.members import AUDIO_EMB, CAPTION, FACES, MASKS, META, MIX, MP4, REFS, ROUTE, TRACKS
+from mtcc.media.members import AUDIO_EMB, CAPTION, FACES, IDENTITY, MASKS, META, MIX, MP4, REFS, ROUTE, TRACKS
 
 from .members import REQUIRED
 
 EMB_LAYERS, EMB_DIM = 12, 768
+IDENTITY_DIM = 128  # dlib's face descriptor (nets/face_identity.py)
 
 
 def _npy(data: bytes) -> np.ndarray:
@@ -120,6 +121,8 @@ def check_sample(members: dict[str, bytes], require: Iterable[str] = REQUIRED) -
             problems.append(f"audio_emb.npy: {emb.dtype} {emb.shape}, expected float16 {list(want)}")
         elif not np.isfinite(emb).all():
             problems.append("audio_emb.npy: non-finite values")
+    if IDENTITY in members:
+        problems += _identity_problems(_npy(members[IDENTITY]), (meta.get("identity") or {}).get("frames"))
     for name in (REFS[0], REFS[1]):
         if name in members:
             from PIL import Image
@@ -139,6 +142,21 @@ def check_sample(members: dict[str, bytes], require: Iterable[str] = REQUIRED) -
             if k not in meta:
                 problems.append(f"json: no '{k}'")
     return problems
+
+
+def _identity_problems(desc: np.ndarray, frames: list[list[int]] | None) -> list[str]:
+    """identity.npy: float32 ``[2, F, 128]``, finite on each character's described frames (the meta's
+    ``identity.frames[k]``), NaN on the rows after them."""
+    if desc.dtype != np.float32 or desc.ndim != 3 or desc.shape[0] != 2 or desc.shape[2] != IDENTITY_DIM:
+        return [f"identity.npy: {desc.dtype} {desc.shape}, expected float32 [2, F, {IDENTITY_DIM}]"]
+    if frames is None:
+        return ["identity.npy: the meta has no identity.frames for its rows"]
+    if len(frames) != 2 or desc.shape[1] != max(len(f) for f in frames):
+        return [f"identity.npy: {desc.shape[1]} rows, the meta's identity.frames lists {[len(f) for f in frames]}"]
+    for k, f in enumerate(frames):
+        if not np.isfinite(desc[k, :len(f)]).all() or not np.isnan(desc[k, len(f):]).all():
+            return [f"identity.npy: character {k} should have {len(f)} finite rows, then NaN"]
+    return []
 
 
 def _grid(geo: dict[str, Any]) -> tuple[int, int, int]:

@@ -179,11 +179,15 @@ def test_every_kept_sample_has_every_member_of_the_schema(offline_build):
     emb = np.load(io.BytesIO(members["audio_emb.npy"]))
     buf2 = io.BytesIO()
     np.save(buf2, emb[:, :-1])
-    broken = {**members, "route.npy": buf.getvalue(), "audio_emb.npy": buf2.getvalue()}
+    ident = np.load(io.BytesIO(members["identity.npy"]))
+    ident[1, 0, 0] = np.nan  # a described frame without its descriptor
+    buf3 = io.BytesIO()
+    np.save(buf3, ident)
+    broken = {**members, "route.npy": buf.getvalue(), "audio_emb.npy": buf2.getvalue(), "identity.npy": buf3.getvalue()}
     del broken["caption.txt"]
     problems = " | ".join(check_sample(broken, require=MEMBERS))
     assert "missing member caption.txt" in problems and "route.npy: int16" in problems
-    assert "audio_emb.npy" in problems
+    assert "audio_emb.npy" in problems and "identity.npy: character 1" in problems
 
 
 def test_audio_stage_members_have_the_clip_length(offline_build):
