@@ -237,13 +237,16 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
         with RunLock(lock_path) as lock, ExitStack() as stack:
             if lock.took_over:
                 log(f"taking over a stale lock of pid {lock.took_over.get('pid')} on {lock.took_over.get('host')}")
+            made_plan = False
             try:
                 store.enter(stack, log)
+                made_plan = not store.layout.plan.exists()
                 result = _build_locked(cfg, inputs, store, runner=runner, address=address, force=force,
                                        progress=progress, log=log, rio=rio)
             except BaseException:
-                if not store.layout.plan.exists():
-                    _undo_refused(root, lock_path, had_root, had_lock)
+                # refused before the config was saved (planning, or the stages' start): OUT as it was found
+                if not store.layout.run_config.exists() and (made_plan or not store.layout.plan.exists()):
+                    _undo_refused(store.layout, lock_path, had_root, had_lock)
                 raise
     except RemoteError as e:
         raise BuildError(str(e)) from e
@@ -251,15 +254,21 @@ def build(cfg: PipelineConfig, inputs: list[str] | None, out: str | Path, *, run
     return result
 
 
-def _undo_refused(root: Path, lock_path: Path, had_root: bool, had_lock: bool) -> None:
-    """A run refused before it planned anything leaves OUT as it found it: the lock file it made goes (while
-    still held, so no other run is let in by it), and the folder too when this run made it and nothing else
-    is in it."""
+def _undo_refused(layout: OutPaths, lock_path: Path, had_root: bool, had_lock: bool) -> None:
+    """A run refused before it saved its config (a bad input, stages that could not start) leaves OUT as it
+    found it: the plan it made and its empty folders go, the lock file it made goes (while still held, so no
+    other run is let in by it), and the folder too when this run made it and nothing else is in it."""
+    layout.plan.unlink(missing_ok=True)
+    for d in layout.dirs():
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # not there, or not empty: not this refused run's to remove
     if not had_lock:
         lock_path.unlink(missing_ok=True)
     if not had_root:
         try:
-            root.rmdir()
+            layout.root.rmdir()
         except OSError:
             pass  # something else is in it now (another run's files): not ours to remove
 
@@ -270,8 +279,6 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, store: Out, *, 
     layout, name = store.layout, store.name
     _check_config(layout, cfg, force, name)
     plan = load_or_make_plan(layout, inputs, cfg.run.videos_per_shard, log, name, rio)
-    _save_config(layout, cfg)  # only once the plan is settled: a refused run changes nothing
-    store.plan_ready(log)
     for p in remove_temporaries(layout):
         log(f"removed leftover {p.relative_to(layout.root)}")
     for d in layout.dirs():
@@ -279,10 +286,23 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, store: Out, *, 
     shards = sorted(set(plan.column("shard").to_pylist()))
     result = BuildResult(store.location, len(shards))
     todo = store.todo(shards, cfg.config_hash(), result, log)
-    workers_io = []
+    executor = None
     if todo:
-        workers_io = _run_shards(cfg, plan, layout, todo, result, runner=runner, address=address,
-                                 progress=progress, log=log, publish=store.publisher(result, log))
+        t_start = time.monotonic()
+        executor = _start_executor(cfg, runner, address, workspace_spec(cfg, layout), log)
+        result.startup_s = time.monotonic() - t_start  # Ray init + actors set up: a fixed cost per run
+    # only once the plan is settled and the stages started: a refused run changes nothing
+    try:
+        _save_config(layout, cfg)
+        store.plan_ready(log)
+    except BaseException:
+        if executor is not None:
+            executor.shutdown()
+        raise
+    workers_io = []
+    if executor is not None:
+        workers_io = _run_shards(cfg, plan, layout, todo, result, executor, progress=progress, log=log,
+                                 publish=store.publisher(result, log))
     result.wall_s = time.monotonic() - t0
     result.remote_io = IOCounts.merge([rio.counts.snapshot(), *workers_io])
     if result.remote_io["retries"] or result.remote_io["gave_up"]:
@@ -310,17 +330,14 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, store: Out, *, 
     return result
 
 
-def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: OutPaths, todo: list[int], result: BuildResult, *,
-                runner: str, address: str | None, progress: bool, log: Callable[[str], None],
+def _run_shards(cfg: PipelineConfig, plan: pa.Table, layout: OutPaths, todo: list[int], result: BuildResult,
+                executor: Executor, *, progress: bool, log: Callable[[str], None],
                 publish: Callable[[int], bool] | None = None) -> list[dict[str, dict[str, int]]]:
-    """Stream the shards ``todo`` through the stages and commit (and publish) each; what the workers' remote
-    reads went through, one snapshot per worker."""
+    """Stream the shards ``todo`` through the stages of the started ``executor`` and commit (and publish)
+    each; what the workers' remote reads went through, one snapshot per worker."""
     stages = cfg.active_stages
     run_info = {"config_hash": cfg.config_hash(), "pipeline_version": PIPELINE_VERSION, "versions": versions(),
                 "profile": cfg.profile, "models": model_ids(cfg)}
-    t_start = time.monotonic()
-    executor = _start_executor(cfg, runner, address, workspace_spec(cfg, layout), log)
-    result.startup_s = time.monotonic() - t_start  # Ray init + actors set up: a fixed cost per run
     random = random_weight_stages(cfg)
     if random:
         log(f"WARNING: stages {', '.join(random)} may run on RANDOM weights (allow_random_weights: true); "

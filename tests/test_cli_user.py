@@ -82,6 +82,18 @@ def test_a_refused_run_leaves_the_output_folder_as_it_was(videos, tmp_path):
     assert list(empty.iterdir()) == []
 
 
+def test_a_run_refused_when_its_stages_start_leaves_the_output_folder_as_it_was(videos, tmp_path):
+    """The inputs were planned, then a stage could not load its weights: the plan, config and folders that run
+    made go with it, so the fixed rerun (here another profile) is a first run, not a changed config refused."""
+    out = tmp_path / "out"
+    res = mtcc("run", "offline", "--input", str(videos), "--output", str(out), "--runner", "inprocess",
+               "--no-progress", "--set", "models=null", "--set", "stages.faces.detector=insightface")
+    assert res.returncode == 2 and "stage 'faces' failed to set up" in res.stderr, res.stderr
+    assert not out.exists()
+    res = mtcc("run", "spine", "--input", str(videos), "--output", str(out), "--runner", "inprocess", "--no-progress")
+    assert res.returncode == 0, res.stderr
+
+
 def test_status_and_verify_speak_json(built):
     res = mtcc("status", str(built), "--json")
     assert res.returncode == 0, res.stderr
