@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -295,6 +297,18 @@ def tiny_fixture(stage_cls):
         return stage_cls.make_tiny(tmp_path_factory.mktemp("models"))
 
     return tiny
+
+
+def under_other_hash_seeds(code: str, *args: str) -> list:
+    """What ``code`` (run as ``python -c code *args``) prints as JSON in two fresh interpreters with different
+    seeds of Python's salted string hash: "the same on every run" checked where a salted hash would differ
+    (within one process it never does)."""
+    out = []
+    for seed in ("1", "2"):
+        run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        out.append(json.loads(run.stdout))
+    return out
 
 
 def ready(stage):
