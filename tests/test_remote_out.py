@@ -20,7 +20,7 @@ import pytest
 from mtcc.manifests.shard_tar import read_samples
 from mtcc.pipeline.build import build
 from mtcc.pipeline.config import load_config, resolve_config
-from mtcc.pipeline.errors import BuildError, LockBusy
+from mtcc.pipeline.errors import BuildError, LockBusy, StageSetupError
 from mtcc.pipeline.remote import claim_staging
 
 pytestmark = pytest.mark.slow
@@ -96,6 +96,24 @@ def test_rerun_skips_every_published_shard_and_changes_nothing(s3, builds, sampl
     again = build(cfg(), [str(sample_dir)], url, runner="inprocess", progress=False, staging=tmp_path / "st")
     assert again.shards_built == [] and len(again.shards_skipped) == res.shards_total
     assert remote_digests(s3, f"{BUCKET}/rerun") == local_digests(local)
+
+
+def test_a_run_refused_when_its_stages_start_leaves_the_url_and_staging_as_they_were(s3, builds, sample_dir,
+                                                                                     tmp_path):
+    """The inputs were planned into staging, then a stage could not load its weights: OUT gets nothing (no lock
+    left, no plan published) and staging keeps no plan or config, so the fixed rerun (here another profile, into
+    the same staging) is a first run, not a changed config refused, and publishes what a local build gives."""
+    local, _, _ = builds
+    url, staging = f"s3://{BUCKET}/refused", tmp_path / "staging"
+    bad = load_config(resolve_config("offline"), ["models=null", "stages.faces.detector=insightface"])
+    with pytest.raises(StageSetupError, match="stage 'faces' failed to set up"):
+        build(bad, [str(sample_dir)], url, runner="inprocess", progress=False, staging=staging)
+    s3.invalidate_cache()
+    assert s3.find(f"{BUCKET}/refused") == []
+    assert not (staging / "plan.parquet").exists() and not (staging / "config.json").exists()
+    again = build(cfg(), [str(sample_dir)], url, runner="inprocess", progress=False, staging=staging)
+    assert not again.shards_failed and again.shards_built
+    assert remote_digests(s3, f"{BUCKET}/refused") == local_digests(local)
 
 
 def test_lost_commit_partial_upload_and_short_tar_redo_exactly_those_shards(s3, builds, sample_dir, tmp_path):
