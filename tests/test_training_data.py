@@ -17,7 +17,7 @@ from mtcc.media.geometry import LatentGeometry
 from mtcc.training import loader
 from mtcc.training.decode import decode_video, mp4_size, npy_view, route_from_rle
 from mtcc.training.filters import FilterError, parse_condition, parse_filters
-from mtcc.training.synthetic import CODE_BLOCK, FRAME_CODE_BASE, FRAME_CODE_STEP, write_shards
+from mtcc.training.synthetic import CODE_BLOCK, FRAME_CODE_BASE, FRAME_CODE_STEP, planted_masks, write_shards
 
 SHARD_GEO = LatentGeometry(frames=9, height=64, width=96)
 SMALL = {"frames": 9, "height": 64, "width": 96}
@@ -133,20 +133,74 @@ def exchanged(route):
     return np.where(route < 0, route, 1 - route).astype(route.dtype)
 
 
-def test_route_from_rle_matches_the_masks_stage_recipe(synth):
-    """route_from_rle on a planted sample equals the route.npy row the writer computed from the planted masks
-    (with the masks stage's letterbox and routing functions: what this checks is the RLE decoding, the frame
-    indexing and the character order around them)."""
+def linear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in]: 1-D linear resampling with half-pixel centres (align_corners=False), clamped at the edges."""
+    w = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        x = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        a = int(np.floor(x))
+        w[i, a] += 1 - (x - a)
+        w[i, min(a + 1, n_in - 1)] += x - a
+    return w
+
+
+def recipe_route(masks: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """The authors' routing recipe written out in numpy, apart from the product's torch code: each character's
+    [T, H, W] canvas mask resized to the grid by separable linear weights, > 0.5, character 1 over 0, -1 none."""
+    out = np.full(grid, -1, np.int8)
+    for k in range(len(masks)):
+        wt, wh, ww = (linear_weights(n, m) for n, m in zip(masks[k].shape, grid))
+        out[np.einsum("ti,hj,wk,ijk->thw", wt, wh, ww, masks[k].astype(np.float64)) > 0.5] = k
+    return out
+
+
+def test_route_npy_and_route_from_rle_follow_the_recipe_on_the_planted_masks(synth):
+    """route.npy (the writer's, by the masks stage's functions) and route_from_rle (the loader's, from
+    masks.rle.json) both equal the recipe computed here from the planted ellipses themselves, on every window
+    of every sample, the 7-frame clip's short window included."""
     from mtcc.manifests.shard_tar import read_samples
 
     out, truth = synth
     import json
 
-    key, members = next(read_samples(out / "shards" / "mtcc-000000.tar"))
-    doc = json.loads(members["masks.rle.json"])
-    route = npy_view(members["route.npy"])
-    for w, (s, e) in enumerate(SHARD_GEO.windows(truth[key].frames)):
-        assert np.array_equal(route_from_rle(doc, list(range(s, e)), SHARD_GEO), route[w].reshape(-1))
+    seen = set()
+    for tar in sorted((out / "shards").glob("*.tar")):
+        for key, members in read_samples(tar):
+            doc = json.loads(members["masks.rle.json"])
+            route = npy_view(members["route.npy"])
+            w, h = truth[key].size
+            assert (w, h) == (192, 128)  # letterboxed to 96x64 at exactly half: nearest keeps the even pixels
+            for i, (s, e) in enumerate(SHARD_GEO.windows(truth[key].frames)):
+                canvas = np.stack([[planted_masks(f, w, h)[k][::2, ::2] for f in range(s, e)] for k in range(2)])
+                want = recipe_route(canvas, SHARD_GEO.grid)
+                assert np.array_equal(route[i], want), (key, s, e)
+                assert np.array_equal(route_from_rle(doc, list(range(s, e)), SHARD_GEO), want.reshape(-1)), (key, s)
+                seen |= set(np.unique(want).tolist())
+                seen.add(("short", e - s < SHARD_GEO.frames))
+    assert {-1, 0, 1, ("short", True), ("short", False)} <= seen
+
+
+def test_route_from_rle_letterboxes_with_padding_and_character_1_wins_where_both_are(synth):
+    """A 100x60 clip (letterboxed to 96x58 with 3 black rows above and below, not an exact scale) whose two
+    planted rectangles overlap: route_from_rle equals the recipe on the canvas built here by nearest-pixel
+    lookup, and the cells both characters cover go to character 1."""
+    from mtcc.media import rle as rle_codec
+
+    w, h, n = 100, 60, SHARD_GEO.frames
+    masks = np.zeros((2, n, h, w), bool)
+    for f in range(n):
+        masks[0, f, 10:50, 10 + f:60 + f] = True
+        masks[1, f, 15:55, 40 + f:90] = True
+    doc = {"size": [h, w], "characters": [{"index": k, "rle": [rle_codec.encode(m) for m in masks[k]]}
+                                          for k in (1, 0)]}  # listed out of order: the index decides
+    rows, cols = (np.minimum(np.floor(np.arange(58) * h / 58).astype(int), h - 1),
+                  np.minimum(np.floor(np.arange(96) * w / 96).astype(int), w - 1))
+    canvas = np.zeros((2, n, SHARD_GEO.height, SHARD_GEO.width), np.uint8)
+    canvas[:, :, 3:61, :] = masks[:, :, rows][:, :, :, cols]
+    want = recipe_route(canvas, SHARD_GEO.grid)
+    assert np.array_equal(route_from_rle(doc, list(range(n)), SHARD_GEO), want.reshape(-1))
+    alone = recipe_route(canvas[:1], SHARD_GEO.grid)
+    assert ((alone == 0) & (want == 1)).sum() >= 3  # both cover these cells: character 1's
 
 
 def test_every_shard_read_exactly_once_per_epoch_across_2_ranks_x_2_workers(synth):

@@ -48,7 +48,7 @@ class Planted:
     windows: list[tuple[int, int]]  # at the shard geometry
 
 
-def _ellipses(t: int, w: int, h: int) -> np.ndarray:
+def planted_masks(t: int, w: int, h: int) -> np.ndarray:
     """bool [2, h, w]: the two characters' masks at frame t."""
     yy, xx = np.mgrid[0:h, 0:w]
     out = np.zeros((2, h, w), bool)
@@ -103,7 +103,7 @@ def make_sample(key: str, index: int, frames: int, size: tuple[int, int], geo: L
     from mtcc.media import rle as rle_codec
 
     w, h = size
-    masks = np.stack([_ellipses(t, w, h) for t in range(frames)], axis=1)  # [2, T, h, w]
+    masks = np.stack([planted_masks(t, w, h) for t in range(frames)], axis=1)  # [2, T, h, w]
     video = np.stack([_frame(t, masks[:, t]) for t in range(frames)])
     rles = [[rle_codec.encode(masks[k, t]) for t in range(frames)] for k in range(2)]
     rle_doc = {"size": [h, w], "fps": 25, "frames": frames,
