@@ -124,8 +124,11 @@ def new_sources(inputs: list[str] | None, rio: RemoteIO, name: str, warn: Callab
 
 
 def load_or_make_plan(layout: OutPaths, inputs: list[str] | None, videos_per_shard: int,
-                      warn: Callable[[str], None], name: str | None = None, rio: RemoteIO | None = None) -> pa.Table:
-    sources: list[str] | None = None
+                      warn: Callable[[str], None], name: str | None = None,
+                      rio: RemoteIO | None = None) -> tuple[pa.Table, bool]:
+    """(the plan, whether it replaces OUT's frozen plan once the run has started): OUT's plan, checked against
+    ``inputs``; a new OUT's plan, written at once (a refused run removes it); or, with ``videos_per_shard``
+    changed (--force), the sources regrouped, which ``replace_plan`` writes only when the run starts."""
     rio = rio or RemoteIO()
     name = name or str(layout.root)
     if layout.plan.exists():
@@ -140,23 +143,35 @@ def load_or_make_plan(layout: OutPaths, inputs: list[str] | None, videos_per_sha
                     f"{len(planned - now)} gone); resume with the same --input, or use a new --output")
         grouping = (plan.schema.metadata or {}).get(b"videos_per_shard", b"0")
         if int(grouping) == videos_per_shard:
-            return plan
-        # only reachable with --force (the grouping is part of the config hash): every shard changes
+            return plan, False
+        # only reachable with --force (the grouping is part of the config hash): every shard changes, but
+        # nothing is replaced until the run has started (``replace_plan``): a refused run changes nothing
         warn(f"run.videos_per_shard changed ({grouping.decode()} -> {videos_per_shard}): replanning all shards")
-        for d in ("commits", "shards", "manifests"):
-            for p in sorted((layout.root / d).glob("*")):
-                p.unlink()
-        sources = plan.column("source").to_pylist()
-    else:
-        sources = new_sources(inputs, rio, name, warn)
+        return regrouped(plan.column("source").to_pylist(), videos_per_shard, rio), True
+    plan = regrouped(new_sources(inputs, rio, name, warn), videos_per_shard, rio)
+    write_plan(layout, plan)
+    return plan, False
+
+
+def regrouped(sources: list[str], videos_per_shard: int, rio: RemoteIO) -> pa.Table:
     plan = make_plan(sources, videos_per_shard, rio)
-    plan = plan.replace_schema_metadata({"videos_per_shard": str(videos_per_shard)})
+    return plan.replace_schema_metadata({"videos_per_shard": str(videos_per_shard)})
+
+
+def replace_plan(layout: OutPaths, plan: pa.Table) -> None:
+    """A regrouped plan takes the place of the old one, whose shards all go (commits first)."""
+    for d in ("commits", "shards", "manifests"):
+        for p in sorted((layout.root / d).glob("*")):
+            p.unlink()
+    write_plan(layout, plan)
+
+
+def write_plan(layout: OutPaths, plan: pa.Table) -> None:
     tmp = layout.temp(layout.plan)
     pq.write_table(plan, tmp)
     fsync_file(tmp)
     os.replace(tmp, layout.plan)
     fsync_dir(layout.root)
-    return plan
 
 
 HEALTH_EVERY_S = 5.0  # how often a Ray build checks that the cluster can still hold its actors
@@ -278,7 +293,7 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, store: Out, *, 
     t0 = time.monotonic()
     layout, name = store.layout, store.name
     _check_config(layout, cfg, force, name)
-    plan = load_or_make_plan(layout, inputs, cfg.run.videos_per_shard, log, name, rio)
+    plan, replan = load_or_make_plan(layout, inputs, cfg.run.videos_per_shard, log, name, rio)
     for p in remove_temporaries(layout):
         log(f"removed leftover {p.relative_to(layout.root)}")
     for d in layout.dirs():
@@ -293,8 +308,11 @@ def _build_locked(cfg: PipelineConfig, inputs: list[str] | None, store: Out, *, 
         result.startup_s = time.monotonic() - t_start  # Ray init + actors set up: a fixed cost per run
     # only once the plan is settled and the stages started: a refused run changes nothing
     try:
+        if replan:
+            replace_plan(layout, plan)
         _save_config(layout, cfg)
         store.plan_ready(log)
+        store.clear(result, log)
     except BaseException:
         if executor is not None:
             executor.shutdown()

@@ -2,8 +2,10 @@
 (:class:`OutURL`, built in a local staging folder and published shard by shard, see pipeline/remote.py).
 
 The build asks an ``Out`` the same questions whatever it is: take it (``enter``: a remote lock, the plan
-pulled), the plan is settled (``plan_ready``), which shards are still to do (``todo``), how a committed shard
-is published (``publisher``: None where committing is publishing), and refresh the report (``report``).
+pulled), which shards are still to do (``todo``, which changes nothing, so a run refused when its stages start
+leaves OUT as it was), the plan is settled (``plan_ready``), clear what the shards to redo left (``clear``), how
+a committed shard is published (``publisher``: None where committing is publishing), and refresh the report
+(``report``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,12 @@ class Out(Protocol):
         """The plan is frozen: make it visible where OUT is."""
 
     def todo(self, shards: list[int], config_hash: str, result: Any, log: Log) -> list[int]:
-        """The shards to build; the ones already done go into ``result.shards_skipped``."""
+        """The shards to build; the ones already done go into ``result.shards_skipped``. Changes nothing: what
+        the shards to redo left behind is removed by ``clear``, once the run has started."""
+
+    def clear(self, result: Any, log: Log) -> None:
+        """The run has started (stages up, config saved, plan published): remove what the shards ``todo``
+        chose left behind (an old config's shard, a broken one), and publish shards finished in staging."""
 
     def publisher(self, result: Any, log: Log) -> Callable[[int], bool] | None:
         """``publish(shard)`` for a shard committed locally, or None where the commit is the publication."""
@@ -62,6 +69,7 @@ class OutFolder:
         self.layout = OutPaths(root.absolute())
         self.name = str(self.layout.root)
         self.location: Path | str = self.layout.root
+        self._redo: list[int] = []
 
     def prepare(self) -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True)
@@ -81,9 +89,13 @@ class OutFolder:
                 continue
             if problem != "not committed":
                 log(f"shard {s:06d}: {problem}; rebuilding it")
-            remove_shard(self.layout, s)
             todo.append(s)
+        self._redo = todo
         return todo
+
+    def clear(self, result: Any, log: Log) -> None:
+        for s in self._redo:
+            remove_shard(self.layout, s)
 
     def publisher(self, result: Any, log: Log) -> Callable[[int], bool] | None:
         return None
@@ -105,6 +117,10 @@ class OutURL:
         self.location: Path | str = remote.url
         self.lock: RemoteLock | None = None
         self._publish: Callable[[int], bool] | None = None
+        self._staged_copies: list[int] = []  # published already: their staged copy only takes disk
+        self._remote_stale: list[int] = []  # to redo: their objects on OUT go
+        self._staged_done: list[int] = []  # committed in staging by an earlier run, never published
+        self._redo: list[int] = []
 
     def prepare(self) -> None:
         claim_staging(self.layout.root, self.remote.url)
@@ -149,32 +165,41 @@ class OutURL:
 
     def todo(self, shards: list[int], config_hash: str, result: Any, log: Log) -> list[int]:
         """Done iff OUT holds its commit and a tar and manifest of the sizes the commit records; a shard
-        committed in staging but never published (the run died in between) is published now instead of
-        rebuilt; the objects of every other shard are removed from OUT first."""
-        publish = self.publisher(result, log)
-        assert publish is not None
+        committed in staging but never published (the run died in between) is published by ``clear`` instead of
+        rebuilt; the objects on OUT of every other shard are removed by ``clear`` first."""
         remote, layout = self.remote, self.layout
         sizes = remote.sizes()
         problems = remote.problems(shards, config_hash, sizes)
-        todo = []
+        self._staged_copies, self._remote_stale, self._staged_done, self._redo = [], [], [], []
         for s in shards:
             problem = problems[s]
             if problem is None:
                 result.shards_skipped.append(s)
-                remove_shard(layout, s)  # a staged copy of a published shard only takes disk
+                self._staged_copies.append(s)
                 continue
             if problem != "not committed":
                 log(f"shard {s:06d} on {remote.url}: {problem}; redoing it")
             if remote.has_objects(s, sizes):
-                remote.remove_shard(s)
+                self._remote_stale.append(s)
             if check_shard(layout, s, config_hash) is None:
-                if publish(s):
-                    log(f"shard {s:06d}: committed in staging by an earlier run, published to {remote.url}")
-                    result.shards_built.append(s)
-                continue
-            remove_shard(layout, s)
-            todo.append(s)
-        return todo
+                self._staged_done.append(s)
+            else:
+                self._redo.append(s)
+        return list(self._redo)
+
+    def clear(self, result: Any, log: Log) -> None:
+        publish = self.publisher(result, log)
+        assert publish is not None
+        for s in self._staged_copies:
+            remove_shard(self.layout, s)
+        for s in self._remote_stale:
+            self.remote.remove_shard(s)
+        for s in self._staged_done:
+            if publish(s):
+                log(f"shard {s:06d}: committed in staging by an earlier run, published to {self.remote.url}")
+                result.shards_built.append(s)
+        for s in self._redo:
+            remove_shard(self.layout, s)
 
     def report(self, last_run: Path, log: Log) -> None:
         if self.lock is not None:

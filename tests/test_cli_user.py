@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,28 @@ def test_a_run_refused_when_its_stages_start_leaves_the_output_folder_as_it_was(
     assert not out.exists()
     res = mtcc("run", "spine", "--input", str(videos), "--output", str(out), "--runner", "inprocess", "--no-progress")
     assert res.returncode == 0, res.stderr
+
+
+def test_a_forced_run_refused_when_its_stages_start_leaves_the_finished_output_as_it_was(videos, built, tmp_path):
+    """--force with a config whose stages cannot start (and, the second time, another grouping of the videos):
+    the refusal comes after the plan and the shards to redo were settled, and must not have removed a shard,
+    the plan or the config; the old config then resumes with nothing to do."""
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+
+    def files() -> dict[str, bytes]:
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    before = files()
+    assert sum(name.startswith("commits/") for name in before) == 2
+    for extra in ([], ["--set", "run.videos_per_shard=2"]):
+        res = mtcc("run", "offline", "--input", str(videos), "--output", str(out), "--runner", "inprocess",
+                   "--no-progress", "--force", "--set", "models=null", "--set", "stages.faces.detector=insightface",
+                   *extra)
+        assert res.returncode == 2 and "stage 'faces' failed to set up" in res.stderr, res.stderr
+        assert files() == before, extra
+    res = mtcc("status", str(out), "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["committed"] == 2, res.stdout + res.stderr
 
 
 def test_status_and_verify_speak_json(built):

@@ -102,7 +102,8 @@ def test_a_run_refused_when_its_stages_start_leaves_the_url_and_staging_as_they_
                                                                                      tmp_path):
     """The inputs were planned into staging, then a stage could not load its weights: OUT gets nothing (no lock
     left, no plan published) and staging keeps no plan or config, so the fixed rerun (here another profile, into
-    the same staging) is a first run, not a changed config refused, and publishes what a local build gives."""
+    the same staging) is a first run, not a changed config refused, and publishes what a local build gives.
+    The same refusal with --force over that finished OUT leaves every object of it as it was."""
     local, _, _ = builds
     url, staging = f"s3://{BUCKET}/refused", tmp_path / "staging"
     bad = load_config(resolve_config("offline"), ["models=null", "stages.faces.detector=insightface"])
@@ -114,6 +115,12 @@ def test_a_run_refused_when_its_stages_start_leaves_the_url_and_staging_as_they_
     again = build(cfg(), [str(sample_dir)], url, runner="inprocess", progress=False, staging=staging)
     assert not again.shards_failed and again.shards_built
     assert remote_digests(s3, f"{BUCKET}/refused") == local_digests(local)
+    # with --force over a finished OUT (every shard's config differs): refused before a shard of it is removed
+    config = s3.cat_file(f"{BUCKET}/refused/config.json")
+    with pytest.raises(StageSetupError, match="stage 'faces' failed to set up"):
+        build(bad, [str(sample_dir)], url, runner="inprocess", progress=False, staging=staging, force=True)
+    assert remote_digests(s3, f"{BUCKET}/refused") == local_digests(local)
+    assert s3.cat_file(f"{BUCKET}/refused/config.json") == config
 
 
 def test_lost_commit_partial_upload_and_short_tar_redo_exactly_those_shards(s3, builds, sample_dir, tmp_path):
