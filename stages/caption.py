@@ -235,8 +235,18 @@ class ClipCaption(ModelStage):
         from transformers import Qwen2VLForConditionalGeneration
 
         extra = {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
-        net = Qwen2VLForConditionalGeneration.from_pretrained(
-            path, dtype=getattr(torch, self._dtype_name(device)), local_files_only=True, **extra)
+        net, info = Qwen2VLForConditionalGeneration.from_pretrained(
+            path, dtype=getattr(torch, self._dtype_name(device)), local_files_only=True, output_loading_info=True,
+            **extra)
+        # transformers only logs keys it left at their random init (a Qwen2.5-VL or a partial checkpoint):
+        # refused, as every other model stage refuses them; a tied output head has no key of its own
+        tied = {"lm_head.weight"} if getattr(net.config, "tie_word_embeddings", False) else set()
+        unloaded = sorted(k for k in info.get("missing_keys", ()) if k not in tied)
+        unloaded += sorted(map(str, info.get("mismatched_keys", ())))
+        if unloaded:
+            few = ", ".join(unloaded[:4]) + (f" and {len(unloaded) - 4} more" if len(unloaded) > 4 else "")
+            raise loading.WeightsError(f"stage 'caption': {path} left {len(unloaded)} key(s) of Qwen2-VL unloaded "
+                                      f"(they would run on random values): {few}. {HOW_TO_GET}")
         self._net = net.to(device).eval()
         self._gen = greedy_config(net.generation_config, self.max_new_tokens, processor.tokenizer.pad_token_id,
                                   net.config.text_config.eos_token_id)

@@ -236,6 +236,21 @@ def test_random_weights_refused_unless_allowed(tiny, clips):
     assert out[0].status == "rejected" and "RANDOM weights" in out[0].message and "caption.txt" not in out[0].members
 
 
+def test_a_checkpoint_missing_keys_is_refused_not_run_on_their_random_init(tiny, tmp_path):
+    """transformers fills keys a checkpoint lacks (a Qwen2.5-VL folder, a partial download) with random values
+    and only logs it: the stage refuses, naming the keys, where it would have captioned with those values."""
+    from safetensors.torch import load_file, save_file
+
+    d = shutil.copytree(tiny["model"], tmp_path / "partial")
+    (d / loading.RANDOM_MARKER).unlink()  # as if they were the real weights
+    weights = load_file(str(d / "model.safetensors"))
+    for k in ("visual.blocks.0.mlp.fc1.weight", "visual.blocks.0.mlp.fc1.bias"):
+        del weights[k]
+    save_file(weights, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(loading.WeightsError, match=r"left 2 key\(s\) of Qwen2-VL unloaded.*blocks\.0\.mlp\.fc1"):
+        ClipCaption(model=str(d), max_new_tokens=NEW).setup()
+
+
 def test_vllm_backend_without_vllm_names_the_fix(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError, whether installed or not
     s = ClipCaption(**tiny, backend="vllm")
