@@ -50,10 +50,12 @@ class ClipFingerprint(Stage):
 
         media = clip_media(cand, self)
         w, h = (int(v) for v in media.info.size)
-        n, fps = media.frames, float(media.info.fps)
-        count = max(1, int(round(media.info.seconds * self.frame_fps)))
-        idx = sorted({min(n - 1, int(round(i / self.frame_fps * fps))) for i in range(count)})
+        fps = float(media.info.fps)
         video = open_frames(media.mp4(), {"width": w, "height": h}, READ_WIDTH)
+        # an encode that ended early holds fewer frames than the clip promises: its last one stands for the rest
+        last = max(0, min(media.frames, video.n_frames) - 1)
+        count = max(1, int(round(media.info.seconds * self.frame_fps)))
+        idx = sorted({min(last, int(round(i / self.frame_fps * fps))) for i in range(count)})
         pics = np.concatenate([imgs for _, imgs in video.batches(idx, len(idx))])
         audio = audio_hashes(media.mixture())
         times = [round(i / fps, 3) for i in idx]

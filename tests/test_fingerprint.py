@@ -319,3 +319,28 @@ def test_silence_is_quiet(speech):
     assert audio_ber(h[inside], h[inside], 0) == (1.0, 0)  # nothing but QUIET: nothing compared
     assert audio_ber(h, h, 10 ** 6) == (1.0, 0)  # nothing overlaps
     assert len(audio_hashes(np.zeros(1000, np.float32))) == 0  # shorter than one frame
+
+
+def test_a_clip_whose_encode_ended_early_is_hashed_up_to_its_last_frame(tmp_path):
+    """The cut promised 50 frames (2 s) and the mp4 holds 30: the stage hashes up to frame 29, standing for the
+    rest, as the other readers of a short encode do, instead of rejecting the clip as an error."""
+    import hashlib
+
+    from mtcc.facts import CutMedia
+    from mtcc.media.audio_io import flac_bytes
+    from mtcc.media.members import MIX, MP4
+    from mtcc.stages.candidate import Candidate
+    from mtcc.stages.fingerprint import ClipFingerprint
+
+    path = tmp_path / "short.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-frames:v", "30", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(path))
+    data = path.read_bytes()
+    c = Candidate(key="v_0000", video_id="v", source="v.mp4", shard=0, level="clip", start=0.0, end=2.0)
+    c.members[MP4] = data
+    c.members[MIX] = flac_bytes(np.zeros(2 * AUDIO_RATE, np.float32))
+    c.put(CutMedia.of(hashlib.sha256(data).hexdigest(), 2.0, 50, 25.0, (160, 120), (1.0, 1.0)))
+    (out,) = ClipFingerprint().run_batch([c])
+    assert out.status == "pending", (out.reason, out.message)
+    assert out.stats["fingerprint.frame_times"] == [0.0, 0.48, 1.0, 1.16]  # 0, 0.5, 1, 1.5 s; frame 29 for 1.5
+    assert len(out.stats["fingerprint.frame_hashes"]) == 4
