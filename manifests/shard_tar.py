@@ -28,12 +28,15 @@ def read_samples(src: str | os.PathLike | BinaryIO, select: Callable[[str], Coll
     skipped unread, and a sample with none selected is still yielded, with no members. ``src`` is a path
     or an open binary file (a URL opened with fsspec), read as a stream unless ``seek``, where skipped
     members are seeked past instead of read. A truncated or corrupt tar raises ``tarfile.TarError``
-    (``ReadError``) or ``EOFError`` once the reader reaches the damage; the samples before it are yielded.
+    (``ReadError``) or ``EOFError`` once the reader reaches the damage, a tar without its end-of-archive block
+    too (cut at or inside a header, where tarfile alone would just stop); the samples before it are yielded,
+    the one being read only once a header of the next said it had ended.
     """
+    ends: list[type] = []
     if isinstance(src, (str, os.PathLike)):
-        opened, where = tarfile.open(src), where or str(src)
+        opened, where = tarfile.open(src, tarinfo=_recording(ends)), where or str(src)
     else:
-        opened = tarfile.open(fileobj=src, mode="r" if seek else "r|")
+        opened = tarfile.open(fileobj=src, mode="r" if seek else "r|", tarinfo=_recording(ends))
         where = where or str(getattr(src, "path", "") or "tar")
     with opened as tar:
         key: str | None = None
@@ -53,5 +56,25 @@ def read_samples(src: str | os.PathLike | BinaryIO, select: Callable[[str], Coll
             if wanted is None or ext in wanted:
                 f = tar.extractfile(info)
                 members[ext] = f.read() if f else b""
+        # tarfile ends quietly on a header it cannot read past the first (a tar cut short at, or inside, a
+        # member's header): only the end-of-archive block, all zeros, says the tar is whole
+        if not ends or ends[-1] is not tarfile.EOFHeaderError:
+            raise tarfile.ReadError(f"{where}: the tar ends without its end-of-archive block, cut short in or "
+                                    f"after sample {key!r} ({ends[-1].__name__ if ends else 'no header read'})")
         if key is not None:
             yield key, members
+
+
+def _recording(ends: list[type]) -> type[tarfile.TarInfo]:
+    """A TarInfo whose header reads append the kind of header that ended the archive to ``ends``."""
+
+    class Recording(tarfile.TarInfo):
+        @classmethod
+        def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+            try:
+                return super().fromtarfile(tar)
+            except tarfile.HeaderError as e:
+                ends.append(type(e))
+                raise
+
+    return Recording

@@ -84,6 +84,29 @@ def test_a_truncated_tar_raises_after_the_samples_before_the_damage(tmp_path, mo
     assert got == ["a"]
 
 
+@pytest.mark.parametrize("mode", ["path", "stream", "seek"])
+@pytest.mark.parametrize("extra", [0, 100, 512], ids=["at_a_header", "inside_a_header", "after_a_header"])
+def test_a_tar_cut_at_or_inside_a_header_raises_instead_of_ending_early(tmp_path, mode, extra):
+    """tarfile itself ends quietly where a header is missing or cut (only the first header's absence is an
+    error): a shard cut there must not read as a whole shard with fewer samples. Sample a, whose last member
+    may or may not have been the cut one, is not yielded either: no header of b said a had ended. (Cut after
+    b's whole header, tarfile finds b's data missing itself.)"""
+    data = make_tar(tmp_path / "s.tar", SAMPLES).read_bytes()
+    end_of_a = 3 * 512 + 512 + BIG + 512  # a.mp4 and a.json take a block each, the embeddings BIG
+    assert data[end_of_a + 257:end_of_a + 262] == b"ustar"  # b.mp4's header starts here
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[:end_of_a + extra])
+    got = []
+    said = "cut.tar.*ends without its end-of-archive block" if extra < 512 else "unexpected end of data"
+    with pytest.raises(tarfile.ReadError, match=said), open(cut, "rb") as f:
+        for key, _ in read_samples(cut if mode == "path" else f, seek=mode == "seek", where=str(cut)):
+            got.append(key)
+    assert got == ([] if extra < 512 else ["a"])  # a whole header of b says a has ended
+    with open(tmp_path / "s.tar", "rb") as f:
+        assert [k for k, _ in read_samples(tmp_path / "s.tar" if mode == "path" else f, seek=mode == "seek")] == [
+            "a", "b"]
+
+
 @pytest.mark.parametrize("entries, message", [
     ([("a.mp4", b"x"), ("a", None)], "unexpected non-file member 'a'"),
     ([("a.mp4", b"x"), ("d/a.json", b"{}")], "bad member name 'd/a.json'"),
