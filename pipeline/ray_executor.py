@@ -178,7 +178,14 @@ class RayExecutor(Executor):
             done, _ = self.ray.wait(list(waiting), num_returns=len(waiting), timeout=30)
             for ref in done:
                 i, slot = waiting.pop(ref)
-                err = self.ray.get(ref)
+                try:
+                    err = self.ray.get(ref)
+                except self.ray.exceptions.RayError as e:  # the actor's process died while it loaded its models
+                    name = self.stages[i].name
+                    err = (f"stage '{name}' failed to set up: its actor died while loading "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); a node out of "
+                           f"memory kills such an actor: give it more (stages.{name}.resources.memory_mb) or see "
+                           f"the worker's log in Ray's session folder")
                 if err:
                     self.shutdown()
                     raise StageSetupError(err)

@@ -247,6 +247,56 @@ def test_killed_stage_actor_mid_run_loses_nothing(built, sample_dir, tmp_path):
     assert digests(victim_out) == digests(out)
 
 
+# a stage whose actor's process dies while it loads (as a node out of memory kills one): defined in the
+# script's __main__, it travels to the actors by value
+DIES_AT_SETUP = """
+import os, sys, time
+from typing import ClassVar
+from mtcc.pipeline.build import build
+from mtcc.pipeline.config import build_config, load_config, resolve_config
+from mtcc.pipeline.errors import StageSetupError
+from mtcc.stages import STAGES
+from mtcc.stages.base import Stage
+
+class DiesAtSetup(Stage):
+    name: ClassVar[str] = "dies"
+
+    def setup(self):
+        time.sleep(3)  # loading its models
+        os._exit(3)
+
+STAGES["dies"] = DiesAtSetup
+cfg = load_config(resolve_config("spine"), [])
+stages = {s.name: s.model_dump() for s in cfg.stages}
+order = list(stages)
+at = order.index("probe") + 1
+raw = {**cfg.dump(), "stages": {**{n: stages[n] for n in order[:at]}, "dies": {"resources": {"num_cpus": 0.25}},
+                     **{n: stages[n] for n in order[at:]}}}
+raw.pop("models", None)
+try:
+    build(build_config(raw), [sys.argv[1]], sys.argv[2], runner="ray", progress=False)
+except StageSetupError as e:
+    print("REFUSED " + str(e))
+"""
+
+
+def test_an_actor_that_dies_while_loading_refuses_the_run_naming_its_stage(sample_dir, tmp_path):
+    """The run stops as any stage that cannot start stops it: a StageSetupError naming the stage and what to
+    look at (exit 2 from the CLI), its actors shut down and OUT as it was, not a Ray traceback."""
+    videos = tmp_path / "in"
+    videos.mkdir()
+    (videos / "two_talk.mp4").symlink_to(sample_dir / "two_talk.mp4")
+    script = tmp_path / "dies.py"
+    script.write_text(DIES_AT_SETUP)
+    run = subprocess.run([sys.executable, str(script), str(videos), str(tmp_path / "out")], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    refused = [ln for ln in run.stdout.splitlines() if ln.startswith("REFUSED ")]
+    assert run.returncode == 0 and refused, run.stdout[-2000:] + run.stderr[-4000:]
+    assert "stage 'dies' failed to set up: its actor died while loading" in refused[0], refused
+    assert "stages.dies.resources.memory_mb" in refused[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_changed_config_is_refused_unless_forced(built, sample_dir, tmp_path):
     import shutil
 
