@@ -21,15 +21,24 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._holder(fd)
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}" if holder
+                       else "another process")
+                raise LockBusy(f"{self.path.parent} is being written by {who}; wait for it to finish "
+                               f"or use another --output") from None
+            if self._names(fd):
+                break
+            # removed between our open and lock (a refused run takes back the lock file it made): a lock on
+            # that file guards nothing, the next run would make and lock a new one
             os.close(fd)
-            who = f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}" if holder else "another process"
-            raise LockBusy(f"{self.path.parent} is being written by {who}; wait for it to finish "
-                           f"or use another --output") from None
+        else:
+            raise LockBusy(f"{self.path} kept being removed while this run took it; retry")
         previous = self._holder(fd)
         if previous:
             self.took_over = previous  # its owner died without releasing: take over
@@ -40,6 +49,15 @@ class RunLock:
         os.fsync(fd)
         self._fd = fd
         return self
+
+    def _names(self, fd: int) -> bool:
+        """Whether the lock file's path still names the file ``fd`` holds."""
+        try:
+            at = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (at.st_dev, at.st_ino) == (held.st_dev, held.st_ino)
 
     @staticmethod
     def _holder(fd: int) -> dict:

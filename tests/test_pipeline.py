@@ -337,6 +337,31 @@ def test_second_run_on_same_out_is_refused_and_a_stale_lock_taken_over(tmp_path,
         assert lock.took_over and lock.took_over["pid"] == child.pid
 
 
+def test_a_lock_file_removed_between_open_and_lock_is_not_held(tmp_path, monkeypatch):
+    """Run A, refused, removes the lock file it made while still holding it; run B had opened that file just
+    before. B must not hold a lock on the removed file (run C would make and lock a new one, and two runs
+    would write OUT): B takes the lock of the file the path names, and C is refused."""
+    import mtcc.pipeline.lock as lock_module
+
+    path = tmp_path / "out" / ".lock"
+    a = RunLock(path).__enter__()
+    real_open = os.open
+
+    def open_then_a_undoes(p, *args):
+        fd = real_open(p, *args)
+        if a._fd is not None and Path(p) == path:  # A's undo and exit, between B's open and B's flock
+            path.unlink()
+            a.__exit__(None, None, None)
+        return fd
+
+    monkeypatch.setattr(lock_module.os, "open", open_then_a_undoes)
+    with RunLock(path) as b:
+        monkeypatch.setattr(lock_module.os, "open", real_open)
+        assert os.fstat(b._fd).st_ino == path.stat().st_ino
+        with pytest.raises(LockBusy, match="being written by pid"):
+            RunLock(path).__enter__()
+
+
 def test_real_footage_probe(real_dir, tmp_path):
     from mtcc.stages.base import Candidate
     from mtcc.stages.probe import Probe
