@@ -178,13 +178,15 @@ HEALTH_EVERY_S = 5.0  # how often a Ray build checks that the cluster can still 
 
 
 def workspace_spec(cfg: PipelineConfig, layout: OutPaths) -> WorkspaceSpec:
-    """Each node's folder for this build's fetched sources and cut clips: ``run.work_dir``, else one per
-    OUT in the user's cache (a local OUT by its path, a URL OUT by its staging folder, which is per URL)."""
+    """Each node's folder for this build's fetched sources and cut clips: one per OUT (a local OUT by its path,
+    a URL OUT by its staging folder, which is per URL) under ``run.work_dir``, by default the user's cache. Per
+    OUT even in a given work_dir: a run empties its folder at its start and end, and two builds sharing one
+    profile's work_dir must not empty each other's."""
     if cfg.run.work_dir:
-        root = Path(cfg.run.work_dir).expanduser()
+        base = Path(cfg.run.work_dir).expanduser()
     else:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        root = cache / "mtcc" / "work" / hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtcc" / "work"
+    root = base / hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
     return WorkspaceSpec(str(root.absolute()), int(cfg.run.source_cache_gb * 2**30), cfg.run.remote)
 
 

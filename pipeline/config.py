@@ -39,9 +39,9 @@ class RunSettings(BaseModel):
     max_batch_retries: int = Field(2, ge=0, description="retries of a batch whose worker died before it is split")
     rebalance_s: float = Field(20.0, gt=0, description="how often auto pools are planned again from the stages' "
                                                        "measured throughput and the live nodes (Ray runner)")
-    work_dir: str | None = Field(None, description="node-local folder for fetched sources and cut clips (default: "
-                                                   "~/.cache/mtcc/work/<hash of OUT>); emptied at the start and "
-                                                   "end of every run")
+    work_dir: str | None = Field(None, description="node-local folder for fetched sources and cut clips, one "
+                                                   "subfolder per OUT, emptied at the start and end of every run "
+                                                   "(default: ~/.cache/mtcc/work)")
     source_cache_gb: float = Field(50.0, gt=0, description="most GiB of remote sources one node keeps at once")
     remote: RetryPolicy = Field(default_factory=RetryPolicy,
                                 description="retries of every remote read and write (plan, source fetch, a "

@@ -362,6 +362,21 @@ def test_a_lock_file_removed_between_open_and_lock_is_not_held(tmp_path, monkeyp
             RunLock(path).__enter__()
 
 
+def test_two_outputs_sharing_a_work_dir_never_empty_each_others_folder(tmp_path):
+    """One profile's run.work_dir, two outputs built at once: each run empties its node folder at its start and
+    end, which must not take the other build's fetched sources and cut clips with it."""
+    from mtcc.pipeline.build import workspace_spec
+
+    c = cfg(f"run.work_dir={tmp_path / 'work'}")
+    a, b = (workspace_spec(c, OutPaths(tmp_path / name)).open() for name in ("a", "b"))
+    assert a.root.parent == b.root.parent == tmp_path / "work" and a.root != b.root
+    b.root.mkdir(parents=True)
+    (b.root / "clip.mp4").write_bytes(b"b's")
+    a.clear()  # a's run starting or ending
+    assert (b.root / "clip.mp4").read_bytes() == b"b's"
+    assert workspace_spec(c, OutPaths(tmp_path / "a")).root == str(a.root)  # a's rerun: the same folder
+
+
 def test_real_footage_probe(real_dir, tmp_path):
     from mtcc.stages.base import Candidate
     from mtcc.stages.probe import Probe
