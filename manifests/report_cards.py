@@ -168,17 +168,18 @@ def _thumbnail(sample: dict[str, bytes], meta: dict[str, Any], dst: Path) -> str
             or 1)
     mid = n // 2
     frame = clip_frame(sample[MP4], mid)
-    h, w = frame.shape[:2]
-    probe = meta.get("probe") or {}
-    pw, ph = probe.get("width"), probe.get("height")
-    if probe.get("rotation") in (90, -90, 270, -270):
-        pw, ph = ph, pw
-    # face boxes are in source pixels; the clip may have been scaled to even dimensions
-    sx = w / pw if pw else 1.0
-    sy = h / ph if ph else 1.0
+    sx, sy = box_scale(frame.shape[1], frame.shape[0], meta.get("probe") or {})
     img = plots.overlay(frame, _masks_at(rle, mid) if rle else [], _boxes_at(faces, mid, sx, sy) if faces else [])
     stage_file(dst, plots.jpeg(img))
     return f"gallery/{dst.name}"
+
+
+def box_scale(w: int, h: int, probe: dict[str, Any]) -> tuple[float, float]:
+    """(x, y) factors from the source pixels face boxes are in to a ``w`` x ``h`` clip frame (the cut scales
+    the picture). The probe's width and height are the picture as shown, rotation already applied, as the
+    boxes and the clip are."""
+    pw, ph = probe.get("width"), probe.get("height")
+    return (w / pw if pw else 1.0), (h / ph if ph else 1.0)
 
 
 def rejected_card(row: dict[str, Any], idx: int, stage_dir: Path, views: Sequence[View]) -> Card:

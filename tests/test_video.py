@@ -280,3 +280,20 @@ def test_sideways_stored_real_footage_is_kept_with_the_same_speakers_and_an_upri
             plain.write_bytes(want["mp4"])
             diff = np.abs(_upright_frame(clip, 1.0).astype(int) - _upright_frame(plain, 1.0).astype(int)).mean()
             assert diff < 4, (rot, diff)
+
+
+def test_the_report_draws_face_boxes_of_sideways_footage_where_the_faces_are(phone_build):
+    """Face boxes are in the picture as shown, and the probe records that picture's size (rotation applied):
+    the gallery's box scale for a clip of a sideways-stored copy is its upright original's."""
+    from mtcc.manifests.report_cards import box_scale
+    from mtcc.training.decode import mp4_size
+
+    _, samples = phone_build
+    (_, original), *_ = samples["rot000.mp4"]
+    want = box_scale(*mp4_size(original["mp4"]), json.loads(original["json"])["probe"])
+    assert want == pytest.approx((1.0, 1.0))  # the clip keeps the 1152x768 picture
+    for rot in STORED_SIDEWAYS:
+        for _, got in samples[f"rot{rot:03d}.mp4"]:
+            meta = json.loads(got["json"])
+            assert meta["probe"]["rotation"] == rot
+            assert box_scale(*mp4_size(got["mp4"]), meta["probe"]) == pytest.approx(want), rot
