@@ -327,6 +327,39 @@ def test_filter_grammar_is_small_and_safe(synth):
     assert [str(c) for c in parse_filters(["x.y < 2"])] == ["x.y < 2"]
 
 
+def test_filters_compare_like_kinds_only_and_an_unmeasured_stat_never_passes():
+    """A stage records a stat it could not measure as NaN (or null): it passes no condition, != included. A
+    bool column takes true/false or 0/1 (2 would silently mean true), a number column numbers only (true
+    against a float column made pyarrow fail inside a DataLoader worker)."""
+    import pyarrow as pa
+
+    from mtcc.training.filters import check_columns, passing_keys
+
+    table = pa.table({"key": ["a", "b", "c", "d"], "status": ["kept"] * 4,
+                      "s.x": pa.array([1.0, float("nan"), None, 3.0]), "s.b": [True, False, None, True]})
+    kept = {c: passing_keys(table, [parse_condition(c)]) for c in ("s.x != 1", "s.x < 5", "s.x >= 0", "s.b == 1",
+                                                                    "s.b == true", "s.b != 0")}
+    assert kept == {"s.x != 1": {"d"}, "s.x < 5": {"a", "d"}, "s.x >= 0": {"a", "d"}, "s.b == 1": {"a", "d"},
+                    "s.b == true": {"a", "d"}, "s.b != 0": {"a", "d"}}
+    for bad in ("s.x == true", "s.b == 2", "s.b != 0.5", "s.b < 1"):
+        with pytest.raises(FilterError, match="cannot compare|ordering a bool"):
+            check_columns([parse_condition(bad)], table.schema)
+
+
+def test_a_shard_whose_manifest_lacks_the_filtered_column_stops_the_loader(synth, tmp_path):
+    """The loader checks the filters against one manifest; a shard of another output (built without that
+    stage) may lack the column: that is the user's filter not fitting, named, not a corrupt shard skipped."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    shutil.copytree(synth[0], out)
+    manifest = sorted((out / "manifests").glob("*.parquet"))[3]
+    pq.write_table(pq.read_table(manifest).drop_columns(["sync.sync_c_mean"]), manifest)
+    ld = loader(str(out), geometry=SMALL, num_workers=0, filters=["sync.sync_c_mean >= 4"], ref_size=16)
+    with pytest.raises(FilterError, match=f"{manifest.name}.*no manifest column 'sync.sync_c_mean'"):
+        collect(ld)
+
+
 def test_uncommitted_shards_are_skipped_unless_asked(synth, tmp_path, caplog):
     out, _ = synth
     part = tmp_path / "partial"

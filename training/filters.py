@@ -2,7 +2,8 @@
 
 Grammar: ``COLUMN OP VALUE`` where COLUMN is a manifest column (letters, digits, ``_``, ``.``, ``-``), OP one
 of ``< <= > >= == !=`` and VALUE a number, ``true``/``false``, or a string (quoted with ' or ", or a bare
-word). A row whose column is null fails every condition (an unmeasured stat never passes a threshold).
+word). A row whose column is null or NaN fails every condition (an unmeasured stat never passes a
+threshold). A bool column compares with true/false or 0/1 only, a number column with numbers only.
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def check_columns(conds: Sequence[Condition], schema: pa.Schema) -> None:
         t = schema.field(c.column).type
         numeric = pa.types.is_integer(t) or pa.types.is_floating(t)
         if isinstance(c.value, bool):
-            ok = pa.types.is_boolean(t) or numeric
+            ok = pa.types.is_boolean(t)
         elif isinstance(c.value, (int, float)):
-            ok = numeric or pa.types.is_boolean(t)
+            # a bool column compares with 0 / 1 as with false / true; any other number would silently mean true
+            ok = numeric or (pa.types.is_boolean(t) and c.value in (0, 1))
         else:
             ok = pa.types.is_string(t) or pa.types.is_large_string(t)
         if not ok:
@@ -94,6 +96,8 @@ def passing_keys(table: pa.Table, conds: Sequence[Condition]) -> set[str]:
         value = c.value
         if pa.types.is_boolean(col.type) and not isinstance(value, bool):
             value = bool(value)
-        cmp = getattr(pc, _OPS[c.op])(col, pa.scalar(value))
-        mask = pc.and_(mask, pc.fill_null(cmp, False))
+        cmp = pc.fill_null(getattr(pc, _OPS[c.op])(col, pa.scalar(value)), False)
+        if pa.types.is_floating(col.type):  # NaN is how stages record a stat they could not measure
+            cmp = pc.and_(cmp, pc.invert(pc.fill_null(pc.is_nan(col), False)))
+        mask = pc.and_(mask, cmp)
     return set(table.filter(mask)["key"].to_pylist())

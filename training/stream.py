@@ -31,7 +31,7 @@ from mtcc.media.members import AUDIO_EMB, FACES, MASKS, META, MIX, MP4, REFS, RO
 from mtcc.storage.remote_io import open_read
 
 from .config import DataConfig
-from .filters import Condition, passing_keys
+from .filters import Condition, FilterError, check_columns, passing_keys
 from .items import Sample, SampleIncomplete, Window, collate, decode_item, training_windows
 from .shards import ShardRef, assigned, epoch_order
 
@@ -134,6 +134,8 @@ class ShardStream(IterableDataset):
                     n += 1
                     yield sample, win
             self._count("shards_read")
+        except FilterError:
+            raise  # the filters do not fit this shard's manifest: the user's to fix, not a corrupt shard to skip
         except _shard_errors() as e:
             self._count("shards_failed")
             if failed is not None and index is not None:
@@ -150,7 +152,12 @@ class ShardStream(IterableDataset):
 
         cols = sorted({"key", "status", *(c.column for c in self.conditions)})
         with open_read(ref.manifest) as f:
-            table = pq.read_table(f, columns=cols)
+            manifest = pq.ParquetFile(f)
+            try:  # the loader checked one manifest: a shard of another output may lack the column
+                check_columns(self.conditions, manifest.schema_arrow)
+            except FilterError as e:
+                raise FilterError(f"{ref.manifest}: {e}") from None
+            table = manifest.read(columns=cols)
         passing = passing_keys(table, self.conditions)
         return passing if chosen is None else passing & chosen
 
