@@ -203,6 +203,67 @@ def test_route_from_rle_letterboxes_with_padding_and_character_1_wins_where_both
     assert ((alone == 0) & (want == 1)).sum() >= 3  # both cover these cells: character 1's
 
 
+RANK_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import torch.distributed as dist
+from mtcc.training import loader
+rank, out, tmp = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+dist.init_process_group("gloo", init_method=f"file://{tmp / 'group'}", rank=rank, world_size=2)
+if rank == 0:
+    (tmp / "rank0_lists").touch()  # and lists OUT at once
+else:
+    while not (tmp / "committed").exists():  # lists OUT after one more shard was committed
+        time.sleep(0.05)
+ld = loader(out, geometry={"frames": 9, "height": 64, "width": 96}, num_workers=0, ref_size=16)
+items = [[k, w.tolist()] for b in ld for k, w in zip(b["key"], b["window"])]
+print("ITEMS " + json.dumps({"shards": len(ld.shards), "items": items}))
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_that_list_out_while_a_build_commits_still_read_each_shard_once(synth, tmp_path):
+    """Training on an output a build is still writing: rank 0 lists it, a shard is committed, rank 1 lists it.
+    Both ranks use rank 0's list, so every window of its shards is read exactly once in the epoch (with a
+    list each, 6 shards against 7 gave orders over different lists)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from mtcc.manifests.shard_tar import read_samples
+
+    out = tmp_path / "out"
+    shutil.copytree(synth[0], out)
+    held = tmp_path / "000006.json"
+    (out / "commits" / "000006.json").rename(held)
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, str(script), str(r), str(out), str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "rank0_lists").exists():
+        assert time.monotonic() < deadline and ranks[0].poll() is None, ranks[0].communicate()[1][-3000:]
+        time.sleep(0.05)
+    time.sleep(2.0)  # rank 0 lists OUT (milliseconds), then waits for rank 1 in the process group
+    held.rename(out / "commits" / "000006.json")
+    (tmp_path / "committed").touch()
+    results = []
+    for r in ranks:
+        stdout, stderr = r.communicate(timeout=120)
+        line = next((ln for ln in stdout.splitlines() if ln.startswith("ITEMS ")), None)
+        assert r.returncode == 0 and line, stderr[-3000:]
+        results.append(json.loads(line[len("ITEMS "):]))
+    assert [res["shards"] for res in results] == [6, 6]
+    six = sorted((out / "shards").glob("*.tar"))[:6]
+    keys = {k for tar in six for k, _ in read_samples(tar, select=lambda _: ())}
+    want = Counter((k, tuple(w)) for k, t in synth[1].items() if k in keys for w in SHARD_GEO.windows(t.frames))
+    got = Counter((k, tuple(w)) for res in results for k, w in res["items"])
+    assert got == want
+
+
 def test_every_shard_read_exactly_once_per_epoch_across_2_ranks_x_2_workers(synth):
     out, truth = synth
     want = expected_items(truth)

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from .config import DataConfig
 from .filters import check_columns, parse_filters
 from .items import to_unit
-from .shards import choose_split, resolve_shards
+from .shards import ShardRef, choose_split, resolve_shards
 from .stream import STATS, ShardStream
 
 log = logging.getLogger("mtcc.training")
@@ -54,6 +54,19 @@ def _dist() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _agreed(shards: list[ShardRef]) -> list[ShardRef]:
+    """Rank 0's shards on every rank of an initialised process group. Each rank lists OUT itself, at slightly
+    different moments: a shard committed in between (training while a build still writes) gave the ranks
+    orders over different lists, so some shards were read twice in an epoch and others never. (With NCCL the
+    list travels through the rank's current CUDA device, as every collective of a DDP script does.)"""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return shards
+    box: list[Any] = [shards]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 class Loader:
     """Iterable over batches; one pass = one epoch (the next pass is the next epoch, or call
     :meth:`set_epoch`). In resampled mode one pass never ends."""
@@ -62,7 +75,7 @@ class Loader:
                  world_size: int | None = None, epoch: int = 0):
         self.cfg = config
         specs = [shards] if isinstance(shards, str) else list(shards or config.shards)
-        self.shards = resolve_shards(specs, config.committed_only)
+        self.shards = _agreed(resolve_shards(specs, config.committed_only))
         r, w = _dist()
         self.rank = r if rank is None else int(rank)
         self.world_size = w if world_size is None else int(world_size)
