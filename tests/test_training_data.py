@@ -497,3 +497,14 @@ def test_selection_reads_its_part_only(synth, tmp_path):
         loader(str(out), selection="strong", selection_part="test")
     with pytest.raises(SelectionError, match="mtcc select"):
         loader(str(out), selection="missing")
+    # with a second output's shards beside, the selection's keys are not applied to that output's shards of
+    # the same numbers (they would keep its copies of these samples): its shards are not read
+    other = tmp_path / "other"
+    shutil.copytree(src, other)
+    ld = loader([str(out), str(other)], geometry=SMALL, num_workers=0, ref_size=16, selection=str(s.path),
+                selection_part="train")
+    assert sorted(items_of(collect(ld))) == sorted(items_of(collect(
+        loader(str(out), geometry=SMALL, num_workers=0, ref_size=16, selection="strong", selection_part="train"))))
+    shutil.copy(s.path, tmp_path / "elsewhere.parquet")
+    with pytest.raises(SelectionError, match="in 2 outputs .* in none of them"):
+        loader([str(out), str(other)], selection=str(tmp_path / "elsewhere.parquet"))

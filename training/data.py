@@ -116,6 +116,16 @@ class Loader:
             raise SelectionError(f"data.selection {name!r} names a selection of one MTCC output, and the shards "
                                  f"are in {len(outs)} ({', '.join(outs) or 'none'}): give the path of its .parquet")
         url = selection_url(outs[0] if outs else "", name)
+        if len(outs) > 1:
+            # a selection names shards of its own output by number: another output's shard of that number
+            # holds other samples (or copies of these), so the other outputs' shards are not read
+            own = url.rpartition("/selections/")[0]
+            own = own if "://" in own else os.path.abspath(own) if own else ""
+            if own not in outs:
+                raise SelectionError(f"data.selection {name!r}: the shards are in {len(outs)} outputs "
+                                     f"({', '.join(outs)}) and the selection is in none of them; give the "
+                                     f"selection inside the output it was made of (OUT/selections/NAME.parquet)")
+            self.shards = [s for s in self.shards if s.manifest and s.manifest.rsplit("/manifests/", 1)[0] == own]
         keys = load_selected(url, self.cfg.selection_part)
         have = {s.shard_id for s in self.shards}
         gone = sorted(set(keys) - have)
