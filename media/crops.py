@@ -41,10 +41,18 @@ SHARED_CROPS = CropGeometry(224, 1.4, 0.2)
 
 
 def clip_source_frames(clock: Any, cand_start: float, t0: float, n_out: int, out_fps: float) -> np.ndarray:
-    """Source frame index of every output frame of a clip starting at file time ``cand_start``: output
-    frame j is shown at ``cand_start + j/out_fps`` (the clip encode is constant-rate), which is
-    ``t0`` (file time of the video start) later than the source clock's time."""
-    return clock.index_at(cand_start - t0 + np.arange(n_out) / out_fps)
+    """Source frame index of every output frame of a clip starting at file time ``cand_start`` (``t0``: file
+    time of the video start, where the source clock starts). The encode's fps filter puts each source frame
+    at the output frame nearest its time and holds it until the next source frame's: output frame j shows
+    the last source frame starting before ``cand_start + (j + 1/2) / out_fps``. (Rounding each output time to
+    the nearest source frame instead is wrong by a frame where the source is slower than the clip: at 16 fps,
+    on a fifth of the frames.)"""
+    t = cand_start - t0 + (np.arange(n_out) + 0.5) / out_fps
+    if clock.times is None:
+        idx = np.ceil(t * clock.fps - 1e-6).astype(int) - 1
+    else:
+        idx = np.searchsorted(clock.times, t - 1e-6, side="left") - 1
+    return np.clip(idx, 0, max(0, clock.n_frames - 1))
 
 
 def square_crop(img: np.ndarray, box: np.ndarray, scale: float, size: int, shift: float = 0.0) -> np.ndarray:

@@ -75,6 +75,7 @@ def _dropped(n: int) -> bool:
 
 
 KEPT = [n for n in range(RAMP_FRAMES) if not _dropped(n)]
+SLOWER_RATES = (16, 24)
 
 
 def _ff(*args) -> None:
@@ -98,6 +99,10 @@ def ramp(tmp_path_factory) -> dict[str, str]:
     _ff("-f", "lavfi", "-i", grey, *enc, files["cfr"])
     for ext in ("mkv", "mp4"):
         _ff("-i", files["cfr"], "-vf", DROP, "-fps_mode", "vfr", *enc, files[ext])
+    for rate in SLOWER_RATES:  # the same frames at a constant rate below the clips' 25 fps (film, old TV, AI)
+        files[f"cfr{rate}"] = d / f"ramp_cfr{rate}.mp4"
+        _ff("-f", "lavfi", "-i", grey.replace(f"r={RAMP_FPS}:d={RAMP_FRAMES / RAMP_FPS}",
+                                             f"r={rate}:d={RAMP_FRAMES / rate}"), *enc, files[f"cfr{rate}"])
     return {k: str(v) for k, v in files.items()}
 
 
@@ -147,10 +152,11 @@ def test_constant_rate_keeps_frame_i_at_i_over_fps(ramp, backend, monkeypatch):
     assert source_frame(video.frame(37)) == 37
 
 
-@pytest.mark.parametrize("container", ["cfr", "mkv", "mp4"])
+@pytest.mark.parametrize("container", ["cfr", "mkv", "mp4", *(f"cfr{r}" for r in SLOWER_RATES)])
 def test_clip_frames_are_the_source_frames_the_stages_map_them_to(ramp, container, tmp_path):
-    """The clip the cut encodes shows, frame by frame, the source frames that segment's face tracks were
-    placed at for it (clip_source_frames): what the clip shows is the fixture's truth, read from its pixels."""
+    """The clip the cut encodes shows, frame by frame, the source frames clip_source_frames maps it to (which
+    prescore's repeated frames come from): what the clip shows is the fixture's truth, read from its pixels.
+    Sources at 16 and 24 fps repeat frames in the 25 fps clip; which ones is the fps filter's choice."""
     from mtcc.media.crops import clip_source_frames
     from mtcc.stages.cut import ClipCut
 
