@@ -34,14 +34,15 @@ class SourceHash(Fact):
 @dataclass(frozen=True)
 class ProbeResult(Fact):
     """Made by ``probe``: the stream facts every later stage sizes its work by. ``width``/``height`` are the
-    displayed size (a rotation tag already applied); ``video_start``: where frame 0 sits on the file's
-    timeline. Fields of a stream the file lacks are None (and absent from the sample's json)."""
+    displayed size (a rotation tag already applied, non-square pixels widened by ``sample_aspect``, which is
+    None for square ones); ``video_start``: where frame 0 sits on the file's timeline. Fields of a stream the
+    file lacks are None (and absent from the sample's json)."""
 
     key: ClassVar[str] = "probe"
     made_by: ClassVar[str] = "probe"
     absent_if_none: ClassVar[frozenset[str]] = frozenset(
         {"width", "height", "rotation", "fps", "fps_real", "vcodec", "video_start", "acodec", "audio_rate",
-         "audio_channels", "size_bytes"})
+         "audio_channels", "size_bytes", "sample_aspect"})
 
     duration: float
     has_video: bool
@@ -57,6 +58,7 @@ class ProbeResult(Fact):
     acodec: str | None = None
     audio_rate: int | None = None
     audio_channels: int | None = None
+    sample_aspect: float | None = None
 
     @property
     def start(self) -> float:

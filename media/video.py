@@ -205,7 +205,8 @@ def reduced_size(src_w: int, src_h: int, width: int) -> tuple[int, int]:
 
 
 def coded_size(probe: dict) -> tuple[int, int]:
-    """The stream's stored (w, h): probe reports the displayed size, decord decodes the stored one."""
+    """The stream's (w, h) before its rotation: probe reports the displayed size, decord decodes unrotated
+    frames (at the stored size, which non-square pixels make narrower: those are always decoded resized)."""
     w, h = int(probe["width"]), int(probe["height"])
     return (h, w) if int(probe.get("rotation") or 0) in (90, 270) else (w, h)
 
@@ -256,7 +257,7 @@ def open_frames(path: str, probe: dict, width: int | None, threads: int = 1) -> 
             # squeezed into the unturned size); ffmpeg applies the display matrix as the clip encode
             # does, so boxes and crops live in the orientation the viewer and the training clip see
             raise decord.DECORDError("rotated stream")
-        if (w, h) == (src_w, src_h):
+        if (w, h) == (src_w, src_h) and not probe.get("sample_aspect"):  # non-square pixels: resized to shown
             reader = decord.VideoReader(path, num_threads=threads)
         else:
             reader = decord.VideoReader(path, width=w, height=h, num_threads=threads)

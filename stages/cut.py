@@ -143,7 +143,9 @@ class ClipCut(Stage):
         w, h = clip_size(probe.width, probe.height, self.max_short_side)
         scale = (w / int(probe.width or 0), h / int(probe.height or 0))
         # the source's own size, rounded to even, as the decoder gives it; a smaller one by area averaging
-        size = (("trunc(iw/2)*2", "trunc(ih/2)*2") if (w, h) == even_size(probe.width, probe.height)
+        # (non-square pixels are scaled to the picture as shown; setsar=1 then makes the clip's pixels square)
+        size = (("trunc(iw/2)*2", "trunc(ih/2)*2")
+                if (w, h) == even_size(probe.width, probe.height) and not probe.sample_aspect
                 else (w, h, "area"))  # scale=W:H:FLAGS
         what = f"{cand.source} [{start:.2f}s, +{dur:.2f}s]"
         with self.workspace.temp_dir("cut-") as tmp, self.source(cand) as src:

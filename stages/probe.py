@@ -101,6 +101,17 @@ def _rotation(stream: dict[str, Any]) -> int:
     return int(tag) % 360 if tag not in (None, "") else 0
 
 
+def _sample_aspect(stream: dict[str, Any]) -> float | None:
+    """The stream's pixel aspect (a pixel's width over its height) where pixels are not square: SD broadcast
+    (720x576 shown at 16:9: 64:45), HDV (1440x1080 at 4:3); None for square or unknown ("0:1") pixels."""
+    num, _, den = str(stream.get("sample_aspect_ratio") or "").partition(":")
+    try:
+        sar = int(num) / int(den)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None if sar <= 0 or abs(sar - 1.0) < 1e-3 else round(sar, 6)
+
+
 class Probe(Stage):
     """Reads container facts and rejects files that cannot yield a usable clip."""
 
@@ -199,9 +210,13 @@ class Probe(Stage):
         audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
         fmt = info.get("format", {})
         duration = float(fmt.get("duration") or 0.0)
+        sample_aspect = None
         if video is not None:
             rot = _rotation(video)
             w, h = int(video.get("width") or 0), int(video.get("height") or 0)
+            sample_aspect = _sample_aspect(video)
+            if sample_aspect is not None:
+                w = max(2, int(round(w * sample_aspect)))  # non-square pixels: the picture as shown is wider
             if rot in (90, 270):
                 w, h = h, w  # ffmpeg auto-rotates on decode: downstream sees the displayed size
             stats.update(
@@ -223,7 +238,7 @@ class Probe(Stage):
         stats["duration"] = duration
         stats["has_video"] = video is not None
         stats["has_audio"] = audio is not None
-        cand.put(ProbeResult(**stats))
+        cand.put(ProbeResult(**stats, sample_aspect=sample_aspect))
         return stats
 
     def decide(self, stats: dict[str, Any]) -> Rejection | None:

@@ -62,6 +62,48 @@ def test_face_boxes_on_rotated_footage_are_in_display_coordinates(rotated, sampl
         assert best > 0.5
 
 
+# -- non-square pixels: the picture as shown ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def anamorphic(sample_dir, tmp_path_factory):
+    """two_talk.mp4 stored as SD widescreen broadcast is: 480x360 pixels, each a third wider than tall (SAR
+    4:3), so that players show the 640x360 picture."""
+    out = tmp_path_factory.mktemp("sar") / "two_talk_sar43.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(sample_dir / "two_talk.mp4"), "-vf",
+                    "scale=480:360,setsar=4/3", "-c:v", "libx264", "-preset", "veryfast", "-crf", "12", "-c:a", "copy",
+                    str(out)], check=True)
+    return out
+
+
+def test_non_square_pixels_are_seen_and_cut_as_the_picture_shown(anamorphic, sample_dir):
+    """Probe widens the stored width by the pixel aspect; faces are found where the planted people are in the
+    picture as shown, and the clip is cut at that picture's size with square pixels (not squeezed by 3/4)."""
+    from mtcc.training.decode import mp4_size
+
+    p = probe(anamorphic)
+    assert (p["width"], p["height"]) == (640, 360) and p["sample_aspect"] == pytest.approx(4 / 3, abs=1e-4)
+    truth = json.loads((sample_dir / "two_talk.truth.json").read_text())
+    clips = clips_through_stages(anamorphic, max_seconds=10.0)
+    assert len(clips) == 1
+    clip = clips[0]
+    first = int(round(clip.start * truth["fps"]))
+    for ch in clip.fact(ClipFaces).characters:
+        got = np.asarray(ch.boxes)[::10]
+        best = 0.0
+        for person in truth["persons"]:
+            at = {box[0]: box[1:] for box in person["boxes"]}
+            want = np.asarray([at[first + 10 * i] for i in range(len(got))], np.float64)
+            best = max(best, float(np.diag(iou_matrix(got, want)).min()))
+        assert best > 0.5
+    assert mp4_size(clip.members["mp4"]) == (640, 360)
+    shown = open_frames(str(sample_dir / "two_talk.mp4"), probe(sample_dir / "two_talk.mp4"), None)
+    cut = tmp = anamorphic.parent / "clip.mp4"
+    tmp.write_bytes(clip.members["mp4"])
+    got = next(open_frames(str(cut), probe(cut), None).batches([10], 1))[1][0].astype(int)
+    want = next(shown.batches([first + 10], 1))[1][0].astype(int)
+    assert np.abs(got - want).mean() < 6
+
+
 # -- variable frame rate: frames are placed by their timestamps ------------------------------------------
 
 RAMP_FPS, RAMP_FRAMES = 25, 56
