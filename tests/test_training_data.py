@@ -421,6 +421,36 @@ def test_a_shard_whose_manifest_lacks_the_filtered_column_stops_the_loader(synth
         collect(ld)
 
 
+def test_split_by_window_a_read_that_stops_early_loses_that_workers_windows_only(synth, monkeypatch):
+    """Splitting by window, rank 0's read of one shard stops after its first sample (a flaky store): rank 1
+    still reads exactly the windows it reads when nothing fails, and no window is read by both."""
+    from mtcc.training import stream
+
+    out, truth = synth
+
+    def items(rank: int) -> list[tuple[str, tuple[int, int]]]:
+        return items_of(collect(loader(str(out), geometry=SMALL, num_workers=0, ref_size=16, split="window",
+                                       rank=rank, world_size=2, shuffle_buffer=1)))
+
+    healthy = [items(r) for r in (0, 1)]
+    assert Counter(healthy[0] + healthy[1]) == expected_items(truth)
+    real = stream.read_samples
+
+    def stops_after_one(f, *args, where=None, **kwargs):
+        for n, sample in enumerate(real(f, *args, where=where, **kwargs)):
+            if n == 1 and str(where).endswith("mtcc-000002.tar"):
+                raise OSError("connection reset (planted)")
+            yield sample
+
+    monkeypatch.setattr(stream, "read_samples", stops_after_one)
+    flaky = items(0)
+    monkeypatch.setattr(stream, "read_samples", real)
+    assert set(flaky) < set(healthy[0])  # it lost some of its own windows of that shard, nothing else
+    assert not set(flaky) & set(healthy[1])
+    lost = set(healthy[0]) - set(flaky)
+    assert {k.split("v")[0] for k, _ in lost} == {"synth002"}
+
+
 def test_uncommitted_shards_are_skipped_unless_asked(synth, tmp_path, caplog):
     out, _ = synth
     part = tmp_path / "partial"

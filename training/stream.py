@@ -99,13 +99,15 @@ class ShardStream(IterableDataset):
         if self.split == "shard":
             for i in assigned(order, gid, total):
                 yield from self._shard_items(self.shards[i])
-        else:  # every worker scans every shard and keeps every total-th window of the epoch
-            j = 0
-            for i in order:
-                for item in self._shard_items(self.shards[i]):
-                    if j % total == gid:
+        else:
+            # every worker scans every shard and keeps every total-th window, counted within the shard from the
+            # shard's place in the epoch: a worker whose read of a shard stops early (a flaky store) loses its
+            # own windows of that shard only, where a count run over the epoch would shift its picks onto the
+            # other workers' windows for the rest of the epoch
+            for p, i in enumerate(order):
+                for k, item in enumerate(self._shard_items(self.shards[i])):
+                    if (p + k) % total == gid:
                         yield item
-                    j += 1
 
     def _resampled(self, rng: np.random.Generator) -> Iterator[tuple[Sample, Window]]:
         bad: set[int] = set()
