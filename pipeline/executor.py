@@ -87,6 +87,11 @@ class Executor(Protocol):
         """Why the stages' workers can no longer all run (a lost node), or None."""
         ...
 
+    def loading(self, stage_idx: int) -> bool:
+        """Whether an actor of the stage is still loading its models (one started in place of lost ones):
+        its batches wait for it rather than use up their retries."""
+        ...
+
     def evict(self, sources: list[str], clips: list[str]) -> None:
         """These sources and clips are through: the workers may drop the files they keep of them."""
         ...
@@ -125,6 +130,9 @@ class InProcessExecutor(Executor):
 
     def capacity_lost(self) -> str | None:
         return None  # one process: nothing to lose but the driver itself
+
+    def loading(self, stage_idx: int) -> bool:
+        return False  # set up once, before the first batch
 
     def free_slots(self, stage_idx: int) -> int:
         return 1

@@ -258,6 +258,11 @@ class Flow:
             lost = self.executor.capacity_lost()
             if lost:
                 raise CapacityLost(lost)
+        if isinstance(err, WorkerLost) and err.transient and self.executor.loading(ticket.stage_idx):
+            # the stage's actors are gone and a new one is loading its models (a large model can take minutes,
+            # up to the executor's start timeout): the batch waits for it without using up its waits
+            self._retry(replace(ticket, id=next(self._ids), submitted=time.monotonic()))
+            return []
         if isinstance(err, WorkerLost) and err.transient and ticket.waits < self.max_unavailable_waits:
             # unreachable, not dead: wait for Ray to either bring the actor back or mark its node dead
             self._retry(replace(ticket, id=next(self._ids), waits=ticket.waits + 1, submitted=time.monotonic()))

@@ -358,6 +358,10 @@ class RayExecutor(Executor):
                 self._drop(ticket.stage_idx, slot)
         return out
 
+    def loading(self, stage_idx: int) -> bool:
+        return any(not s.ready and not s.retiring and time.monotonic() - s.started <= START_TIMEOUT_S
+                   for s in self.pools[stage_idx])
+
     def capacity_lost(self) -> str | None:
         """Drop the actors of nodes that are gone (their batches fail and are retried on the others); why the
         build cannot go on, or None: it goes on while every stage has an actor or can place one."""

@@ -94,6 +94,42 @@ def test_worker_loss_is_retried_split_and_rejected_never_dropped():
     assert ex.attempts == 3 + 1  # the batch thrice (1 + 2 retries), then the poison alone once more
 
 
+class ReloadingExecutor(InProcessExecutor):
+    """Real stages, but the threshold stage's only actor was lost and its replacement loads its models for
+    ``reload`` submits: until then every batch of it fails as Ray's executor fails it, 'no live actor'."""
+
+    def __init__(self, stages, reload: int):
+        super().__init__(stages)
+        self.reload = reload
+        self.refused = 0
+
+    def loading(self, stage_idx):
+        return stage_idx == 1 and self.refused < self.reload
+
+    def submit(self, ticket):
+        if self.loading(ticket.stage_idx):
+            self.refused += 1
+            self._done.append((ticket, WorkerLost("no live actor of the stage right now", transient=True)))
+        else:
+            super().submit(ticket)
+
+
+def test_batches_wait_for_a_replacement_actor_loading_its_models_without_using_their_retries():
+    """A replacement actor that takes longer to load than a batch's waits and retries add up to (a large
+    model: minutes) must not turn the batches waiting for it into error rows."""
+    stages = [Halves(resources={"candidates_per_call": 8}), Threshold(limit=5, resources={"candidates_per_call": 8})]
+    ex = ReloadingExecutor(stages, reload=40)
+    shards: dict[int, list[Candidate]] = {}
+    flow = Flow(stages, ex, lambda s, c: shards.__setitem__(s, c), retry_backoff_s=0.001, max_unavailable_waits=3)
+    flow.add_shard(0, [Candidate(key=k, video_id=k, source=f"/x/{k}.mp4", shard=0) for k in ("a", "b")], [])
+    while flow.step():
+        pass
+    out = {c.key: c for c in shards[0]}
+    assert ex.refused == 40  # waits and retries would have given up after 3 + 2 + 3 per candidate
+    assert {k: c.status for k, c in out.items() if c.level == "clip"} == {
+        "a_0000": "kept", "a_0001": "kept", "b_0000": "kept", "b_0001": "kept"}
+
+
 class FrameBuffer(Stage):
     """Holds a clip's frames in memory, as decoding stages do: memory grows with the clip's length.
     ``backend`` picks who allocates (numpy raises MemoryError, torch's CPU allocator a RuntimeError)."""
