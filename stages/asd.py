@@ -223,7 +223,8 @@ class ActiveSpeakers(ModelStage):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="bfloat16 runs the encoders ~2.5x faster on CPUs with bf16 support (AVX512, AMX) and on "
                             "GPUs; logits move by up to ~0.1 (decisions on the shared real footage unchanged). auto: "
-                            "bfloat16 where the device supports it, else float32")
+                            "bfloat16 where the actor's device supports it, else float32 (pin it for byte-identical "
+                            "shards on nodes of mixed hardware)")
     encode_frames: int = Field(100, ge=8, description="frames per window of the visual encoder's one pass (4 s)")
     renamed: ClassVar[dict[str, str]] = {"batch_windows": "forward_batch"}
     forward_batch: int = Field(1, ge=1, description="windows (clips x characters x windows) per visual forward; on "
