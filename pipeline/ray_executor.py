@@ -194,7 +194,11 @@ class RayExecutor(Executor):
                 names = sorted({self.stages[i].name for i, _ in waiting.values()})
                 if time.monotonic() > deadline:
                     self.shutdown()
-                    raise StageSetupError(f"actors of {', '.join(names)} did not start in {START_TIMEOUT_S:.0f}s")
+                    raise StageSetupError(
+                        f"actors of {', '.join(names)} did not start in {START_TIMEOUT_S:.0f}s: their models are "
+                        f"still loading, or their process dies as it starts and Ray keeps restarting it (a crash "
+                        f"in a native library, a node out of memory); the workers' logs in Ray's session folder "
+                        f"say which")
                 self.log(f"pools: {len(waiting)} actor(s) still loading: {', '.join(names)}")
 
     # -- the cluster and the pools -------------------------------------------------------------------------
