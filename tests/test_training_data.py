@@ -218,6 +218,8 @@ else:
 ld = loader(out, geometry={"frames": 9, "height": 64, "width": 96}, num_workers=0, ref_size=16)
 items = [[k, w.tolist()] for b in ld for k, w in zip(b["key"], b["window"])]
 print("ITEMS " + json.dumps({"shards": len(ld.shards), "items": items}))
+if rank == 0:  # a loader of rank 0 alone (validation, say): nothing to agree with the other rank
+    print("ALONE", len(loader(out, num_workers=0, rank=0, world_size=1).shards))
 dist.destroy_process_group()
 """
 
@@ -250,13 +252,15 @@ def test_ranks_that_list_out_while_a_build_commits_still_read_each_shard_once(sy
     time.sleep(2.0)  # rank 0 lists OUT (milliseconds), then waits for rank 1 in the process group
     held.rename(out / "commits" / "000006.json")
     (tmp_path / "committed").touch()
-    results = []
+    results, alone = [], ""
     for r in ranks:
         stdout, stderr = r.communicate(timeout=120)
+        alone += stdout
         line = next((ln for ln in stdout.splitlines() if ln.startswith("ITEMS ")), None)
         assert r.returncode == 0 and line, stderr[-3000:]
         results.append(json.loads(line[len("ITEMS "):]))
     assert [res["shards"] for res in results] == [6, 6]
+    assert "ALONE 7" in alone  # it listed OUT itself (and did not wait for rank 1 in a collective)
     six = sorted((out / "shards").glob("*.tar"))[:6]
     keys = {k for tar in six for k, _ in read_samples(tar, select=lambda _: ())}
     want = Counter((k, tuple(w)) for k, t in synth[1].items() if k in keys for w in SHARD_GEO.windows(t.frames))

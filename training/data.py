@@ -54,13 +54,15 @@ def _dist() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _agreed(shards: list[ShardRef]) -> list[ShardRef]:
-    """Rank 0's shards on every rank of an initialised process group. Each rank lists OUT itself, at slightly
-    different moments: a shard committed in between (training while a build still writes) gave the ranks
-    orders over different lists, so some shards were read twice in an epoch and others never. (With NCCL the
-    list travels through the rank's current CUDA device, as every collective of a DDP script does.)"""
+def _agreed(shards: list[ShardRef], world_size: int) -> list[ShardRef]:
+    """Rank 0's shards on every rank, for a loader split over the ranks of an initialised process group. Each
+    rank lists OUT itself, at slightly different moments: a shard committed in between (training while a build
+    still writes) gave the ranks orders over different lists, so some shards were read twice in an epoch and
+    others never. A loader of one rank alone (``world_size=1``, a validation loader on rank 0, say) lists for
+    itself: the other ranks make no such loader to agree with. (With NCCL the list travels through the rank's
+    current CUDA device, as every collective of a DDP script does.)"""
     dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size == 1 or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() != world_size:
         return shards
     box: list[Any] = [shards]
     dist.broadcast_object_list(box, src=0)
@@ -75,12 +77,13 @@ class Loader:
                  world_size: int | None = None, epoch: int = 0):
         self.cfg = config
         specs = [shards] if isinstance(shards, str) else list(shards or config.shards)
-        self.shards = _agreed(resolve_shards(specs, config.committed_only))
+        self.shards = resolve_shards(specs, config.committed_only)
         r, w = _dist()
         self.rank = r if rank is None else int(rank)
         self.world_size = w if world_size is None else int(world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
+        self.shards = _agreed(self.shards, self.world_size)
         self.epoch = int(epoch)
         self.conditions = parse_filters(config.filters)
         if self.conditions:
