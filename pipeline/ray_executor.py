@@ -64,6 +64,15 @@ class Slot:
     retiring: bool = False
     inflight: int = 0  # batches sent to it and not yet back
 
+    def loading(self) -> bool:
+        """Placed, still loading its models, and not yet given up on (START_TIMEOUT_S)."""
+        return not self.ready and time.monotonic() - self.started <= START_TIMEOUT_S
+
+
+def _said(e: BaseException) -> str:
+    """A Ray error in one line: its kind and the first line of its message (the rest is a traceback)."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
 
 def stage_memory(stage: Stage) -> int:
     return int((stage.resources.memory_mb or type(stage).actor_memory_mb) * MB)
@@ -183,7 +192,7 @@ class RayExecutor(Executor):
                 except self.ray.exceptions.RayError as e:  # the actor's process died while it loaded its models
                     name = self.stages[i].name
                     err = (f"stage '{name}' failed to set up: its actor died while loading "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); a node out of "
+                           f"({_said(e)}); a node out of "
                            f"memory kills such an actor: give it more (stages.{name}.resources.memory_mb) or see "
                            f"the worker's log in Ray's session folder")
                 if err:
@@ -276,13 +285,13 @@ class RayExecutor(Executor):
                 try:
                     err = self.ray.get(slot.ready_ref)
                 except self.ray.exceptions.RayError as e:
-                    err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    err = _said(e)
                 if err:
                     self.log(f"pools: a new '{self.stages[i].name}' actor could not start ({err}); dropped")
                     self._drop(i, slot)
                 else:
                     slot.ready = True
-            elif time.monotonic() - slot.started > START_TIMEOUT_S:
+            elif not slot.loading():
                 self.log(f"pools: a new '{self.stages[i].name}' actor did not start in {START_TIMEOUT_S:.0f}s; dropped")
                 self._drop(i, slot)
 
@@ -352,19 +361,17 @@ class RayExecutor(Executor):
             except self.ray.exceptions.RayTaskError as e:  # the stage's own code raised (not a lost worker)
                 out.append((ticket, e))
             except self.ray.exceptions.ActorUnavailableError as e:
-                out.append((ticket, WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                                               transient=True)))
+                out.append((ticket, WorkerLost(_said(e), transient=True)))
             except self.ray.exceptions.RayError as e:
                 # the worker is gone: killed, out of memory, its node lost (an actor pinned to a node that is
                 # gone cannot even be scheduled again); the batch is retried on the pool's other actors
-                out.append((ticket, WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")))
+                out.append((ticket, WorkerLost(_said(e))))
             if slot is not None and slot.retiring and slot.inflight == 0:
                 self._drop(ticket.stage_idx, slot)
         return out
 
     def loading(self, stage_idx: int) -> bool:
-        return any(not s.ready and not s.retiring and time.monotonic() - s.started <= START_TIMEOUT_S
-                   for s in self.pools[stage_idx])
+        return any(s.loading() and not s.retiring for s in self.pools[stage_idx])
 
     def capacity_lost(self) -> str | None:
         """Drop the actors of nodes that are gone (their batches fail and are retried on the others); why the

@@ -241,12 +241,12 @@ class ClipCaption(ModelStage):
         # transformers only logs keys it left at their random init (a Qwen2.5-VL or a partial checkpoint):
         # refused, as every other model stage refuses them; a tied output head has no key of its own
         tied = {"lm_head.weight"} if getattr(net.config, "tie_word_embeddings", False) else set()
-        unloaded = sorted(k for k in info.get("missing_keys", ()) if k not in tied)
-        unloaded += sorted(map(str, info.get("mismatched_keys", ())))
-        if unloaded:
-            few = ", ".join(unloaded[:4]) + (f" and {len(unloaded) - 4} more" if len(unloaded) > 4 else "")
-            raise loading.WeightsError(f"stage 'caption': {path} left {len(unloaded)} key(s) of Qwen2-VL unloaded "
-                                      f"(they would run on random values): {few}. {HOW_TO_GET}")
+        missing = sorted(k for k in info.get("missing_keys", ()) if k not in tied)
+        shapes = sorted(map(str, info.get("mismatched_keys", ())))
+        if missing or shapes:
+            raise loading.WeightsError(
+                f"stage 'caption': {path} left {len(missing) + len(shapes)} key(s) of Qwen2-VL unloaded (they would "
+                f"run on random values): {loading.key_mismatch(missing, [], shapes)}. {HOW_TO_GET}")
         self._net = net.to(device).eval()
         self._gen = greedy_config(net.generation_config, self.max_new_tokens, processor.tokenizer.pad_token_id,
                                   net.config.text_config.eos_token_id)

@@ -113,7 +113,10 @@ class Loader:
         """The selection's samples by shard; the loader's shards narrowed to the ones it names."""
         from mtcc.manifests.selections import SelectionError, load_selected, selection_url
 
-        outs = sorted({s.manifest.rsplit("/manifests/", 1)[0] for s in self.shards if s.manifest})
+        def out_of(ref: ShardRef) -> str | None:  # the MTCC output a shard is in (None: a bare tar)
+            return ref.manifest.rsplit("/manifests/", 1)[0] if ref.manifest else None
+
+        outs = sorted({o for o in map(out_of, self.shards) if o})
         name = self.cfg.selection
         if not name.endswith(".parquet") and len(outs) != 1:
             raise SelectionError(f"data.selection {name!r} names a selection of one MTCC output, and the shards "
@@ -128,7 +131,7 @@ class Loader:
                 raise SelectionError(f"data.selection {name!r}: the shards are in {len(outs)} outputs "
                                      f"({', '.join(outs)}) and the selection is in none of them; give the "
                                      f"selection inside the output it was made of (OUT/selections/NAME.parquet)")
-            self.shards = [s for s in self.shards if s.manifest and s.manifest.rsplit("/manifests/", 1)[0] == own]
+            self.shards = [s for s in self.shards if out_of(s) == own]
         keys = load_selected(url, self.cfg.selection_part)
         have = {s.shard_id for s in self.shards}
         gone = sorted(set(keys) - have)
