@@ -434,8 +434,9 @@ class RayExecutor(Executor):
             freed_gpu += slot.shape.gpus
             if slot.inflight == 0:
                 self._drop(i, slot)
-        self.log(f"pools: making room for {', '.join(self.stages[i].name for i in blocked)} "
-                 f"(freeing {freed_cpu:g} CPUs, {freed_gpu:g} GPUs); pools now {self._sizes_text()}")
+        if freed_cpu or freed_gpu:  # a second health check while the first's retiring actors finish frees nothing
+            self.log(f"pools: making room for {', '.join(self.stages[i].name for i in blocked)} "
+                     f"(freeing {freed_cpu:g} CPUs, {freed_gpu:g} GPUs); pools now {self._sizes_text()}")
 
     def rebalance(self, loads: dict[str, StageLoad]) -> PoolPlan | None:
         """Plan the pools again with what the build measured and the nodes alive now, and move towards the
