@@ -376,15 +376,7 @@ class RayExecutor(Executor):
     def capacity_lost(self) -> str | None:
         """Drop the actors of nodes that are gone (their batches fail and are retried on the others); why the
         build cannot go on, or None: it goes on while every stage has an actor or can place one."""
-        alive = {n["NodeID"] for n in self._alive()}
-        lost = 0
-        for i, pool in enumerate(self.pools):
-            for slot in [s for s in pool if s.node not in alive]:
-                self._drop(i, slot)
-                lost += 1
-        if lost:
-            self.log(f"pools: {lost} actor(s) lost with their node; pools now {self._sizes_text()}")
-            self._record("node lost")
+        alive = self._drop_lost()
         empty = [i for i, pool in enumerate(self.pools) if not [x for x in pool if not x.retiring]]
         if not empty:
             return None
@@ -412,6 +404,19 @@ class RayExecutor(Executor):
         self._make_room(blocked)
         return None
 
+    def _drop_lost(self) -> set[str]:
+        """Drop the actors of nodes Ray no longer lists alive, saying so; returns the live nodes' ids."""
+        alive = {n["NodeID"] for n in self._alive()}
+        lost = 0
+        for i, pool in enumerate(self.pools):
+            for slot in [s for s in pool if s.node not in alive]:
+                self._drop(i, slot)
+                lost += 1
+        if lost:
+            self.log(f"pools: {lost} actor(s) lost with their node; pools now {self._sizes_text()}")
+            self._record("node lost")
+        return alive
+
     def _make_room(self, blocked: list[int]) -> None:
         """The stages in ``blocked`` have no actor and no room for one, though the live nodes could hold one
         of every stage: the others give up what they hold beyond that (surplus actors first, then single
@@ -432,6 +437,9 @@ class RayExecutor(Executor):
             slot.retiring = True
             freed_cpu += slot.shape.cpus
             freed_gpu += slot.shape.gpus
+            if len(self.pools[i]) <= 1:  # it comes back at its declared share: room for that too
+                want_cpu += declared.cpus
+                want_gpu += declared.gpus
             if slot.inflight == 0:
                 self._drop(i, slot)
         if freed_cpu or freed_gpu:  # a second health check while the first's retiring actors finish frees nothing
@@ -443,6 +451,9 @@ class RayExecutor(Executor):
         plan: retire actors a stage no longer needs (once their batches are done), start the ones the plan
         adds where they fit now. Returns the plan (None when it could not be made)."""
         self._check_starting()
+        # a dead node's idle actors would otherwise be retired below as surplus, and the log would not say
+        # they were lost (the health check may come seconds later)
+        self._drop_lost()
         try:
             plan = plan_pools(measured_needs(self.stages, loads), self._nodes())
         except PlanError:

@@ -211,7 +211,14 @@ from mtcc.training import loader
 rank, out, tmp = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 dist.init_process_group("gloo", init_method=f"file://{tmp / 'group'}", rank=rank, world_size=2)
 if rank == 0:
-    (tmp / "rank0_lists").touch()  # and lists OUT at once
+    import mtcc.training.data as data
+    agreed = data._agreed
+
+    def listed_then_agreed(shards, world_size):  # rank 0 has listed OUT: the test may commit the next shard
+        (tmp / "rank0_lists").touch()
+        return agreed(shards, world_size)
+
+    data._agreed = listed_then_agreed
 else:
     while not (tmp / "committed").exists():  # lists OUT after one more shard was committed
         time.sleep(0.05)
@@ -249,7 +256,6 @@ def test_ranks_that_list_out_while_a_build_commits_still_read_each_shard_once(sy
     while not (tmp_path / "rank0_lists").exists():
         assert time.monotonic() < deadline and ranks[0].poll() is None, ranks[0].communicate()[1][-3000:]
         time.sleep(0.05)
-    time.sleep(2.0)  # rank 0 lists OUT (milliseconds), then waits for rank 1 in the process group
     held.rename(out / "commits" / "000006.json")
     (tmp_path / "committed").touch()
     results, alone = [], ""
