@@ -65,7 +65,8 @@ class FlakyProxy(LocalHTTPServer):
             self.down = False
 
     def _fault(self, method: str, path: str) -> str | None:
-        """The fault for the next request of ``method`` (counted here), or None."""
+        """The fault for the next request of ``method``, or None. A cut or a reset is only counted when it
+        happens: a HEAD, or a body of a byte or none (a 404's), passes whole."""
         f = self.faults
         with self._lock:
             if f.down_from and f.down_from in path:
@@ -80,7 +81,8 @@ class FlakyProxy(LocalHTTPServer):
             for kind, every in (("slow_down", f.slow_down), ("too_many", f.too_many), ("cut", f.cut),
                                 ("reset", f.reset)):
                 if every and n % every == 0:
-                    self.injected[kind] += 1
+                    if kind not in ("cut", "reset"):  # those are counted where a body is there to cut
+                        self.injected[kind] += 1
                     return kind
             return None
 
@@ -150,6 +152,7 @@ class FlakyProxy(LocalHTTPServer):
                     self.wfile.flush()
                     with proxy._lock:
                         proxy.sent[path] += len(half)
+                        proxy.injected[fault] += 1
                     self.close_connection = True
                     if fault == "reset":  # RST instead of FIN when the socket closes: a reset connection
                         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
