@@ -432,12 +432,13 @@ class RayExecutor(Executor):
             if freed_cpu >= want_cpu - 1e-9 and freed_gpu >= want_gpu - 1e-9:
                 break
             declared = stage_need(self.stages[i], 1.0).shape
-            if len(self.pools[i]) <= 1 and slot.shape == declared:
+            lone = len(self.pools[i]) <= 1
+            if lone and slot.shape == declared:
                 continue  # a lone actor at its declared share is what the stage needs at least
             slot.retiring = True
             freed_cpu += slot.shape.cpus
             freed_gpu += slot.shape.gpus
-            if len(self.pools[i]) <= 1:  # it comes back at its declared share: room for that too
+            if lone:  # it comes back at its declared share: room for that too
                 want_cpu += declared.cpus
                 want_gpu += declared.gpus
             if slot.inflight == 0:

@@ -32,6 +32,12 @@ def probe(path) -> dict:
     return c.fact(ProbeResult).to_json()
 
 
+def best_person_iou(got: np.ndarray, truth: dict, boxes_of) -> float:
+    """A character's boxes against the planted person they match best (``boxes_of(person)``: that person's
+    boxes on the same frames): the worst frame's IoU."""
+    return max(float(np.diag(iou_matrix(got, boxes_of(person))).min()) for person in truth["persons"])
+
+
 def test_rotated_frames_come_in_display_orientation(rotated, sample_dir):
     p = probe(rotated)
     assert (p["width"], p["height"], p["rotation"]) == (360, 640, 90)
@@ -53,13 +59,12 @@ def test_face_boxes_on_rotated_footage_are_in_display_coordinates(rotated, sampl
     faces = clips[0].fact(ClipFaces)
     for ch in faces.characters:
         got = np.asarray(ch.boxes)[::10]
-        best = 0.0
-        for person in truth["persons"]:
+
+        def turned(person):  # a 90-degree counter-clockwise turn: (x, y) -> (y, width - x)
             b = np.asarray([box[1:] for box in person["boxes"]], np.float64)[::10][: len(got)]
-            # a 90-degree counter-clockwise turn: (x, y) -> (y, width - x)
-            turned = np.stack([b[:, 1], width - b[:, 2], b[:, 3], width - b[:, 0]], 1)
-            best = max(best, float(np.diag(iou_matrix(got, turned)).min()))
-        assert best > 0.5
+            return np.stack([b[:, 1], width - b[:, 2], b[:, 3], width - b[:, 0]], 1)
+
+        assert best_person_iou(got, truth, turned) > 0.5
 
 
 # -- non-square pixels: the picture as shown ----------------------------------------------------------------
@@ -89,16 +94,16 @@ def test_non_square_pixels_are_seen_and_cut_as_the_picture_shown(anamorphic, sam
     first = int(round(clip.start * truth["fps"]))
     for ch in clip.fact(ClipFaces).characters:
         got = np.asarray(ch.boxes)[::10]
-        best = 0.0
-        for person in truth["persons"]:
+
+        def shown_boxes(person):
             at = {box[0]: box[1:] for box in person["boxes"]}
-            want = np.asarray([at[first + 10 * i] for i in range(len(got))], np.float64)
-            best = max(best, float(np.diag(iou_matrix(got, want)).min()))
-        assert best > 0.5
+            return np.asarray([at[first + 10 * i] for i in range(len(got))], np.float64)
+
+        assert best_person_iou(got, truth, shown_boxes) > 0.5
     assert mp4_size(clip.members["mp4"]) == (640, 360)
     shown = open_frames(str(sample_dir / "two_talk.mp4"), probe(sample_dir / "two_talk.mp4"), None)
-    cut = tmp = anamorphic.parent / "clip.mp4"
-    tmp.write_bytes(clip.members["mp4"])
+    cut = anamorphic.parent / "clip.mp4"
+    cut.write_bytes(clip.members["mp4"])
     got = next(open_frames(str(cut), probe(cut), None).batches([10], 1))[1][0].astype(int)
     want = next(shown.batches([first + 10], 1))[1][0].astype(int)
     assert np.abs(got - want).mean() < 6
@@ -246,12 +251,12 @@ def test_face_boxes_of_variable_rate_footage_sit_at_their_times(cross_vfr, sampl
         times = clip.start - t0 + np.arange(faces.frames) / faces.fps
         scene = np.clip(np.round(times * truth["fps"]).astype(int), 0, truth["n_frames"] - 1)
         for ch in faces.characters:
-            got = np.asarray(ch.boxes)
-            best = 0.0
-            for person in truth["persons"]:
+
+            def at_scene_frames(person):
                 table = {f: b for f, *b in person["boxes"]}
-                want = np.array([table[f] for f in scene], np.float64)
-                best = max(best, float(np.diag(iou_matrix(got, want)).min()))
+                return np.array([table[f] for f in scene], np.float64)
+
+            best = best_person_iou(np.asarray(ch.boxes), truth, at_scene_frames)
             assert best > 0.5, (clip.key, best)
         covered += clip.end - clip.start
     assert covered > 0.8 * truth["duration"]  # the clips span the video's real length, not 5/7 of it
