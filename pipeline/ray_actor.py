@@ -34,6 +34,10 @@ class StageActor:
         # never pay for importing torch (a dozen actors doing so is a third of a small run's start-up)
         self.threads = stage_thread_count(self.stage)
         os.environ["OMP_NUM_THREADS"] = str(self.threads)
+        # actors share their node's cores with other actors and their ffmpeg: OpenMP threads that spin while
+        # they wait for a descheduled partner burn the cores the others need, so idle ones sleep (read when
+        # torch loads OpenMP, which setup does; a policy set in the node's environment is kept)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self._setup = threading.Thread(target=self._set_up, name=f"setup-{self.stage.name}", daemon=True)
         self._setup.start()
 

@@ -4,6 +4,8 @@ planted, the per-stage thread count of in-process runs, and the harness's report
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -171,3 +173,36 @@ def test_ray_actor_threads(ray_local, tmp_path):
     finally:
         ray.kill(wide)
         ray.kill(plain)
+
+
+ACTOR_THEN_TORCH = """
+import sys
+from mtcc.pipeline.executor import WorkspaceSpec
+from mtcc.pipeline.ray_actor import StageActor
+from mtcc.stages.probe import Probe
+if sys.argv[2] == "actor":
+    StageActor(Probe, {"resources": {"num_cpus": 0.05, "threads": 2}}, WorkspaceSpec(sys.argv[1], 1 << 30),
+               clear_workspace=False).ready()
+import torch  # what a model stage's setup does: OpenMP reads its settings as torch loads it
+"""
+
+
+@pytest.mark.parametrize("policy, spins", [(None, "0"), ("ACTIVE", "30000000000")], ids=["unset", "node_says_active"])
+def test_stage_actor_openmp_threads_sleep_while_they_wait(policy, spins, tmp_path):
+    """A stage actor's OpenMP runtime does not spin while it waits (the cores are its neighbours'), unless the
+    node's environment sets a policy. Seen as the runtime itself reports its spin count (OMP_DISPLAY_ENV), in
+    a fresh interpreter; the same interpreter without the actor spins (300000), so the test sees the actor's doing."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"OMP_DISPLAY_ENV": "VERBOSE"}
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+
+    def spin_count(mode: str) -> str:
+        run = subprocess.run([sys.executable, "-c", ACTOR_THEN_TORCH, str(tmp_path / mode), mode], env=env,
+                             capture_output=True, text=True, timeout=120, check=True)
+        found = re.findall(r"GOMP_SPINCOUNT = '(\d+)'", run.stderr)
+        assert len(found) == 1, run.stderr[-2000:]
+        return found[0]
+
+    assert spin_count("actor") == spins
+    if policy is None:
+        assert spin_count("plain") == "300000"  # libgomp's own default: it spins
