@@ -20,7 +20,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The stage actors' OpenMP threads sleep while they wait (pipeline/ray_actor.py); so do those of the in-process
 # builds and model tests here, which share the cores with two other workers: spinning, a stage with two
-# threads spent its partner's waits busy (the suite took 19:10 and 17:34 with them asleep, 2026-12-07)
+# threads spent its partner's waits busy (make test here: 19:10 spinning, 17:34 asleep; 2026-12-07)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
