@@ -45,6 +45,12 @@ MB = 1 << 20
 # how long a new actor may take to load its models before it is given up on (it is killed and the plan
 # tries again at the next rebalance)
 START_TIMEOUT_S = 900.0
+# an actor whose process dies as it starts (a native library that crashes on import, a node out of memory) is
+# restarted by Ray at once, again and again, and never answers: after this many restarts before its models
+# loaded it is given up on, seconds after the start rather than at START_TIMEOUT_S
+START_RESTARTS = 3
+# how often the restarts of actors still starting are counted
+START_POLL_S = 2.0
 # how long Ray may take to give a new GPU actor its share before it counts as unplaceable (a worker process
 # starts in a second or two; a share that finds no device with room would wait forever)
 PLACE_TIMEOUT_S = 120.0
@@ -144,6 +150,7 @@ class RayExecutor(Executor):
         self.timeline: list[dict[str, Any]] = []
         self.changes: list[str] = []
         self._cluster: dict[str, float] = {}
+        self._restarts_counted = 0.0
         try:
             plan = plan_pools(expected_needs(stages), self._nodes(free_only=True))
         except PlanError as e:
@@ -179,12 +186,14 @@ class RayExecutor(Executor):
                  f"its pool goes on with {len(self.pools[i])}")
 
     def _wait_started(self) -> None:
-        """Wait for every first actor to load its models: a setup error stops the run naming the stage; the
-        stages still loading are logged every half minute, and given up on after START_TIMEOUT_S."""
+        """Wait for every first actor to load its models: a setup error, or a process that keeps dying as it
+        starts, stops the run naming the stage; the stages still loading are logged every half minute, and
+        given up on after START_TIMEOUT_S."""
         waiting = {slot.ready_ref: (i, slot) for i, pool in enumerate(self.pools) for slot in pool}
         deadline = time.monotonic() + START_TIMEOUT_S
+        said = time.monotonic()
         while waiting:
-            done, _ = self.ray.wait(list(waiting), num_returns=len(waiting), timeout=30)
+            done, _ = self.ray.wait(list(waiting), num_returns=len(waiting), timeout=START_POLL_S)
             for ref in done:
                 i, slot = waiting.pop(ref)
                 try:
@@ -199,6 +208,11 @@ class RayExecutor(Executor):
                     self.shutdown()
                     raise StageSetupError(err)
                 slot.ready = True
+            for i, slot in waiting.values():
+                crashed = self._crash_looping(slot)
+                if crashed:
+                    self.shutdown()
+                    raise StageSetupError(f"stage '{self.stages[i].name}' failed to set up: {crashed}")
             if waiting:
                 names = sorted({self.stages[i].name for i, _ in waiting.values()})
                 if time.monotonic() > deadline:
@@ -208,7 +222,27 @@ class RayExecutor(Executor):
                         f"still loading, or their process dies as it starts and Ray keeps restarting it (a crash "
                         f"in a native library, a node out of memory); the workers' logs in Ray's session folder "
                         f"say which")
-                self.log(f"pools: {len(waiting)} actor(s) still loading: {', '.join(names)}")
+                if time.monotonic() - said >= 30:
+                    said = time.monotonic()
+                    self.log(f"pools: {len(waiting)} actor(s) still loading: {', '.join(names)}")
+
+    def _crash_looping(self, slot: Slot) -> str | None:
+        """Why ``slot``'s actor is given up on before its models loaded: Ray restarted its process
+        START_RESTARTS times (it dies as it starts, and its ``ready`` would never answer); None otherwise."""
+        from ray._private import state
+
+        try:
+            info = state.actors(slot.handle._actor_id.hex())
+        except Exception:  # noqa: BLE001 - a private API: without it, START_TIMEOUT_S still gives up on the actor
+            return None
+        restarts = int(info.get("NumRestarts") or 0)
+        if restarts < START_RESTARTS:
+            return None
+        host = next((n.get("NodeManagerAddress", "") for n in self._alive() if n["NodeID"] == slot.node), "")
+        pid = info.get("Pid") or "?"
+        return (f"its actor's process died {restarts} times as it started, before it could load its models (a "
+                f"crash in a native library the stage imports, or a node out of memory); its last worker's log "
+                f"says which: worker-*-{pid}.err in the logs of Ray's session folder on node {host or slot.node}")
 
     # -- the cluster and the pools -------------------------------------------------------------------------
     def _alive(self) -> list[dict[str, Any]]:
@@ -280,6 +314,10 @@ class RayExecutor(Executor):
             return
         done, _ = self.ray.wait([s.ready_ref for _, s in starting], num_returns=len(starting), timeout=0)
         done = set(done)
+        # restarts are asked of Ray's control store, one call per actor: not at every one of the flow's waits
+        count_restarts = time.monotonic() - self._restarts_counted >= START_POLL_S
+        if count_restarts:
+            self._restarts_counted = time.monotonic()
         for i, slot in starting:
             if slot.ready_ref in done:
                 try:
@@ -291,6 +329,9 @@ class RayExecutor(Executor):
                     self._drop(i, slot)
                 else:
                     slot.ready = True
+            elif count_restarts and (crashed := self._crash_looping(slot)):
+                self.log(f"pools: a new '{self.stages[i].name}' actor could not start ({crashed}); dropped")
+                self._drop(i, slot)
             elif not slot.loading():
                 self.log(f"pools: a new '{self.stages[i].name}' actor did not start in {START_TIMEOUT_S:.0f}s; dropped")
                 self._drop(i, slot)

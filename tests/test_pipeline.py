@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -247,8 +248,9 @@ def test_killed_stage_actor_mid_run_loses_nothing(built, sample_dir, tmp_path):
     assert digests(victim_out) == digests(out)
 
 
-# a stage whose actor's process dies while it loads (as a node out of memory kills one): defined in the
-# script's __main__, it travels to the actors by value
+# a stage whose actor's process dies while it loads its models (as a node out of memory kills one), or as soon
+# as it starts (as a native library that crashes on import does; Ray restarts such a process again and again):
+# defined in the script's __main__, it travels to the actors by value
 DIES_AT_SETUP = """
 import os, sys, time
 from typing import ClassVar
@@ -260,6 +262,12 @@ from mtcc.stages.base import Stage
 
 class DiesAtSetup(Stage):
     name: ClassVar[str] = "dies"
+    when: ClassVar[str] = sys.argv[3]
+
+    def attach(self, workspace):
+        if self.when == "starting":
+            os._exit(3)
+        super().attach(workspace)
 
     def setup(self):
         time.sleep(3)  # loading its models
@@ -280,20 +288,81 @@ except StageSetupError as e:
 """
 
 
-def test_an_actor_that_dies_while_loading_refuses_the_run_naming_its_stage(sample_dir, tmp_path):
+# an actor the pools add while the build runs (a bigger plan, a lost node's stage placed again) whose process
+# dies as it starts: the executor, made with one healthy actor, is asked for a second once later actors die
+JOINS_AND_DIES = """
+import json, os, sys, time
+from pathlib import Path
+from typing import ClassVar
+import ray
+from mtcc.pipeline.executor import WorkspaceSpec
+from mtcc.pipeline.ray_executor import RayExecutor
+from mtcc.stages.base import Stage
+
+MARK = Path(sys.argv[1]) / "later-actors-die"
+
+class DiesIfLate(Stage):
+    name: ClassVar[str] = "dies_if_late"
+
+    def attach(self, workspace):
+        if MARK.exists():
+            os._exit(3)
+        super().attach(workspace)
+
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+logs = []
+stage = DiesIfLate(resources={"num_cpus": 0.25, "max_actors": 1})  # one actor first: the plan would fill the node
+ex = RayExecutor([stage], WorkspaceSpec(sys.argv[1] + "/work", 1 << 30), log=logs.append)
+MARK.touch()
+first = ex.pools[0][0]
+late = ex._start(0, first.shape, first.node, clear=False)
+deadline = time.monotonic() + 60
+while late in ex.pools[0] and time.monotonic() < deadline:
+    ex.wait(0.5)
+    time.sleep(0.5)
+print("RESULT " + json.dumps({"pool": len(ex.pools[0]), "sizes": ex.pool_sizes(), "loading": ex.loading(0),
+                              "logs": logs}))
+ex.shutdown()
+"""
+
+
+def test_an_actor_added_mid_build_that_dies_as_it_starts_is_dropped_and_the_pool_goes_on(tmp_path):
+    """Ray would restart it without end, and the stage would count as getting an actor for 900 s: it is
+    dropped after a few restarts, saying why, and the pool keeps its healthy actor."""
+    script = tmp_path / "joins.py"
+    script.write_text(JOINS_AND_DIES)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert run.returncode == 0 and line, run.stdout[-2000:] + run.stderr[-4000:]
+    r = json.loads(line[len("RESULT "):])
+    assert r["pool"] == 1 and r["sizes"] == {"dies_if_late": 1} and not r["loading"], r
+    dropped = [m for m in r["logs"] if m.startswith("pools: a new 'dies_if_late' actor could not start")]
+    assert len(dropped) == 1 and re.search(r"process died \d+ times as it started.*; dropped$", dropped[0]), r["logs"]
+
+
+@pytest.mark.parametrize("when", ["loading", "starting"])
+def test_an_actor_that_dies_as_it_starts_refuses_the_run_naming_its_stage(sample_dir, tmp_path, when):
     """The run stops as any stage that cannot start stops it: a StageSetupError naming the stage and what to
-    look at (exit 2 from the CLI), its actors shut down and OUT as it was, not a Ray traceback."""
+    look at (exit 2 from the CLI), its actors shut down and OUT as it was, not a Ray traceback. A process that
+    dies before its ``ready`` can answer is restarted by Ray without end: the run gives up on it after a few
+    restarts, in seconds (the script's timeout is far below the 900 s a loading actor is given)."""
     videos = tmp_path / "in"
     videos.mkdir()
     (videos / "two_talk.mp4").symlink_to(sample_dir / "two_talk.mp4")
     script = tmp_path / "dies.py"
     script.write_text(DIES_AT_SETUP)
-    run = subprocess.run([sys.executable, str(script), str(videos), str(tmp_path / "out")], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    run = subprocess.run([sys.executable, str(script), str(videos), str(tmp_path / "out"), when],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     refused = [ln for ln in run.stdout.splitlines() if ln.startswith("REFUSED ")]
     assert run.returncode == 0 and refused, run.stdout[-2000:] + run.stderr[-4000:]
-    assert "stage 'dies' failed to set up: its actor died while loading" in refused[0], refused
-    assert "stages.dies.resources.memory_mb" in refused[0]
+    if when == "loading":
+        assert "stage 'dies' failed to set up: its actor died while loading" in refused[0], refused
+        assert "stages.dies.resources.memory_mb" in refused[0]
+    else:
+        assert re.search(r"stage 'dies' failed to set up: its actor's process died \d+ times as it started",
+                         refused[0]), refused
+        assert re.search(r"worker-\*-\d+\.err in the logs of Ray's session folder on node \S+", refused[0])
     assert not (tmp_path / "out").exists()
 
 
