@@ -287,12 +287,28 @@ def test_a_planted_slow_stage_gets_the_most_actors(sample_dir, tmp_path):
 
 # -- `ray job submit` against a `ray start` head (RAY_ADDRESS honoured) ----------------------------------------
 
-def _free_port() -> int:
+def _free_ports(n: int) -> list[int]:
+    """``n`` ports that bind now, drawn between Ray's worker ports (10002-19999) and the kernel's ephemeral
+    range: the suite's other Rays bind their defaults, their workers' ports and ephemeral ones, so none takes
+    these in the seconds before the head binds them (a port the kernel hands out could be)."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    out: list[int] = []
+    for port in random.sample(range(20000, ephemeral), k=min(200, ephemeral - 20000)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        out.append(port)
+        if len(out) == n:
+            return out
+    raise AssertionError(f"no {n} free ports between 20000 and {ephemeral}")
 
 
 def test_ray_job_submit_builds_on_the_cluster_it_is_submitted_to(sample_dir, tmp_path):
@@ -307,31 +323,42 @@ def test_ray_job_submit_builds_on_the_cluster_it_is_submitted_to(sample_dir, tmp
     import urllib.request
 
     ray_bin = Path(sys.executable).with_name("ray")
-    port, dash = _free_port(), _free_port()
-    # every port of the head its own: other Ray nodes on this machine (the suite's embedded ones) hold the
-    # defaults, and a dashboard agent that cannot bind its port leaves the job server with no agent
-    ports = {flag: _free_port() for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                             "runtime-env-agent-port", "metrics-export-port",
-                                             "ray-client-server-port", "node-manager-port", "object-manager-port")}
     temp = Path(f"/tmp/mtcc-rj-{os.getpid()}")  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{ray_bin.parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
-                             "--num-gpus=0", "--include-dashboard=true", f"--dashboard-port={dash}",
-                             "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
-                             *(f"--{flag}={p}" for flag, p in ports.items())],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    head = None
     try:
-        url = f"http://127.0.0.1:{dash}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/version", timeout=2).read()
+        for _ in range(3):
+            # every port of the head its own: other Ray nodes on this machine (the suite's embedded ones) hold
+            # the defaults, and a dashboard agent that cannot bind its port leaves the job server with no agent
+            flags = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                     "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port", "node-manager-port",
+                     "object-manager-port")
+            ports = dict(zip(flags, _free_ports(len(flags))))
+            port, dash = ports.pop("port"), ports.pop("dashboard-port")
+            head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
+                                     "--num-gpus=0", "--include-dashboard=true", f"--dashboard-port={dash}",
+                                     "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
+                                     *(f"--{flag}={p}" for flag, p in ports.items())],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    start_new_session=True)
+            url = f"http://127.0.0.1:{dash}"
+            deadline = time.monotonic() + 120
+            while head.poll() is None and time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(f"{url}/api/version", timeout=2).read()
+                    break
+                except OSError:
+                    time.sleep(1)
+            if head.poll() is None:
                 break
-            except OSError:
-                assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
-                time.sleep(1)
+            # the ports were free when chosen and are bound seconds later: another Ray of the suite may have
+            # taken one meanwhile, and the head exits; it starts again on new ones, once what it started is gone
+            try:
+                os.killpg(head.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
         wd = tmp_path / "wd"
         wd.mkdir()
         # the profile travels in the working dir, as a user's own config would
@@ -369,9 +396,10 @@ def test_ray_job_submit_builds_on_the_cluster_it_is_submitted_to(sample_dir, tmp
         (node,) = json.loads(res.stdout)["nodes"]
         assert node["ok"] and "RAY_ADDRESS" in node["node"], node
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        if head is not None:
+            os.killpg(head.pid, signal.SIGTERM)
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
