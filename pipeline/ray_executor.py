@@ -49,8 +49,11 @@ START_TIMEOUT_S = 900.0
 # restarted by Ray at once, again and again, and never answers: after this many restarts before its models
 # loaded it is given up on, seconds after the start rather than at START_TIMEOUT_S
 START_RESTARTS = 3
-# how often the restarts of actors still starting are counted
+# how often the restarts of actors still starting, or of actors that lost a batch, are counted
 START_POLL_S = 2.0
+# a stage left with no actor stops the build once this many actors in a row could not start for it (each new
+# one would die the same way: a pool refilled without end is a build that never ends)
+START_TRIES = 3
 # how long Ray may take to give a new GPU actor its share before it counts as unplaceable (a worker process
 # starts in a second or two; a share that finds no device with room would wait forever)
 PLACE_TIMEOUT_S = 120.0
@@ -69,6 +72,14 @@ class Slot:
     ready: bool = False
     retiring: bool = False
     inflight: int = 0  # batches sent to it and not yet back
+    sent: list[Any] = field(default_factory=list)  # their first refs, in the order it runs them
+    # its process died under a batch, and it has not answered since: ``probe`` asks it whether its restart
+    # loaded its models, and Ray's count of its restarts, read when its loss was first looked at, tells a
+    # process that keeps dying as it restarts (dropped) from one killed by a batch (it answers the probe)
+    lost_batch: bool = False
+    restarts_at_loss: int | None = None
+    probe: Any = None
+    restarts_known: int = 0  # Ray's count of its restarts when a batch was last found to have died with it
 
     def loading(self) -> bool:
         """Placed, still loading its models, and not yet given up on (START_TIMEOUT_S)."""
@@ -150,7 +161,9 @@ class RayExecutor(Executor):
         self.timeline: list[dict[str, Any]] = []
         self.changes: list[str] = []
         self._cluster: dict[str, float] = {}
-        self._restarts_counted = 0.0
+        self._restarts_counted = self._losses_counted = 0.0
+        # per stage: how many actors in a row could not start for it, and why the last one could not
+        self._failed_starts: dict[int, tuple[int, str]] = {}
         try:
             plan = plan_pools(expected_needs(stages), self._nodes(free_only=True))
         except PlanError as e:
@@ -226,23 +239,101 @@ class RayExecutor(Executor):
                     said = time.monotonic()
                     self.log(f"pools: {len(waiting)} actor(s) still loading: {', '.join(names)}")
 
-    def _crash_looping(self, slot: Slot) -> str | None:
-        """Why ``slot``'s actor is given up on before its models loaded: Ray restarted its process
-        START_RESTARTS times (it dies as it starts, and its ``ready`` would never answer); None otherwise."""
+    def _restarts(self, slot: Slot) -> tuple[int, Any] | None:
+        """How often Ray restarted ``slot``'s actor, and its last process's pid (None if Ray cannot say)."""
         from ray._private import state
 
         try:
             info = state.actors(slot.handle._actor_id.hex())
         except Exception:  # noqa: BLE001 - a private API: without it, START_TIMEOUT_S still gives up on the actor
             return None
-        restarts = int(info.get("NumRestarts") or 0)
-        if restarts < START_RESTARTS:
-            return None
+        return int(info.get("NumRestarts") or 0), info.get("Pid") or "?"
+
+    def _died(self, slot: Slot, times: int, pid: Any, when: str) -> str:
         host = next((n.get("NodeManagerAddress", "") for n in self._alive() if n["NodeID"] == slot.node), "")
-        pid = info.get("Pid") or "?"
-        return (f"its actor's process died {restarts} times as it started, before it could load its models (a "
-                f"crash in a native library the stage imports, or a node out of memory); its last worker's log "
-                f"says which: worker-*-{pid}.err in the logs of Ray's session folder on node {host or slot.node}")
+        return (f"its actor's process died {times} times as it {when}, before it could load its models (a crash in "
+                f"a native library the stage imports, or a node out of memory); its last worker's log says which: "
+                f"worker-*-{pid}.err in the logs of Ray's session folder on node {host or slot.node}")
+
+    def _crash_looping(self, slot: Slot) -> str | None:
+        """Why ``slot``'s actor is given up on before its models loaded: Ray restarted its process
+        START_RESTARTS times (it dies as it starts, and its ``ready`` would never answer); None otherwise."""
+        got = self._restarts(slot)
+        if got is None or got[0] < START_RESTARTS:
+            return None
+        return self._died(slot, got[0], got[1], "started")
+
+    def _start_failed(self, i: int, why: str) -> None:
+        n, _ = self._failed_starts.get(i, (0, ""))
+        self._failed_starts[i] = (n + 1, why)
+
+    def _died_under(self, slot: Slot | None) -> bool:
+        """Whether ``slot``'s process died under the batch it was running, which failed with
+        ActorUnavailableError: Ray counted a restart since the last such death, and the actor had come back
+        from that one (a process that dies again as it restarts is not the batch's doing:
+        _drop_crash_looping deals with it)."""
+        if slot is None:
+            return False
+        if slot.lost_batch:
+            done, _ = self.ray.wait([slot.probe], timeout=0)
+            try:
+                if not done or self.ray.get(slot.probe) is not None:
+                    return False
+            except self.ray.exceptions.RayError:  # sent while it restarted: ask again, for its next death
+                slot.probe = slot.handle.ready.remote()
+                return False
+            self._came_back(slot)
+        # Ray's control store may hear of the death a moment after the driver: then this one is waited for,
+        # and counted with the batch's next death (the driver loop is not held up to be sure)
+        got = self._restarts(slot)
+        if got is not None and got[0] > slot.restarts_known:
+            slot.restarts_known = got[0]
+            return True
+        return False
+
+    def _lost_batch(self, slot: Slot | None) -> None:
+        if slot is not None and not slot.lost_batch:
+            slot.lost_batch, slot.restarts_at_loss, slot.probe = True, None, slot.handle.ready.remote()
+
+    def _came_back(self, slot: Slot | None) -> None:
+        if slot is not None:
+            slot.lost_batch, slot.restarts_at_loss, slot.probe = False, None, None
+
+    def _drop_crash_looping(self) -> None:
+        """Drop the actors that lost a batch and cannot come back: their process died START_RESTARTS more
+        times as it restarted, before it could answer the probe (Ray would restart it without end, and the
+        batches sent to it would wait for good), or their restart's setup failed. An actor killed by one batch
+        answers the probe once its restart has loaded its models, and stays."""
+        if time.monotonic() - self._losses_counted < START_POLL_S:
+            return
+        self._losses_counted = time.monotonic()
+        for i, pool in enumerate(self.pools):
+            for slot in [x for x in pool if x.ready and x.lost_batch]:
+                why = None
+                done, _ = self.ray.wait([slot.probe], timeout=0)
+                if done:
+                    try:
+                        why = self.ray.get(slot.probe)
+                    except self.ray.exceptions.RayError:  # died again before answering: ask again
+                        slot.probe = slot.handle.ready.remote()
+                    else:
+                        if why is None:
+                            self._came_back(slot)
+                            continue
+                        why = f"its setup failed as it restarted: {why}"
+                if why is None:
+                    got = self._restarts(slot)
+                    if got is None:
+                        continue
+                    if slot.restarts_at_loss is None:
+                        slot.restarts_at_loss = got[0]
+                        continue
+                    if got[0] - slot.restarts_at_loss < START_RESTARTS:
+                        continue
+                    why = self._died(slot, got[0] - slot.restarts_at_loss, got[1], "restarted after losing a batch")
+                self.log(f"pools: a '{self.stages[i].name}' actor cannot come back ({why}); dropped")
+                self._drop(i, slot)
+                self._start_failed(i, why)
 
     # -- the cluster and the pools -------------------------------------------------------------------------
     def _alive(self) -> list[dict[str, Any]]:
@@ -327,14 +418,18 @@ class RayExecutor(Executor):
                 if err:
                     self.log(f"pools: a new '{self.stages[i].name}' actor could not start ({err}); dropped")
                     self._drop(i, slot)
+                    self._start_failed(i, err)
                 else:
                     slot.ready = True
+                    self._failed_starts.pop(i, None)
             elif count_restarts and (crashed := self._crash_looping(slot)):
                 self.log(f"pools: a new '{self.stages[i].name}' actor could not start ({crashed}); dropped")
                 self._drop(i, slot)
+                self._start_failed(i, crashed)
             elif not slot.loading():
                 self.log(f"pools: a new '{self.stages[i].name}' actor did not start in {START_TIMEOUT_S:.0f}s; dropped")
                 self._drop(i, slot)
+                self._start_failed(i, f"it did not start in {START_TIMEOUT_S:.0f}s")
 
     def pool_sizes(self) -> dict[str, int]:
         """Ready actors per stage (retiring ones not counted)."""
@@ -370,6 +465,7 @@ class RayExecutor(Executor):
         refs = slot.handle.process.options(num_returns=1 + len(ticket.batch)).remote(ticket.batch, ticket.chunk,
                                                                                        ticket.parts)
         self._refs[refs[0]] = (ticket, refs[1:])
+        slot.sent.append(refs[0])
 
     def wait(self, timeout: float) -> list[tuple[Ticket, list[Candidate] | BaseException]]:
         self._check_starting()
@@ -383,8 +479,11 @@ class RayExecutor(Executor):
         for ref in ready:
             ticket, member_refs = self._refs.pop(ref)
             slot = self._slots.get(ticket.actor)
+            running = False  # the batch its actor was running (the others sent to it wait their turn)
             if slot is not None:
                 slot.inflight -= 1
+                running = bool(slot.sent) and slot.sent[0] == ref
+                slot.sent.remove(ref)
             try:
                 got = self.ray.get(ref)
                 if isinstance(got, WorkerLost):
@@ -399,14 +498,20 @@ class RayExecutor(Executor):
                     self.driver_bytes["member_bytes_received"] += sum(
                         len(v) for c in cands for v in c.members.values() if isinstance(v, bytes))
                 out.append((ticket, cands))
+                self._came_back(slot)
             except self.ray.exceptions.RayTaskError as e:  # the stage's own code raised (not a lost worker)
                 out.append((ticket, e))
             except self.ray.exceptions.ActorUnavailableError as e:
-                out.append((ticket, WorkerLost(_said(e), transient=True)))
+                # Ray says this both of a process that died under the batch and of one that is restarting or
+                # unreachable: only the first counts against the batch (a candidate that kills its worker
+                # is found by retries, then rejected); the others are waited for
+                out.append((ticket, WorkerLost(_said(e), transient=not (running and self._died_under(slot)))))
+                self._lost_batch(slot)
             except self.ray.exceptions.RayError as e:
                 # the worker is gone: killed, out of memory, its node lost (an actor pinned to a node that is
                 # gone cannot even be scheduled again); the batch is retried on the pool's other actors
                 out.append((ticket, WorkerLost(_said(e))))
+                self._lost_batch(slot)
             if slot is not None and slot.retiring and slot.inflight == 0:
                 self._drop(ticket.stage_idx, slot)
         return out
@@ -418,9 +523,15 @@ class RayExecutor(Executor):
         """Drop the actors of nodes that are gone (their batches fail and are retried on the others); why the
         build cannot go on, or None: it goes on while every stage has an actor or can place one."""
         alive = self._drop_lost()
+        self._drop_crash_looping()
         empty = [i for i, pool in enumerate(self.pools) if not [x for x in pool if not x.retiring]]
         if not empty:
             return None
+        for i in empty:
+            tries, why = self._failed_starts.get(i, (0, ""))
+            if tries >= START_TRIES:
+                return (f"stage '{self.stages[i].name}' has no actor and cannot start one: {tries} in a row could "
+                        f"not ({why})")
         nodes = self._nodes(free_only=True)
         blocked = []
         for i in empty:

@@ -341,6 +341,93 @@ def test_an_actor_added_mid_build_that_dies_as_it_starts_is_dropped_and_the_pool
     assert len(dropped) == 1 and re.search(r"process died \d+ times as it started.*; dropped$", dropped[0]), r["logs"]
 
 
+# a stage whose actor's process dies in a batch: on one input every time ("poison": Ray restarts it, and the
+# input is found by retries and rejected), or once, after which every restart and every new actor dies as it
+# starts ("cannot_restart"). Defined in the script's __main__, it travels to the actors by value
+KILLS_ITS_WORKER = """
+import os, sys, time
+from pathlib import Path
+from typing import ClassVar
+from mtcc.pipeline.build import build
+from mtcc.pipeline.config import build_config, load_config, resolve_config
+from mtcc.stages import STAGES
+from mtcc.stages.base import Stage
+
+MARK = Path(sys.argv[2] + ".killed-once")
+
+class KillsItsWorker(Stage):
+    name: ClassVar[str] = "kills"
+    mode: ClassVar[str] = sys.argv[3]
+
+    def attach(self, workspace):
+        if self.mode == "cannot_restart" and MARK.exists():
+            os._exit(3)
+        super().attach(workspace)
+
+    def compute(self, cand):
+        if self.mode == "poison" and "poison" in cand.source:
+            os._exit(9)
+        if self.mode == "cannot_restart" and not MARK.exists():
+            MARK.touch()
+            os._exit(9)
+        return {}
+
+STAGES["kills"] = KillsItsWorker
+cfg = load_config(resolve_config("spine"), [])
+stages = {s.name: s.model_dump() for s in cfg.stages}
+order = list(stages)
+at = order.index("probe") + 1
+raw = {**cfg.dump(), "stages": {**{n: stages[n] for n in order[:at]},
+                                "kills": {"resources": {"num_cpus": 0.25, "max_actors": 1}},
+                                **{n: stages[n] for n in order[at:]}}}
+raw.pop("models", None)
+logs = []
+res = build(build_config(raw), [sys.argv[1]], sys.argv[2], runner="ray", progress=False, log=logs.append)
+print("RESULT " + json.dumps({"built": res.shards_built, "failed": {str(k): v for k, v in res.shards_failed.items()},
+                              "logs": [m for m in logs if m.startswith(("pools:", "stopping"))]}))
+""".replace("import os, sys, time", "import json, os, sys, time")
+
+
+@pytest.mark.parametrize("mode", ["poison", "cannot_restart"])
+def test_a_worker_killed_by_its_batch_costs_that_input_or_stops_the_build_never_hangs(sample_dir, tmp_path, mode):
+    """Ray reports a process that died under a batch as 'unavailable', as it does one that is restarting: the
+    batch counts the death as an attempt only when the actor had come back since its last one. So an input
+    that kills its worker every time is rejected after its retries (its neighbour is kept, the shard commits),
+    and an actor whose every restart dies as it starts is dropped, its stage given up on after 3 actors in a
+    row could not start: the shard is named failed with why. Before, both waited on Ray for minutes, or for
+    good (the script's timeout)."""
+    videos = tmp_path / "in"
+    videos.mkdir()
+    (videos / "two_talk.mp4").symlink_to(sample_dir / "two_talk.mp4")
+    if mode == "poison":
+        (videos / "poison.mp4").symlink_to(sample_dir / "two_cross.mp4")
+    script = tmp_path / "kills.py"
+    script.write_text(KILLS_ITS_WORKER)
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(script), str(videos), str(out), mode], capture_output=True, text=True,
+                         timeout=240, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert run.returncode == 0 and line, run.stdout[-2000:] + run.stderr[-4000:]
+    r = json.loads(line[len("RESULT "):])
+    if mode == "poison":
+        assert r["built"] == [0] and not r["failed"], r
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(next((out / "manifests").glob("*.parquet"))).to_pylist()
+        poison = [x for x in rows if x["key"].startswith("poison")]
+        assert len(poison) == 1 and poison[0]["status"] == "rejected" and poison[0]["reason"] == "error", poison
+        assert re.search(r"stage 'kills' lost its worker on \S+poison\.mp4 .* after 3 attempts", poison[0]["message"])
+        assert [x["status"] for x in rows if x["key"].startswith("two-talk") and x["stage"] == "write"] == ["kept"]
+    else:
+        assert r["built"] == [] and list(r["failed"]) == ["0"], r
+        assert re.match(r"stage 'kills' has no actor and cannot start one: 3 in a row could not \(its actor's "
+                        r"process died \d+ times as it started", r["failed"]["0"]), r["failed"]
+        dropped = [m for m in r["logs"] if m.startswith("pools: a 'kills' actor cannot come back (its actor's "
+                                                        "process died")]
+        assert len(dropped) == 1 and dropped[0].endswith("; dropped"), r["logs"]
+        assert not list((out / "commits").glob("*.json")) if (out / "commits").is_dir() else True
+
+
 @pytest.mark.parametrize("when", ["loading", "starting"])
 def test_an_actor_that_dies_as_it_starts_refuses_the_run_naming_its_stage(sample_dir, tmp_path, when):
     """The run stops as any stage that cannot start stops it: a StageSetupError naming the stage and what to
