@@ -207,22 +207,21 @@ class RayExecutor(Executor):
         said = time.monotonic()
         while waiting:
             done, _ = self.ray.wait(list(waiting), num_returns=len(waiting), timeout=START_POLL_S)
+            table = self._restart_table([slot for _, slot in waiting.values()])
             for ref in done:
                 i, slot = waiting.pop(ref)
                 try:
                     err = self.ray.get(ref)
-                except self.ray.exceptions.RayError as e:  # the actor's process died while it loaded its models
-                    name = self.stages[i].name
-                    err = (f"stage '{name}' failed to set up: its actor died while loading "
-                           f"({_said(e)}); a node out of "
-                           f"memory kills such an actor: give it more (stages.{name}.resources.memory_mb) or see "
-                           f"the worker's log in Ray's session folder")
+                except self.ray.exceptions.RayError as e:  # its process died as it started or loaded its models
+                    err = (f"stage '{self.stages[i].name}' failed to set up: "
+                           f"{self._died(i, slot, _said(e), table.get(slot.id, (0, '?'))[1])}")
                 if err:
                     self.shutdown()
                     raise StageSetupError(err)
                 slot.ready = True
+                slot.restarts_known = table.get(slot.id, (0, None))[0]
             for i, slot in waiting.values():
-                crashed = self._crash_looping(slot)
+                crashed = self._crash_looping(i, slot, table.get(slot.id))
                 if crashed:
                     self.shutdown()
                     raise StageSetupError(f"stage '{self.stages[i].name}' failed to set up: {crashed}")
@@ -241,31 +240,53 @@ class RayExecutor(Executor):
 
     def _restarts(self, slot: Slot) -> tuple[int, Any] | None:
         """How often Ray restarted ``slot``'s actor, and its last process's pid (None if Ray cannot say)."""
+        return self._restart_table([slot]).get(slot.id)
+
+    def _restart_table(self, slots: list[Slot]) -> dict[int, tuple[int, Any]]:
+        """``_restarts`` for each of ``slots``: one call to Ray's control store for each, or for more than a
+        few, one call for the whole job (a big cluster starts hundreds of actors at once)."""
         from ray._private import state
 
+        if not slots:
+            return {}
         try:
-            info = state.actors(slot.handle._actor_id.hex())
+            if len(slots) <= 3:
+                table = {x.handle._actor_id.hex(): state.actors(x.handle._actor_id.hex()) for x in slots}
+            else:
+                table = state.actors(job_id=self.ray.JobID.from_hex(self.ray.get_runtime_context().get_job_id()))
         except Exception:  # noqa: BLE001 - a private API: without it, START_TIMEOUT_S still gives up on the actor
-            return None
-        return int(info.get("NumRestarts") or 0), info.get("Pid") or "?"
+            return {}
+        out = {}
+        for x in slots:
+            info = table.get(x.handle._actor_id.hex())
+            if info:
+                out[x.id] = (int(info.get("NumRestarts") or 0), info.get("Pid") or "?")
+        return out
 
-    def _died(self, slot: Slot, times: int, pid: Any, when: str) -> str:
+    def _died(self, i: int, slot: Slot, detail: str, pid: Any) -> str:
+        """Why an actor of stage ``i`` could not start or come back, and where to look. (Ray reports a process
+        that died in the constructor, in ``setup`` or while it restarted in ways that race each other: one
+        message for them all, with what Ray said as ``detail``.)"""
         host = next((n.get("NodeManagerAddress", "") for n in self._alive() if n["NodeID"] == slot.node), "")
-        return (f"its actor's process died {times} times as it {when}, before it could load its models (a crash in "
-                f"a native library the stage imports, or a node out of memory); its last worker's log says which: "
-                f"worker-*-{pid}.err in the logs of Ray's session folder on node {host or slot.node}")
+        return (f"its actor's process died as it started or loaded its models ({detail}); a crash in a native "
+                f"library the stage imports, or a node out of memory, does this: give it more memory "
+                f"(stages.{self.stages[i].name}.resources.memory_mb) or see its worker's log, worker-*-{pid}.err in "
+                f"the logs of Ray's session folder on node {host or slot.node}")
 
-    def _crash_looping(self, slot: Slot) -> str | None:
+    def _crash_looping(self, i: int, slot: Slot, got: tuple[int, Any] | None) -> str | None:
         """Why ``slot``'s actor is given up on before its models loaded: Ray restarted its process
-        START_RESTARTS times (it dies as it starts, and its ``ready`` would never answer); None otherwise."""
-        got = self._restarts(slot)
+        START_RESTARTS times (``got``: its restarts; it dies as it starts, and its ``ready`` would never
+        answer); None otherwise."""
         if got is None or got[0] < START_RESTARTS:
             return None
-        return self._died(slot, got[0], got[1], "started")
+        return self._died(i, slot, f"{got[0]} times, Ray restarting it each time", got[1])
 
-    def _start_failed(self, i: int, why: str) -> None:
-        n, _ = self._failed_starts.get(i, (0, ""))
-        self._failed_starts[i] = (n + 1, why)
+    def _start_failed(self, i: int, slot: Slot, why: str) -> None:
+        """Count an actor of stage ``i`` that could not start (or come back); one whose node is gone is the
+        node's doing, which the health check deals with."""
+        if any(n["NodeID"] == slot.node for n in self._alive()):
+            n, _ = self._failed_starts.get(i, (0, ""))
+            self._failed_starts[i] = (n + 1, why)
 
     def _died_under(self, slot: Slot | None) -> bool:
         """Whether ``slot``'s process died under the batch it was running, which failed with
@@ -291,8 +312,11 @@ class RayExecutor(Executor):
             return True
         return False
 
-    def _lost_batch(self, slot: Slot | None) -> None:
-        if slot is not None and not slot.lost_batch:
+    def _lost_batch(self, slot: Slot | None, running: bool) -> None:
+        """``slot`` lost a batch: its process died (or cannot be reached). Marked by the batch it was running,
+        or by a queued one once that one was seen: the running batch's own failure may come in a later wait,
+        and must find the actor not yet marked to count against it."""
+        if slot is not None and not slot.lost_batch and (running or not slot.sent):
             slot.lost_batch, slot.restarts_at_loss, slot.probe = True, None, slot.handle.ready.remote()
 
     def _came_back(self, slot: Slot | None) -> None:
@@ -307,6 +331,7 @@ class RayExecutor(Executor):
         if time.monotonic() - self._losses_counted < START_POLL_S:
             return
         self._losses_counted = time.monotonic()
+        table = self._restart_table([x for pool in self.pools for x in pool if x.ready and x.lost_batch])
         for i, pool in enumerate(self.pools):
             for slot in [x for x in pool if x.ready and x.lost_batch]:
                 why = None
@@ -322,7 +347,7 @@ class RayExecutor(Executor):
                             continue
                         why = f"its setup failed as it restarted: {why}"
                 if why is None:
-                    got = self._restarts(slot)
+                    got = table.get(slot.id)
                     if got is None:
                         continue
                     if slot.restarts_at_loss is None:
@@ -330,10 +355,11 @@ class RayExecutor(Executor):
                         continue
                     if got[0] - slot.restarts_at_loss < START_RESTARTS:
                         continue
-                    why = self._died(slot, got[0] - slot.restarts_at_loss, got[1], "restarted after losing a batch")
+                    why = self._died(i, slot, f"{got[0] - slot.restarts_at_loss} more times as it restarted after "
+                                              f"losing a batch", got[1])
                 self.log(f"pools: a '{self.stages[i].name}' actor cannot come back ({why}); dropped")
                 self._drop(i, slot)
-                self._start_failed(i, why)
+                self._start_failed(i, slot, why)
 
     # -- the cluster and the pools -------------------------------------------------------------------------
     def _alive(self) -> list[dict[str, Any]]:
@@ -406,30 +432,34 @@ class RayExecutor(Executor):
         done, _ = self.ray.wait([s.ready_ref for _, s in starting], num_returns=len(starting), timeout=0)
         done = set(done)
         # restarts are asked of Ray's control store, one call per actor: not at every one of the flow's waits
-        count_restarts = time.monotonic() - self._restarts_counted >= START_POLL_S
-        if count_restarts:
+        table = None
+        if time.monotonic() - self._restarts_counted >= START_POLL_S:
             self._restarts_counted = time.monotonic()
+            table = self._restart_table([x for _, x in starting if x.ready_ref not in done])
         for i, slot in starting:
             if slot.ready_ref in done:
                 try:
                     err = self.ray.get(slot.ready_ref)
                 except self.ray.exceptions.RayError as e:
-                    err = _said(e)
+                    got = self._restarts(slot)
+                    err = self._died(i, slot, _said(e), got[1] if got else "?")
                 if err:
                     self.log(f"pools: a new '{self.stages[i].name}' actor could not start ({err}); dropped")
                     self._drop(i, slot)
-                    self._start_failed(i, err)
+                    self._start_failed(i, slot, err)
                 else:
                     slot.ready = True
+                    got = self._restarts(slot)
+                    slot.restarts_known = got[0] if got else 0
                     self._failed_starts.pop(i, None)
-            elif count_restarts and (crashed := self._crash_looping(slot)):
+            elif table is not None and (crashed := self._crash_looping(i, slot, table.get(slot.id))):
                 self.log(f"pools: a new '{self.stages[i].name}' actor could not start ({crashed}); dropped")
                 self._drop(i, slot)
-                self._start_failed(i, crashed)
+                self._start_failed(i, slot, crashed)
             elif not slot.loading():
                 self.log(f"pools: a new '{self.stages[i].name}' actor did not start in {START_TIMEOUT_S:.0f}s; dropped")
                 self._drop(i, slot)
-                self._start_failed(i, f"it did not start in {START_TIMEOUT_S:.0f}s")
+                self._start_failed(i, slot, f"it did not start in {START_TIMEOUT_S:.0f}s")
 
     def pool_sizes(self) -> dict[str, int]:
         """Ready actors per stage (retiring ones not counted)."""
@@ -458,7 +488,8 @@ class RayExecutor(Executor):
             self._refs[ref] = (ticket, [])
             ticket.actor = -1
             return
-        slot = min(live, key=lambda s: (s.inflight, s.id))
+        # an actor that lost a batch may take minutes to load its models again: the others first
+        slot = min(live, key=lambda s: (s.lost_batch, s.inflight, s.id))
         ticket.actor = slot.id
         slot.inflight += 1
         self.driver_bytes["sent"] += wire_bytes(ticket.batch)
@@ -472,9 +503,10 @@ class RayExecutor(Executor):
         if not self._refs:
             return []
         ready, _ = self.ray.wait(list(self._refs), num_returns=1, timeout=timeout)
-        if ready:  # collect whatever else is already done too
+        if ready:  # collect whatever else is already done too, in the order they were sent (see _died_under)
             more, _ = self.ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
-            ready = list(dict.fromkeys([*ready, *more]))
+            done = {*ready, *more}
+            ready = [r for r in self._refs if r in done]
         out: list[tuple[Ticket, list[Candidate] | BaseException]] = []
         for ref in ready:
             ticket, member_refs = self._refs.pop(ref)
@@ -499,6 +531,7 @@ class RayExecutor(Executor):
                         len(v) for c in cands for v in c.members.values() if isinstance(v, bytes))
                 out.append((ticket, cands))
                 self._came_back(slot)
+                self._failed_starts.pop(ticket.stage_idx, None)
             except self.ray.exceptions.RayTaskError as e:  # the stage's own code raised (not a lost worker)
                 out.append((ticket, e))
             except self.ray.exceptions.ActorUnavailableError as e:
@@ -506,12 +539,14 @@ class RayExecutor(Executor):
                 # unreachable: only the first counts against the batch (a candidate that kills its worker
                 # is found by retries, then rejected); the others are waited for
                 out.append((ticket, WorkerLost(_said(e), transient=not (running and self._died_under(slot)))))
-                self._lost_batch(slot)
+                self._lost_batch(slot, running)
             except self.ray.exceptions.RayError as e:
                 # the worker is gone: killed, out of memory, its node lost (an actor pinned to a node that is
                 # gone cannot even be scheduled again); the batch is retried on the pool's other actors
                 out.append((ticket, WorkerLost(_said(e))))
-                self._lost_batch(slot)
+                self._lost_batch(slot, running)
+                if slot is not None and (got := self._restarts(slot)):
+                    slot.restarts_known = max(slot.restarts_known, got[0])
             if slot is not None and slot.retiring and slot.inflight == 0:
                 self._drop(ticket.stage_idx, slot)
         return out
