@@ -296,12 +296,8 @@ class RayExecutor(Executor):
         if slot is None:
             return False
         if slot.lost_batch:
-            done, _ = self.ray.wait([slot.probe], timeout=0)
-            try:
-                if not done or self.ray.get(slot.probe) is not None:
-                    return False
-            except self.ray.exceptions.RayError:  # sent while it restarted: ask again, for its next death
-                slot.probe = slot.handle.ready.remote()
+            answered, err = self._probe_answer(slot)
+            if not answered or err is not None:
                 return False
             self._came_back(slot)
         # Ray's control store may hear of the death a moment after the driver: then this one is waited for,
@@ -311,6 +307,18 @@ class RayExecutor(Executor):
             slot.restarts_known = got[0]
             return True
         return False
+
+    def _probe_answer(self, slot: Slot) -> tuple[bool, str | None]:
+        """Whether the actor that lost a batch has answered its probe since, and its setup's error if that
+        failed. A probe that died with it (sent while it restarted, or it died again) is sent again."""
+        done, _ = self.ray.wait([slot.probe], timeout=0)
+        if not done:
+            return False, None
+        try:
+            return True, self.ray.get(slot.probe)
+        except self.ray.exceptions.RayError:
+            slot.probe = slot.handle.ready.remote()
+            return False, None
 
     def _lost_batch(self, slot: Slot | None, running: bool) -> None:
         """``slot`` lost a batch: its process died (or cannot be reached). Marked by the batch it was running,
@@ -334,18 +342,11 @@ class RayExecutor(Executor):
         table = self._restart_table([x for pool in self.pools for x in pool if x.ready and x.lost_batch])
         for i, pool in enumerate(self.pools):
             for slot in [x for x in pool if x.ready and x.lost_batch]:
-                why = None
-                done, _ = self.ray.wait([slot.probe], timeout=0)
-                if done:
-                    try:
-                        why = self.ray.get(slot.probe)
-                    except self.ray.exceptions.RayError:  # died again before answering: ask again
-                        slot.probe = slot.handle.ready.remote()
-                    else:
-                        if why is None:
-                            self._came_back(slot)
-                            continue
-                        why = f"its setup failed as it restarted: {why}"
+                answered, err = self._probe_answer(slot)
+                if answered and err is None:
+                    self._came_back(slot)
+                    continue
+                why = f"its setup failed as it restarted: {err}" if answered else None
                 if why is None:
                     got = table.get(slot.id)
                     if got is None:

@@ -251,14 +251,28 @@ def test_killed_stage_actor_mid_run_loses_nothing(built, sample_dir, tmp_path):
 # a stage whose actor's process dies while it loads its models (as a node out of memory kills one), or as soon
 # as it starts (as a native library that crashes on import does; Ray restarts such a process again and again):
 # defined in the script's __main__, it travels to the actors by value
-DIES_AT_SETUP = """
-import os, sys, time
+# (the scripts below put their planted stage right after probe in the spine profile)
+SPINE_WITH = """
+import json, os, sys, time
 from typing import ClassVar
 from mtcc.pipeline.build import build
 from mtcc.pipeline.config import build_config, load_config, resolve_config
 from mtcc.pipeline.errors import StageSetupError
 from mtcc.stages import STAGES
 from mtcc.stages.base import Stage
+
+def spine_with(name, settings):
+    cfg = load_config(resolve_config("spine"), [])
+    stages = {s.name: s.model_dump() for s in cfg.stages}
+    order = list(stages)
+    at = order.index("probe") + 1
+    raw = {**cfg.dump(), "stages": {**{n: stages[n] for n in order[:at]}, name: settings,
+                                    **{n: stages[n] for n in order[at:]}}}
+    raw.pop("models", None)
+    return build_config(raw)
+"""
+
+DIES_AT_SETUP = SPINE_WITH + """
 
 class DiesAtSetup(Stage):
     name: ClassVar[str] = "dies"
@@ -274,15 +288,9 @@ class DiesAtSetup(Stage):
         os._exit(3)
 
 STAGES["dies"] = DiesAtSetup
-cfg = load_config(resolve_config("spine"), [])
-stages = {s.name: s.model_dump() for s in cfg.stages}
-order = list(stages)
-at = order.index("probe") + 1
-raw = {**cfg.dump(), "stages": {**{n: stages[n] for n in order[:at]}, "dies": {"resources": {"num_cpus": 0.25}},
-                     **{n: stages[n] for n in order[at:]}}}
-raw.pop("models", None)
 try:
-    build(build_config(raw), [sys.argv[1]], sys.argv[2], runner="ray", progress=False)
+    build(spine_with("dies", {"resources": {"num_cpus": 0.25}}), [sys.argv[1]], sys.argv[2], runner="ray",
+          progress=False)
 except StageSetupError as e:
     print("REFUSED " + str(e))
 """
@@ -345,14 +353,8 @@ def test_an_actor_added_mid_build_that_dies_as_it_starts_is_dropped_and_the_pool
 # a stage whose actor's process dies in a batch: on one input every time ("poison": Ray restarts it, and the
 # input is found by retries and rejected), or once, after which every restart and every new actor dies as it
 # starts ("cannot_restart"). Defined in the script's __main__, it travels to the actors by value
-KILLS_ITS_WORKER = """
-import os, sys, time
+KILLS_ITS_WORKER = SPINE_WITH + """
 from pathlib import Path
-from typing import ClassVar
-from mtcc.pipeline.build import build
-from mtcc.pipeline.config import build_config, load_config, resolve_config
-from mtcc.stages import STAGES
-from mtcc.stages.base import Stage
 
 MARK = Path(sys.argv[2] + ".killed-once")
 
@@ -374,19 +376,12 @@ class KillsItsWorker(Stage):
         return {}
 
 STAGES["kills"] = KillsItsWorker
-cfg = load_config(resolve_config("spine"), [])
-stages = {s.name: s.model_dump() for s in cfg.stages}
-order = list(stages)
-at = order.index("probe") + 1
-raw = {**cfg.dump(), "stages": {**{n: stages[n] for n in order[:at]},
-                                "kills": {"resources": {"num_cpus": 0.25, "max_actors": 1}},
-                                **{n: stages[n] for n in order[at:]}}}
-raw.pop("models", None)
 logs = []
-res = build(build_config(raw), [sys.argv[1]], sys.argv[2], runner="ray", progress=False, log=logs.append)
+res = build(spine_with("kills", {"resources": {"num_cpus": 0.25, "max_actors": 1}}), [sys.argv[1]], sys.argv[2],
+            runner="ray", progress=False, log=logs.append)
 print("RESULT " + json.dumps({"built": res.shards_built, "failed": {str(k): v for k, v in res.shards_failed.items()},
                               "logs": [m for m in logs if m.startswith(("pools:", "stopping"))]}))
-""".replace("import os, sys, time", "import json, os, sys, time")
+"""
 
 
 @pytest.mark.parametrize("mode", ["poison", "cannot_restart"])
