@@ -13,7 +13,10 @@ with each stage's measured cost and the live nodes, and moves the pools towards 
 that wait are retired (they finish what they hold, then go), actors of the stage that holds everyone up are
 added where they fit. Nodes that join are planned in at the next rebalance; actors of a node that is gone
 are dropped from their pools, their batches retried elsewhere, and the build stops only when some stage
-has no actor left and none can be placed. Pool sizes never change what a candidate becomes: output bytes
+has no actor left and none can be placed. A node where an actor of a stage could not start (its process died
+as it started, its setup failed there, its restart kept dying) gets no more actors of that stage while another
+node can hold them: one bad node of a large cluster (a broken GPU driver, a model folder missing there) costs
+its actors, not the build. Pool sizes never change what a candidate becomes: output bytes
 do not depend on the schedule.
 """
 
@@ -164,6 +167,8 @@ class RayExecutor(Executor):
         self._restarts_counted = self._losses_counted = 0.0
         # per stage: how many actors in a row could not start for it, and why the last one could not
         self._failed_starts: dict[int, tuple[int, str]] = {}
+        # per stage: the nodes where one of its actors could not start or come back, and why (_start_failed)
+        self._bad: dict[int, dict[str, str]] = {}
         try:
             plan = plan_pools(expected_needs(stages), self._nodes(free_only=True))
         except PlanError as e:
@@ -199,15 +204,17 @@ class RayExecutor(Executor):
                  f"its pool goes on with {len(self.pools[i])}")
 
     def _wait_started(self) -> None:
-        """Wait for every first actor to load its models: a setup error, or a process that keeps dying as it
-        starts, stops the run naming the stage; the stages still loading are logged every half minute, and
-        given up on after START_TIMEOUT_S."""
+        """Wait for every first actor to load its models. One that cannot (a setup error, a process that keeps
+        dying as it starts) leaves its pool and its node is avoided for the stage (``_first_failed``); a stage
+        left with no actor and nowhere else to start one stops the run, naming it. The stages still loading
+        are logged every half minute, and given up on after START_TIMEOUT_S."""
         waiting = {slot.ready_ref: (i, slot) for i, pool in enumerate(self.pools) for slot in pool}
         deadline = time.monotonic() + START_TIMEOUT_S
         said = time.monotonic()
         while waiting:
             done, _ = self.ray.wait(list(waiting), num_returns=len(waiting), timeout=START_POLL_S)
             table = self._restart_table([slot for _, slot in waiting.values()])
+            failed = []
             for ref in done:
                 i, slot = waiting.pop(ref)
                 try:
@@ -216,15 +223,19 @@ class RayExecutor(Executor):
                     err = (f"stage '{self.stages[i].name}' failed to set up: "
                            f"{self._died(i, slot, _said(e), table.get(slot.id, (0, '?'))[1])}")
                 if err:
-                    self.shutdown()
-                    raise StageSetupError(err)
+                    failed.append((i, slot, err))
+                    continue
                 slot.ready = True
                 slot.restarts_known = table.get(slot.id, (0, None))[0]
-            for i, slot in waiting.values():
+            for ref, (i, slot) in list(waiting.items()):
                 crashed = self._crash_looping(i, slot, table.get(slot.id))
                 if crashed:
-                    self.shutdown()
-                    raise StageSetupError(f"stage '{self.stages[i].name}' failed to set up: {crashed}")
+                    del waiting[ref]
+                    failed.append((i, slot, f"stage '{self.stages[i].name}' failed to set up: {crashed}"))
+            for i, slot, err in failed:
+                again = self._first_failed(i, slot, err)
+                if again is not None:
+                    waiting[again.ready_ref] = (i, again)
             if waiting:
                 names = sorted({self.stages[i].name for i, _ in waiting.values()})
                 if time.monotonic() > deadline:
@@ -237,6 +248,47 @@ class RayExecutor(Executor):
                 if time.monotonic() - said >= 30:
                     said = time.monotonic()
                     self.log(f"pools: {len(waiting)} actor(s) still loading: {', '.join(names)}")
+
+    def _first_failed(self, i: int, slot: Slot, err: str) -> Slot | None:
+        """A first actor of stage ``i`` could not start (``err``): it leaves its pool, and its node is avoided
+        for the stage. The run goes on while the stage has other actors, or another node that can hold one: one
+        is started there now (returned, to be waited for) where one has room, else by the health check, which
+        makes room as for a lost node's stage. Otherwise, or after START_TRIES in a row, it stops with ``err``
+        (a setup error that is no node's doing thus still refuses the run before anything is written)."""
+        self._drop(i, slot)
+        self._start_failed(i, slot, err)
+        name, where = self.stages[i].name, self._host(slot.node)
+        if self.pools[i]:
+            self.log(f"pools: a '{name}' actor could not start on node {where} ({err}); the stage goes on with "
+                     f"its {len(self.pools[i])} other(s)")
+            return None
+        tries, _ = self._failed_starts.get(i, (0, ""))
+        elsewhere = self._usable_elsewhere(i)
+        if tries < START_TRIES and elsewhere:
+            shape = stage_need(self.stages[i], 1.0).shape
+            node = next((n for n in self._nodes(free_only=True) if n.id in elsewhere and shape.fits(n)), None)
+            self.log(f"pools: a '{name}' actor could not start on node {where} ({err}); the stage starts one on "
+                     f"{f'node {self._host(node.id)}' if node else 'another node once room is made there'}")
+            return self._start(i, shape, node.id, clear=False) if node else None
+        self.shutdown()
+        bad = self._bad.get(i, {})
+        tried = f" (it could not start on {len(bad)} nodes: {', '.join(self._host(n) for n in bad)})" \
+            if len(bad) > 1 else ""
+        raise StageSetupError(err + tried)
+
+    def _host(self, node: str) -> str:
+        """A node as a user finds it: its address, and the start of its id (nodes of one machine share one)."""
+        addr = next((n.get("NodeManagerAddress", "") for n in self.ray.nodes() if n["NodeID"] == node), "")
+        return f"{addr} ({node[:8]})" if addr else node
+
+    def _usable_elsewhere(self, i: int) -> list[str]:
+        """The live nodes, besides those avoided for stage ``i``, whose whole capacity can hold one of its
+        actors (room may have to be made there)."""
+        shape = stage_need(self.stages[i], 1.0).shape
+        bad = self._bad.get(i, {})
+        return [n["NodeID"] for n in self._alive() if n["NodeID"] not in bad and shape.fits(
+            Node(n["NodeID"], n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0),
+                 int(n["Resources"].get("memory", 0.0))))]
 
     def _restarts(self, slot: Slot) -> tuple[int, Any] | None:
         """How often Ray restarted ``slot``'s actor, and its last process's pid (None if Ray cannot say)."""
@@ -267,11 +319,10 @@ class RayExecutor(Executor):
         """Why an actor of stage ``i`` could not start or come back, and where to look. (Ray reports a process
         that died in the constructor, in ``setup`` or while it restarted in ways that race each other: one
         message for them all, with what Ray said as ``detail``.)"""
-        host = next((n.get("NodeManagerAddress", "") for n in self._alive() if n["NodeID"] == slot.node), "")
         return (f"its actor's process died as it started or loaded its models ({detail}); a crash in a native "
                 f"library the stage imports, or a node out of memory, does this: give it more memory "
                 f"(stages.{self.stages[i].name}.resources.memory_mb) or see its worker's log, worker-*-{pid}.err in "
-                f"the logs of Ray's session folder on node {host or slot.node}")
+                f"the logs of Ray's session folder on node {self._host(slot.node)}")
 
     def _crash_looping(self, i: int, slot: Slot, got: tuple[int, Any] | None) -> str | None:
         """Why ``slot``'s actor is given up on before its models loaded: Ray restarted its process
@@ -282,11 +333,16 @@ class RayExecutor(Executor):
         return self._died(i, slot, f"{got[0]} times, Ray restarting it each time", got[1])
 
     def _start_failed(self, i: int, slot: Slot, why: str) -> None:
-        """Count an actor of stage ``i`` that could not start (or come back); one whose node is gone is the
-        node's doing, which the health check deals with."""
+        """Count an actor of stage ``i`` that could not start (or come back), and avoid its node for the stage
+        from now on; one whose node is gone is the node's doing, which the health check deals with."""
         if any(n["NodeID"] == slot.node for n in self._alive()):
             n, _ = self._failed_starts.get(i, (0, ""))
             self._failed_starts[i] = (n + 1, why)
+            bad = self._bad.setdefault(i, {})
+            if slot.node not in bad:
+                bad[slot.node] = why
+                self.log(f"pools: node {self._host(slot.node)} gets no more '{self.stages[i].name}' actors in this "
+                         f"build while another node can hold them: one could not start there")
 
     def _died_under(self, slot: Slot | None) -> bool:
         """Whether ``slot``'s process died under the batch it was running, which failed with
@@ -572,12 +628,18 @@ class RayExecutor(Executor):
         blocked = []
         for i in empty:
             need = stage_need(self.stages[i], 1.0)
-            node = next((n for n in nodes if need.shape.fits(n) and n.take(need.shape)), None)
+            bad = self._bad.get(i, {})
+            # a node where the stage could not start only when no other could ever hold it (one node, say):
+            # where the others are full, room is made there instead
+            node = next((n for n in nodes if n.id not in bad and need.shape.fits(n) and n.take(need.shape)), None)
+            if node is None and not self._usable_elsewhere(i):
+                node = next((n for n in nodes if need.shape.fits(n) and n.take(need.shape)), None)
             if node is None:
                 blocked.append(i)
                 continue
             self._start(i, need.shape, node.id, clear=False)
-            self.log(f"pools: stage '{self.stages[i].name}' lost every actor; starting one on another node")
+            self.log(f"pools: stage '{self.stages[i].name}' has no actor left; starting one on node "
+                     f"{self._host(node.id)}")
         if not blocked:
             return None
         try:  # can the live nodes hold one actor of every stage at all (their whole capacity)?
@@ -612,8 +674,10 @@ class RayExecutor(Executor):
         place the missing ones."""
         need = [stage_need(self.stages[i], 1.0).shape for i in blocked]
         want_cpu, want_gpu = sum(n.cpus for n in need), sum(n.gpus for n in need)
+        # room on a node the blocked stages avoid would only be taken again
+        usable = {n for i in blocked for n in (self._usable_elsewhere(i) or [x["NodeID"] for x in self._alive()])}
         candidates = sorted(((i, x) for i, pool in enumerate(self.pools) for x in pool
-                             if not x.retiring and i not in blocked),
+                             if not x.retiring and i not in blocked and x.node in usable),
                             key=lambda ix: (len(self.pools[ix[0]]) <= 1, ix[1].inflight, -ix[1].shape.cpus))
         freed_cpu = freed_gpu = 0.0
         for i, slot in candidates:
@@ -684,10 +748,12 @@ class RayExecutor(Executor):
                     moved.append(f"{s.name} -{min(len(idle), len(live) - target)}")
             elif not retiring and len(live) < target and backlog and all(x.ready for x in live):
                 shape = plan.shapes[s.name]
+                bad = self._bad.get(i, {})
                 added = 0
                 for _ in range(target - len(live)):
-                    node = next((free[n] for n in plan.placement[s.name] if n in free and shape.fits(free[n])), None)
-                    node = node or next((n for n in free.values() if shape.fits(n)), None)
+                    node = next((free[n] for n in plan.placement[s.name]
+                                 if n in free and n not in bad and shape.fits(free[n])), None)
+                    node = node or next((n for n in free.values() if n.id not in bad and shape.fits(n)), None)
                     if node is None or not node.take(shape):
                         break
                     self._start(i, shape, node.id, clear=False)

@@ -116,6 +116,7 @@ SCENARIO = textwrap.dedent("""
     if spec.get("slow"):
         # a planted slow stage: sleeps per clip, so its pool is what holds the build up (defined here, in
         # __main__, it travels to the actors by value)
+        import os
         from typing import ClassVar
         from mtcc.stages import STAGES
         from mtcc.stages.base import Stage
@@ -124,6 +125,14 @@ SCENARIO = textwrap.dedent("""
             name: ClassVar[str] = "sleepy"
             stats_schema: ClassVar[dict] = {"slept": "float64"}
             seconds: float = 1.0
+            dies_on: str = ""  # a node resource: there its actor's process dies as it starts
+
+            def attach(self, workspace):
+                if self.dies_on and ray.is_initialized():
+                    me = ray.get_runtime_context().get_node_id()
+                    if any(n["NodeID"] == me and n["Resources"].get(self.dies_on) for n in ray.nodes()):
+                        os._exit(3)  # what a native library that crashes on that node's driver does
+                super().attach(workspace)
 
             def compute(self, cand):
                 time.sleep(self.seconds)
@@ -137,7 +146,8 @@ SCENARIO = textwrap.dedent("""
         order = list(raw["stages"])
         at = order.index("cut")
         stages = {n: raw["stages"][n] for n in order[:at]}
-        stages["sleepy"] = {"seconds": spec["slow"], "resources": {"num_cpus": 0.25}}
+        stages["sleepy"] = {"seconds": spec["slow"], "dies_on": spec.get("dies_on", ""),
+                            "resources": {"num_cpus": 0.25}}
         stages.update({n: raw["stages"][n] for n in order[at:]})
         raw["stages"] = stages
         raw.pop("models", None)
@@ -153,8 +163,12 @@ SCENARIO = textwrap.dedent("""
                    and a["ActorClassName"].endswith("StageActor") for a in actors().values())
 
     def run():
-        done["res"] = build(cfg, [spec["inputs"]], out, runner="ray", address=cluster.address, progress=False,
-                            log=logs.append)
+        from mtcc.pipeline.errors import StageSetupError
+        try:
+            done["res"] = build(cfg, [spec["inputs"]], out, runner="ray", address=cluster.address, progress=False,
+                                log=logs.append)
+        except StageSetupError as e:
+            done["refused"] = str(e)
 
     # the build runs in a thread; this one watches what the actors hold and changes the cluster (Ray's node
     # processes can only be started and stopped from the main thread)
@@ -174,6 +188,10 @@ SCENARIO = textwrap.dedent("""
                 and holds_stage_actors(workers[-1].node_id):
             cluster.remove_node(workers[-1], allow_graceful=False)
             events.append("removed")
+    if "refused" in done:
+        print("RESULT " + json.dumps({"refused": done["refused"], "out_made": out.exists(),
+                                      "logs": [m for m in logs if m.startswith("pools:")]}))
+        sys.exit(0)
     res = done["res"]
     top = {}
     timeline = res.pools.get("timeline", [])
@@ -283,6 +301,50 @@ def test_a_planted_slow_stage_gets_the_most_actors(sample_dir, tmp_path):
     peak = r["at_sleepy_peak"]
     assert "sleepy=1" in start  # the plan the build started with expected it cheap: one actor
     assert peak["sleepy"] >= 3 and peak["sleepy"] > max(v for k, v in peak.items() if k != "sleepy"), (start, peak)
+
+
+def test_a_node_where_a_stage_cannot_start_gets_none_of_its_actors_and_the_build_completes(sample_dir, spine_ref,
+                                                                                           tmp_path):
+    """One node of a cluster is bad for one stage: that stage's actor process dies as it starts there (a native
+    library that crashes on that node's driver, a model folder missing there), while every other stage runs
+    there. The plan puts the stage's first actor on it (the node with the most room). That actor leaves, the
+    node gets no more of the stage's actors (not at the start, not when the pools grow), the stage runs on the
+    other node, and the build keeps what a build without the planted stage keeps. Before, the run was refused."""
+    r = scenario(tmp_path, {"head": {"num_cpus": 0}, "workers": [{"num_cpus": 4, "resources": {"bad_node": 1}},
+                                                                  {"num_cpus": 2}],
+                            "profile": "spine", "slow": 0.5, "dies_on": "bad_node",
+                            "sets": [*BUSY, "run.rebalance_s=1"], "inputs": str(sample_dir),
+                            "out": str(tmp_path / "out")})
+    assert r["built"] and not r["failed"], r
+    at_start = [m for m in r["logs"] if m.startswith("pools: a 'sleepy' actor could not start on node ")]
+    later = [m for m in r["logs"] if re.match(r"pools: a new 'sleepy' actor could not start", m)]
+    avoided = [m for m in r["logs"] if re.fullmatch(r"pools: node .* gets no more 'sleepy' actors in this build while "
+                                                    r"another node can hold them: one could not start there", m)]
+    assert at_start and "process died as it started" in at_start[0] and not later and len(avoided) == 1, r["logs"]
+    assert r["most_actors"]["sleepy"] >= 1, r
+    kept = {row["key"]: row["status"] for row in pq_rows(tmp_path / "out")}
+    assert kept == {row["key"]: row["status"] for row in pq_rows(spine_ref)}
+
+
+def test_a_stage_that_can_start_on_no_node_is_refused_after_trying_three(sample_dir, tmp_path):
+    """The planted stage's process dies on every node (what a setup error that is no node's doing does
+    everywhere): its actor is tried on three nodes, one after the other, and the run is refused before
+    anything is written, naming the stage, what went wrong and the nodes tried."""
+    workers = [{"num_cpus": 2, "resources": {"bad_node": 1}} for _ in range(4)]
+    r = scenario(tmp_path, {"head": {"num_cpus": 0}, "workers": workers, "profile": "spine", "slow": 0.5,
+                            "dies_on": "bad_node", "sets": [*BUSY], "inputs": str(sample_dir),
+                            "out": str(tmp_path / "out")})
+    assert re.match(r"stage 'sleepy' failed to set up: its actor's process died as it started or loaded its "
+                    r"models .* \(it could not start on 3 nodes: [^,]+, [^,]+, [^,]+\)$", r.get("refused", "")), r
+    assert not r["out_made"], r
+    tried = [m for m in r["logs"] if m.startswith("pools: a 'sleepy' actor could not start on node ")]
+    assert len(tried) == 2 and all("the stage starts one on node" in m for m in tried), r["logs"]
+
+
+def pq_rows(out: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetDataset(out / "manifests").read().to_pylist()
 
 
 # -- `ray job submit` against a `ray start` head (RAY_ADDRESS honoured) ----------------------------------------

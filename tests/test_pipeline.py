@@ -317,7 +317,7 @@ class DiesIfLate(Stage):
             os._exit(3)
         super().attach(workspace)
 
-ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
 logs = []
 stage = DiesIfLate(resources={"num_cpus": 0.25, "max_actors": 1})  # one actor first: the plan would fill the node
 ex = RayExecutor([stage], WorkspaceSpec(sys.argv[1] + "/work", 1 << 30), log=logs.append)
@@ -442,7 +442,7 @@ def test_an_actor_that_dies_as_it_starts_refuses_the_run_naming_its_stage(sample
     assert refused[0].startswith("REFUSED stage 'dies' failed to set up: its actor's process died as it started or "
                                  "loaded its models ("), refused
     assert "stages.dies.resources.memory_mb" in refused[0]
-    assert re.search(r"worker-\*-\d+\.err in the logs of Ray's session folder on node \S+$", refused[0]), refused
+    assert re.search(r"worker-\*-\d+\.err in the logs of Ray's session folder on node \S+ \(\w{8}\)$", refused[0]), refused
     assert not (tmp_path / "out").exists()
 
 
