@@ -329,7 +329,11 @@ class Flow:
         self._send_due_retries()
         self._submit_ready()
         if not any(self.inflight.values()):
-            return any(self.queues) or any(self._parts_q)
+            waiting = any(self.queues) or any(self._parts_q)
+            if waiting and hasattr(self.executor, "idle"):
+                # work waits for a stage with no actor (lost, or one could not start): not a busy loop
+                self.executor.idle(min(timeout, 0.2))
+            return waiting
         if self._retries and len(self._retries) == sum(self.inflight.values()):
             time.sleep(min(timeout, 0.1))  # only retries are owed: wait for their time
             return True

@@ -57,6 +57,8 @@ START_POLL_S = 2.0
 # a stage left with no actor stops the build once this many actors in a row could not start for it (each new
 # one would die the same way: a pool refilled without end is a build that never ends)
 START_TRIES = 3
+# how long a stage with no actor may find no node with room for one, none being made, before the build stops
+NO_ROOM_S = 60.0
 # how long Ray may take to give a new GPU actor its share before it counts as unplaceable (a worker process
 # starts in a second or two; a share that finds no device with room would wait forever)
 PLACE_TIMEOUT_S = 120.0
@@ -169,6 +171,7 @@ class RayExecutor(Executor):
         self._failed_starts: dict[int, tuple[int, str]] = {}
         # per stage: the nodes where one of its actors could not start or come back, and why (_start_failed)
         self._bad: dict[int, dict[str, str]] = {}
+        self._no_room: dict[int, float] = {}  # per stage with no actor: since when no node had room for one
         try:
             plan = plan_pools(expected_needs(stages), self._nodes(free_only=True))
         except PlanError as e:
@@ -209,7 +212,6 @@ class RayExecutor(Executor):
         left with no actor and nowhere else to start one stops the run, naming it. The stages still loading
         are logged every half minute, and given up on after START_TIMEOUT_S."""
         waiting = {slot.ready_ref: (i, slot) for i, pool in enumerate(self.pools) for slot in pool}
-        deadline = time.monotonic() + START_TIMEOUT_S
         said = time.monotonic()
         while waiting:
             done, _ = self.ray.wait(list(waiting), num_returns=len(waiting), timeout=START_POLL_S)
@@ -227,6 +229,7 @@ class RayExecutor(Executor):
                     continue
                 slot.ready = True
                 slot.restarts_known = table.get(slot.id, (0, None))[0]
+                self._failed_starts.pop(i, None)
             for ref, (i, slot) in list(waiting.items()):
                 crashed = self._crash_looping(i, slot, table.get(slot.id))
                 if crashed:
@@ -238,7 +241,7 @@ class RayExecutor(Executor):
                     waiting[again.ready_ref] = (i, again)
             if waiting:
                 names = sorted({self.stages[i].name for i, _ in waiting.values()})
-                if time.monotonic() > deadline:
+                if any(not slot.loading() for _, slot in waiting.values()):  # each from its own start
                     self.shutdown()
                     raise StageSetupError(
                         f"actors of {', '.join(names)} did not start in {START_TIMEOUT_S:.0f}s: their models are "
@@ -262,16 +265,20 @@ class RayExecutor(Executor):
             self.log(f"pools: a '{name}' actor could not start on node {where} ({err}); the stage goes on with "
                      f"its {len(self.pools[i])} other(s)")
             return None
-        tries, _ = self._failed_starts.get(i, (0, ""))
+        bad = self._bad.get(i, {})
         elsewhere = self._usable_elsewhere(i)
-        if tries < START_TRIES and elsewhere:
+        if len(bad) < START_TRIES and elsewhere:  # nodes, not actors: the plan may put several on one
             shape = stage_need(self.stages[i], 1.0).shape
-            node = next((n for n in self._nodes(free_only=True) if n.id in elsewhere and shape.fits(n)), None)
+            node = next((n for n in self._nodes(free_only=True) if n.id in elsewhere and n.take(shape)), None)
             self.log(f"pools: a '{name}' actor could not start on node {where} ({err}); the stage starts one on "
                      f"{f'node {self._host(node.id)}' if node else 'another node once room is made there'}")
-            return self._start(i, shape, node.id, clear=False) if node else None
+            if node is None:
+                return None
+            again = self._start(i, shape, node.id, clear=False)
+            if 0 < shape.gpus < 1:
+                self._wait_placed(i, again)
+            return again
         self.shutdown()
-        bad = self._bad.get(i, {})
         tried = f" (it could not start on {len(bad)} nodes: {', '.join(self._host(n) for n in bad)})" \
             if len(bad) > 1 else ""
         raise StageSetupError(err + tried)
@@ -336,13 +343,17 @@ class RayExecutor(Executor):
         """Count an actor of stage ``i`` that could not start (or come back), and avoid its node for the stage
         from now on; one whose node is gone is the node's doing, which the health check deals with."""
         if any(n["NodeID"] == slot.node for n in self._alive()):
-            n, _ = self._failed_starts.get(i, (0, ""))
-            self._failed_starts[i] = (n + 1, why)
             bad = self._bad.setdefault(i, {})
+            # several actors the plan put on one bad node are one node tried; a node tried again is counted
+            # only where it is the last one left (one node, say)
+            if slot.node not in bad or not self._usable_elsewhere(i):
+                n, _ = self._failed_starts.get(i, (0, ""))
+                self._failed_starts[i] = (n + 1, why)
             if slot.node not in bad:
                 bad[slot.node] = why
-                self.log(f"pools: node {self._host(slot.node)} gets no more '{self.stages[i].name}' actors in this "
-                         f"build while another node can hold them: one could not start there")
+                if self._usable_elsewhere(i):  # else (one node, say) it is still where the stage runs
+                    self.log(f"pools: node {self._host(slot.node)} gets no more '{self.stages[i].name}' actors in "
+                             f"this build while another node can hold them: one could not start there")
 
     def _died_under(self, slot: Slot | None) -> bool:
         """Whether ``slot``'s process died under the batch it was running, which failed with
@@ -469,6 +480,7 @@ class RayExecutor(Executor):
             opts["memory"] = shape.memory
         handle = self._remote_cls.options(**opts).remote(type(stage), config, self.workspace, clear)
         slot = Slot(next(self._ids), handle, shape, node, handle.ready.remote())
+        self._no_room.pop(i, None)
         self.pools[i].append(slot)
         self._slots[slot.id] = slot
         return slot
@@ -611,6 +623,12 @@ class RayExecutor(Executor):
     def loading(self, stage_idx: int) -> bool:
         return any(s.loading() and not s.retiring for s in self.pools[stage_idx])
 
+    def idle(self, timeout: float) -> None:
+        """Nothing is in flight and work waits for a stage with no actor: an actor starting for it joins its
+        pool as soon as it is ready (not at the next rebalance), and the driver does not spin meanwhile."""
+        self._check_starting()
+        time.sleep(timeout)
+
     def capacity_lost(self) -> str | None:
         """Drop the actors of nodes that are gone (their batches fail and are retried on the others); why the
         build cannot go on, or None: it goes on while every stage has an actor or can place one."""
@@ -651,7 +669,27 @@ class RayExecutor(Executor):
             names = ", ".join(f"'{self.stages[i].name}'" for i in blocked)
             return (f"the cluster lost capacity: {len(alive)} live node(s) with {cpu:g} CPUs / {gpu:g} GPUs cannot "
                     f"hold an actor of every stage beside the others (none of {names} is left)")
-        self._make_room(blocked)
+        if self._make_room(blocked):
+            return None
+        # no room is coming where the blocked stages may go (the stages there hold one actor each at their
+        # declared share): a node they could not start on is tried again, which the count of failed starts
+        # bounds; with none free either (Ray may not have released a dropped actor's share yet) for NO_ROOM_S,
+        # the build cannot go on
+        nodes = self._nodes(free_only=True)
+        for i in blocked:
+            need = stage_need(self.stages[i], 1.0)
+            node = next((n for n in nodes if n.take(need.shape)), None)
+            if node is None:
+                since = self._no_room.setdefault(i, time.monotonic())
+                if time.monotonic() - since < NO_ROOM_S:
+                    continue
+                bad = ", ".join(self._host(n) for n in self._bad.get(i, {}))
+                return (f"stage '{self.stages[i].name}' has no actor and no node can take one: for "
+                        f"{NO_ROOM_S:.0f}s the nodes with room for it were taken by one actor of each other stage"
+                        + (f", and it could not start on {bad}" if bad else ""))
+            self._start(i, need.shape, node.id, clear=False)
+            self.log(f"pools: stage '{self.stages[i].name}' has no actor left and no room elsewhere; starting one on "
+                     f"node {self._host(node.id)}, where one could not start before")
         return None
 
     def _drop_lost(self) -> set[str]:
@@ -667,7 +705,7 @@ class RayExecutor(Executor):
             self._record("node lost")
         return alive
 
-    def _make_room(self, blocked: list[int]) -> None:
+    def _make_room(self, blocked: list[int]) -> bool:
         """The stages in ``blocked`` have no actor and no room for one, though the live nodes could hold one
         of every stage: the others give up what they hold beyond that (surplus actors first, then single
         actors grown past their declared share, which come back at it), until the next health check can
@@ -698,6 +736,9 @@ class RayExecutor(Executor):
         if freed_cpu or freed_gpu:  # a second health check while the first's retiring actors finish frees nothing
             self.log(f"pools: making room for {', '.join(self.stages[i].name for i in blocked)} "
                      f"(freeing {freed_cpu:g} CPUs, {freed_gpu:g} GPUs); pools now {self._sizes_text()}")
+        # whether room is coming: freed now, or held by actors retiring there
+        return bool(freed_cpu or freed_gpu) or any(x.retiring and x.node in usable for pool in self.pools
+                                                   for x in pool)
 
     def rebalance(self, loads: dict[str, StageLoad]) -> PoolPlan | None:
         """Plan the pools again with what the build measured and the nodes alive now, and move towards the
@@ -727,8 +768,10 @@ class RayExecutor(Executor):
         """One half of a rebalance: retire the surplus of the stages nothing waits for (``retiring``), or
         start the actors the plan adds where they fit in ``free``."""
         moved = []
+        # while a stage has no actor, the room made for it is not given to the others' growth
+        starving = {i for i, pool in enumerate(self.pools) if not any(not x.retiring for x in pool)}
         for i, s in enumerate(self.stages):
-            if s.resources.pinned is not None:
+            if s.resources.pinned is not None or (not retiring and starving and i not in starving):
                 continue
             pool = self.pools[i]
             live = [x for x in pool if not x.retiring]
@@ -748,7 +791,7 @@ class RayExecutor(Executor):
                     moved.append(f"{s.name} -{min(len(idle), len(live) - target)}")
             elif not retiring and len(live) < target and backlog and all(x.ready for x in live):
                 shape = plan.shapes[s.name]
-                bad = self._bad.get(i, {})
+                bad = self._bad.get(i, {}) if self._usable_elsewhere(i) else {}
                 added = 0
                 for _ in range(target - len(live)):
                     node = next((free[n] for n in plan.placement[s.name]

@@ -147,7 +147,7 @@ SCENARIO = textwrap.dedent("""
         at = order.index("cut")
         stages = {n: raw["stages"][n] for n in order[:at]}
         stages["sleepy"] = {"seconds": spec["slow"], "dies_on": spec.get("dies_on", ""),
-                            "resources": {"num_cpus": 0.25}}
+                            "resources": {"num_cpus": 0.25, **spec.get("sleepy_resources", {})}}
         stages.update({n: raw["stages"][n] for n in order[at:]})
         raw["stages"] = stages
         raw.pop("models", None)
@@ -307,12 +307,14 @@ def test_a_node_where_a_stage_cannot_start_gets_none_of_its_actors_and_the_build
                                                                                            tmp_path):
     """One node of a cluster is bad for one stage: that stage's actor process dies as it starts there (a native
     library that crashes on that node's driver, a model folder missing there), while every other stage runs
-    there. The plan puts the stage's first actor on it (the node with the most room). That actor leaves, the
+    there. The plan puts the stage's three first actors on it (the node with the most room). They leave, the
     node gets no more of the stage's actors (not at the start, not when the pools grow), the stage runs on the
-    other node, and the build keeps what a build without the planted stage keeps. Before, the run was refused."""
-    r = scenario(tmp_path, {"head": {"num_cpus": 0}, "workers": [{"num_cpus": 4, "resources": {"bad_node": 1}},
+    other node, and the build keeps what a build without the planted stage keeps. Before, the run was refused;
+    three actors failing on one node are one node tried, not three."""
+    r = scenario(tmp_path, {"head": {"num_cpus": 0}, "workers": [{"num_cpus": 6, "resources": {"bad_node": 1}},
                                                                   {"num_cpus": 2}],
                             "profile": "spine", "slow": 0.5, "dies_on": "bad_node",
+                            "sleepy_resources": {"min_actors": 3},
                             "sets": [*BUSY, "run.rebalance_s=1"], "inputs": str(sample_dir),
                             "out": str(tmp_path / "out")})
     assert r["built"] and not r["failed"], r
@@ -320,7 +322,8 @@ def test_a_node_where_a_stage_cannot_start_gets_none_of_its_actors_and_the_build
     later = [m for m in r["logs"] if re.match(r"pools: a new 'sleepy' actor could not start", m)]
     avoided = [m for m in r["logs"] if re.fullmatch(r"pools: node .* gets no more 'sleepy' actors in this build while "
                                                     r"another node can hold them: one could not start there", m)]
-    assert at_start and "process died as it started" in at_start[0] and not later and len(avoided) == 1, r["logs"]
+    assert len(at_start) == 3 and "process died as it started" in at_start[0], r["logs"]
+    assert not later and len(avoided) == 1, r["logs"]
     assert r["most_actors"]["sleepy"] >= 1, r
     kept = {row["key"]: row["status"] for row in pq_rows(tmp_path / "out")}
     assert kept == {row["key"]: row["status"] for row in pq_rows(spine_ref)}
