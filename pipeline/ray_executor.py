@@ -85,6 +85,7 @@ class Slot:
     restarts_at_loss: int | None = None
     probe: Any = None
     restarts_known: int = 0  # Ray's count of its restarts when a batch was last found to have died with it
+    on_avoided: bool = False  # started on a node its stage already avoided (no other had room)
 
     def loading(self) -> bool:
         """Placed, still loading its models, and not yet given up on (START_TIMEOUT_S)."""
@@ -274,10 +275,8 @@ class RayExecutor(Executor):
                      f"{f'node {self._host(node.id)}' if node else 'another node once room is made there'}")
             if node is None:
                 return None
-            again = self._start(i, shape, node.id, clear=False)
-            if 0 < shape.gpus < 1:
-                self._wait_placed(i, again)
-            return again
+            # node.take found its share a device with room; it is waited for as the first actors are
+            return self._start(i, shape, node.id, clear=False)
         self.shutdown()
         tried = f" (it could not start on {len(bad)} nodes: {', '.join(self._host(n) for n in bad)})" \
             if len(bad) > 1 else ""
@@ -344,9 +343,9 @@ class RayExecutor(Executor):
         from now on; one whose node is gone is the node's doing, which the health check deals with."""
         if any(n["NodeID"] == slot.node for n in self._alive()):
             bad = self._bad.setdefault(i, {})
-            # several actors the plan put on one bad node are one node tried; a node tried again is counted
-            # only where it is the last one left (one node, say)
-            if slot.node not in bad or not self._usable_elsewhere(i):
+            # several actors the plan put on one bad node before it failed are one node tried; one started there
+            # since (no other node had room, or none is left) is a try of its own
+            if slot.node not in bad or slot.on_avoided or not self._usable_elsewhere(i):
                 n, _ = self._failed_starts.get(i, (0, ""))
                 self._failed_starts[i] = (n + 1, why)
             if slot.node not in bad:
@@ -479,7 +478,8 @@ class RayExecutor(Executor):
         if shape.memory:
             opts["memory"] = shape.memory
         handle = self._remote_cls.options(**opts).remote(type(stage), config, self.workspace, clear)
-        slot = Slot(next(self._ids), handle, shape, node, handle.ready.remote())
+        slot = Slot(next(self._ids), handle, shape, node, handle.ready.remote(),
+                    on_avoided=node in self._bad.get(i, {}))
         self._no_room.pop(i, None)
         self.pools[i].append(slot)
         self._slots[slot.id] = slot
@@ -670,12 +670,13 @@ class RayExecutor(Executor):
             return (f"the cluster lost capacity: {len(alive)} live node(s) with {cpu:g} CPUs / {gpu:g} GPUs cannot "
                     f"hold an actor of every stage beside the others (none of {names} is left)")
         if self._make_room(blocked):
+            for i in blocked:
+                self._no_room.pop(i, None)
             return None
         # no room is coming where the blocked stages may go (the stages there hold one actor each at their
         # declared share): a node they could not start on is tried again, which the count of failed starts
         # bounds; with none free either (Ray may not have released a dropped actor's share yet) for NO_ROOM_S,
-        # the build cannot go on
-        nodes = self._nodes(free_only=True)
+        # the build cannot go on (``nodes`` still holds what the loop above took)
         for i in blocked:
             need = stage_need(self.stages[i], 1.0)
             node = next((n for n in nodes if n.take(need.shape)), None)
