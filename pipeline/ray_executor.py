@@ -292,9 +292,16 @@ class RayExecutor(Executor):
         actors (room may have to be made there)."""
         shape = stage_need(self.stages[i], 1.0).shape
         bad = self._bad.get(i, {})
-        return [n["NodeID"] for n in self._alive() if n["NodeID"] not in bad and shape.fits(
-            Node(n["NodeID"], n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0),
-                 int(n["Resources"].get("memory", 0.0))))]
+        return [n.id for n in self._whole_nodes() if n.id not in bad and shape.fits(n)]
+
+    def _whole_nodes(self) -> list[Node]:
+        """The live nodes at their whole capacity (what they could hold with nothing on them)."""
+        return [Node(n["NodeID"], n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0),
+                     int(n["Resources"].get("memory", 0.0))) for n in self._alive()]
+
+    def _without_actor(self) -> list[int]:
+        """The stages that have no actor (retiring ones aside): lost with their nodes, or none could start."""
+        return [i for i, pool in enumerate(self.pools) if not any(not x.retiring for x in pool)]
 
     def _restarts(self, slot: Slot) -> tuple[int, Any] | None:
         """How often Ray restarted ``slot``'s actor, and its last process's pid (None if Ray cannot say)."""
@@ -343,16 +350,17 @@ class RayExecutor(Executor):
         from now on; one whose node is gone is the node's doing, which the health check deals with."""
         if any(n["NodeID"] == slot.node for n in self._alive()):
             bad = self._bad.setdefault(i, {})
+            new = slot.node not in bad
+            bad.setdefault(slot.node, why)
+            elsewhere = self._usable_elsewhere(i)
             # several actors the plan put on one bad node before it failed are one node tried; one started there
             # since (no other node had room, or none is left) is a try of its own
-            if slot.node not in bad or slot.on_avoided or not self._usable_elsewhere(i):
+            if new or slot.on_avoided or not elsewhere:
                 n, _ = self._failed_starts.get(i, (0, ""))
                 self._failed_starts[i] = (n + 1, why)
-            if slot.node not in bad:
-                bad[slot.node] = why
-                if self._usable_elsewhere(i):  # else (one node, say) it is still where the stage runs
-                    self.log(f"pools: node {self._host(slot.node)} gets no more '{self.stages[i].name}' actors in "
-                             f"this build while another node can hold them: one could not start there")
+            if new and elsewhere:  # else (one node, say) it is still where the stage runs
+                self.log(f"pools: node {self._host(slot.node)} gets no more '{self.stages[i].name}' actors in "
+                         f"this build while another node can hold them: one could not start there")
 
     def _died_under(self, slot: Slot | None) -> bool:
         """Whether ``slot``'s process died under the batch it was running, which failed with
@@ -634,7 +642,7 @@ class RayExecutor(Executor):
         build cannot go on, or None: it goes on while every stage has an actor or can place one."""
         alive = self._drop_lost()
         self._drop_crash_looping()
-        empty = [i for i, pool in enumerate(self.pools) if not [x for x in pool if not x.retiring]]
+        empty = self._without_actor()
         if not empty:
             return None
         for i in empty:
@@ -649,9 +657,9 @@ class RayExecutor(Executor):
             bad = self._bad.get(i, {})
             # a node where the stage could not start only when no other could ever hold it (one node, say):
             # where the others are full, room is made there instead
-            node = next((n for n in nodes if n.id not in bad and need.shape.fits(n) and n.take(need.shape)), None)
+            node = next((n for n in nodes if n.id not in bad and n.take(need.shape)), None)
             if node is None and not self._usable_elsewhere(i):
-                node = next((n for n in nodes if need.shape.fits(n) and n.take(need.shape)), None)
+                node = next((n for n in nodes if n.take(need.shape)), None)
             if node is None:
                 blocked.append(i)
                 continue
@@ -661,9 +669,7 @@ class RayExecutor(Executor):
         if not blocked:
             return None
         try:  # can the live nodes hold one actor of every stage at all (their whole capacity)?
-            whole = [Node(n["NodeID"], n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0),
-                          int(n["Resources"].get("memory", 0.0))) for n in self._alive()]
-            plan_pools([stage_need(s, 1.0) for s in self.stages], whole, grow=False)
+            plan_pools([stage_need(s, 1.0) for s in self.stages], self._whole_nodes(), grow=False)
         except PlanError:
             cpu, gpu = self._cluster.get("CPU", 0.0), self._cluster.get("GPU", 0.0)
             names = ", ".join(f"'{self.stages[i].name}'" for i in blocked)
@@ -770,7 +776,7 @@ class RayExecutor(Executor):
         start the actors the plan adds where they fit in ``free``."""
         moved = []
         # while a stage has no actor, the room made for it is not given to the others' growth
-        starving = {i for i, pool in enumerate(self.pools) if not any(not x.retiring for x in pool)}
+        starving = set(self._without_actor())
         for i, s in enumerate(self.stages):
             if s.resources.pinned is not None or (not retiring and starving and i not in starving):
                 continue
@@ -792,7 +798,9 @@ class RayExecutor(Executor):
                     moved.append(f"{s.name} -{min(len(idle), len(live) - target)}")
             elif not retiring and len(live) < target and backlog and all(x.ready for x in live):
                 shape = plan.shapes[s.name]
-                bad = self._bad.get(i, {}) if self._usable_elsewhere(i) else {}
+                bad = self._bad.get(i, {})
+                if bad and not self._usable_elsewhere(i):
+                    bad = {}  # no other node can hold it (one node, say): it grows where it is
                 added = 0
                 for _ in range(target - len(live)):
                     node = next((free[n] for n in plan.placement[s.name]

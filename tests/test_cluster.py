@@ -325,8 +325,10 @@ def test_a_node_where_a_stage_cannot_start_gets_none_of_its_actors_and_the_build
     assert len(at_start) == 3 and "process died as it started" in at_start[0], r["logs"]
     assert not later and len(avoided) == 1, r["logs"]
     assert r["most_actors"]["sleepy"] >= 1, r
-    kept = {row["key"]: row["status"] for row in pq_rows(tmp_path / "out")}
-    assert kept == {row["key"]: row["status"] for row in pq_rows(spine_ref)}
+    from mtcc.manifests.report_data import read_manifests
+
+    kept = {row["key"]: row["status"] for row in read_manifests(tmp_path / "out").to_pylist()}
+    assert kept == {row["key"]: row["status"] for row in read_manifests(spine_ref).to_pylist()}
 
 
 def test_a_stage_that_can_start_on_no_node_is_refused_after_trying_three(sample_dir, tmp_path):
@@ -342,12 +344,6 @@ def test_a_stage_that_can_start_on_no_node_is_refused_after_trying_three(sample_
     assert not r["out_made"], r
     tried = [m for m in r["logs"] if m.startswith("pools: a 'sleepy' actor could not start on node ")]
     assert len(tried) == 2 and all("the stage starts one on node" in m for m in tried), r["logs"]
-
-
-def pq_rows(out: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetDataset(out / "manifests").read().to_pylist()
 
 
 # -- `ray job submit` against a `ray start` head (RAY_ADDRESS honoured) ----------------------------------------

@@ -442,7 +442,8 @@ def test_an_actor_that_dies_as_it_starts_refuses_the_run_naming_its_stage(sample
     assert refused[0].startswith("REFUSED stage 'dies' failed to set up: its actor's process died as it started or "
                                  "loaded its models ("), refused
     assert "stages.dies.resources.memory_mb" in refused[0]
-    assert re.search(r"worker-\*-\d+\.err in the logs of Ray's session folder on node \S+ \(\w{8}\)$", refused[0]), refused
+    assert re.search(r"worker-\*-\d+\.err in the logs of Ray's session folder on node \S+ \(\w{8}\)$",
+                     refused[0]), refused
     assert not (tmp_path / "out").exists()
 
 
