@@ -50,9 +50,10 @@ demo: install
 	RAY_AUTH_MODE=disabled $(VENV)/bin/mtcc run configs/offline.yaml --input $(DEMO_DIR)/videos --output $(DEMO_DIR)/out
 
 # a worker per core and one more, as memory allows (three here), a test module at a time per worker, the
-# heaviest modules first (tests/conftest.py); PYTEST_XDIST_AUTO_NUM_WORKERS=N sets the number of workers
+# heaviest modules first (tests/conftest.py); PYTEST_XDIST_AUTO_NUM_WORKERS=N sets the number of workers.
+# The 20 slowest tests close the report: where the suite's time goes, at every run
 test: install test-sysdeps
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n auto --dist loadgroup --no-loadscope-reorder tests
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n auto --dist loadgroup --no-loadscope-reorder --durations=20 tests
 
 test-fast: install test-sysdeps
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -ra -n auto --dist loadgroup --no-loadscope-reorder -m "not slow" tests

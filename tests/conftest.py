@@ -7,7 +7,8 @@ import pickle
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -150,23 +151,49 @@ def tiny_overrides(tmp_path_factory) -> list[str]:
     return [f"models={made_once(tmp_path_factory, 'tiny', lambda d: str(write_tiny(d, out=lambda s: None)))[1]}"]
 
 
-@pytest.fixture(scope="session")
-def ray_local() -> int:
-    """One embedded Ray for the session (init costs seconds); the MiB of memory it offers actors."""
+@contextmanager
+def embedded_ray() -> Iterator[int]:
+    """Our own embedded Ray, never a cluster found on the machine, for as long as the block runs (the one
+    already up when there is one); yields the MiB of memory it offers actors."""
+    import ray
+
     from mtcc.pipeline.config import load_config, resolve_config
     from mtcc.pipeline.executor import init_ray
 
-    # always our own embedded Ray, never a cluster found on the machine, started as the offline profile
-    # starts it (its object store size), with the memory Ray offers actors on this machine when nothing else
-    # runs: by default Ray offers what is free at that moment, which the other xdist workers' builds make
-    # vary, and the offline profile's first actors (~11 GiB declared) were refused when it fell below that
+    # started as the offline profile starts it (its object store size), with the memory Ray offers actors on
+    # this machine when nothing else runs: by default Ray offers what is free at that moment, which the other
+    # xdist workers' builds make vary, and the offline profile's first actors (~11 GiB declared) were refused
+    # when it fell below that
     store = load_config(resolve_config("offline"), ["models=null"]).ray.object_store_mb
     memory_mb = (_usable_memory() >> 20) - store
+    if ray.is_initialized():
+        yield memory_mb
+        return
     init_ray("local", num_cpus=2, object_store_mb=store, memory_mb=memory_mb)
-    yield memory_mb
-    import ray
+    try:
+        yield memory_mb
+    finally:
+        ray.shutdown()
 
-    ray.shutdown()
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[int]:
+    """An embedded Ray for the module (init costs seconds); the MiB of memory it offers actors. Not one for
+    the session: an idle embedded Ray (its raylet, control store, agents and idle workers) costs about 3.7
+    CPU-s a minute here, and a worker's Ray modules come first (HEAVIEST_FIRST), so it idled through the
+    rest of the session on every xdist worker."""
+    with embedded_ray() as memory_mb:
+        yield memory_mb
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_after_the_module() -> Iterator[None]:
+    """Nor does a Ray that a test's own build started (``build(runner="ray")`` without ``ray_local``)
+    outlive its module."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 # the settings of pipeline_shards' build besides the tiny models (its clip is short: prescore's bound is
@@ -175,7 +202,7 @@ E2E_SETS = ["stages.prescore.reject=false"]
 
 
 @pytest.fixture(scope="session")
-def pipeline_shards(sample_dir, tiny_overrides, ray_local, tmp_path_factory) -> Path:
+def pipeline_shards(sample_dir, tiny_overrides, tmp_path_factory) -> Path:
     """A sample video through the whole offline pipeline (faces, separation, sync, masks, audio embeddings,
     captions on tiny random models) into a committed shard, built once per session (the trainer and the
     export tests read it, and only read it). The video is cut to its first 2.4 s (one 60-frame clip: the
@@ -191,7 +218,8 @@ def pipeline_shards(sample_dir, tiny_overrides, ray_local, tmp_path_factory) -> 
                        check=True)
         cfg = load_config(resolve_config("offline"), [*tiny_overrides, *E2E_SETS])
         assert {"masks", "audio_emb", "caption"} <= {s.name for s in cfg.active_stages}
-        res = build(cfg, [str(videos)], tmp / "out", runner="ray", progress=False)
+        with embedded_ray():
+            res = build(cfg, [str(videos)], tmp / "out", runner="ray", progress=False)
         assert not res.shards_failed, res.shards_failed
 
     return made_once(tmp_path_factory, "train_e2e", make)[0] / "out"

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
     from mtcc.pipeline.config import load_config
 
     inputs, out, overrides = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="ERROR")
@@ -98,6 +98,8 @@ def test_worker_node_lost_mid_run_names_failed_shards_and_the_rerun_completes_th
 # One script, one scenario: a Ray cluster of simulated nodes on this machine (logical CPUs, GPUs and memory,
 # as a real cluster schedules them), a build on it, what Ray reported the actors held at peak (sampled), the
 # pools' log lines, and the build's own summary. Nodes are added or removed after the Nth committed shard.
+# No dashboard on these heads (nor in SCRIPT's): nothing here reads it, and starting one cost about 3.5 CPU-s
+# of a 3-node cluster's 10-14 (2026-12-07).
 SCENARIO = textwrap.dedent("""
     import json, sys, threading, time
     from pathlib import Path
@@ -109,7 +111,7 @@ SCENARIO = textwrap.dedent("""
 
     spec = json.loads(sys.argv[1])
     out = Path(spec["out"])
-    cluster = Cluster(initialize_head=True, head_node_args=spec["head"])
+    cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **spec["head"]})
     workers = [cluster.add_node(**n) for n in spec.get("workers", [])]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="ERROR")
